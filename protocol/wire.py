@@ -1,0 +1,146 @@
+"""Turning messages into ZeroMQ frames and back.
+
+A message is `[header, buffer_1 .. buffer_n, signature]`: the header is one msgpack map,
+pixel buffers travel as raw frames (never packed into msgpack, never PNG), and the last
+frame is an HMAC-SHA256 of the header, or empty when no key is in use.  As in Jupyter's
+kernel protocol the buffers themselves are not hashed (they would cost more than the
+transfer); the header declares every buffer's byte length, so none can be swapped for one
+of another size, and CURVE encryption is the answer for untrusted networks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import msgpack
+
+from .messages import PROTOCOL_VERSION, Code, ProtocolError
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+@dataclass
+class Message:
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+    buffers: list[Buffer] = field(default_factory=list)
+    job: str | None = None
+    re: str | None = None  # id of the request this replies to
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: float = field(default_factory=time.time)
+    version: int = PROTOCOL_VERSION
+
+    def header(self) -> dict[str, Any]:
+        h: dict[str, Any] = {
+            "v": self.version,
+            "id": self.id,
+            "type": self.type,
+            "ts": self.ts,
+            "body": self.body,
+            "buffers": [len(memoryview(b).cast("B")) for b in self.buffers],
+        }
+        if self.job is not None:
+            h["job"] = self.job
+        if self.re is not None:
+            h["re"] = self.re
+        return h
+
+    def buffer(self, index: int) -> memoryview:
+        """Buffer frames are numbered from 1, as in image descriptors."""
+        if not 1 <= index <= len(self.buffers):
+            raise ProtocolError(Code.BAD_IMAGE, f"frame {index} does not exist; the message has {len(self.buffers)} buffer frame(s)")
+        return memoryview(self.buffers[index - 1]).cast("B")
+
+
+def sign(key: bytes | None, header: bytes) -> bytes:
+    if not key:
+        return b""
+    return hmac.new(key, header, hashlib.sha256).hexdigest().encode("ascii")
+
+
+def encode(msg: Message, key: bytes | None = None) -> list[Buffer]:
+    header = msgpack.packb(msg.header(), use_bin_type=True)
+    return [header, *msg.buffers, sign(key, header)]
+
+
+def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
+    """Parse frames (bytes or zmq.Frame) into a Message, checking shape and signature.
+
+    Raises ProtocolError with a code that names what is wrong; the daemon turns that
+    into an error reply.  The header's `v` is returned as is: whether the version is
+    spoken is the receiver's decision, since it must answer in a version the sender reads.
+    """
+    parts = [_as_view(f) for f in frames]
+    if len(parts) < 2:
+        raise ProtocolError(Code.BAD_FRAME, f"a message has at least 2 frames (header, signature); got {len(parts)}")
+    raw_header = bytes(parts[0])
+    try:
+        header = msgpack.unpackb(raw_header, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(Code.BAD_FRAME, f"frame 0 is not a msgpack map: {type(exc).__name__}: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(Code.BAD_FRAME, f"frame 0 must be a msgpack map, got {type(header).__name__}")
+    msg_id = header.get("id")
+    if key:
+        expected = sign(key, raw_header)
+        if not hmac.compare_digest(expected, bytes(parts[-1])):
+            raise ProtocolError(
+                Code.BAD_SIGNATURE,
+                "message signature is missing or wrong (is the client using the daemon's connection file key?)",
+                {"re": msg_id if isinstance(msg_id, str) else None},
+            )
+    for name, kind in (("v", int), ("id", str), ("type", str)):
+        if name not in header:
+            raise ProtocolError(Code.MISSING_FIELD, f"header field '{name}' is missing", {"field": name})
+        if not isinstance(header[name], kind) or isinstance(header[name], bool):
+            raise ProtocolError(
+                Code.BAD_FIELD_TYPE,
+                f"header field '{name}' must be {kind.__name__}, got {type(header[name]).__name__}",
+                {"field": name, "re": msg_id if isinstance(msg_id, str) else None},
+            )
+    body = header.get("body", {})
+    if not isinstance(body, dict):
+        raise ProtocolError(Code.BAD_FIELD_TYPE, f"header field 'body' must be a map, got {type(body).__name__}", {"re": msg_id})
+    lengths = header.get("buffers", [])
+    if not isinstance(lengths, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+        raise ProtocolError(Code.BAD_FIELD_TYPE, "header field 'buffers' must be a list of byte lengths", {"re": msg_id})
+    buffers = parts[1:-1]
+    if len(buffers) != len(lengths):
+        raise ProtocolError(
+            Code.BAD_FRAME,
+            f"header declares {len(lengths)} buffer frame(s) but {len(buffers)} arrived (plus header and signature)",
+            {"re": msg_id},
+        )
+    for i, (buf, n) in enumerate(zip(buffers, lengths), start=1):
+        if len(buf) != n:
+            raise ProtocolError(Code.BAD_FRAME, f"buffer frame {i} has {len(buf)} bytes, header declares {n}", {"re": msg_id})
+    ts = header.get("ts", 0.0)
+    return Message(
+        type=header["type"],
+        body=body,
+        buffers=list(buffers),
+        job=header.get("job") if isinstance(header.get("job"), str) else None,
+        re=header.get("re") if isinstance(header.get("re"), str) else None,
+        id=msg_id,
+        ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
+        version=header["v"],
+    )
+
+
+def _as_view(frame: Any) -> memoryview:
+    buf = getattr(frame, "buffer", None)  # zmq.Frame received with copy=False
+    if buf is not None:
+        return memoryview(buf).cast("B")
+    return memoryview(frame).cast("B")
+
+
+def error_message(code: str, message: str, *, re: str | None = None, job: str | None = None, **details: Any) -> Message:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return Message(type="error", body=body, re=re, job=job)
