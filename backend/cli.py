@@ -1,0 +1,347 @@
+"""`inpaintd`: the daemon and its command-line client in one tool.
+
+Client commands import neither torch nor diffusers (a CLI call should take a blink, not
+the four seconds `import diffusers` costs); only `serve` and `make-test-model` do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from protocol.client import Client, DaemonUnavailable, Job
+from protocol.connection import new_key, resolve_endpoint
+from protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS, SCHEDULERS, JobOptions, ProtocolError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _add_connect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", metavar="ENDPOINT", help=f"daemon address (default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT})")
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    d = JobOptions()
+    p.add_argument("--prompt", default=d.prompt, help="what to paint into the masked area (empty: fill from context)")
+    p.add_argument("--negative-prompt", default=d.negative_prompt, help="what to avoid")
+    p.add_argument("--variants", type=int, default=d.variants, help=f"how many results (1-{LIMITS.max_variants}; default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the first variant; variant i uses seed+i (-1: random)")
+    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (0: engine default)")
+    p.add_argument("--guidance", type=float, default=d.guidance_scale, dest="guidance_scale", help="classifier-free guidance scale (default %(default)s)")
+    p.add_argument("--strength", type=float, default=d.strength, help="how much of the masked area to repaint, 0.01-1 (default %(default)s)")
+    p.add_argument("--scheduler", default=d.scheduler, choices=SCHEDULERS, help="sampler (default: the model's own)")
+    p.add_argument("--model", default=d.model, help="model id from `inpaintd models` (default: the daemon's)")
+    p.add_argument("--grow", type=int, default=d.grow, help="grow the mask by this many px (default %(default)s)")
+    p.add_argument("--feather", type=int, default=d.feather, help="feather the mask edge over this many px (default %(default)s)")
+    p.add_argument("--padding", type=int, default=d.padding, help="context around the mask in px (-1: automatic)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inpaintd", description="Local inpainting daemon and client.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="start the daemon")
+    p.add_argument("--bind", default=None, metavar="ENDPOINT", help=f"where to listen (default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}; ipc:///path works too)")
+    p.add_argument("--model", default=None, help="default model: HF repo id, diffusers folder, .safetensors file, or opencv-telea / opencv-ns")
+    p.add_argument("--extra-model", action="append", default=[], metavar="M", help="another model clients may choose (repeatable)")
+    p.add_argument("--engine", choices=["diffusers", "classical"], default=None, help="classical: no weights, OpenCV fill (same as --model opencv-telea)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
+    p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
+    p.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished results stay fetchable (default %(default)s)")
+
+    p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
+    _add_connect(p)
+    p.add_argument("--image", required=True, type=Path, help="input image (RGB or RGBA)")
+    p.add_argument("--mask", required=True, type=Path, help="mask image, same size: white = regenerate, black = keep, gray = soft")
+    p.add_argument("--out", required=True, type=Path, help="output image; with several variants, OUT-1.png, OUT-2.png, ...")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    _add_job_options(p)
+
+    for name, help_ in (("status", "show running and queued jobs"), ("models", "list the daemon's models"), ("shutdown", "stop the daemon")):
+        _add_connect(sub.add_parser(name, help=help_))
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    _add_connect(p)
+    p.add_argument("job", help="job id, as printed by `inpaintd inpaint` or `inpaintd status`")
+
+    p = sub.add_parser("make-test-model", help="write a tiny random inpainting pipeline (for tests and offline trials)")
+    p.add_argument("dir", type=Path)
+
+    p = sub.add_parser("demo", help="start a daemon if none runs, inpaint the bundled photo, write the results")
+    _add_connect(p)
+    p.add_argument("--out", type=Path, default=Path("out"), help="folder for the results (default %(default)s)")
+    p.add_argument("--model", default="", help="model to use (default: the daemon's default)")
+    p.add_argument("--variants", type=int, default=2)
+    p.add_argument("--prompt", default="an empty red saucer on a wooden table")
+
+    p = sub.add_parser("install-krita", help="install the Krita plugin")
+    p.add_argument("--dest", type=Path, default=None, help="pykrita folder (default: Krita's own for this user)")
+    p = sub.add_parser("install-gimp", help="install the GIMP 3 plug-in")
+    p.add_argument("--dest", type=Path, default=None, help="plug-ins folder (default: GIMP 3's own for this user)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    command = args.command.replace("-", "_")
+    try:
+        return int(globals()[f"cmd_{command}"](args) or 0)
+    except DaemonUnavailable as exc:
+        print(f"inpaintd: {exc.message}", file=sys.stderr)
+        return 2
+    except ProtocolError as exc:
+        print(f"inpaintd: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"inpaintd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _is_loopback(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return True  # ipc:// and inproc:// never leave the machine
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or "*": reachable from elsewhere
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, install_signal_handlers
+    from .models import ModelRegistry
+
+    endpoint = resolve_endpoint(args.bind)
+    if args.no_auth and not _is_loopback(endpoint):
+        print(f"inpaintd: refusing to listen on {endpoint} without authentication; drop --no-auth or bind 127.0.0.1", file=sys.stderr)
+        return 2
+    default = "opencv-telea" if args.engine == "classical" and not args.model else args.model
+    registry = ModelRegistry(
+        [m for m in [args.model, *args.extra_model] if m],
+        default=default,
+        allow_download=args.allow_download,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+    )
+    if args.model and registry.default_model_id != registry.get(args.model).id:
+        info = registry.get(args.model)
+        print(f"inpaintd: model '{args.model}' is not available: {info.detail}", file=sys.stderr)
+        return 2
+    for notice in registry.notices:
+        logging.getLogger("inpaintd").warning("%s", notice)
+    key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
+    daemon = Daemon(registry, endpoint, key=key, results_ttl=args.results_ttl)
+    install_signal_handlers(daemon)
+    daemon.serve_forever()
+    return 0
+
+
+def cmd_make_test_model(args: argparse.Namespace) -> int:
+    from .testmodel import make_test_model
+
+    path = make_test_model(args.dir)
+    print(f"wrote a tiny random inpainting pipeline to {path}; serve it with: inpaintd serve --model {path}")
+    return 0
+
+
+# -- client commands -------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place; silent when stderr is not a terminal but for stage changes."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_stage = ""
+
+    def __call__(self, job: Job, _msg: Any) -> None:
+        if job.state != "running":
+            return
+        total = max(job.total_steps, 1)
+        if self.tty:
+            filled = int(30 * job.step / total)
+            line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {job.stage:<11} {job.step}/{job.total_steps}  {job.elapsed:5.1f} s"
+            self.stream.write(line)
+            self.stream.flush()
+        elif job.stage != self.last_stage:
+            self.stream.write(f"{job.stage}...\n")
+        self.last_stage = job.stage
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _load_pixels(image_path: Path, mask_path: Path) -> tuple[bytes, int, int, int, bytes]:
+    from PIL import Image
+
+    with Image.open(image_path) as im:
+        im.load()
+        image = im.convert("RGBA") if "A" in im.getbands() else im.convert("RGB")
+    with Image.open(mask_path) as m:
+        mask = m.convert("L")
+    if mask.size != image.size:
+        raise ValueError(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but image {image_path} is {image.size[0]}x{image.size[1]}")
+    return image.tobytes(), image.width, image.height, len(image.getbands()), mask.tobytes()
+
+
+def _out_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(n)]
+
+
+def write_variants(job: Job, image_path: Path, out: Path) -> list[Path]:
+    """Each variant as the full image with its region composited in."""
+    from PIL import Image
+
+    with Image.open(image_path) as im:
+        im.load()
+        base = im.convert("RGBA") if "A" in im.getbands() else im.convert("RGB")
+    paths = _out_paths(out, len(job.layers))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for layer, path in zip(job.layers, paths):
+        tile = Image.frombuffer("RGBA", (layer.width, layer.height), layer.data, "raw", "RGBA", layer.stride, 1)
+        full = base.copy()
+        # The layer already holds source pixels outside the mask, alpha included: replace, do not blend.
+        full.paste(tile.convert(full.mode), (layer.x, layer.y))
+        full.save(path)
+    return paths
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    data, width, height, channels, mask = _load_pixels(args.image, args.mask)
+    options = JobOptions(**{k: getattr(args, k) for k in JobOptions().__dict__})
+    bar = ProgressBar()
+    with Client(args.connect, name="inpaintd-cli") as client:
+        job = client.submit(data, width, height, channels, mask, options)
+        print(f"job {job.id} accepted (queue position {job.position})", file=sys.stderr)
+        try:
+            client.wait(job, args.timeout, on_event=bar)
+        except KeyboardInterrupt:
+            bar.done()
+            client.cancel(job)
+            print(f"job {job.id} cancelled", file=sys.stderr)
+            return 130
+        bar.done()
+        job.raise_for_error()
+    paths = write_variants(job, args.image, args.out)
+    timings = job.result.get("timings", {})
+    for layer, path in zip(job.layers, paths):
+        print(f"{path}  seed {layer.seed}  region {layer.width}x{layer.height} at ({layer.x}, {layer.y})")
+    print(f"model {job.result.get('model')} on {job.result.get('device')}: {timings.get('elapsed', 0):.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        st = client.status(timeout=3.0)
+    print(f"inpaintd {st['daemon_version']} at {client.endpoint}: up {st['uptime']:.0f} s, device {st['device']}, default model {st['default_model']}")
+    for kind in ("running", "queued"):
+        for j in st[kind]:
+            print(f"  {kind:<8} {j['job']}  {j['width']}x{j['height']}  {j['model']}  {j['stage']} {j['step']}/{j['total_steps']}  {j['prompt'][:40]!r}")
+    if not st["running"] and not st["queued"]:
+        print("  idle")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        body = client.request("list_models").body
+    for m in body["models"]:
+        mark = "*" if m["id"] == body["default"] else " "
+        state = "ready" if m["available"] else "missing"
+        print(f"{mark} {m['id']:<55} {m['engine']:<10} {state:<8} {m['detail']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        reply = client.cancel(args.job)
+    print(f"job {reply['job']}: {reply['state']}")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        client.shutdown()
+    print("daemon shutting down")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The README's first command: a real inpaint of a real photo, end to end."""
+    endpoint = resolve_endpoint(args.connect)
+    started: subprocess.Popen | None = None
+    with Client(endpoint, name="inpaintd-demo") as probe:
+        try:
+            probe.ping(timeout=1.0)
+            print(f"using the daemon already running at {endpoint}")
+        except DaemonUnavailable:
+            probe.close()
+            print(f"starting a daemon at {endpoint} ...")
+            started = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--bind", endpoint])
+    try:
+        with Client(endpoint, name="inpaintd-demo") as client:
+            hello = client.hello(timeout=120.0)
+            for notice in hello.get("notices", []):
+                print(f"notice: {notice}")
+            print(f"daemon {hello['daemon_version']} on {hello['device']}, default model {hello['default_model']}")
+            data, width, height, channels, mask = _load_pixels(ASSETS / "coffee.jpg", ASSETS / "coffee-spoon-mask.png")
+            options = JobOptions(prompt=args.prompt, variants=args.variants, seed=1234, model=args.model)
+            bar = ProgressBar()
+            t0 = time.perf_counter()
+            job = client.submit(data, width, height, channels, mask, options)
+            client.wait(job, on_event=bar).raise_for_error()
+            bar.done()
+            paths = write_variants(job, ASSETS / "coffee.jpg", args.out / "coffee.png")
+            print(f"inpainted the spoon out of {ASSETS / 'coffee.jpg'} with {job.result['model']} in {time.perf_counter() - t0:.2f} s:")
+            for layer, path in zip(job.layers, paths):
+                print(f"  {path}  (seed {layer.seed}, region {layer.width}x{layer.height} at {layer.x},{layer.y})")
+    finally:
+        if started:
+            with Client(endpoint, name="inpaintd-demo") as client:
+                try:
+                    client.shutdown(timeout=5.0)
+                except ProtocolError:
+                    started.terminate()
+            started.wait(timeout=30)
+    return 0
+
+
+def cmd_install_krita(args: argparse.Namespace) -> int:
+    from .install_krita import install
+
+    return install(args.dest)
+
+
+def cmd_install_gimp(args: argparse.Namespace) -> int:
+    from .install_gimp import install
+
+    return install(args.dest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Jobs and the queue that orders them.
+
+One job runs at a time (the GPU is the bottleneck and a model is warm for it); the queue
+takes turns between clients, so one client with twenty jobs cannot starve another with
+one.  Finished results are kept for a while so a client that lost its connection can
+fetch them again by job id.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from protocol.wire import Message
+
+from .validation import SubmitRequest
+
+
+@dataclass
+class Job:
+    owner: bytes  # ZeroMQ identity of the client that submitted it
+    request: SubmitRequest
+    model: str
+    seeds: list[int]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    state: str = "queued"  # queued, running, done, failed, cancelled
+    submitted: float = field(default_factory=time.monotonic)
+    started: float = 0.0
+    stage: str = "queued"
+    step: int = 0
+    total_steps: int = 0
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+
+    def summary(self) -> dict:
+        opts = self.request.options
+        h, w = self.request.mask.shape
+        return {
+            "job": self.id,
+            "state": self.state,
+            "model": self.model,
+            "prompt": opts.prompt,
+            "variants": opts.variants,
+            "width": w,
+            "height": h,
+            "stage": self.stage,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "waited": round((self.started or time.monotonic()) - self.submitted, 3),
+        }
+
+
+class FairQueue:
+    """FIFO per client, clients served round-robin.  Not thread-safe: the daemon guards it."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[bytes, deque[Job]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def count(self, owner: bytes) -> int:
+        return len(self._queues.get(owner, ()))
+
+    def push(self, job: Job) -> None:
+        self._queues.setdefault(job.owner, deque()).append(job)
+
+    def pop(self) -> Job | None:
+        """Take the next job: the first client in turn gives one, then goes to the back."""
+        for owner in list(self._queues):
+            queue = self._queues.pop(owner)
+            if not queue:
+                continue
+            job = queue.popleft()
+            if queue:
+                self._queues[owner] = queue
+            return job
+        return None
+
+    def remove(self, job_id: str) -> Job | None:
+        for owner, queue in self._queues.items():
+            for job in queue:
+                if job.id == job_id:
+                    queue.remove(job)
+                    if not queue:
+                        del self._queues[owner]
+                    return job
+        return None
+
+    def order(self) -> Iterator[Job]:
+        """The jobs in the order they will run."""
+        queues = [list(q) for q in self._queues.values()]
+        depth = 0
+        while any(depth < len(q) for q in queues):
+            for q in queues:
+                if depth < len(q):
+                    yield q[depth]
+            depth += 1
+
+    def position(self, job_id: str) -> int:
+        for i, job in enumerate(self.order()):
+            if job.id == job_id:
+                return i
+        return -1
+
+    def drain(self) -> list[Job]:
+        jobs = list(self.order())
+        self._queues.clear()
+        return jobs
+
+
+@dataclass
+class Finished:
+    job_id: str
+    owner: bytes
+    message: Message  # the terminal event (result, error or cancelled), ready to send again
+    at: float = field(default_factory=time.monotonic)
+
+
+class ResultStore:
+    """Terminal events of recent jobs, by job id, bounded in count and age."""
+
+    def __init__(self, ttl: float = 600.0, max_items: int = 64) -> None:
+        self.ttl = ttl
+        self.max_items = max_items
+        self._items: OrderedDict[str, Finished] = OrderedDict()
+
+    def put(self, item: Finished) -> None:
+        self._items[item.job_id] = item
+        self._items.move_to_end(item.job_id)
+        self.expire()
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def get(self, job_id: str) -> Finished | None:
+        self.expire()
+        return self._items.get(job_id)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._items.items() if now - v.at > self.ttl]:
+            del self._items[key]

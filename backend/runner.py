@@ -1,0 +1,117 @@
+"""One inpaint job, start to finish, for any engine.
+
+The steps, in order: grow and feather the mask, find the context region, crop and scale
+it to the engine's native size, let the engine fill it, scale back, and composite into
+the source region through the mask.  The daemon calls this from its worker thread;
+benchmarks and tests call it in-process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from protocol.messages import JobOptions
+
+from .compositing import composite
+from .engines.base import Engine, EngineError, EngineTask, ProgressFn
+from .geometry import Box, auto_padding, context_region, processing_size
+from .masks import bounding_box, prepare_mask
+
+DEFAULT_DIFFUSION_STEPS = 20
+
+
+@dataclass
+class LayerResult:
+    index: int
+    seed: int
+    x: int
+    y: int
+    rgba: np.ndarray  # H x W x 4 uint8, C-contiguous
+
+
+@dataclass
+class JobOutput:
+    layers: list[LayerResult]
+    region: Box
+    processing_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def variant_seeds(seed: int, variants: int, rng: np.random.Generator | None = None) -> list[int]:
+    """Seed i of a job is base + i, so any one variant can be made again on its own."""
+    base = seed if seed >= 0 else int((rng or np.random.default_rng()).integers(0, 2**32 - variants))
+    return [(base + i) % 2**32 for i in range(variants)]
+
+
+def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    if array.shape[1] == w and array.shape[0] == h:
+        return np.ascontiguousarray(array)
+    shrinking = w * h < array.shape[0] * array.shape[1]
+    return cv2.resize(array, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def run_job(
+    engine: Engine,
+    image: np.ndarray,
+    mask: np.ndarray,
+    options: JobOptions,
+    seeds: list[int],
+    progress: ProgressFn | None = None,
+    cancelled=lambda: False,
+) -> JobOutput:
+    """Inpaint `image` (H x W x 3|4 uint8) where `mask` (H x W uint8) selects."""
+    report = progress or (lambda stage, step, total: None)
+    t0 = time.perf_counter()
+    report("preparing", 0, 1)
+    prepared = prepare_mask(mask, options.grow, options.feather)
+    if prepared is None:
+        raise EngineError("empty_mask", "the mask selects nothing (every value is 0); select the area to inpaint")
+    window_mask, window = prepared
+    local_bbox = bounding_box(window_mask)
+    assert local_bbox is not None  # grow/feather never clear a selected pixel
+    bbox = Box(window.x + local_bbox.x, window.y + local_bbox.y, local_bbox.width, local_bbox.height)
+
+    height, width = mask.shape
+    padding = options.padding if options.padding >= 0 else auto_padding(bbox)
+    region = context_region(bbox, width, height, padding, engine.native_size, engine.size_multiple)
+    rows, cols = region.slices()
+    source = image[rows, cols]
+    region_mask = np.zeros((region.height, region.width), dtype=np.uint8)
+    inter = window.intersect(region)
+    region_mask[inter.y - region.y : inter.bottom - region.y, inter.x - region.x : inter.right - region.x] = window_mask[
+        inter.y - window.y : inter.bottom - window.y, inter.x - window.x : inter.right - window.x
+    ]
+
+    size = processing_size(region, engine.native_size, engine.size_multiple)
+    task = EngineTask(
+        image=_resize(np.ascontiguousarray(source[:, :, :3]), size),
+        mask=_resize(region_mask, size),
+        prompt=options.prompt,
+        negative_prompt=options.negative_prompt,
+        seeds=seeds,
+        steps=options.steps or DEFAULT_DIFFUSION_STEPS,
+        guidance_scale=float(options.guidance_scale),
+        strength=float(options.strength),
+        scheduler=options.scheduler,
+        progress=report,
+        cancelled=cancelled,
+    )
+    t1 = time.perf_counter()
+    task.check_cancel()
+    outputs = engine.generate(task)
+    t2 = time.perf_counter()
+    if len(outputs) != len(seeds):
+        raise EngineError("engine_failure", f"engine returned {len(outputs)} images for {len(seeds)} seeds")
+    report("compositing", 0, 1)
+    layers = [
+        LayerResult(i, seed, region.x, region.y, composite(source, _resize(out, (region.width, region.height)), region_mask))
+        for i, (seed, out) in enumerate(zip(seeds, outputs))
+    ]
+    t3 = time.perf_counter()
+    timings = {"prepare": t1 - t0, "generate": t2 - t1, "composite": t3 - t2, "total": t3 - t0}
+    return JobOutput(layers=layers, region=region, processing_size=size, timings=timings)

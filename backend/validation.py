@@ -1,0 +1,110 @@
+"""Checking a submit before any work is done.
+
+Everything a client can get wrong is caught here and answered with an error that names
+the field and the rule, so a plugin author can fix their side from the message alone.
+Pixel buffers are wrapped, not copied: a 100 MB canvas stays where ZeroMQ put it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
+from protocol.wire import Message
+
+
+@dataclass
+class SubmitRequest:
+    image: np.ndarray  # H x W x C uint8 (C = 3 or 4), possibly strided, read-only view
+    mask: np.ndarray  # H x W uint8
+    options: JobOptions
+
+
+def _field_error(code: str, name: str, message: str) -> ProtocolError:
+    return ProtocolError(code, message, {"field": name})
+
+
+def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
+    options = JobOptions()
+    for name, (types, low, high) in OPTION_RULES.items():
+        if name not in body:
+            continue
+        value = body[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            kinds = " or ".join(t.__name__ for t in types)
+            raise _field_error(Code.BAD_FIELD_TYPE, name, f"'{name}' must be {kinds}, got {type(value).__name__}")
+        if low is not None and value < low or high is not None and value > high:
+            raise _field_error(Code.BAD_VALUE, name, f"'{name}' is {value}; allowed range is {low} to {high}")
+        setattr(options, name, value)
+    for name in ("prompt", "negative_prompt"):
+        if len(getattr(options, name)) > limits.max_prompt_chars:
+            raise _field_error(Code.TOO_LARGE, name, f"'{name}' has {len(getattr(options, name))} characters; the limit is {limits.max_prompt_chars}")
+    if options.scheduler not in SCHEDULERS:
+        raise _field_error(Code.BAD_VALUE, "scheduler", f"unknown scheduler '{options.scheduler}'; known: {', '.join(SCHEDULERS)}")
+    return options
+
+
+def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -> np.ndarray:
+    desc = msg.body.get(name)
+    if desc is None:
+        raise _field_error(Code.MISSING_FIELD, name, f"'{name}' is missing: a submit carries an image and a mask descriptor")
+    if not isinstance(desc, dict):
+        raise _field_error(Code.BAD_FIELD_TYPE, name, f"'{name}' must be a map (frame, width, height, channels, stride), got {type(desc).__name__}")
+    values: dict[str, int] = {}
+    for key in ("frame", "width", "height", "channels"):
+        if key not in desc:
+            raise _field_error(Code.MISSING_FIELD, f"{name}.{key}", f"'{name}.{key}' is missing")
+        v = desc[key]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _field_error(Code.BAD_FIELD_TYPE, f"{name}.{key}", f"'{name}.{key}' must be an integer, got {type(v).__name__}")
+        values[key] = v
+    w, h, c = values["width"], values["height"], values["channels"]
+    if w <= 0 or h <= 0:
+        raise _field_error(Code.BAD_VALUE, name, f"{name} is {w}x{h}; both sides must be at least 1")
+    if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
+        raise _field_error(
+            Code.TOO_LARGE, name,
+            f"{name} is {w}x{h}; the limit is {limits.max_side} px a side and {limits.max_pixels} pixels in all",
+        )
+    if c not in channels:
+        raise _field_error(Code.BAD_VALUE, f"{name}.channels", f"'{name}.channels' is {c}; it must be one of {list(channels)}")
+    stride = desc.get("stride", w * c)
+    if isinstance(stride, bool) or not isinstance(stride, int):
+        raise _field_error(Code.BAD_FIELD_TYPE, f"{name}.stride", f"'{name}.stride' must be an integer")
+    if stride < w * c:
+        raise _field_error(Code.BAD_VALUE, f"{name}.stride", f"'{name}.stride' is {stride}; a row of {w} pixels x {c} channels needs at least {w * c}")
+    try:
+        buf = msg.buffer(values["frame"])
+    except ProtocolError as exc:
+        raise _field_error(Code.BAD_IMAGE, f"{name}.frame", f"{name}: {exc.message}") from None
+    if len(buf) != stride * h:
+        raise _field_error(
+            Code.BAD_IMAGE, name,
+            f"{name} frame has {len(buf)} bytes; {w}x{h} with {c} channel(s) and stride {stride} needs {stride * h}",
+        )
+    flat = np.frombuffer(buf, dtype=np.uint8)
+    array = np.lib.stride_tricks.as_strided(flat, shape=(h, w, c), strides=(stride, c, 1), writeable=False)
+    return array if c > 1 else array[:, :, 0]
+
+
+def parse_submit(msg: Message, limits: Limits = LIMITS) -> SubmitRequest:
+    options = parse_options(msg.body, limits)
+    image = _image(msg, "image", (3, 4), limits)
+    mask = _image(msg, "mask", (1,), limits)
+    if image.shape[:2] != mask.shape:
+        raise ProtocolError(
+            Code.SIZE_MISMATCH,
+            f"image is {image.shape[1]}x{image.shape[0]} but mask is {mask.shape[1]}x{mask.shape[0]}; they must be the same size",
+        )
+    if not _any_nonzero(mask):
+        raise ProtocolError(Code.EMPTY_MASK, "the mask selects nothing (every value is 0); select the area to inpaint")
+    return SubmitRequest(image=image, mask=mask, options=options)
+
+
+def _any_nonzero(mask: np.ndarray) -> bool:
+    if mask.flags.c_contiguous:
+        return bool(mask.view(np.uint8).reshape(-1).any())
+    return bool(mask.any())
