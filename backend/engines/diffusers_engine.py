@@ -1,0 +1,455 @@
+"""The diffusion engine: Stable Diffusion 1.5/2 and SDXL inpainting through diffusers.
+
+One `DiffusersEngine` holds one pipeline, loaded once and kept warm by the daemon.  It
+accepts dedicated inpainting checkpoints (9-channel UNet: latents + mask + masked image)
+and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the known
+latents back in under the mask at every step.
+
+Everything that is not model work (mask feathering, cropping, scaling, compositing) is done
+by the runner before and after `generate`; see `backend.engines.base`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import struct
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .base import EngineError, EngineTask, ProgressFn
+
+if TYPE_CHECKING:  # torch and diffusers are imported lazily: they cost seconds
+    import torch
+
+#: Scheduler names clients may ask for -> diffusers class name.  "default" keeps the
+#: scheduler the checkpoint was saved with.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "lcm": "LCMScheduler",
+}
+KNOWN_SCHEDULERS = ("default", *SCHEDULERS)
+
+#: Extra settings per scheduler, on top of the checkpoint's scheduler config.
+_SCHEDULER_OVERRIDES: dict[str, dict[str, Any]] = {
+    # Without this PNDM runs Runge-Kutta warm-up steps that do not match `steps`.
+    "pndm": {"skip_prk_steps": True},
+    "dpmpp_2m": {"algorithm_type": "dpmsolver++", "solver_order": 2},
+}
+
+#: Prompt embeddings kept across jobs: users re-run the same prompt with new seeds a lot.
+PROMPT_CACHE_SIZE = 8
+
+_PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+SD15_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+XL_INPAINT_REPO = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+
+
+def pick_device(requested: str | None = None) -> str:
+    """The best device present, unless one was asked for."""
+    import torch
+
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _dtype_for(device: str) -> "torch.dtype":
+    import torch
+
+    # Half precision halves memory and is fast on GPUs; CPUs have no fast float16 path.
+    return torch.float32 if device.split(":")[0] == "cpu" else torch.float16
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """Tensor names -> dtype/shape of a .safetensors file, from its JSON header (no torch)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > 100_000_000:
+            raise ValueError(f"{path}: implausible safetensors header")
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def single_file_is_sdxl(path: Path) -> bool:
+    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        return any(k.startswith("conditioner.embedders.1.") for k in safetensors_header(path))
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def reference_repo_for(path: Path) -> str | None:
+    """The diffusers repo whose configs describe a single-file checkpoint's architecture.
+
+    diffusers guesses the same thing, but then fetches the configs from the Hub even when
+    told to stay offline; knowing the repo lets us look in the cache first, or say exactly
+    what to download.  None: not a layout we recognise (pickles are not inspected).
+    """
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        header = safetensors_header(path)
+    except (OSError, ValueError, struct.error):
+        return None
+    first_conv = header.get("model.diffusion_model.input_blocks.0.0.weight", {})
+    shape = first_conv.get("shape") or [0, 4]
+    inpainting = len(shape) > 1 and shape[1] == 9
+    if any(k.startswith("conditioner.embedders.1.") for k in header):
+        return XL_INPAINT_REPO if inpainting else "stabilityai/stable-diffusion-xl-base-1.0"
+    if any(k.startswith("cond_stage_model.model.") for k in header):  # OpenCLIP: SD 2.x
+        return "stabilityai/stable-diffusion-2-inpainting" if inpainting else "stabilityai/stable-diffusion-2-1-base"
+    if inpainting:
+        return SD15_INPAINT_REPO
+    return "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def _pipeline_class(sdxl: bool) -> type:
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    return StableDiffusionXLInpaintPipeline if sdxl else StableDiffusionInpaintPipeline
+
+
+def _class_from_model_index(model_index: Path, model_id: str) -> type:
+    """Choose the inpaint pipeline for a diffusers folder from the class it was saved as.
+
+    Text-to-image and img2img checkpoints of the same family share their components with
+    the inpaint pipeline, so they load into it unchanged (4-channel UNet, latent blending).
+    """
+    name = json.loads(model_index.read_text(encoding="utf-8")).get("_class_name", "")
+    if name.startswith("StableDiffusionXL"):
+        return _pipeline_class(sdxl=True)
+    if name.startswith("StableDiffusion") and "Upscale" not in name and "Depth" not in name:
+        return _pipeline_class(sdxl=False)
+    raise EngineError(
+        "model_refused",
+        f"model '{model_id}' is a {name or 'unknown'} pipeline; only Stable Diffusion 1.x/2.x "
+        "and SDXL checkpoints can be used for inpainting",
+    )
+
+
+class DiffusersEngine:
+    """A Stable Diffusion (XL) inpaint pipeline, loaded once and reused for every job."""
+
+    name = "diffusers"
+    #: Processing sizes are rounded to this: the VAE downsamples by 8.
+    size_multiple = 8
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        model_id: str | None = None,
+        device: str | None = None,
+        config: str | Path | None = None,
+        local_files_only: bool = True,
+        cache_dir: str | Path | None = None,
+        allow_pickle: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Load `source`: a Hub repo id, a diffusers folder, or a single checkpoint file.
+
+        `config` (a diffusers folder or repo id of the same architecture) tells diffusers
+        how to lay out a single-file checkpoint; without it diffusers looks for the
+        matching reference repo in the Hugging Face cache.  `cache_dir` is the hub cache.
+        """
+        self.model_id = model_id or str(source)
+        self.device = pick_device(device)
+        self.dtype = _dtype_for(self.device)
+        self._cache_dir = str(cache_dir) if cache_dir is not None else None
+        self._local_files_only = local_files_only
+        report = progress or (lambda stage, step, total: None)
+
+        report("loading", 0, 1)
+        self.pipe = self._load(str(source), config, allow_pickle)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        report("loading", 1, 1)
+
+        self.is_sdxl = self.pipe.__class__.__name__.startswith("StableDiffusionXL")
+        self.vae_scale_factor: int = int(self.pipe.vae_scale_factor)
+        self.size_multiple = self.vae_scale_factor
+        self.native_size: int | None = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+        self.unet_in_channels: int = int(self.pipe.unet.config.in_channels)
+        self._default_scheduler = self.pipe.scheduler
+        self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
+        self._prompt_cache: OrderedDict[tuple[str, str], tuple[torch.Tensor | None, ...]] = OrderedDict()
+
+    # -- loading -------------------------------------------------------------------
+
+    def _load(self, source: str, config: str | Path | None, allow_pickle: bool) -> Any:
+        path = Path(source).expanduser()
+        common: dict[str, Any] = {
+            "dtype": self.dtype,
+            "local_files_only": self._local_files_only,
+        }
+        if self._cache_dir is not None:
+            common["cache_dir"] = self._cache_dir
+
+        if path.is_file():
+            return self._load_single_file(path, config, allow_pickle, common)
+        if path.is_dir():
+            index = path / "model_index.json"
+            if not index.is_file():
+                raise EngineError(
+                    "model_unavailable",
+                    f"'{source}' is not a diffusers folder (no model_index.json in it)",
+                )
+            cls = _class_from_model_index(index, self.model_id)
+            return cls.from_pretrained(str(path), **self._no_safety_checker(cls), **common)
+        return self._load_from_hub(source, common)
+
+    def _load_from_hub(self, repo_id: str, common: dict[str, Any]) -> Any:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            index = hf_hub_download(
+                repo_id,
+                "model_index.json",
+                cache_dir=self._cache_dir,
+                local_files_only=self._local_files_only,
+            )
+        except LocalEntryNotFoundError as exc:
+            raise EngineError(
+                "model_unavailable",
+                f"model '{repo_id}' is not in the Hugging Face cache; run `hf download {repo_id}` on a "
+                "machine with network access, or start the daemon with --allow-download",
+            ) from exc
+        cls = _class_from_model_index(Path(index), self.model_id)
+        return cls.from_pretrained(repo_id, **self._no_safety_checker(cls), **common)
+
+    def _load_single_file(
+        self, path: Path, config: str | Path | None, allow_pickle: bool, common: dict[str, Any]
+    ) -> Any:
+        suffix = path.suffix.lower()
+        if suffix in _PICKLE_SUFFIXES and not allow_pickle:
+            raise EngineError(
+                "model_refused",
+                f"'{path}' is a pickle checkpoint, which can run arbitrary code when loaded; "
+                "convert it to .safetensors or start the daemon with --allow-pickle",
+            )
+        if config is None and self._local_files_only:
+            config = self._cached_reference_config(path)
+        if config is not None:
+            config_path = Path(config).expanduser()
+            if (config_path / "model_index.json").is_file():
+                cls = _class_from_model_index(config_path / "model_index.json", self.model_id)
+                config = str(config_path)
+            else:
+                cls = _pipeline_class(single_file_is_sdxl(path))
+                config = str(config)
+        else:
+            cls = _pipeline_class(single_file_is_sdxl(path))
+        return cls.from_single_file(str(path), config=config, **self._no_safety_checker(cls), **common)
+
+    def _cached_reference_config(self, path: Path) -> str:
+        """A cached diffusers folder to lay out `path` with, or a clear error saying what to get."""
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = reference_repo_for(path)
+        if repo is not None:
+            found = try_to_load_from_cache(repo, "model_index.json", cache_dir=self._cache_dir)
+            if isinstance(found, str):
+                return str(Path(found).parent)
+        wanted = f"the configs of {repo} (`hf download {repo} --include '*.json' '*.txt'`)" if repo else (
+            "a diffusers config folder of the same architecture"
+        )
+        raise EngineError(
+            "model_unavailable",
+            f"cannot load single-file checkpoint '{path}' offline without its diffusers config: "
+            f"provide {wanted}, give a config folder or repo id for it, or start the daemon with "
+            "--allow-download",
+        )
+
+    @staticmethod
+    def _no_safety_checker(cls: type) -> dict[str, Any]:
+        # The plugin user paints on their own images; a checker that blacks out results
+        # would only cost memory and time.  SDXL pipelines have none to disable.
+        if cls.__name__.startswith("StableDiffusionXL"):
+            return {}
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+    # -- generation ----------------------------------------------------------------
+
+    def generate(self, task: EngineTask) -> list[np.ndarray]:
+        import torch
+        from PIL import Image
+
+        height, width = task.mask.shape[:2]
+        if task.image.shape[:2] != (height, width):
+            raise EngineError("size_mismatch", "image and mask sizes differ")
+        if height % self.size_multiple or width % self.size_multiple:
+            raise EngineError(
+                "bad_value", f"size {width}x{height} is not a multiple of {self.size_multiple}"
+            )
+        if not task.seeds:
+            return []
+        if task.steps < 1 or not 0.0 < task.strength <= 1.0:
+            raise EngineError("bad_value", "steps must be >= 1 and strength in (0, 1]")
+        if int(task.steps * task.strength) < 1:
+            raise EngineError(
+                "bad_value",
+                f"strength {task.strength} leaves no denoising step out of {task.steps}; raise either",
+            )
+        self.pipe.scheduler = self._scheduler(task.scheduler)
+
+        task.progress("encoding", 0, 1)
+        task.check_cancel()
+        embeds = self._prompt_embeds(task.prompt, task.negative_prompt)
+        task.progress("encoding", 1, 1)
+        task.check_cancel()
+
+        # One generator per variant, on the CPU, so that a seed gives the same noise on
+        # every device.  The image and mask are repeated per variant, not broadcast: the
+        # pipeline then samples each variant's VAE latents with that variant's own generator
+        # (a single image would be encoded with the first generator only), so a seed draws
+        # the same noise whatever its place in the batch.
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in task.seeds]
+        image = Image.fromarray(np.ascontiguousarray(task.image[:, :, :3]), "RGB")
+        mask = Image.fromarray(np.ascontiguousarray(task.mask), "L")
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+            total = pipe.num_timesteps
+            task.progress("denoising", step + 1, total)
+            task.check_cancel()  # JobCancelled propagates out of the pipeline call
+            if step + 1 == total:
+                task.progress("decoding", 0, 1)
+            return {}
+
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": embeds[0],
+            "negative_prompt_embeds": embeds[1],
+        }
+        if self.is_sdxl:
+            kwargs["pooled_prompt_embeds"] = embeds[2]
+            kwargs["negative_pooled_prompt_embeds"] = embeds[3]
+
+        try:
+            with torch.inference_mode():
+                result = self.pipe(
+                    image=[image] * len(task.seeds),
+                    mask_image=[mask] * len(task.seeds),
+                    height=height,
+                    width=width,
+                    num_inference_steps=task.steps,
+                    guidance_scale=task.guidance_scale,
+                    strength=task.strength,
+                    num_images_per_prompt=len(task.seeds),
+                    generator=generators,
+                    output_type="np",
+                    callback_on_step_end=on_step_end,
+                    **kwargs,
+                )
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                self._free_cache()
+                raise EngineError(
+                    "out_of_memory",
+                    f"{self.device} ran out of memory inpainting {len(task.seeds)} variant(s) at "
+                    f"{width}x{height}; ask for fewer variants or a smaller region",
+                ) from exc
+            raise
+        images = np.asarray(result.images)
+        task.progress("decoding", 1, 1)
+        # Same rounding that diffusers' own numpy -> PIL conversion does.
+        pixels = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        return [np.ascontiguousarray(p[:height, :width, :3]) for p in pixels]
+
+    def _scheduler(self, name: str) -> Any:
+        key = (name or "default").lower()
+        if key in self._schedulers:
+            return self._schedulers[key]
+        if key not in SCHEDULERS:
+            raise EngineError(
+                "bad_value", f"unknown scheduler '{name}'; known: {', '.join(KNOWN_SCHEDULERS)}"
+            )
+        import diffusers
+
+        cls = getattr(diffusers, SCHEDULERS[key])
+        try:
+            scheduler = cls.from_config(self._default_scheduler.config, **_SCHEDULER_OVERRIDES.get(key, {}))
+        except ImportError as exc:  # e.g. LMS needs scipy
+            raise EngineError("bad_value", f"scheduler '{name}' is not usable here: {exc}") from exc
+        self._schedulers[key] = scheduler
+        return scheduler
+
+    def _prompt_embeds(self, prompt: str, negative: str) -> tuple[Any, ...]:
+        """Encode a prompt pair once; the text encoder is the same for every job and seed."""
+        key = (prompt or "", negative or "")
+        cached = self._prompt_cache.get(key)
+        if cached is not None:
+            self._prompt_cache.move_to_end(key)
+            return cached
+        import torch
+
+        with torch.inference_mode():
+            # Always encode the negative side too, so that one cache entry serves any
+            # guidance scale; the pipeline ignores it when guidance is off.
+            if self.is_sdxl:
+                embeds = self.pipe.encode_prompt(
+                    prompt=key[0],
+                    device=self.pipe._execution_device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=True,
+                    negative_prompt=key[1],
+                )
+            else:
+                embeds = self.pipe.encode_prompt(
+                    key[0],
+                    self.pipe._execution_device,
+                    1,
+                    True,
+                    negative_prompt=key[1],
+                )
+        embeds = tuple(embeds)
+        self._prompt_cache[key] = embeds
+        while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+        return embeds
+
+    # -- teardown ------------------------------------------------------------------
+
+    def _free_cache(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        elif self.device.startswith("mps") and hasattr(torch, "mps"):
+            torch.mps.empty_cache()
+
+    def close(self) -> None:
+        self._prompt_cache.clear()
+        self._schedulers.clear()
+        self.pipe = None
+        self._default_scheduler = None
+        self._free_cache()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom_types = tuple(
+        t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+    )
+    if oom_types and isinstance(exc, oom_types):
+        return True
+    # MPS reports exhaustion as a plain RuntimeError.
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

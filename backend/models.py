@@ -1,0 +1,281 @@
+"""Which models the daemon offers, whether their weights are here, and loading them.
+
+Listing must be fast and must work on a machine without weights or network, so it only
+looks at the file system (the Hugging Face cache layout, folders, files) and never imports
+torch or diffusers.  Loading is where the cost is paid, once: the diffusion pipeline is
+kept warm, and only one at a time, since each can take most of a GPU.
+
+Model ids:
+- "opencv-telea", "opencv-ns": the classical engines, always available.
+- "org/name": a Hugging Face repo id, looked up in the local hub cache.
+- a folder (diffusers layout, with model_index.json) or a `.safetensors` file: the id is
+  the absolute path, so that it does not depend on the daemon's working directory.  `get`
+  and `load` also accept the path as it was given (relative, or with `~`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engines.base import Engine, EngineError, ModelInfo, ProgressFn
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+FALLBACK_MODEL = "opencv-telea"
+BUILTIN_MODELS = ("opencv-telea", "opencv-ns")
+
+#: Checkpoint formats that unpickle on load, and so can run code hidden in the file.
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time.
+
+    `huggingface_hub.constants` freezes these at import; reading them here keeps the
+    registry and the loader looking at the same place even if the environment changed.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
+    """The cached snapshot folder of a diffusers repo, or None if it is not (fully) cached.
+
+    Layout: <cache>/models--org--name/refs/main holds a commit hash, and
+    snapshots/<hash>/ holds the files.  The snapshot `refs/main` names is preferred; any
+    snapshot with a model_index.json and a UNet will do otherwise.
+    """
+    repo_dir = (cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo_dir / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    candidates: list[Path] = []
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        candidates.append(snapshots / ref.read_text(encoding="utf-8").strip())
+    candidates += sorted(p for p in snapshots.iterdir() if p not in candidates)
+    for snapshot in candidates:
+        if (snapshot / "model_index.json").is_file() and (snapshot / "unet" / "config.json").is_file():
+            return snapshot
+    return None
+
+
+def _native_size_of_folder(folder: Path) -> int | None:
+    """UNet sample size times the VAE's downscale, from the configs alone."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _get_weights_hint(repo_id: str) -> str:
+    return (
+        f"run `hf download {repo_id}` on a machine with network access and copy its "
+        f"Hugging Face cache to {hub_cache_dir()}, or start the daemon with --allow-download"
+    )
+
+
+@dataclass
+class _Spec:
+    id: str
+    kind: str  # "builtin", "hub", "folder", "single_file"
+    source: str  # repo id or absolute path
+    given: str  # as written on the command line
+
+
+def _parse_spec(spec: str) -> _Spec:
+    """Tell a repo id from a path: an existing path wins, then the shape of the string."""
+    if spec in BUILTIN_MODELS:
+        return _Spec(spec, "builtin", spec, spec)
+    path = Path(spec).expanduser()
+    looks_like_file = path.suffix.lower() in SINGLE_FILE_SUFFIXES
+    if path.exists() or looks_like_file or not _REPO_ID.match(spec):
+        absolute = str(path.resolve())
+        kind = "single_file" if path.is_file() or looks_like_file else "folder"
+        return _Spec(absolute, kind, absolute, spec)
+    return _Spec(spec, "hub", spec, spec)
+
+
+class ModelRegistry:
+    """The models the daemon was started with, and the one diffusion engine kept loaded."""
+
+    def __init__(
+        self,
+        models: list[str] | None = None,
+        *,
+        default: str | None = None,
+        allow_download: bool = False,
+        device: str | None = None,
+        allow_pickle: bool = False,
+        configs: dict[str, str] | None = None,
+    ) -> None:
+        """`configs` maps a single-file model (as given, or its id) to a diffusers config
+        folder or repo id, which offline loading of a single file needs."""
+        self.allow_download = allow_download
+        self.allow_pickle = allow_pickle
+        self.device = device
+        self.notices: list[str] = []
+        self._lock = threading.RLock()
+        self._specs: dict[str, _Spec] = {}
+        for spec in [*BUILTIN_MODELS, DEFAULT_MODEL, *(models or []), *([default] if default else [])]:
+            parsed = _parse_spec(spec)
+            self._specs.setdefault(parsed.id, parsed)
+        self._configs: dict[str, str] = {}
+        for key, value in (configs or {}).items():
+            self._configs[_parse_spec(key).id] = value
+        self._classical: dict[str, Engine] = {}
+        self._diffusion: Engine | None = None
+
+        requested = _parse_spec(default).id if default else DEFAULT_MODEL
+        info = self.get(requested)
+        if info.available:
+            self.default_model_id = requested
+        else:
+            self.default_model_id = FALLBACK_MODEL
+            self.notices.append(
+                f"Model '{requested}' was not found ({info.detail}). Using the classical OpenCV "
+                f"engine '{FALLBACK_MODEL}' instead, which fills holes from their surroundings "
+                "and ignores prompts."
+            )
+
+    # -- listing -------------------------------------------------------------------
+
+    def list(self) -> list[ModelInfo]:
+        """Every known model; availability is checked afresh, since weights may arrive."""
+        return [self._info(spec) for spec in self._specs.values()]
+
+    def get(self, model_id: str) -> ModelInfo:
+        return self._info(self._spec(model_id))
+
+    def _spec(self, model_id: str) -> _Spec:
+        spec = self._specs.get(model_id) or self._specs.get(_parse_spec(model_id).id)
+        if spec is None:
+            raise EngineError(
+                "unknown_model",
+                f"unknown model '{model_id}'; known: {', '.join(self._specs)}",
+            )
+        return spec
+
+    def _info(self, spec: _Spec) -> ModelInfo:
+        if spec.kind == "builtin":
+            return ModelInfo(spec.id, "classical", "builtin", True, None, "OpenCV inpainting, no weights")
+        if spec.kind == "hub":
+            snapshot = cached_snapshot(spec.source)
+            if snapshot is not None:
+                return ModelInfo(
+                    spec.id, "diffusers", "hub", True, _native_size_of_folder(snapshot), str(snapshot)
+                )
+            if self.allow_download:
+                return ModelInfo(
+                    spec.id, "diffusers", "hub", True, None,
+                    "not cached yet; it will be downloaded from the Hugging Face Hub on first use",
+                )
+            return ModelInfo(
+                spec.id, "diffusers", "hub", False, None,
+                f"not in the Hugging Face cache at {hub_cache_dir()}; {_get_weights_hint(spec.source)}",
+            )
+        path = Path(spec.source)
+        if spec.kind == "folder":
+            if (path / "model_index.json").is_file():
+                return ModelInfo(spec.id, "diffusers", "folder", True, _native_size_of_folder(path), str(path))
+            reason = "no model_index.json in it" if path.is_dir() else "no such folder"
+            return ModelInfo(
+                spec.id, "diffusers", "folder", False, None,
+                f"{path}: {reason}; expected a diffusers pipeline folder (save_pretrained layout)",
+            )
+        if path.suffix.lower() in PICKLE_SUFFIXES and not self.allow_pickle:
+            return ModelInfo(
+                spec.id, "diffusers", "single_file", False, None,
+                f"{path}: refused, pickle checkpoints can run code when loaded; convert it to "
+                ".safetensors or start the daemon with --allow-pickle",
+            )
+        if not path.is_file():
+            return ModelInfo(spec.id, "diffusers", "single_file", False, None, f"{path}: no such file")
+        # numpy only, no torch
+        from .engines.diffusers_engine import reference_repo_for, single_file_is_sdxl
+
+        native = 1024 if single_file_is_sdxl(path) else 512
+        if spec.id not in self._configs and not self.allow_download:
+            # diffusers needs the configs of the matching reference repo to lay the weights out.
+            repo = reference_repo_for(path)
+            if repo is not None and cached_snapshot(repo) is None:
+                return ModelInfo(
+                    spec.id, "diffusers", "single_file", False, native,
+                    f"{path}: a single-file checkpoint needs the diffusers configs of {repo}, which are "
+                    f"not in the Hugging Face cache at {hub_cache_dir()}; run `hf download {repo} "
+                    "--include '*.json' '*.txt'` on a machine with network access and copy the cache "
+                    "here, name a config folder for it, or start the daemon with --allow-download",
+                )
+        return ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path))
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self, model_id: str, progress: ProgressFn | None = None) -> Engine:
+        """The engine for `model_id`, loading it if needed; the last diffusion model stays warm."""
+        spec = self._spec(model_id)
+        report = progress or (lambda stage, step, total: None)
+        with self._lock:
+            if spec.kind == "builtin":
+                engine = self._classical.get(spec.id)
+                if engine is None:
+                    from .engines.classical import ClassicalEngine
+
+                    report("loading", 0, 1)
+                    engine = self._classical[spec.id] = ClassicalEngine(spec.id)
+                    report("loading", 1, 1)
+                return engine
+
+            if self._diffusion is not None and self._diffusion.model_id == spec.id:
+                return self._diffusion
+
+            if spec.kind == "single_file" and Path(spec.source).suffix.lower() in PICKLE_SUFFIXES:
+                if not self.allow_pickle:
+                    raise EngineError("model_refused", self._info(spec).detail)
+            info = self._info(spec)
+            if not info.available:
+                raise EngineError("model_unavailable", f"model '{spec.id}' is not available: {info.detail}")
+
+            # Free the warm model first: two pipelines rarely fit in GPU memory together.
+            if self._diffusion is not None:
+                self._diffusion.close()
+                self._diffusion = None
+
+            report("loading", 0, 1)
+            from .engines.diffusers_engine import DiffusersEngine
+
+            self._diffusion = DiffusersEngine(
+                spec.source,
+                model_id=spec.id,
+                device=self.device,
+                config=self._configs.get(spec.id),
+                local_files_only=not self.allow_download,
+                cache_dir=hub_cache_dir(),
+                allow_pickle=self.allow_pickle,
+            )
+            report("loading", 1, 1)
+            return self._diffusion
+
+    def close(self) -> None:
+        with self._lock:
+            if self._diffusion is not None:
+                self._diffusion.close()
+                self._diffusion = None
+            for engine in self._classical.values():
+                engine.close()
+            self._classical.clear()
