@@ -1,0 +1,185 @@
+"""`inpaintd install-krita`: put the Krita plugin where Krita finds it, and check that it can run.
+
+The plugin needs the client library (protocol/) and, through it, pyzmq and msgpack in
+*Krita's* Python, which is not the Python that runs this installer.  So the installer
+copies protocol/ inside the plugin (as `inpaintd_krita._vendor.protocol`, a name no other
+plugin can clash with), enables the plugin in kritarc, then finds Krita's own Python where
+it can (Linux packages link the system libpython3.X) and tries the imports there, printing
+the exact command to fix what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PLUGIN_NAME = "inpaintd_krita"
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_SRC = ROOT / "krita_plugin"
+PROTOCOL_SRC = ROOT / "protocol"
+
+
+def default_pykrita_dir() -> Path:
+    """Krita's per-user resource folder + pykrita, as Krita itself computes it (QStandardPaths)."""
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", home / "AppData" / "Roaming")) / "krita" / "pykrita"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "krita" / "pykrita"
+    flatpak = home / ".var" / "app" / "org.kde.krita" / "data" / "krita"
+    if flatpak.is_dir() and not shutil.which("krita"):
+        return flatpak / "pykrita"
+    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "krita" / "pykrita"
+
+
+def kritarc_path() -> Path:
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "kritarc"
+    if sys.platform == "darwin":
+        return home / "Library" / "Preferences" / "kritarc"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kritarc"
+
+
+def enable_in_kritarc(path: Path, name: str = PLUGIN_NAME) -> bool:
+    """Set `enable_<name>=true` in the [python] section, editing lines in place so the
+    rest of Krita's settings stay byte-for-byte as they were.  True if the file changed."""
+    key = f"enable_{name}"
+    lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if path.exists() else []
+    section = None
+    python_at = None
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("[") and s.endswith("]"):
+            section = s[1:-1]
+            if section == "python":
+                python_at = i
+            continue
+        if section == "python" and s.split("=", 1)[0].strip() == key:
+            if s.split("=", 1)[-1].strip().lower() == "true":
+                return False
+            lines[i] = f"{key}=true"
+            break
+    else:
+        if python_at is None:
+            if lines and lines[-1].strip():
+                lines.append("")
+            lines += ["[python]", f"{key}=true"]
+        else:
+            lines.insert(python_at + 1, f"{key}=true")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+    return True
+
+
+def copy_plugin(dest: Path) -> Path:
+    """Copy the plugin package, its .desktop file and the vendored client into `dest`."""
+    target = dest / PLUGIN_NAME
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(PLUGIN_SRC / PLUGIN_NAME, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_vendor"))
+    vendor = target / "_vendor"
+    (vendor / "protocol").mkdir(parents=True)
+    (vendor / "__init__.py").write_text('"""Libraries the plugin carries with it (copied by `inpaintd install-krita`)."""\n')
+    for f in sorted(PROTOCOL_SRC.glob("*.py")):
+        shutil.copy2(f, vendor / "protocol" / f.name)
+    if (PLUGIN_SRC / "README.md").exists():
+        shutil.copy2(PLUGIN_SRC / "README.md", target / "README.md")
+    shutil.copy2(PLUGIN_SRC / f"{PLUGIN_NAME}.desktop", dest / f"{PLUGIN_NAME}.desktop")
+    return target
+
+
+def krita_python() -> tuple[str | None, str]:
+    """(python executable matching Krita's embedded Python, how it was found), or (None, why not)."""
+    krita = shutil.which("krita")
+    if not krita:
+        return None, "no `krita` on PATH (AppImage, Windows, macOS and Flatpak builds carry their own Python)"
+    libdirs = [Path(p) for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")]
+    libdirs.insert(0, Path(krita).resolve().parent.parent / "lib")
+    for libdir in libdirs:
+        for so in list(libdir.glob("kritaplugins/kritapykrita.so")) + list(libdir.glob("*/kritaplugins/kritapykrita.so")):
+            try:
+                out = subprocess.run(["ldd", str(so)], capture_output=True, text=True, timeout=20).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            m = re.search(r"libpython(3\.\d+)\S*\s*=>\s*(\S+)", out)
+            if m:
+                ver, lib = m.group(1), Path(m.group(2))
+                # The interpreter that shares the embedded library's prefix, not whatever
+                # python3.X comes first on PATH (pyenv, conda, a venv).
+                near = [p / "bin" / f"python{ver}" for p in (lib.parent.parent, lib.parent.parent.parent)]
+                for exe in near + [Path(f"/usr/bin/python{ver}")]:
+                    if exe.is_file():
+                        return str(exe), f"{so.name} links {lib}"
+                found = shutil.which(f"python{ver}")
+                if found:
+                    return found, f"{so.name} links {lib} (interpreter found on PATH)"
+                return None, f"Krita uses Python {ver}, but no python{ver} executable was found"
+    return None, f"found {krita} but not its Python plugin library (kritapykrita.so)"
+
+
+def check_imports(python: str, extra_path: Path | None = None) -> tuple[bool, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    if extra_path is not None:
+        env["PYTHONPATH"] = str(extra_path)
+    code = "import zmq, msgpack; print(zmq.zmq_version(), msgpack.version)"
+    try:
+        r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    if r.returncode == 0:
+        return True, r.stdout.strip()
+    lines = r.stderr.strip().splitlines()
+    return False, lines[-1] if lines else f"exit code {r.returncode}"
+
+
+def install(dest: Path | str | None = None, enable: bool = True) -> int:
+    """Install the plugin; print what was done.  0: ready to use; 2: installed, but Krita's
+    Python cannot import pyzmq/msgpack (the message says how to fix it); 1: failed."""
+    dest = Path(dest).expanduser() if dest else default_pykrita_dir()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        target = copy_plugin(dest)
+    except OSError as exc:
+        print(f"error: could not install into {dest}: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed the plugin into {target}")
+    print(f"wrote {dest / (PLUGIN_NAME + '.desktop')}")
+    print(f"vendored the client library as {PLUGIN_NAME}._vendor.protocol")
+    if enable:
+        rc = kritarc_path()
+        try:
+            changed = enable_in_kritarc(rc)
+            print(f"{'enabled' if changed else 'already enabled'}: [python] enable_{PLUGIN_NAME}=true in {rc}")
+        except OSError as exc:
+            print(f"warning: could not edit {rc} ({exc}); enable 'inpaintd' in Settings > Configure Krita > "
+                  "Python Plugin Manager", file=sys.stderr)
+    vendor = target / "_vendor"
+    python, how = krita_python()
+    if python is None:
+        print(f"note: could not check Krita's Python ({how}).")
+        print("  If the docker says pyzmq/msgpack are missing, install them for Krita's Python version X.Y:")
+        print(f"    python -m pip install --target \"{vendor}\" --python-version X.Y --only-binary=:all: pyzmq msgpack")
+        print("  (Krita > Help > System Information shows its Python version.)")
+        return 0
+    ok, detail = check_imports(python)
+    if ok:
+        print(f"Krita's Python ({python}; {how}) imports pyzmq and msgpack ({detail}). Restart Krita, then open "
+              "Settings > Dockers > inpaintd.")
+        return 0
+    ver = re.search(r"(3\.\d+)", Path(python).name)
+    print(f"warning: Krita's Python ({python}) cannot import pyzmq and msgpack: {detail}", file=sys.stderr)
+    print("  Fix it with one of:", file=sys.stderr)
+    print("    sudo apt install python3-zmq python3-msgpack        (Debian/Ubuntu packages of Krita)", file=sys.stderr)
+    print(f"    {python} -m pip install --target \"{vendor}\" pyzmq msgpack", file=sys.stderr)
+    if ver:
+        print(f"    python -m pip install --target \"{vendor}\" --python-version {ver.group(1)} --only-binary=:all: pyzmq msgpack",
+              file=sys.stderr)
+    print("  then restart Krita.", file=sys.stderr)
+    return 2
