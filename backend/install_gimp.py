@@ -1,0 +1,134 @@
+"""`inpaintd install-gimp`: put the GIMP 3 plug-in where GIMP looks for it.
+
+GIMP 3 runs each Python plug-in as its own process with GIMP's Python (on Linux the
+system `python3`; GIMP's own bundled Python on Windows, macOS and in the Flatpak), not
+with this project's venv.  So the installer copies the protocol client next to the
+plug-in (as the package `inpaintd_protocol`, a name no other plug-in will use), and then
+checks that *GIMP's* Python can import pyzmq and msgpack, which the client needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN_SRC = REPO / "gimp_plugin" / "inpaintd_gimp"
+PROTOCOL_SRC = REPO / "protocol"
+PLUGIN_NAME = "inpaintd_gimp"  # GIMP requires folder name == file name (without .py)
+PLUGIN_FILES = ("inpaintd_gimp.py", "inpaintd_logic.py", "inpaintd_watchdog.py")
+
+
+def default_plugins_dir() -> Path:
+    """GIMP 3.0's per-user plug-ins folder on this system."""
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", home / "AppData" / "Roaming")) / "GIMP" / "3.0" / "plug-ins"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "GIMP" / "3.0" / "plug-ins"
+    flatpak = home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / "3.0"
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    if flatpak.is_dir() and not (config / "GIMP" / "3.0").is_dir():
+        return flatpak / "plug-ins"
+    return config / "GIMP" / "3.0" / "plug-ins"
+
+
+def copy_plugin(dest: Path) -> Path:
+    """Copy the plug-in and the protocol client into dest/inpaintd_gimp; return that folder."""
+    target = dest / PLUGIN_NAME
+    proto = target / "inpaintd_protocol"
+    if proto.exists():
+        shutil.rmtree(proto)  # drop modules a newer client no longer has
+    proto.mkdir(parents=True)
+    for name in PLUGIN_FILES:
+        shutil.copy2(PLUGIN_SRC / name, target / name)
+    for src in sorted(PROTOCOL_SRC.glob("*.py")):
+        shutil.copy2(src, proto / src.name)
+    for f in [target / n for n in PLUGIN_FILES] + list(proto.glob("*.py")):
+        f.chmod(0o644)
+    entry = target / "inpaintd_gimp.py"
+    entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    # The command the plug-in may use to start a local daemon: this Python's CLI.
+    (target / "inpaintd_install.json").write_text(
+        json.dumps({"command": [sys.executable, "-m", "backend"], "repo": str(REPO)}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    return target
+
+
+def check_python(python: Sequence[str]) -> str | None:
+    """None when `python` can import zmq and msgpack, else what went wrong."""
+    try:
+        proc = subprocess.run([*python, "-c", "import zmq, msgpack"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"could not run {' '.join(python)}: {exc}"
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def advice(target: Path) -> str:
+    vendor = target / "vendor"
+    return (
+        "The plug-in needs pyzmq and msgpack in GIMP's Python.  Install them for it:\n"
+        "  Debian/Ubuntu:  sudo apt install python3-zmq python3-msgpack\n"
+        "  Fedora:         sudo dnf install python3-zmq python3-msgpack\n"
+        "  Arch:           sudo pacman -S python-pyzmq python-msgpack\n"
+        "  Flatpak, Windows, macOS (GIMP bundles its own Python): install wheels for that Python's version\n"
+        f"  into the plug-in's vendor folder, which it adds to its path:\n"
+        f"    python3 -m pip install --target '{vendor}' --python-version X.Y --only-binary=:all: pyzmq msgpack\n"
+        "  (X.Y = the version GIMP's Python console shows: Filters > Development > Python-Fu > Console)."
+    )
+
+
+def install(dest: Path | None = None, python: Sequence[str] | None = None) -> int:
+    """Install into `dest` (default: GIMP 3's plug-ins folder) and check GIMP's Python.
+
+    `python` is the command that runs GIMP's Python (default: `python3` on PATH, which is
+    what GIMP 3 from a Linux distribution uses).  Returns 0 when installed and usable,
+    1 when the copy failed, 2 when installed but GIMP's Python lacks pyzmq or msgpack."""
+    dest = Path(dest) if dest else default_plugins_dir()
+    try:
+        target = copy_plugin(dest)
+    except OSError as exc:
+        print(f"install-gimp: could not install into {dest}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Installed the GIMP plug-in into {target}")
+    print("Restart GIMP; the command is Filters > AI > Inpaint Selection...")
+    if python is None:
+        found = shutil.which("python3") if sys.platform != "win32" else None
+        if not found:
+            print("install-gimp: no python3 on PATH to check; " + advice(target), file=sys.stderr)
+            return 2
+        python = [found]
+    problem = check_python(python)
+    if problem:
+        print(f"install-gimp: GIMP's Python ({' '.join(python)}) cannot import zmq and msgpack: {problem}",
+              file=sys.stderr)
+        print(advice(target), file=sys.stderr)
+        return 2
+    print(f"GIMP's Python ({' '.join(python)}) can import zmq and msgpack.")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (`python -m backend.install_gimp [--dest DIR] [--python CMD]`)."""
+    import argparse
+    import shlex
+
+    ap = argparse.ArgumentParser(prog="inpaintd install-gimp", description=install.__doc__)
+    ap.add_argument("--dest", type=Path, help="plug-ins folder (default: GIMP 3's per-user folder)")
+    ap.add_argument("--python", help="command running GIMP's Python, e.g. 'chroot /root python3'")
+    args = ap.parse_args(argv)
+    return install(args.dest, shlex.split(args.python) if args.python else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

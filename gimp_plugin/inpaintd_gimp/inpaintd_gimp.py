@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""GIMP 3 plug-in: Filters > AI > Inpaint Selection... through the inpaintd daemon.
+
+Thin glue only: it registers the procedure, shows the dialog, moves pixels between GIMP
+and the daemon, drives GIMP's progress bar and adds the result layers in one undo group.
+Every decision that needs no GIMP (geometry, names, validation, messages) lives in
+inpaintd_logic.py beside this file, where it is unit-tested outside GIMP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+if os.path.isdir(os.path.join(HERE, "vendor")):  # pyzmq/msgpack installed with pip --target
+    sys.path.insert(1, os.path.join(HERE, "vendor"))
+
+import inpaintd_logic as logic  # noqa: E402
+from inpaintd_logic import ARGS, Options, Rect  # noqa: E402
+
+RGBA = "R'G'B'A u8"
+RGB = "R'G'B' u8"
+MASK = "Y u8"
+_PARAM = GObject.ParamFlags.READWRITE
+
+
+class UserError(Exception):
+    """A problem the user can fix; its text is shown as is."""
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def run(procedure, run_mode, image, drawables, config, data):
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(logic.PROCEDURE_NAME)
+        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Inpaint Selection")
+        dialog.fill(None)
+        ok = dialog.run()
+        dialog.destroy()
+        if not ok:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    opts = Options.from_mapping({a.name: config.get_property(a.name) for a in ARGS})
+    try:
+        problems = opts.validate()
+        if problems:
+            raise UserError("Inpaint Selection: " + "; ".join(problems))
+        inpaint(image, list(drawables), opts)
+    except UserError as exc:
+        return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(str(exc)))
+    finally:
+        Gimp.progress_end()
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def inpaint(image, drawables, opts: Options) -> None:
+    layer = check_target(image, drawables, opts)
+    _, nonempty, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
+    if not nonempty or Gimp.Selection.is_empty(image):
+        raise UserError(logic.NO_SELECTION)
+    source_rect, pixels_from = source_of(image, layer, opts)
+    plan = logic.plan_crop(Rect(x1, y1, x2 - x1, y2 - y1), source_rect, opts)
+    if plan is None:
+        raise UserError("The selection does not overlap the layer '%s'; select inside it." % layer.get_name())
+    mask = read(image.get_selection(), plan.crop_in_image, MASK)
+    if not logic.mask_has_pixels(mask):
+        raise UserError("The selection is empty where it meets the layer; nothing to inpaint.")
+    channels = 4 if pixels_from.has_alpha() else 3
+    pixels = read(pixels_from, plan.crop, RGBA if channels == 4 else RGB)
+    if pixels_from is not layer:
+        pixels_from.get_image().delete()  # the duplicate made for 'Use visible image'
+
+    Gimp.progress_init("Inpainting: connecting to inpaintd")
+    client = connect(opts)
+    try:
+        job = run_job(client, pixels, plan.crop.width, plan.crop.height, channels, mask, opts)
+    finally:
+        client.close()
+    add_results(image, layer, plan, job.layers, opts)
+
+
+def check_target(image, drawables, opts: Options):
+    """The one pixel layer to work on, or a UserError saying what to pick instead."""
+    if len(drawables) != 1:
+        raise UserError("Select exactly one layer in the Layers dialog (%d are selected)." % len(drawables))
+    item = drawables[0]
+    if not isinstance(item, Gimp.Layer) or isinstance(item, Gimp.LayerMask):
+        raise UserError("Inpaint Selection works on a layer, not on a channel or layer mask: select a layer.")
+    if item.is_group() and not opts.sample_merged:
+        raise UserError(
+            "'%s' is a layer group: select a pixel layer inside it, or enable 'Use visible image'." % item.get_name()
+        )
+    base = image.get_base_type()
+    if base == Gimp.ImageBaseType.INDEXED:
+        raise UserError("Indexed images are not supported: convert with Image > Mode > RGB and run it again.")
+    notes = []
+    if base == Gimp.ImageBaseType.GRAY:
+        notes.append("Grayscale image: the area is sent as RGB and the results are converted back to gray.")
+    bits, linear = precision_of(image)
+    note = logic.precision_note(bits, linear)
+    if note:
+        notes.append(note)
+    for n in notes:
+        Gimp.message(n)
+    return item
+
+
+def precision_of(image) -> tuple[int, bool]:
+    """Bits per channel and linearity from the precision enum's name (e.g. U16_LINEAR)."""
+    name = image.get_precision().value_nick.upper().replace("-", "_")
+    bits = {"U8": 8, "U16": 16, "U32": 32, "HALF": 16, "FLOAT": 32, "DOUBLE": 64}.get(name.split("_")[0], 8)
+    return bits, name.endswith("_LINEAR") and "NON_LINEAR" not in name
+
+
+def source_of(image, layer, opts: Options):
+    """(bounds in image coordinates, drawable to read pixels from)."""
+    if opts.sample_merged:
+        copy = image.duplicate()
+        merged = copy.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
+        return Rect(0, 0, image.get_width(), image.get_height()), merged
+    _, ox, oy = layer.get_offsets()
+    return Rect(ox, oy, layer.get_width(), layer.get_height()), layer
+
+
+def read(drawable, rect: Rect, fmt: str) -> bytes:
+    buf = drawable.get_buffer()
+    return bytes(buf.get(Gegl.Rectangle.new(rect.x, rect.y, rect.width, rect.height), 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
+
+
+# -- talking to the daemon --------------------------------------------------------------
+
+
+def import_protocol():
+    try:
+        import inpaintd_protocol
+    except ImportError as exc:
+        raise UserError(
+            f"GIMP's Python ({sys.executable}, {sys.version.split()[0]}) cannot load the inpaintd client: {exc}.\n"
+            "Install pyzmq and msgpack for it (Debian/Ubuntu: sudo apt install python3-zmq python3-msgpack), "
+            "or run `inpaintd install-gimp` again, which says how for your system."
+        ) from None
+    return inpaintd_protocol
+
+
+def connect(opts: Options):
+    """A Client that got a hello from the daemon, starting a local daemon if allowed."""
+    proto = import_protocol()
+    client = proto.Client(opts.endpoint.strip() or None, name="inpaintd-gimp")
+    try:
+        client.hello(timeout=3.0)
+        return client
+    except proto.DaemonUnavailable:
+        client.close()
+    except proto.ProtocolError as exc:
+        client.close()
+        raise UserError(f"inpaintd at {client.endpoint} refused the connection: {exc}") from None
+    endpoint = client.endpoint
+    command = recorded_command()
+    if not (opts.start_daemon and command and logic.is_local_endpoint(endpoint)):
+        raise UserError(logic.how_to_start(endpoint))
+    argv = logic.serve_command(command, endpoint)
+    Gimp.progress_set_text("Inpainting: starting inpaintd (%s)" % logic.quote_command(argv))
+    log = open(os.path.join(GLib.get_user_cache_dir(), "inpaintd-gimp-daemon.log"), "ab")
+    try:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise UserError(f"Could not start inpaintd ({exc}).\n" + logic.how_to_start(endpoint)) from None
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        Gimp.progress_pulse()
+        client = proto.Client(endpoint, name="inpaintd-gimp")  # re-reads the new connection file's key
+        try:
+            client.hello(timeout=1.0)
+            return client
+        except proto.ProtocolError:
+            client.close()
+    raise UserError(f"Started `{logic.quote_command(argv)}` but it did not answer within 60 s; "
+                    f"see {log.name}.\n" + logic.how_to_start(endpoint))
+
+
+def recorded_command() -> list[str] | None:
+    """The CLI command `inpaintd install-gimp` recorded (e.g. [venv python, -m, backend])."""
+    try:
+        with open(os.path.join(HERE, "inpaintd_install.json"), encoding="utf-8") as f:
+            command = json.load(f).get("command")
+    except (OSError, ValueError):
+        return None
+    return [str(c) for c in command] if isinstance(command, list) and command else None
+
+
+def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask: bytes, opts: Options):
+    proto = import_protocol()
+    try:
+        job = client.submit(pixels, width, height, channels, mask, proto.JobOptions(**opts.job_options()), timeout=30.0)
+    except proto.ProtocolError as exc:
+        raise UserError(f"inpaintd refused the job: {exc}") from None
+    watchdog = start_watchdog(client, job.id)
+    try:
+        shown = None
+        while not job.finished:
+            client.pump(0.1)
+            now = (job.stage, job.step, job.total_steps, job.position)
+            if now != shown:
+                shown = now
+                Gimp.progress_set_text(logic.progress_text(*now))
+                Gimp.progress_update(logic.progress_fraction(job.stage, job.step, job.total_steps))
+    finally:
+        stop_watchdog(watchdog)
+    try:
+        job.raise_for_error()
+    except proto.ProtocolError as exc:
+        raise UserError(f"inpaintd could not inpaint: {exc}") from None
+    Gimp.progress_update(1.0)
+    return job
+
+
+def start_watchdog(client, job_id: str):
+    """Start inpaintd_watchdog.py, which cancels the job if GIMP kills this process
+    (that is what GIMP 3 does when the user cancels the progress bar)."""
+    env = dict(os.environ)
+    if client.key:
+        env["INPAINTD_KEY"] = client.key.decode("ascii")
+    try:
+        return subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "inpaintd_watchdog.py"), client.endpoint, job_id],
+            stdin=subprocess.PIPE, env=env, start_new_session=True,
+        )
+    except OSError:
+        return None  # no cancel-on-kill; the job still runs to completion
+
+
+def stop_watchdog(watchdog) -> None:
+    if watchdog is None:
+        return
+    try:
+        watchdog.stdin.write(b"done\n")
+        watchdog.stdin.close()
+        watchdog.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+# -- results --------------------------------------------------------------------------
+
+
+def add_results(image, source, plan, layers, opts: Options) -> None:
+    """One layer per variant, in a group above the source, as one undo step."""
+    layer_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY else Gimp.ImageType.RGBA_IMAGE
+    image.undo_group_start()
+    try:
+        group = Gimp.GroupLayer.new(image, logic.group_name(opts.prompt))
+        image.insert_layer(group, source.get_parent(), image.get_item_position(source))
+        for position, variant in enumerate(layers):
+            out = Gimp.Layer.new(image, logic.layer_name(opts.prompt, variant.index, variant.seed),
+                                 variant.width, variant.height, layer_type, 100.0, Gimp.LayerMode.NORMAL)
+            image.insert_layer(out, group, position)
+            x, y = logic.result_offset(plan, variant.x, variant.y)
+            out.set_offsets(x, y)
+            buf = out.get_buffer()
+            buf.set(Gegl.Rectangle.new(0, 0, variant.width, variant.height), RGBA, variant.tight_bytes())
+            buf.flush()
+            out.update(0, 0, variant.width, variant.height)
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+
+
+# -- registration ---------------------------------------------------------------------
+
+
+class InpaintdPlugIn(Gimp.PlugIn):
+    def do_set_i18n(self, name):
+        return False  # no translations shipped; also silences GIMP's locale warnings
+
+    def do_query_procedures(self):
+        return [logic.PROCEDURE_NAME]
+
+    def do_create_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label(logic.MENU_LABEL)
+        procedure.add_menu_path(logic.MENU_PATH)
+        procedure.set_documentation(
+            "Inpaint the selection with inpaintd",
+            "Repaints the selected area of the selected layer with Stable Diffusion (or the classical "
+            "engine) running in the inpaintd daemon, and adds one layer per variant in a new layer group "
+            "above the layer. The layer itself is not changed.",
+            name,
+        )
+        procedure.set_attribution("inpaintd", "inpaintd", "2026")
+        for a in ARGS:
+            if a.kind == "str":
+                procedure.add_string_argument(a.name, a.label, a.blurb, a.default, _PARAM)
+            elif a.kind == "int":
+                procedure.add_int_argument(a.name, a.label, a.blurb, int(a.minimum), int(a.maximum), a.default, _PARAM)
+            elif a.kind == "float":
+                procedure.add_double_argument(a.name, a.label, a.blurb, a.minimum, a.maximum, a.default, _PARAM)
+            else:
+                procedure.add_boolean_argument(a.name, a.label, a.blurb, a.default, _PARAM)
+        return procedure
+
+
+if __name__ == "__main__":
+    Gimp.main(InpaintdPlugIn.__gtype__, sys.argv)

@@ -1,0 +1,193 @@
+"""Tests that run inside GIMP 3 (gimp-console, python-fu-eval), against a real daemon.
+
+Started by tests/test_gimp_plugin.py through tests/gimp/in_gimp/run.py; pytest here is
+GIMP's own (Debian's python3-pytest in the GIMP root).  The daemon's address and key
+arrive in INPAINTD_ENDPOINT / INPAINTD_KEY.  Images are built from the bundled photo
+(backend/assets/coffee.jpg, copied beside this file as photo.jpg) so the engine sees real texture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import gi
+import pytest
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+
+PROC = "python-fu-inpaintd-inpaint-selection"
+PHOTO = os.path.join(os.environ.get("INPAINTD_CI_DIR", "/ci"), "photo.jpg")
+W, H = 640, 480  # image
+LX, LY, LW, LH = 96, 64, 448, 336  # the photo layer: non-zero offsets, smaller than the image
+SEL = (250, 190, 110, 80)  # ellipse in image coordinates, inside the layer
+SEL_FEATHER = 10
+GROW, FEATHER, PADDING = 4, 8, 24
+
+
+def rect(x, y, w, h):
+    return Gegl.Rectangle.new(x, y, w, h)
+
+
+def read(drawable, x, y, w, h, fmt):
+    return bytes(drawable.get_buffer().get(rect(x, y, w, h), 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
+
+
+def make_image(select: bool = True):
+    image = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
+    bg = Gimp.Layer.new(image, "background", W, H, Gimp.ImageType.RGB_IMAGE, 100, Gimp.LayerMode.NORMAL)
+    image.insert_layer(bg, None, 0)
+    bg.fill(Gimp.FillType.WHITE)
+    photo = Gimp.Layer.new(image, "photo", LW, LH, Gimp.ImageType.RGB_IMAGE, 100, Gimp.LayerMode.NORMAL)
+    image.insert_layer(photo, None, 0)
+    photo.set_offsets(LX, LY)
+    pixels = Image.open(PHOTO).convert("RGB").resize((LW, LH)).tobytes()
+    buf = photo.get_buffer()
+    buf.set(rect(0, 0, LW, LH), "R'G'B' u8", pixels)
+    buf.flush()
+    photo.update(0, 0, LW, LH)
+    if select:
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, *SEL)
+        Gimp.Selection.feather(image, SEL_FEATHER)
+    return image, photo
+
+
+def run_proc(image, drawables, **values):
+    proc = Gimp.get_pdb().lookup_procedure(PROC)
+    config = proc.create_config()
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", drawables)
+    for name, value in values.items():
+        config.set_property(name.replace("_", "-"), value)
+    result = proc.run(config)
+    status = result.index(0)
+    message = result.index(1) if result.length() > 1 and status != Gimp.PDBStatusType.SUCCESS else ""
+    return status, message
+
+
+def test_registered_with_menu_and_arguments():
+    proc = Gimp.get_pdb().lookup_procedure(PROC)
+    assert proc is not None
+    assert "<Image>/Filters/AI" in proc.get_menu_paths()
+    names = [a.name for a in proc.get_arguments()]
+    for wanted in ("prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
+                   "grow", "feather", "padding", "endpoint"):
+        assert wanted in names
+
+
+def test_inpaint_feathered_selection_adds_exact_layers():
+    image, photo = make_image()
+    before = read(photo, 0, 0, LW, LH, "R'G'B'A u8")
+    sel_mask = read(image.get_selection(), 0, 0, W, H, "Y u8")
+    _, _, sx1, sy1, sx2, sy2 = Gimp.Selection.bounds(image)
+
+    started = time.perf_counter()
+    status, message = run_proc(image, [photo], prompt="a plain wooden table", seed=1234, variants=2,
+                               grow=GROW, feather=FEATHER, padding=PADDING, start_daemon=False)
+    elapsed = time.perf_counter() - started
+    assert status == Gimp.PDBStatusType.SUCCESS, message
+
+    # the source layer is untouched
+    assert read(photo, 0, 0, LW, LH, "R'G'B'A u8") == before
+    assert photo.get_offsets()[1:] == (LX, LY)
+
+    top = image.get_layers()
+    assert [layer.get_name() for layer in top[1:]] == ["photo", "background"]
+    group = top[0]
+    assert group.is_group() and group.get_name() == "Inpaint: a plain wooden table"
+    variants = group.get_children()
+    assert len(variants) == 2
+    names = [v.get_name() for v in variants]
+    assert names[0] == "a plain wooden table #1 (seed 1234)", names
+    assert names[1].startswith("a plain wooden table #2 (seed "), names
+    report = {"procedure_seconds": round(elapsed, 3), "selection_bounds": [sx1, sy1, sx2, sy2], "layers": []}
+
+    # everything the daemon may touch: the selection dilated by the daemon's grow + feather
+    reach = GROW + FEATHER + 1
+    touched = Image.frombytes("L", (W, H), sel_mask).point(lambda v: 255 if v else 0)
+    touched = touched.filter(ImageFilter.MaxFilter(2 * reach + 1)).tobytes()
+    changed_inside = 0
+    for v in variants:
+        _, vx, vy = v.get_offsets()
+        vw, vh = v.get_width(), v.get_height()
+        # placed over the selection, inside the layer, no larger than selection + grow + feather + padding
+        margin = GROW + FEATHER + PADDING + 16
+        assert LX <= vx and LY <= vy and vx + vw <= LX + LW and vy + vh <= LY + LH, (vx, vy, vw, vh)
+        assert vx <= sx1 and vy <= sy1 and vx + vw >= sx2 and vy + vh >= sy2, (vx, vy, vw, vh)
+        assert vx >= sx1 - margin and vy >= sy1 - margin and vx + vw <= sx2 + margin and vy + vh <= sy2 + margin
+        out = read(v, 0, 0, vw, vh, "R'G'B'A u8")
+        diffs_outside = 0
+        for row in range(vh):
+            iy = vy + row
+            for col in range(vw):
+                ix = vx + col
+                o = (row * vw + col) * 4
+                s = ((iy - LY) * LW + (ix - LX)) * 4
+                same = out[o:o + 4] == before[s:s + 4]
+                if touched[iy * W + ix] == 0:
+                    diffs_outside += not same
+                elif sel_mask[iy * W + ix] == 255:
+                    changed_inside += not same
+        assert diffs_outside == 0, f"{v.get_name()}: {diffs_outside} pixels changed outside the selection's reach"
+        report["layers"].append({"name": v.get_name(), "offset": [vx, vy], "size": [vw, vh]})
+    assert changed_inside > 0, "the engine changed nothing inside the selection"
+    report["changed_inside"] = changed_inside
+    with open(os.path.join(os.environ.get("INPAINTD_CI_DIR", "/ci"), "report.json"), "w") as f:
+        json.dump(report, f)
+    image.delete()
+
+
+def test_no_selection_gives_message_and_sends_nothing():
+    image, photo = make_image(select=False)
+    status, message = run_proc(image, [photo], prompt="x", start_daemon=False)
+    assert status == Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "needs a selection" in message
+    assert len(image.get_layers()) == 2
+    image.delete()
+
+
+def test_channel_is_refused():
+    image, photo = make_image()
+    channel = Gimp.Channel.new(image, "c", W, H, 50.0, Gegl.Color.new("red"))
+    image.insert_channel(channel, None, 0)
+    status, message = run_proc(image, [channel], prompt="x", start_daemon=False)
+    assert status == Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "not on a channel" in message
+    assert len(image.get_layers()) == 2
+    image.delete()
+
+
+def test_missing_daemon_says_how_to_start_it():
+    image, photo = make_image()
+    status, message = run_proc(image, [photo], prompt="x", endpoint="tcp://127.0.0.1:9", start_daemon=False)
+    assert status == Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "inpaintd serve --bind tcp://127.0.0.1:9" in message
+    assert len(image.get_layers()) == 2
+    image.delete()
+
+
+def test_visible_composite_from_a_group():
+    image, photo = make_image()
+    group = Gimp.GroupLayer.new(image, "g")
+    image.insert_layer(group, None, 0)
+    image.reorder_item(photo, group, 0)
+    status, message = run_proc(image, [group], prompt="cup", seed=7, variants=1, sample_merged=True,
+                               start_daemon=False)
+    assert status == Gimp.PDBStatusType.SUCCESS, message
+    assert image.get_layers()[0].get_name() == "Inpaint: cup"
+    assert len(Gimp.get_images()) >= 1 and image in Gimp.get_images()
+    image.delete()
+
+
+@pytest.mark.parametrize("bad", [{"endpoint": "localhost:7415"}])
+def test_bad_options_are_refused(bad):
+    image, photo = make_image()
+    status, message = run_proc(image, [photo], prompt="x", start_daemon=False, **bad)
+    assert status == Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "ZeroMQ address" in message
+    image.delete()

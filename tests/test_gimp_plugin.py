@@ -1,0 +1,89 @@
+"""The GIMP 3 plug-in, run inside the real GIMP 3.0.4 against a real daemon.
+
+Debian 12's GIMP is 2.10 (no Python), so GIMP 3 runs from a Debian trixie root built
+once by tests/gimp/build_root.sh (about a minute, then cached at $INPAINTD_GIMP_ROOT or
+/var/cache/inpaintd-gimp-root).  The plug-in goes into that root through the same
+installer users run (`inpaintd install-gimp`), and the tests in tests/gimp/in_gimp/ run
+inside gimp-console with GIMP's own Python and pytest.  The daemon runs here, on the
+host; the root shares the network namespace, so GIMP reaches it on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GIMP_TESTS = REPO / "tests" / "gimp"
+PHOTO = REPO / "backend" / "assets" / "coffee.jpg"
+ROOT = Path(os.environ.get("INPAINTD_GIMP_ROOT", "/var/cache/inpaintd-gimp-root"))
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+pytestmark = pytest.mark.gimp
+
+
+def _mirror_reachable() -> bool:
+    try:
+        urllib.request.urlopen("http://deb.debian.org/debian/dists/trixie/InRelease", timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def gimp_root() -> Path:
+    """The GIMP 3 root with the plug-in installed by backend.install_gimp."""
+    proc = subprocess.run([str(GIMP_TESTS / "build_root.sh"), str(ROOT)], capture_output=True, text=True, timeout=900)
+    out = (proc.stdout + proc.stderr).strip()
+    if proc.returncode == 3:
+        pytest.skip(f"GIMP 3 root cannot be built on this machine: {out}")
+    if proc.returncode == 4 and not _mirror_reachable():
+        pytest.skip(f"GIMP 3 root cannot be built: the Debian mirror is unreachable ({out[-300:]})")
+    assert proc.returncode == 0, out[-3000:]
+
+    from backend.install_gimp import install
+
+    rc = install(ROOT / "root" / ".config" / "GIMP" / "3.0" / "plug-ins", ["chroot", str(ROOT), "python3"])
+    assert rc == 0, "install-gimp into the GIMP root failed"
+    return ROOT
+
+
+@pytest.fixture
+def ci_dir(gimp_root: Path) -> Iterator[Path]:
+    """A private folder inside the root holding the in-GIMP tests and the photo."""
+    (gimp_root / "tmp").mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="inpaintd-ci-", dir=gimp_root / "tmp"))
+    path.chmod(0o755)
+    for f in (GIMP_TESTS / "in_gimp").glob("*.py"):
+        shutil.copy(f, path / f.name)
+    shutil.copy(PHOTO, path / "photo.jpg")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def gimp_batch(root: Path, ci: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ci/run.py inside gimp-console in the root (always --quit, always under timeout)."""
+    inside = "/" + str(ci.relative_to(root))
+    extra = [f"{k}={v}" for k, v in env.items() if k != "INPAINTD_RUNTIME_DIR"]  # a host path
+    cmd = ["timeout", str(timeout), "chroot", str(root), "env", "-i", "HOME=/root", f"PATH={PATH}", "LANG=C.UTF-8",
+           f"INPAINTD_CI_DIR={inside}", *extra,
+           "gimp-console-3.0", "-i", "--quit", "--batch-interpreter=python-fu-eval",
+           "-b", f"exec(open('{inside}/run.py').read())"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+
+
+def test_plugin_inside_gimp(gimp_root: Path, ci_dir: Path, daemon) -> None:
+    proc = gimp_batch(gimp_root, ci_dir, daemon.env)
+    out = proc.stdout + proc.stderr
+    junit = ci_dir / "junit.xml"
+    assert junit.exists(), f"the in-GIMP tests did not run (exit {proc.returncode}):\n{out[-4000:]}"
+    assert proc.returncode == 0, f"in-GIMP tests failed (exit {proc.returncode}):\n{out[-6000:]}\n--- daemon log ---\n{daemon.log()[-2000:]}"
+    assert 'failures="0"' in junit.read_text() and 'errors="0"' in junit.read_text()
+    print("in GIMP:", (ci_dir / "report.json").read_text())
