@@ -257,6 +257,7 @@ class Daemon:
         info = self.registry.get(model_id)  # unknown_model
         if not info.available:
             raise ProtocolError(Code.MODEL_UNAVAILABLE, f"model '{model_id}' is not available: {info.detail}", {"model": model_id})
+        model_id = info.id
         seeds = variant_seeds(request.options.seed, request.options.variants)
         job = Job(owner=identity, request=request, model=model_id, seeds=seeds)
         with self._cond:

@@ -109,6 +109,7 @@ class Client:
         self._sock.setsockopt(zmq.RCVHWM, 0)  # never drop our own job events
         self._sock.connect(self.endpoint)
         self._replies: dict[str, Message] = {}
+        self._held_events: list[Message] = []  # job events read while waiting for a reply
         self._by_request: dict[str, Job] = {}
         self.jobs: dict[str, Job] = {}
         self.daemon_instance: str | None = None
@@ -132,7 +133,12 @@ class Client:
 
     def pump(self, timeout: float = 0.0) -> list[Message]:
         """Read everything that has arrived (waiting up to `timeout` s for the first
-        message), update jobs, keep the heartbeat, and return the job events read."""
+        message), update jobs, keep the heartbeat, and return the job events read since
+        the last call (those read while waiting for a reply included)."""
+        events, self._held_events = self._held_events, []
+        return events + self._read(0.0 if events else timeout)
+
+    def _read(self, timeout: float) -> list[Message]:
         events: list[Message] = []
         wait_ms = int(timeout * 1000)
         while self._sock.poll(wait_ms, zmq.POLLIN):
@@ -143,12 +149,12 @@ class Client:
             except ProtocolError:
                 continue  # a daemon never sends malformed frames; ignore rather than crash an editor
             self._last_heard = time.monotonic()
-            if msg.type in (Type.PROGRESS, Type.RESULT, Type.CANCELLED) or (msg.type == Type.ERROR and msg.job and not msg.re):
-                self._apply_event(msg)
-                events.append(msg)
-            elif msg.re is not None:
+            if msg.re is not None:  # a reply to one of our requests (fetch replies carry job events too)
                 self._replies[msg.re] = msg
                 self._apply_reply(msg)
+            elif msg.type in (Type.PROGRESS, Type.RESULT, Type.CANCELLED, Type.ERROR) and msg.job:
+                self._apply_event(msg)
+                events.append(msg)
         self._check_heartbeat()
         return events
 
@@ -166,7 +172,7 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DaemonUnavailable(self.endpoint, timeout)
-            self.pump(min(left, 0.5))
+            self._held_events.extend(self._read(min(left, 0.5)))
         return self._replies.pop(msg_id)
 
     # -- requests ------------------------------------------------------------------

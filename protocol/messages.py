@@ -106,7 +106,7 @@ class Limits:
 
 LIMITS = Limits()
 
-SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lms", "lcm")
+SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
 
 
 @dataclass
