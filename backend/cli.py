@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="model to use (default: the daemon's default)")
     p.add_argument("--variants", type=int, default=2)
     p.add_argument("--prompt", default="an empty red saucer on a wooden table")
+    p.add_argument("--test-model", action="store_true", help="run the diffusion path on the tiny random pipeline (no weights needed; the pixels are noise)")
 
     p = sub.add_parser("install-krita", help="install the Krita plugin")
     p.add_argument("--dest", type=Path, default=None, help="pykrita folder (default: Krita's own for this user)")
@@ -291,6 +292,20 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_connection_file(endpoint: str, proc: subprocess.Popen, since: float, timeout: float = 60.0) -> None:
+    """A daemon we just started writes its key there; a client made earlier would sign with none."""
+    from protocol.connection import connection_file
+
+    path = connection_file(endpoint)
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_mtime < since:
+        if proc.poll() is not None:
+            raise ProtocolError("daemon_exited", f"the daemon exited with status {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise ProtocolError("daemon_unavailable", f"the daemon did not write {path} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README's first command: a real inpaint of a real photo, end to end."""
     endpoint = resolve_endpoint(args.connect)
@@ -302,7 +317,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except DaemonUnavailable:
             probe.close()
             print(f"starting a daemon at {endpoint} ...")
-            started = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--bind", endpoint])
+            since = time.time() - 1.0
+            serve = [sys.executable, "-m", "backend", "serve", "--bind", endpoint]
+            if args.test_model:
+                from .testmodel import make_test_model
+
+                folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inpaintd" / "tiny-inpaint"
+                if not (folder / "model_index.json").exists():
+                    make_test_model(folder)
+                serve += ["--model", str(folder)]
+            started = subprocess.Popen(serve)
+            _wait_for_connection_file(endpoint, started, since)
     try:
         with Client(endpoint, name="inpaintd-demo") as client:
             hello = client.hello(timeout=120.0)
@@ -310,7 +335,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"notice: {notice}")
             print(f"daemon {hello['daemon_version']} on {hello['device']}, default model {hello['default_model']}")
             data, width, height, channels, mask = _load_pixels(ASSETS / "coffee.jpg", ASSETS / "coffee-spoon-mask.png")
-            options = JobOptions(prompt=args.prompt, variants=args.variants, seed=1234, model=args.model)
+            model = args.model or hello["default_model"]
+            engine = next((m["engine"] for m in hello["models"] if m["id"] == model), "")
+            variants = args.variants
+            if engine == "classical" and variants > 1:
+                print("the classical engine fills the same way every time: making 1 variant instead of", variants)
+                variants = 1
+            options = JobOptions(prompt=args.prompt, variants=variants, seed=1234, model=args.model)
             bar = ProgressBar()
             t0 = time.perf_counter()
             job = client.submit(data, width, height, channels, mask, options)
