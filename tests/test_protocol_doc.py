@@ -1,0 +1,102 @@
+"""PROTOCOL.md and protocol/messages.py must not drift apart silently.
+
+Every message type, error code, stage, option (with its default and bounds), limit and
+scheduler that the code defines must be named in the specification, in backticks, so a
+new name added to the code without documentation fails here.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from protocol import messages  # noqa: E402
+from protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Stage, Type  # noqa: E402
+
+DOC = (ROOT / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
+
+
+def _constants(cls: type) -> dict[str, str]:
+    return {k: v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)}
+
+
+@pytest.mark.parametrize("name,value", sorted(_constants(Type).items()))
+def test_message_type_documented(name: str, value: str) -> None:
+    assert f"`{value}`" in DOC, f"message type Type.{name} = {value!r} is not in PROTOCOL.md"
+    # and it has a section heading or a table row of its own
+    assert re.search(rf"^(#+ .*`{re.escape(value)}`|\| `{re.escape(value)}` \|)", DOC, re.M), value
+
+
+@pytest.mark.parametrize("name,value", sorted(_constants(Code).items()))
+def test_error_code_documented(name: str, value: str) -> None:
+    assert re.search(rf"^\| `{re.escape(value)}` \|", DOC, re.M), (
+        f"error code Code.{name} = {value!r} has no row in the error table of PROTOCOL.md"
+    )
+
+
+@pytest.mark.parametrize("name,value", sorted(_constants(Stage).items()))
+def test_stage_documented(name: str, value: str) -> None:
+    assert re.search(rf"^\| `{re.escape(value)}` \|", DOC, re.M), f"stage {value!r} has no row in PROTOCOL.md"
+
+
+def _fmt(value: object) -> str:
+    return f'`"{value}"`' if isinstance(value, str) else str(value)
+
+
+@pytest.mark.parametrize("option", list(OPTION_RULES))
+def test_option_documented_with_default_and_bounds(option: str) -> None:
+    rows = [line for line in DOC.splitlines() if line.startswith(f"| `{option}` |")]
+    assert rows, f"option {option!r} has no row in the submit options table of PROTOCOL.md"
+    row = rows[0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    default = getattr(JobOptions(), option)
+    assert cells[2] == _fmt(default), f"{option}: PROTOCOL.md says default {cells[2]}, code says {default!r}"
+    _types, low, high = OPTION_RULES[option]
+    for bound in (low, high):
+        if bound is not None:
+            assert str(bound) in cells[3], f"{option}: bound {bound} missing from range cell {cells[3]!r}"
+
+
+def test_every_option_row_is_an_option() -> None:
+    """The options table documents nothing the daemon does not accept."""
+    start = DOC.index("| option | type | default | range | meaning |")
+    table = DOC[start:].split("\n\n", 1)[0].splitlines()[2:]
+    names = [re.match(r"\| `([a-z_]+)` \|", line).group(1) for line in table]
+    assert names == list(OPTION_RULES)
+
+
+@pytest.mark.parametrize("name", list(LIMITS.to_wire()))
+def test_limit_documented(name: str) -> None:
+    value = getattr(LIMITS, name)
+    assert re.search(rf"^\| `{name}` \| {value} \|", DOC, re.M), f"limit {name} = {value} has no row in PROTOCOL.md"
+
+
+def test_schedulers_documented() -> None:
+    listed = set(re.findall(r"`([a-z0-9_]+)`", DOC.split("| `scheduler` |", 1)[1].split("\n", 1)[0]))
+    assert set(SCHEDULERS) <= listed
+    assert listed - {"scheduler", "default", "SCHEDULERS"} <= set(SCHEDULERS), "PROTOCOL.md lists a scheduler the code does not have"
+
+
+def test_constants_documented() -> None:
+    assert f"version {messages.PROTOCOL_VERSION}" in DOC
+    assert f"`{messages.DEFAULT_ENDPOINT}`" in DOC
+    assert f"`{messages.ENDPOINT_ENV}`" in DOC
+    from protocol.connection import CONNECTION_DIR_ENV
+
+    assert f"`{CONNECTION_DIR_ENV}`" in DOC and "`INPAINTD_KEY`" in DOC
+
+
+def test_daemon_constants_documented() -> None:
+    from backend import daemon, jobs
+
+    assert f"{daemon.REPLAY_WINDOW:.0f} s" in DOC or f"{daemon.REPLAY_WINDOW:.0f} seconds" in DOC
+    for cap in daemon.CAPABILITIES:
+        assert f"`{cap}`" in DOC, f"capability {cap!r} missing"
+    store = jobs.ResultStore()
+    assert f"{store.ttl:.0f} s" in DOC and f"{store.max_items} most recent" in DOC
