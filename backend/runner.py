@@ -94,7 +94,7 @@ def run_job(
         prompt=options.prompt,
         negative_prompt=options.negative_prompt,
         seeds=seeds,
-        steps=options.steps or DEFAULT_DIFFUSION_STEPS,
+        steps=options.steps or getattr(engine, "default_steps", DEFAULT_DIFFUSION_STEPS),
         guidance_scale=float(options.guidance_scale),
         strength=float(options.strength),
         scheduler=options.scheduler,

@@ -7,6 +7,7 @@ Pixel buffers are wrapped, not copied: a 100 MB canvas stays where ZeroMQ put it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
         if isinstance(value, bool) or not isinstance(value, types):
             kinds = " or ".join(t.__name__ for t in types)
             raise _field_error(Code.BAD_FIELD_TYPE, name, f"'{name}' must be {kinds}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _field_error(Code.BAD_VALUE, name, f"'{name}' is {value}; it must be a finite number")
         if low is not None and value < low or high is not None and value > high:
             raise _field_error(Code.BAD_VALUE, name, f"'{name}' is {value}; allowed range is {low} to {high}")
         setattr(options, name, value)
@@ -71,7 +74,7 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -
         )
     if c not in channels:
         raise _field_error(Code.BAD_VALUE, f"{name}.channels", f"'{name}.channels' is {c}; it must be one of {list(channels)}")
-    stride = desc.get("stride", w * c)
+    stride = desc.get("stride") or w * c  # absent or 0: tightly packed rows
     if isinstance(stride, bool) or not isinstance(stride, int):
         raise _field_error(Code.BAD_FIELD_TYPE, f"{name}.stride", f"'{name}.stride' must be an integer")
     if stride < w * c:
