@@ -24,6 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 from protocol.client import Client, DaemonUnavailable  # noqa: E402
 
+# These run inside the editors (Krita's and GIMP's own Python), started by
+# test_krita_plugin.py and test_gimp_plugin.py; the venv's pytest must not collect them.
+collect_ignore_glob = ["krita/*", "gimp/*"]
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
