@@ -303,3 +303,17 @@ def test_store_default_timestamp_is_monotonic_now():
     before = time.monotonic()
     item = Finished(job_id="x", owner=A, message=Message(type="result"))
     assert before <= item.at <= time.monotonic()
+
+
+def test_store_byte_bound_evicts_oldest_but_keeps_newest(clock):
+    def big(job_id, n):
+        return Finished(job_id=job_id, owner=A, message=Message(type="result", buffers=[bytes(n)]), at=clock.now)
+
+    store = ResultStore(max_bytes=11_000)  # each item counts its buffers + 1 KiB
+    store.put(big("a", 4000))
+    store.put(big("b", 4000))
+    assert store.get("a") is not None
+    store.put(big("c", 4000))  # over the bound: the oldest goes
+    assert store.get("a") is None and store.get("b") is not None and store.get("c") is not None
+    store.put(big("huge", 50_000))  # alone over the bound: still kept, everything older goes
+    assert store.get("huge") is not None and store.get("b") is None and store.get("c") is None

@@ -140,15 +140,29 @@ def test_missing_optional_fields_defaults():
     assert out.body == {} and out.buffers == [] and out.ts == 0.0 and out.job is None and out.re is None
 
 
-def test_non_string_job_and_re_are_dropped():
-    out = decode(frames_with_header(good_header(job=5, re=["x"])))
-    assert out.job is None and out.re is None
+@pytest.mark.parametrize("name,value", [("job", 5), ("re", ["x"]), ("job", None), ("re", b"r")])
+def test_non_string_job_and_re_rejected(name, value):
+    err = decode_error(frames_with_header(good_header(**{name: value})))
+    assert err.code == Code.BAD_FIELD_TYPE and err.details["field"] == name
 
 
-def test_bad_ts_becomes_zero():
-    assert decode(frames_with_header(good_header(ts="yesterday"))).ts == 0.0
-    assert decode(frames_with_header(good_header(ts=True))).ts == 0.0
-    assert decode(frames_with_header(good_header(ts=7))).ts == 7.0
+@pytest.mark.parametrize("ts", ["yesterday", True, None, float("nan")])
+def test_bad_ts_rejected(ts):
+    err = decode_error(frames_with_header(good_header(ts=ts)))
+    assert err.code == Code.BAD_FIELD_TYPE and err.details["field"] == "ts"
+
+
+def test_integer_ts_accepted_as_float():
+    out = decode(frames_with_header(good_header(ts=7)))
+    assert out.ts == 7.0 and isinstance(out.ts, float)
+
+
+def test_oversized_header_rejected_before_unpacking():
+    from protocol import wire
+
+    huge = b"\xc1" * (wire.MAX_HEADER_BYTES + 1)  # not even msgpack: size is checked first
+    err = decode_error([huge, b""])
+    assert err.code == Code.TOO_LARGE
 
 
 # --- signatures --------------------------------------------------------------------------
@@ -329,6 +343,7 @@ def test_option_defaults_within_their_rules():
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv("INPAINTD_ENDPOINT", raising=False)
     monkeypatch.delenv("INPAINTD_KEY", raising=False)
+    monkeypatch.delenv("INPAINTD_CONNECTION_FILE", raising=False)
     monkeypatch.setenv("INPAINTD_RUNTIME_DIR", str(tmp_path / "run"))
     return tmp_path / "run"
 
@@ -355,6 +370,16 @@ def test_resolve_empty_explicit_falls_back(clean_env, monkeypatch):
 def test_resolve_empty_env_falls_back_to_default(clean_env, monkeypatch):
     monkeypatch.setenv("INPAINTD_ENDPOINT", "")
     assert resolve_endpoint() == DEFAULT_ENDPOINT
+
+
+def test_resolve_env_over_connection_file(clean_env, monkeypatch, tmp_path):
+    f = tmp_path / "conn.json"
+    f.write_text(json.dumps({"endpoint": "tcp://10.9.9.9:1234", "key": "k"}))
+    monkeypatch.setenv("INPAINTD_CONNECTION_FILE", str(f))
+    assert resolve_endpoint() == "tcp://10.9.9.9:1234"
+    monkeypatch.setenv("INPAINTD_ENDPOINT", "tcp://10.0.0.2:9000")
+    assert resolve_endpoint() == "tcp://10.0.0.2:9000"
+    assert resolve_endpoint("tcp://h:1") == "tcp://h:1"
 
 
 @pytest.mark.parametrize(
