@@ -196,12 +196,17 @@ class Controller(QObject):
     def _tick(self) -> None:
         try:
             self._drain_probes()
+            events = []
             if self._client is not None and (self._job is not None or self._orphans):
-                self._client.pump(0)
+                events = self._client.pump(0)
             self._send_orphan_cancels()
             self._reap_orphans()
             job = self._job
             if job is not None:
+                for ev in events:  # every stage reaches the bar, even when several arrive in one tick
+                    if ev.job == job.id and ev.type == self._proto.Type.PROGRESS:
+                        b = ev.body
+                        self._emit_progress(b.get("stage", ""), b.get("step", 0), b.get("total_steps", 0), b.get("position"))
                 self._emit_progress(job.state if job.state in ("submitting", "queued") else job.stage,
                                     job.step, job.total_steps, job.position)
                 if job.finished:

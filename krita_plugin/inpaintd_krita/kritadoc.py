@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from krita import Krita  # type: ignore
-from PyQt5.QtCore import QByteArray
+from PyQt5.QtCore import QByteArray, QTimer
 
 from . import logic
 from .logic import Rect, Settings, UserError
@@ -97,6 +97,13 @@ def insert_results(job: JobInput, layers: list) -> list[str]:
     parent, above = _results_parent(doc, job.anchor)
     parent.addChildNode(group, above)  # the one undoable step
     doc.waitForDone()
+    if above is not None and job.anchor is not None:
+        # Krita makes the new group the active node; give the artist the source back so the
+        # next Generate (or the action's shortcut) works on the same layer again.
+        # The switch happens through queued signals, so it is made again once they ran.
+        anchor = job.anchor
+        doc.setActiveNode(anchor)
+        QTimer.singleShot(0, lambda: doc.setActiveNode(anchor))
     doc.refreshProjection()
     return names
 

@@ -1,0 +1,142 @@
+"""The Krita plugin inside the real Krita (Debian's Krita 5.1.5 runs headless under xvfb).
+
+Two runs, both against a real daemon on the classical engine:
+1. `kritarunner` runs pytest inside Krita on tests/krita/test_in_krita.py: the plugin's
+   own controller, docker panel and Krita glue on real documents in a real window.
+2. The real `krita` binary starts with the plugin installed by `inpaintd install-krita`
+   into a private Krita profile; a helper plugin opens the inpaintd docker, triggers the
+   `inpaintd_inpaint_selection` action and takes a screenshot of the docker.
+
+Skipped, with the reason, only where Krita or xvfb is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KRITA_TESTS = ROOT / "tests" / "krita"
+
+pytestmark = [
+    pytest.mark.krita,
+    pytest.mark.skipif(shutil.which("kritarunner") is None, reason="Krita is not installed (apt-get install -y krita xvfb)"),
+    pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed (apt-get install -y xvfb)"),
+]
+
+
+def pytest_shim(tmp: Path) -> Path:
+    """A folder holding only pytest and its pure-Python dependencies from this venv, so
+    Krita's own Python (the system's) can run pytest without the venv's compiled packages."""
+    import _pytest
+    import iniconfig
+    import packaging
+    import pluggy
+
+    shim = tmp / "pytest-shim"
+    shim.mkdir(exist_ok=True)
+    for mod in (pytest, _pytest, pluggy, iniconfig, packaging):
+        src = Path(mod.__file__)
+        src = src.parent if src.name == "__init__.py" else src
+        link = shim / src.name
+        if not link.exists():
+            link.symlink_to(src)
+    return shim
+
+
+def krita_env(daemon_env: dict[str, str], tmp: Path, *paths: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("INPAINTD_ENDPOINT", "INPAINTD_KEY", "INPAINTD_RUNTIME_DIR", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(k, None)
+    env.update(daemon_env)
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    env["INPAINTD_TEST_ROOT"] = str(ROOT)
+    env["INPAINTD_TEST_PYTHON"] = sys.executable
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["QT_QPA_PLATFORM"] = "xcb"
+    env.setdefault("XDG_RUNTIME_DIR", str(tmp / "xdg-runtime"))
+    Path(env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+    return env
+
+
+def _tail(text: str, n: int = 60) -> str:
+    keep = [l for l in text.splitlines() if "SAFE ASSERT" not in l and "krita.lib.resources" not in l]
+    return "\n".join(keep[-n:])
+
+
+def test_plugin_inside_krita(daemon, tmp_path: Path) -> None:
+    env = krita_env(daemon.env, tmp_path, KRITA_TESTS, ROOT / "krita_plugin", ROOT, pytest_shim(tmp_path))
+    env["INPAINTD_KRITA_PYTEST_ARGS"] = os.environ.get("INPAINTD_KRITA_PYTEST_ARGS", "-s -ra")
+    t = time.monotonic()
+    proc = subprocess.run(
+        ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "kritarunner", "-s", "run_in_krita", "-f", "main"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    print(_tail(out, 40))
+    Path(os.environ.get("INPAINTD_KRITA_LOG", "/dev/null")).write_text(out)
+    print(f"[timing] in-Krita test run: {time.monotonic() - t:.1f} s")
+    assert proc.returncode == 0, f"pytest inside Krita failed (rc {proc.returncode}):\n{_tail(out)}"
+    assert " passed" in out
+
+
+def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:
+    """install-krita into a private profile, then the docker and the action in the real Krita."""
+    from backend.install_krita import enable_in_kritarc, install
+
+    data, config = tmp_path / "data", tmp_path / "config"
+    pykrita = data / "krita" / "pykrita"
+    old = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CONFIG_HOME")}
+    os.environ["XDG_DATA_HOME"], os.environ["XDG_CONFIG_HOME"] = str(data), str(config)
+    try:
+        assert install() == 0  # default folder under XDG_DATA_HOME, enabled in XDG_CONFIG_HOME/kritarc
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert (pykrita / "inpaintd_krita.desktop").is_file()
+    assert (pykrita / "inpaintd_krita" / "_vendor" / "protocol" / "client.py").is_file()
+    assert "enable_inpaintd_krita=true" in (config / "kritarc").read_text()
+    # the helper plugin that drives the session from inside Krita
+    shutil.copytree(KRITA_TESTS / "inpaintd_selftest", pykrita / "inpaintd_selftest")
+    shutil.copy2(KRITA_TESTS / "inpaintd_selftest.desktop", pykrita / "inpaintd_selftest.desktop")
+    enable_in_kritarc(config / "kritarc", "inpaintd_selftest")
+
+    report = tmp_path / "report.json"
+    env = krita_env(daemon.env, tmp_path)  # no PYTHONPATH: the plugin must work from its install alone
+    env.pop("PYTHONPATH")
+    env.update(XDG_DATA_HOME=str(data), XDG_CONFIG_HOME=str(config), INPAINTD_SELFTEST_REPORT=str(report),
+               INPAINTD_SELFTEST_SHOTS=str(tmp_path / "shots"))
+    t = time.monotonic()
+    proc = subprocess.run(
+        ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "krita", "--nosplash"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    elapsed = time.monotonic() - t
+    out = proc.stdout + proc.stderr
+    assert report.exists(), f"Krita wrote no report (rc {proc.returncode}):\n{_tail(out)}"
+    result = json.loads(report.read_text())
+    print(json.dumps(result, indent=1))
+    print(f"[timing] Krita window session: {elapsed:.1f} s")
+    assert result.get("error") is None, result
+    assert result["docker_found"] and result["action_found"]
+    assert result["plugin_module"].startswith(str(pykrita)), "Krita did not load the installed copy"
+    assert result["vendored_protocol"], "the plugin did not use its vendored client library"
+    assert result["connected"], result
+    assert result["group"] == "[inpaint] a ceramic saucer" and len(result["variants"]) == 2
+    assert result["variants"][0]["visible"] and not result["variants"][1]["visible"]
+    assert all("seed" in v["name"] for v in result["variants"])
+    assert result["progress_seen"], result
+    assert result["source_unchanged"]
+    shot = Path(result["docker_shot"])
+    assert shot.is_file() and shot.stat().st_size > 5000
+    if os.environ.get("INPAINTD_UPDATE_SCREENSHOT"):
+        shutil.copy2(shot, ROOT / "docs" / "krita-docker.png")
+        shutil.copy2(result["window_shot"], ROOT / "docs" / "krita-window.png")
+    assert proc.returncode == 0, f"Krita exited with {proc.returncode}:\n{_tail(out)}"
