@@ -7,7 +7,6 @@ the four seconds `import diffusers` costs); only `serve` and `make-test-model` d
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from protocol.client import Client, DaemonUnavailable, Job
-from protocol.connection import new_key, resolve_endpoint
+from protocol.connection import is_loopback, new_key, resolve_endpoint
 from protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS, SCHEDULERS, JobOptions, ProtocolError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -57,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
     p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
+    p.add_argument("--curve", action="store_true", help="encrypt with ZeroMQ CURVE; the public key goes in the connection file (for a daemon on another machine)")
     p.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished results stay fetchable (default %(default)s)")
+    p.add_argument("--results-max-mb", type=float, default=1024.0, help="memory for kept results; past it the oldest go first (default %(default)s)")
+    p.add_argument("--peer-timeout", type=float, default=30.0, help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
+    p.add_argument("--fault-injection", action="store_true", help="TESTS ONLY: add the 'fault-injector' model, which fails on request (see backend/engines/fault.py)")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
     _add_connect(p)
@@ -117,16 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- serve ---------------------------------------------------------------------------------
 
 
-def _is_loopback(endpoint: str) -> bool:
-    if not endpoint.startswith("tcp://"):
-        return True  # ipc:// and inproc:// never leave the machine
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name or "*": reachable from elsewhere
+_is_loopback = is_loopback
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -137,6 +131,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_auth and not _is_loopback(endpoint):
         print(f"inpaintd: refusing to listen on {endpoint} without authentication; drop --no-auth or bind 127.0.0.1", file=sys.stderr)
         return 2
+    if args.no_auth and args.curve:
+        print("inpaintd: --curve needs authentication (the connection file carries its key); drop --no-auth", file=sys.stderr)
+        return 2
+    if not _is_loopback(endpoint) and not args.curve:
+        logging.getLogger("inpaintd").warning(
+            "listening on %s, which other machines can reach: messages are signed but not encrypted; "
+            "add --curve to encrypt them", endpoint)
     default = "opencv-telea" if args.engine == "classical" and not args.model else args.model
     registry = ModelRegistry(
         [m for m in [args.model, *args.extra_model] if m],
@@ -152,7 +153,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for notice in registry.notices:
         logging.getLogger("inpaintd").warning("%s", notice)
     key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
-    daemon = Daemon(registry, endpoint, key=key, results_ttl=args.results_ttl)
+    try:
+        daemon = Daemon(
+            registry, endpoint, key=key, results_ttl=args.results_ttl,
+            results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve,
+            fault_injection=args.fault_injection, peer_timeout=args.peer_timeout,
+        )
+    except ValueError as exc:
+        print(f"inpaintd: {exc}", file=sys.stderr)
+        return 2
     install_signal_handlers(daemon)
     daemon.serve_forever()
     return 0

@@ -4,29 +4,41 @@ The main thread owns the socket and answers every request at once (ping, status,
 cancel and model lists never wait for a running job).  A worker thread runs jobs one at
 a time on the warm model and hands its events back through an outbox, because ZeroMQ
 sockets must not be shared between threads.
+
+Trust, in brief (PROTOCOL.md has the whole policy): every request is HMAC-signed with the
+key of the 0600 connection file and checked against a replay window; the ROUTER refuses
+messages over the size limit before they reach Python; only configured models can be
+named; a peer that stops reading is dropped by ZeroMQ heartbeats, and what it missed stays
+fetchable by job id; an engine failure fails one job, not the daemon.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import os
 import queue
 import signal
 import threading
 import time
 import uuid
+from collections import Counter, OrderedDict
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 
 from protocol import wire
-from protocol.connection import connection_file, write_connection_file
+from protocol.connection import connection_file, is_loopback, write_connection_file
 from protocol.messages import LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULERS, Code, ImageDesc, Limits, ProtocolError, Type
 from protocol.wire import Message
 
 from . import __version__
 from .engines.base import EngineError, JobCancelled
 from .jobs import FairQueue, Finished, Job, ResultStore
+from .models import PICKLE_SUFFIXES
 from .runner import run_job, variant_seeds
 from .validation import parse_submit
 
@@ -34,6 +46,37 @@ log = logging.getLogger("inpaintd")
 
 REPLAY_WINDOW = 300.0  # seconds a signed message stays valid, and its id remembered
 CAPABILITIES = ["progress", "cancel", "fetch", "soft_mask", "variants", "rgba", "stride", "hmac-sha256"]
+#: Messages ZeroMQ queues per peer in each direction.  Past it, events for a peer that does
+#: not read are dropped (results stay fetchable), so a stuck client costs bounded memory.
+PEER_HWM = 1000
+#: Jobs queued for all clients together (the per-client limit is in Limits).
+MAX_QUEUE_TOTAL = 1024
+#: Longest model name looked up: a model id is a repo id or a configured path, never more.
+MAX_MODEL_CHARS = 4096
+#: Error messages echo what the client sent; keep them readable and small.
+MAX_ERROR_CHARS = 2000
+#: At most this many refusals are logged per 10 s; the rest are counted and summarised.
+REFUSALS_LOGGED_PER_WINDOW = 20
+
+
+def rss_bytes() -> int:
+    """This process's resident memory, from /proc (0 where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def looks_like_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, MPS's RuntimeError, MemoryError: without importing torch."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__name__.endswith("OutOfMemoryError") or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
 class Daemon:
@@ -45,13 +88,28 @@ class Daemon:
         key: bytes | None = None,
         limits: Limits = LIMITS,
         results_ttl: float = 600.0,
+        results_max_bytes: int = 1 << 30,
         preload: bool = True,
         write_connection: bool = True,
+        curve: bool = False,
+        fault_injection: bool = False,
+        peer_timeout: float = 30.0,
     ) -> None:
+        """`peer_timeout`: seconds a connected peer may leave ZeroMQ heartbeats unanswered
+        (a frozen or vanished process) before its connection and queued events are dropped.
+        `fault_injection` adds the "fault-injector" test model; never on unless asked."""
+        if not key and not is_loopback(bind):
+            raise ValueError(f"refusing to listen on {bind} without authentication: only loopback may go unsigned")
+        if fault_injection:
+            from .engines.fault import FaultInjectionRegistry
+
+            registry = FaultInjectionRegistry(registry)
+            log.warning("fault injection is ON: the 'fault-injector' model fails on request; never use this in production")
         self.registry = registry
         self.bind = bind
         self.key = key
         self.limits = limits
+        self.fault_injection = fault_injection
         self.instance = uuid.uuid4().hex
         self.started = time.time()
         self.device = "unknown"
@@ -61,16 +119,34 @@ class Daemon:
         self._queue = FairQueue()
         self._cond = threading.Condition()
         self._running: Job | None = None
-        self._results = ResultStore(ttl=results_ttl)
+        self._results = ResultStore(ttl=results_ttl, max_bytes=results_max_bytes)
         self._outbox: queue.SimpleQueue[tuple[bytes, Message]] = queue.SimpleQueue()
-        self._seen: dict[str, float] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> arrival, oldest first
         self._stopping = threading.Event()
+        self._seq = 0
+        self.stats: Counter[str] = Counter()
+        self._refusal_window = (0.0, 0)  # (window start, refusals logged in it)
+        self._unlogged_refusals = 0
         self._ctx = zmq.Context()
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 1000)
+        # Over-long messages are refused by libzmq itself (the peer is disconnected), before
+        # a byte of them is handed to Python.
         self._router.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
-        self._router.setsockopt(zmq.SNDHWM, 2000)
-        self._router.setsockopt(zmq.RCVHWM, 2000)
+        self._router.setsockopt(zmq.SNDHWM, PEER_HWM)
+        self._router.setsockopt(zmq.RCVHWM, PEER_HWM)
+        # Tell us (EAGAIN / EHOSTUNREACH) instead of silently dropping, so drops are counted.
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        ivl = max(int(peer_timeout * 1000 / 4), 100)
+        self._router.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(int(peer_timeout * 1000), ivl))
+        self.curve_public_key: bytes | None = None
+        if curve:
+            if not zmq.has("curve"):
+                raise ValueError("this libzmq was built without CURVE (libsodium); --curve is not available")
+            self.curve_public_key, secret = zmq.curve_keypair()
+            self._router.setsockopt(zmq.CURVE_SERVER, 1)
+            self._router.setsockopt(zmq.CURVE_SECRETKEY, secret)
         self._wake_addr = f"inproc://wake-{self.instance}"
         self._wake = self._ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_addr)
@@ -98,19 +174,29 @@ class Daemon:
     # -- life cycle -------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the daemon to shut down; safe from signal handlers and other threads."""
+        """Ask the daemon to shut down; safe from signal handlers and other threads.
+
+        Policy: the running job is cancelled at its next step (its client gets `cancelled`
+        with the reason), queued jobs are cancelled, then the daemon exits with status 0."""
         self._stopping.set()
-        with self._cond:
-            if self._running:
-                self._running.cancel_requested.set()
-            self._cond.notify_all()
+        # No lock here: a signal handler runs on the main thread, which may hold it.
+        running = self._running
+        if running:
+            running.cancel_reason = "the daemon is shutting down"
+            running.cancel_requested.set()
 
     def serve_forever(self) -> None:
         if self.key and self._write_connection:
-            path = write_connection_file(self.endpoint, self.key, {"pid": os.getpid(), "instance": self.instance})
+            extra: dict[str, Any] = {"pid": os.getpid(), "instance": self.instance}
+            if self.curve_public_key:
+                extra["curve_server_key"] = self.curve_public_key.decode("ascii")
+            path = write_connection_file(self.endpoint, self.key, extra)
             log.info("connection file: %s", path)
         self._worker.start()
-        log.info("inpaintd %s listening on %s (protocol %d, auth %s)", __version__, self.endpoint, PROTOCOL_VERSION, "on" if self.key else "off")
+        log.info(
+            "inpaintd %s listening on %s (protocol %d, auth %s, curve %s)", __version__, self.endpoint,
+            PROTOCOL_VERSION, "on" if self.key else "off", "on" if self.curve_public_key else "off",
+        )
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
@@ -140,10 +226,12 @@ class Daemon:
             dropped = self._queue.drain()
             running = self._running
             if running:
+                running.cancel_reason = running.cancel_reason or "the daemon is shutting down"
                 running.cancel_requested.set()
             self._cond.notify_all()
         for job in dropped:
             job.state = "cancelled"
+            self.stats["jobs_cancelled"] += 1
             self._finish(job, Message(type=Type.CANCELLED, job=job.id, body={"job": job.id, "reason": "the daemon is shutting down"}))
         self._worker.join(timeout=30)
         self._flush_outbox()
@@ -158,6 +246,7 @@ class Daemon:
             except zmq.Again:
                 return
             identity, frames = frames[0].bytes, frames[1:]
+            self.stats["requests"] += 1
             reply = self._handle(identity, frames)
             if reply is not None:
                 self._send(identity, reply)
@@ -185,29 +274,63 @@ class Daemon:
         except ProtocolError as exc:
             re = msg_id or (exc.details.get("re") if isinstance(exc.details.get("re"), str) else None)
             details = {k: v for k, v in exc.details.items() if k != "re"}
-            log.warning("request refused (%s): %s", exc.code, exc.message)
-            return wire.error_message(exc.code, exc.message, re=re, **details)
+            self._refused(exc.code, exc.message, identity)
+            return wire.error_message(exc.code, _short(exc.message), re=re, **details)
         except EngineError as exc:
-            return wire.error_message(exc.code, exc.message, re=msg_id)
+            self._refused(exc.code, exc.message, identity)
+            return wire.error_message(exc.code, _short(exc.message), re=msg_id)
         except Exception as exc:  # a bug of ours must not take the daemon down
+            self.stats["refused_" + Code.INTERNAL] += 1
             log.exception("internal error while handling a request")
-            return wire.error_message(Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", re=msg_id)
+            return wire.error_message(Code.INTERNAL, _short(f"internal error: {type(exc).__name__}: {exc}"), re=msg_id)
+
+    def _refused(self, code: str, message: str, identity: bytes) -> None:
+        """Count and log a refused request; a flood is summarised, not written line by line."""
+        self.stats["refused_" + code] += 1
+        now = time.monotonic()
+        start, logged = self._refusal_window
+        if now - start > 10.0:
+            if self._unlogged_refusals:
+                log.warning("%d more requests refused in the last 10 s (not logged one by one)", self._unlogged_refusals)
+            start, logged, self._unlogged_refusals = now, 0, 0
+        if logged < REFUSALS_LOGGED_PER_WINDOW:
+            log.warning("request refused (%s) from peer %s: %s", code, identity.hex()[:10], _short(message, 300))
+            logged += 1
+        else:
+            self._unlogged_refusals += 1
+        self._refusal_window = (start, logged)
 
     def _check_replay(self, msg: Message) -> None:
+        """A signed message is valid once, within REPLAY_WINDOW seconds of its timestamp.
+
+        Ids are remembered for the window from their arrival; a message older than that
+        fails the timestamp test anyway, so forgetting it then is safe."""
         now = time.time()
-        if abs(now - msg.ts) > REPLAY_WINDOW:
-            raise ProtocolError(Code.BAD_SIGNATURE, f"message timestamp is {now - msg.ts:.0f} s off; the window is {REPLAY_WINDOW:.0f} s")
+        while self._seen:
+            first_id, arrived = next(iter(self._seen.items()))
+            if now - arrived <= REPLAY_WINDOW:
+                break
+            del self._seen[first_id]
+        if not abs(now - msg.ts) <= REPLAY_WINDOW:
+            raise ProtocolError(Code.BAD_SIGNATURE, f"message timestamp 'ts' is {now - msg.ts:.0f} s off the daemon's clock; the window is {REPLAY_WINDOW:.0f} s")
         if msg.id in self._seen:
-            raise ProtocolError(Code.BAD_SIGNATURE, f"message id {msg.id} was already used (replayed message)")
-        self._seen[msg.id] = msg.ts
-        if len(self._seen) > 10000:
-            self._seen = {k: t for k, t in self._seen.items() if now - t < REPLAY_WINDOW}
+            raise ProtocolError(Code.BAD_SIGNATURE, f"message id {_short(msg.id, 80)} was already used (replayed message)")
+        self._seen[msg.id] = now
 
     def _send(self, identity: bytes, msg: Message) -> None:
         try:
-            self._router.send_multipart([identity, *wire.encode(msg, self.key)], copy=False)
-        except zmq.ZMQError as exc:  # peer gone or over its high-water mark: results stay fetchable
-            log.warning("could not send %s to a client: %s", msg.type, exc)
+            self._router.send_multipart([identity, *wire.encode(msg, self.key)], zmq.NOBLOCK, copy=False)
+            self.stats["sent"] += 1
+        except zmq.Again:
+            # The peer does not read and its queue is full: drop, never block the daemon.
+            # Terminal events stay in the result store, so the client can still fetch them.
+            self.stats["dropped_peer_full"] += 1
+            if self.stats["dropped_peer_full"] in (1, 10, 100, 1000) or self.stats["dropped_peer_full"] % 10000 == 0:
+                log.warning("peer %s is not reading; dropped %s (%d dropped so far; results stay fetchable)",
+                            identity.hex()[:10], msg.type, self.stats["dropped_peer_full"])
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer disconnected; results stay fetchable
+            self.stats["dropped_peer_gone"] += 1
+            log.debug("could not send %s to peer %s: %s", msg.type, identity.hex()[:10], exc)
 
     def _flush_outbox(self) -> None:
         while True:
@@ -237,6 +360,8 @@ class Daemon:
             "limits": self.limits.to_wire(),
             "notices": list(self.registry.notices),
             "auth": bool(self.key),
+            "curve": bool(self.curve_public_key),
+            "results_ttl": self._results.ttl,
         })
 
     def _on_ping(self, identity: bytes, msg: Message) -> Message:
@@ -252,22 +377,45 @@ class Daemon:
     def _on_submit(self, identity: bytes, msg: Message) -> Message:
         if self._stopping.is_set():
             raise ProtocolError(Code.SHUTTING_DOWN, "the daemon is shutting down and takes no new jobs")
+        for name in ("guidance_scale", "strength"):  # NaN passes any range test
+            value = msg.body.get(name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ProtocolError(Code.BAD_VALUE, f"'{name}' is {value}; it must be a finite number", {"field": name})
         request = parse_submit(msg, self.limits)
-        model_id = request.options.model or self.registry.default_model_id
-        info = self.registry.get(model_id)  # unknown_model
-        if not info.available:
-            raise ProtocolError(Code.MODEL_UNAVAILABLE, f"model '{model_id}' is not available: {info.detail}", {"model": model_id})
-        model_id = info.id
+        model_id = self._allowed_model(request.options.model or self.registry.default_model_id)
+        info = self.registry.get(model_id)
         seeds = variant_seeds(request.options.seed, request.options.variants)
         job = Job(owner=identity, request=request, model=model_id, seeds=seeds)
         with self._cond:
             if self._queue.count(identity) >= self.limits.max_queue_per_client:
                 raise ProtocolError(Code.QUEUE_FULL, f"this client already has {self.limits.max_queue_per_client} jobs queued; wait for some to finish")
+            if len(self._queue) >= MAX_QUEUE_TOTAL:
+                raise ProtocolError(Code.QUEUE_FULL, f"the daemon already has {MAX_QUEUE_TOTAL} jobs queued; try again later")
             self._queue.push(job)
             position = self._queue.position(job.id) + (1 if self._running else 0)
             self._cond.notify_all()
         log.info("job %s accepted: %dx%d, model %s, %d variant(s), position %d", job.id, request.mask.shape[1], request.mask.shape[0], model_id, len(seeds), position)
         return self._reply(msg, Type.ACCEPTED, {"job": job.id, "position": position, "seeds": seeds, "model": model_id, "instance": self.instance}, job=job.id)
+
+    def _allowed_model(self, model_id: str) -> str:
+        """The registry id of a model the daemon was configured with, or a typed refusal.
+
+        Only ids the registry lists are accepted (repo ids and paths given on the daemon's
+        command line, and the built-in engines): a path sent over the wire is never opened
+        unless it names one of those.  Pickle checkpoints are refused without --allow-pickle."""
+        if len(model_id) > MAX_MODEL_CHARS:
+            raise ProtocolError(Code.UNKNOWN_MODEL, f"model name is {len(model_id)} characters; no configured model is that long", {"field": "model"})
+        try:
+            info = self.registry.get(model_id)
+        except EngineError:
+            raise
+        except (ValueError, OSError) as exc:  # e.g. a NUL byte or an over-long path component
+            raise ProtocolError(Code.UNKNOWN_MODEL, f"unknown model {model_id!r:.200}: {exc}", {"field": "model"}) from None
+        if not info.available:
+            if info.kind == "single_file" and Path(info.id).suffix.lower() in PICKLE_SUFFIXES and not getattr(self.registry, "allow_pickle", False):
+                raise ProtocolError(Code.MODEL_REFUSED, f"model '{info.id}' is refused: {info.detail}", {"model": info.id})
+            raise ProtocolError(Code.MODEL_UNAVAILABLE, f"model '{model_id}' is not available: {info.detail}", {"model": model_id})
+        return info.id
 
     def _on_cancel(self, identity: bytes, msg: Message) -> Message:
         job_id = _job_field(msg)
@@ -275,9 +423,11 @@ class Daemon:
             queued = self._queue.remove(job_id)
             running = self._running if self._running and self._running.id == job_id else None
             if running:
+                running.cancel_reason = "cancelled by a client while running"
                 running.cancel_requested.set()
         if queued:
             queued.state = "cancelled"
+            self.stats["jobs_cancelled"] += 1
             self._finish(queued, Message(type=Type.CANCELLED, job=job_id, body={"job": job_id, "reason": "cancelled while queued"}))
             self._flush_outbox()
             return self._reply(msg, Type.CANCEL_REPLY, {"job": job_id, "state": "cancelled"}, job=job_id)
@@ -300,6 +450,10 @@ class Daemon:
             "loaded_model": self.loaded_model,
             "running": running,
             "queued": queued,
+            "stats": dict(self.stats),
+            "results_kept": len(self._results),
+            "results_kept_bytes": self._results.nbytes,
+            "rss_bytes": rss_bytes(),
         })
 
     def _on_fetch(self, identity: bytes, msg: Message) -> Message:
@@ -319,7 +473,10 @@ class Daemon:
     def _on_shutdown(self, identity: bytes, msg: Message) -> Message:
         log.info("shutdown requested by a client")
         self.stop()
-        return self._reply(msg, Type.SHUTDOWN_REPLY, {"state": "shutting_down", "policy": "the running job is cancelled; queued jobs are cancelled"})
+        return self._reply(msg, Type.SHUTDOWN_REPLY, {
+            "state": "shutting_down",
+            "policy": "the running job is cancelled at its next step; queued jobs are cancelled; their clients get 'cancelled'",
+        })
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -357,6 +514,8 @@ class Daemon:
                 job = self._queue.pop()
                 if job is None:
                     continue
+                self._seq += 1
+                job.seq = self._seq
                 self._running = job
                 job.state, job.started = "running", time.monotonic()
             try:
@@ -386,6 +545,7 @@ class Daemon:
             }))
 
         request = job.request
+        engine: Any = None
         try:
             if job.cancel_requested.is_set():
                 raise JobCancelled()
@@ -394,22 +554,28 @@ class Daemon:
             output = run_job(engine, request.image, request.mask, request.options, job.seeds, progress, job.cancel_requested.is_set)
         except JobCancelled:
             job.state = "cancelled"
-            log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - start)
-            self._finish(job, Message(type=Type.CANCELLED, job=job.id, body={"job": job.id, "reason": "cancelled while running"}))
-            return
-        except (EngineError, ProtocolError) as exc:
-            job.state = "failed"
-            log.error("job %s failed: %s: %s", job.id, exc.code, exc.message)
-            self._finish(job, wire.error_message(exc.code, exc.message, job=job.id))
-            return
-        except MemoryError as exc:
-            job.state = "failed"
-            self._finish(job, wire.error_message(Code.OUT_OF_MEMORY, f"out of memory: {exc}", job=job.id))
+            self.stats["jobs_cancelled"] += 1
+            reason = job.cancel_reason or "cancelled while running"
+            log.info("job %s cancelled after %.2f s: %s", job.id, time.monotonic() - start, reason)
+            self._finish(job, Message(type=Type.CANCELLED, job=job.id, body={"job": job.id, "reason": reason}))
             return
         except Exception as exc:
+            # One job fails, not the daemon: the client hears what broke, the engine gives
+            # back what it held, and the worker takes the next job on the same warm model.
             job.state = "failed"
-            log.exception("job %s: engine failure", job.id)
-            self._finish(job, wire.error_message(Code.ENGINE_FAILURE, f"engine failure: {type(exc).__name__}: {exc}", job=job.id))
+            self.stats["jobs_failed"] += 1
+            if isinstance(exc, (EngineError, ProtocolError)):
+                code, text = exc.code, exc.message
+                log.error("job %s failed: %s: %s", job.id, code, text)
+            elif looks_like_out_of_memory(exc):
+                code, text = Code.OUT_OF_MEMORY, f"out of memory: {type(exc).__name__}: {exc}"
+                log.error("job %s: %s", job.id, text)
+            else:
+                code, text = Code.ENGINE_FAILURE, f"engine failure: {type(exc).__name__}: {exc}"
+                log.exception("job %s: engine failure", job.id)
+            self.stats["jobs_failed_" + code] += 1
+            self._free_engine_memory(engine)
+            self._finish(job, wire.error_message(code, _short(text), job=job.id))
             return
         variants = []
         buffers = []
@@ -422,6 +588,8 @@ class Daemon:
             })
         elapsed = time.monotonic() - start
         job.state = "done"
+        self.stats["jobs_done"] += 1
+        notes = [str(n) for n in (getattr(engine, "last_notes", None) or [])]
         log.info("job %s done in %.2f s (%s)", job.id, elapsed, ", ".join(f"{k} {v:.3f}" for k, v in output.timings.items()))
         self._finish(job, Message(type=Type.RESULT, job=job.id, buffers=buffers, body={
             "job": job.id,
@@ -431,8 +599,25 @@ class Daemon:
             "variants": variants,
             "region": {"x": output.region.x, "y": output.region.y, "width": output.region.width, "height": output.region.height},
             "processing_size": list(output.processing_size),
+            "seq": job.seq,
+            "notes": notes,
             "timings": {**{k: round(v, 4) for k, v in output.timings.items()}, "queued": round(job.started - job.submitted, 4), "elapsed": round(elapsed, 4)},
         }))
+
+
+    def _free_engine_memory(self, engine: Any) -> None:
+        """After a failure, give back what the engine held (caches, CUDA blocks)."""
+        gc.collect()
+        free = getattr(engine, "free_memory", None)
+        if callable(free):
+            try:
+                free()
+            except Exception:
+                log.exception("engine could not free its memory")
+
+
+def _short(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
 
 
 def _job_field(msg: Message) -> str:

@@ -34,6 +34,8 @@ class Job:
     step: int = 0
     total_steps: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0  # order in which the worker started it (1, 2, ...): fairness is checked on this
+    cancel_reason: str = ""
 
     def summary(self) -> dict:
         opts = self.request.options
@@ -119,21 +121,45 @@ class Finished:
     message: Message  # the terminal event (result, error or cancelled), ready to send again
     at: float = field(default_factory=time.monotonic)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(len(memoryview(b).cast("B")) for b in self.message.buffers) + 1024
+
 
 class ResultStore:
-    """Terminal events of recent jobs, by job id, bounded in count and age."""
+    """Terminal events of recent jobs, by job id, bounded in age, count and bytes.
 
-    def __init__(self, ttl: float = 600.0, max_items: int = 64) -> None:
+    Kept so that a client that lost its connection, restarted, or was too slow to read
+    its events can `fetch` the outcome by job id.  The byte bound is what keeps a flood of
+    big results from growing the daemon without limit: past it, the oldest go first.
+    """
+
+    def __init__(self, ttl: float = 600.0, max_items: int = 512, max_bytes: int = 1 << 30) -> None:
         self.ttl = ttl
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self._items: OrderedDict[str, Finished] = OrderedDict()
+        self._bytes = 0
+        self.evicted = 0  # dropped for room before their time was up
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
     def put(self, item: Finished) -> None:
+        old = self._items.pop(item.job_id, None)
+        if old is not None:
+            self._bytes -= old.nbytes
         self._items[item.job_id] = item
-        self._items.move_to_end(item.job_id)
+        self._bytes += item.nbytes
         self.expire()
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
+        while len(self._items) > 1 and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= dropped.nbytes
+            self.evicted += 1
 
     def get(self, job_id: str) -> Finished | None:
         self.expire()
@@ -141,5 +167,9 @@ class ResultStore:
 
     def expire(self) -> None:
         now = time.monotonic()
-        for key in [k for k, v in self._items.items() if now - v.at > self.ttl]:
+        while self._items:
+            key, first = next(iter(self._items.items()))
+            if now - first.at <= self.ttl:
+                break  # insertion order is age order
             del self._items[key]
+            self._bytes -= first.nbytes

@@ -4,11 +4,14 @@ Every client (CLI, Krita, GIMP, third-party) uses the same rule for the address:
 explicit endpoint, else the INPAINTD_ENDPOINT environment variable, else the default.
 The daemon writes a connection file (endpoint + signing key, mode 0600) per endpoint in
 the user's runtime folder; clients read the key from there by themselves, the way
-Jupyter clients find a kernel's connection file.
+Jupyter clients find a kernel's connection file.  A daemon started with `--curve` also
+puts its CURVE public key there.  For a daemon on another machine, copy its connection
+file over and point INPAINTD_CONNECTION_FILE at the copy.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -20,16 +23,36 @@ from typing import Any
 from .messages import DEFAULT_ENDPOINT, ENDPOINT_ENV
 
 CONNECTION_DIR_ENV = "INPAINTD_RUNTIME_DIR"
+CONNECTION_FILE_ENV = "INPAINTD_CONNECTION_FILE"
+KEY_ENV = "INPAINTD_KEY"
 _ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|tcp://\[[0-9a-fA-F:.]+\]:\d{1,5}|ipc://\S+|inproc://\S+)$")
 
 
 def resolve_endpoint(explicit: str | None = None) -> str:
-    endpoint = explicit or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+    """explicit, else $INPAINTD_ENDPOINT, else the endpoint in $INPAINTD_CONNECTION_FILE, else the default."""
+    endpoint = explicit or os.environ.get(ENDPOINT_ENV)
+    if not endpoint and os.environ.get(CONNECTION_FILE_ENV):
+        data = _read_json(Path(os.environ[CONNECTION_FILE_ENV]))
+        endpoint = data.get("endpoint") if data and isinstance(data.get("endpoint"), str) else None
+    endpoint = endpoint or DEFAULT_ENDPOINT
     if not _ENDPOINT_RE.match(endpoint):
         raise ValueError(
             f"'{endpoint}' is not a ZeroMQ endpoint; use tcp://HOST:PORT or ipc:///path (e.g. {DEFAULT_ENDPOINT})"
         )
     return endpoint
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True when nothing outside this machine can reach `endpoint`."""
+    if not endpoint.startswith("tcp://"):
+        return True  # ipc:// and inproc:// never leave the machine
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host or interface name, or "*": reachable from elsewhere
 
 
 def runtime_dir() -> Path:
@@ -53,8 +76,11 @@ def new_key() -> bytes:
 
 
 def write_connection_file(endpoint: str, key: bytes | None, extra: dict[str, Any] | None = None) -> Path:
+    """Write the file atomically with mode 0600 in a 0700 folder: the key is a password."""
     path = connection_file(endpoint)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if sys.platform != "win32" and path.parent.stat().st_mode & 0o077:
+        os.chmod(path.parent, 0o700)  # our own folder; others must not list or read it
     data = {"endpoint": endpoint, "key": key.decode("ascii") if key else "", "signature_scheme": "hmac-sha256"}
     data.update(extra or {})
     tmp = path.with_suffix(".tmp")
@@ -65,8 +91,7 @@ def write_connection_file(endpoint: str, key: bytes | None, extra: dict[str, Any
     return path
 
 
-def read_connection_file(endpoint: str) -> dict[str, Any] | None:
-    path = connection_file(endpoint)
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -75,10 +100,28 @@ def read_connection_file(endpoint: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def read_connection_file(endpoint: str) -> dict[str, Any] | None:
+    """The connection file for `endpoint`: $INPAINTD_CONNECTION_FILE if set, else the one
+    the daemon wrote in the runtime folder (localhost and 127.0.0.1 are the same host)."""
+    if os.environ.get(CONNECTION_FILE_ENV):
+        return _read_json(Path(os.environ[CONNECTION_FILE_ENV]))
+    data = _read_json(connection_file(endpoint))
+    if data is None and "://localhost:" in endpoint:
+        data = _read_json(connection_file(endpoint.replace("://localhost:", "://127.0.0.1:")))
+    return data
+
+
 def find_key(endpoint: str) -> bytes | None:
     """The signing key for `endpoint`: INPAINTD_KEY, else the connection file, else none."""
-    if os.environ.get("INPAINTD_KEY"):
-        return os.environ["INPAINTD_KEY"].encode("ascii")
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode("ascii")
     data = read_connection_file(endpoint)
     key = data.get("key") if data else None
     return key.encode("ascii") if isinstance(key, str) and key else None
+
+
+def find_curve_server_key(endpoint: str) -> bytes | None:
+    """The daemon's CURVE public key (Z85) from the connection file, if it uses CURVE."""
+    data = read_connection_file(endpoint)
+    value = data.get("curve_server_key") if data else None
+    return value.encode("ascii") if isinstance(value, str) and value else None

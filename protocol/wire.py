@@ -23,6 +23,11 @@ from .messages import PROTOCOL_VERSION, Code, ProtocolError
 
 Buffer = Union[bytes, bytearray, memoryview]
 
+#: The header frame is metadata only (pixels travel in buffer frames), so a large one is
+#: hostile or broken.  Checked before unpacking: msgpack turns a few bytes into many
+#: Python objects, and an unbounded header would let one message cost gigabytes.
+MAX_HEADER_BYTES = 1 << 20
+
 
 @dataclass
 class Message:
@@ -78,6 +83,12 @@ def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
     parts = [_as_view(f) for f in frames]
     if len(parts) < 2:
         raise ProtocolError(Code.BAD_FRAME, f"a message has at least 2 frames (header, signature); got {len(parts)}")
+    if len(parts[0]) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            Code.TOO_LARGE,
+            f"header frame is {len(parts[0])} bytes; the limit is {MAX_HEADER_BYTES} (pixels go in buffer frames, not the header)",
+            {"field": "header"},
+        )
     raw_header = bytes(parts[0])
     try:
         header = msgpack.unpackb(raw_header, raw=False, strict_map_key=True)
@@ -103,12 +114,26 @@ def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
                 f"header field '{name}' must be {kind.__name__}, got {type(header[name]).__name__}",
                 {"field": name, "re": msg_id if isinstance(msg_id, str) else None},
             )
+    for name in ("job", "re"):
+        if name in header and not isinstance(header[name], str):
+            raise ProtocolError(
+                Code.BAD_FIELD_TYPE,
+                f"header field '{name}' must be a string, got {type(header[name]).__name__}",
+                {"field": name, "re": msg_id},
+            )
+    ts = header.get("ts", 0.0)
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts:
+        raise ProtocolError(
+            Code.BAD_FIELD_TYPE,
+            f"header field 'ts' must be a number (seconds since the epoch), got {type(ts).__name__} {ts!r:.40}",
+            {"field": "ts", "re": msg_id},
+        )
     body = header.get("body", {})
     if not isinstance(body, dict):
-        raise ProtocolError(Code.BAD_FIELD_TYPE, f"header field 'body' must be a map, got {type(body).__name__}", {"re": msg_id})
+        raise ProtocolError(Code.BAD_FIELD_TYPE, f"header field 'body' must be a map, got {type(body).__name__}", {"field": "body", "re": msg_id})
     lengths = header.get("buffers", [])
     if not isinstance(lengths, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
-        raise ProtocolError(Code.BAD_FIELD_TYPE, "header field 'buffers' must be a list of byte lengths", {"re": msg_id})
+        raise ProtocolError(Code.BAD_FIELD_TYPE, "header field 'buffers' must be a list of byte lengths", {"field": "buffers", "re": msg_id})
     buffers = parts[1:-1]
     if len(buffers) != len(lengths):
         raise ProtocolError(
@@ -119,15 +144,14 @@ def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
     for i, (buf, n) in enumerate(zip(buffers, lengths), start=1):
         if len(buf) != n:
             raise ProtocolError(Code.BAD_FRAME, f"buffer frame {i} has {len(buf)} bytes, header declares {n}", {"re": msg_id})
-    ts = header.get("ts", 0.0)
     return Message(
         type=header["type"],
         body=body,
         buffers=list(buffers),
-        job=header.get("job") if isinstance(header.get("job"), str) else None,
-        re=header.get("re") if isinstance(header.get("re"), str) else None,
+        job=header.get("job"),
+        re=header.get("re"),
         id=msg_id,
-        ts=float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0,
+        ts=float(ts),
         version=header["v"],
     )
 
