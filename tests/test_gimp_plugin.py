@@ -87,3 +87,36 @@ def test_plugin_inside_gimp(gimp_root: Path, ci_dir: Path, daemon) -> None:
     assert proc.returncode == 0, f"in-GIMP tests failed (exit {proc.returncode}):\n{out[-6000:]}\n--- daemon log ---\n{daemon.log()[-2000:]}"
     assert 'failures="0"' in junit.read_text() and 'errors="0"' in junit.read_text()
     print("in GIMP:", (ci_dir / "report.json").read_text())
+
+
+def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> None:
+    """Full GIMP under Xvfb: one Ctrl+Z removes every result layer (one undo step) and the
+    interactive dialog opens; its capture becomes docs/gimp-dialog.png when
+    INPAINTD_UPDATE_SCREENSHOT=1."""
+    gimprc = gimp_root / "root" / ".config" / "GIMP" / "3.0" / "gimprc"
+    gimprc.parent.mkdir(parents=True, exist_ok=True)
+    if "show-welcome-dialog no" not in (gimprc.read_text() if gimprc.exists() else ""):
+        with gimprc.open("a") as f:  # the welcome dialog would hold the keyboard focus
+            f.write("(show-welcome-dialog no)\n")
+    inside = "/" + str(ci_dir.relative_to(gimp_root))
+    extra = [f"{k}={v}" for k, v in daemon.env.items() if k != "INPAINTD_RUNTIME_DIR"]
+    cmd = ["timeout", "240", "chroot", str(gimp_root), "env", "-i", "HOME=/root", f"PATH={PATH}", "LANG=C.UTF-8",
+           f"INPAINTD_CI_DIR={inside}", *extra, "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24",
+           "gimp-3.0", "--no-splash", "--quit", "--batch-interpreter=python-fu-eval",
+           "-b", f"exec(open('{inside}/ui_session.py').read())"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and (ci_dir / "ui.json").exists(), f"exit {proc.returncode}:\n{out[-5000:]}"
+    import json
+
+    ui = json.loads((ci_dir / "ui.json").read_text())
+    print("in GIMP UI:", ui)
+    assert ui["status"].endswith("GIMP_PDB_SUCCESS of type Gimp.PDBStatusType>"), ui
+    assert ui["after_run"] == ["Inpaint: an empty red saucer on a wooden\u2026", "photo", "background"] or (
+        ui["after_run"][1:] == ["photo", "background"] and ui["after_run"][0].startswith("Inpaint: ")), ui
+    assert ui["after_one_undo"] == ui["before"] == ["photo", "background"], ui
+    assert ui["selection_kept"] and ui["source_unchanged"], ui
+    assert ui["dialog_status"].endswith("GIMP_PDB_CANCEL of type Gimp.PDBStatusType>"), ui
+    assert ui.get("dialog_png"), "the dialog was not captured"
+    if os.environ.get("INPAINTD_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(ci_dir / "dialog.png", REPO / "docs" / "gimp-dialog.png")

@@ -46,7 +46,12 @@ class UserError(Exception):
 def run(procedure, run_mode, image, drawables, config, data):
     if run_mode == Gimp.RunMode.INTERACTIVE:
         GimpUi.init(logic.PROCEDURE_NAME)
+        for a in ARGS:  # GIMP keeps an empty string argument as NULL, which GtkEntry rejects
+            if a.kind == "str" and config.get_property(a.name) is None:
+                config.set_property(a.name, "")
         dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Inpaint Selection")
+        strength = dialog.get_spin_scale("strength", 1.0)
+        strength.set_increments(0.01, 0.1)  # GIMP's default step (1.0) exceeds the 0.01..1 range
         dialog.fill(None)
         ok = dialog.run()
         dialog.destroy()

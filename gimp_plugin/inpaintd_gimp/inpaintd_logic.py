@@ -74,6 +74,8 @@ class ArgSpec:
     maximum: float | None = None
 
 
+# Labels carry GTK mnemonics; each letter is used once, and none of o, c, r, h, s, l,
+# which the dialog's own buttons (OK, Cancel, Reset, Help, Save/Load defaults) take.
 ARGS: tuple[ArgSpec, ...] = (
     ArgSpec("prompt", "prompt", "str", "_Prompt", "What to paint into the selection", ""),
     ArgSpec("negative-prompt", "negative_prompt", "str", "_Negative prompt", "What to avoid", ""),
@@ -81,17 +83,17 @@ ARGS: tuple[ArgSpec, ...] = (
     ArgSpec("strength", "strength", "float", "S_trength",
             "How far to move away from the current pixels (1 = ignore them)", 1.0, 0.01, 1.0),
     ArgSpec("steps", "steps", "int", "St_eps", "Denoising steps (0 = the model's default)", 0, 0, 150),
-    ArgSpec("seed", "seed", "int", "_Seed", "Random seed (-1 = a new one each time)", -1, -1, SEED_MAX),
+    ArgSpec("seed", "seed", "int", "See_d", "Random seed (-1 = a new one each time)", -1, -1, SEED_MAX),
     ArgSpec("model", "model", "str", "_Model", "Model name (empty = the daemon's default)", ""),
     ArgSpec("grow", "grow", "int", "Mask _grow", "Grow the selection by this many pixels", 8, 0, 512),
     ArgSpec("feather", "feather", "int", "_Feather", "Soften the mask edge over this many pixels", 16, 0, 512),
-    ArgSpec("padding", "padding", "int", "Context _padding",
+    ArgSpec("padding", "padding", "int", "Conte_xt padding",
             "Pixels of context around the selection (-1 = automatic)", -1, -1, 4096),
-    ArgSpec("endpoint", "endpoint", "str", "_Daemon address",
+    ArgSpec("endpoint", "endpoint", "str", "D_aemon address",
             f"ZeroMQ address of inpaintd (empty = $INPAINTD_ENDPOINT or {DEFAULT_ENDPOINT})", ""),
-    ArgSpec("sample-merged", "sample_merged", "bool", "Use _visible image",
+    ArgSpec("sample-merged", "sample_merged", "bool", "Use visi_ble image",
             "Send what is visible (all layers) instead of the selected layer", False),
-    ArgSpec("start-daemon", "start_daemon", "bool", "Start a local daemon if none ru_ns",
+    ArgSpec("start-daemon", "start_daemon", "bool", "Start a local daemon if none r_uns",
             "Start inpaintd on this computer when nothing answers at the address", True),
 )
 

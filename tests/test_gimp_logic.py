@@ -1,0 +1,186 @@
+"""Unit tests of the GIMP plug-in's pure logic, its cancel watchdog and its installer,
+run from the project's venv (no GIMP needed)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "gimp_plugin" / "inpaintd_gimp"))
+
+import inpaintd_logic as logic  # noqa: E402
+from inpaintd_logic import ARGS, Options, Rect  # noqa: E402
+
+from protocol import wire  # noqa: E402
+
+
+def test_rect_intersect_and_grow():
+    assert Rect(0, 0, 10, 10).intersect(Rect(5, 5, 10, 10)) == Rect(5, 5, 5, 5)
+    assert Rect(0, 0, 10, 10).intersect(Rect(20, 20, 5, 5)).empty
+    assert Rect(5, 5, 2, 2).grow(3) == Rect(2, 2, 8, 8)
+
+
+def test_plan_crop_respects_layer_offsets():
+    opts = Options(grow=4, feather=8, padding=20)
+    layer = Rect(100, 50, 400, 300)  # layer at offset (100, 50)
+    plan = logic.plan_crop(Rect(200, 120, 40, 30), layer, opts)
+    assert plan.crop_in_image == Rect(168, 88, 104, 94)  # selection grown by 4 + 8 + 20
+    assert plan.crop == Rect(68, 38, 104, 94)  # the same in layer pixels
+    assert logic.result_offset(plan, 10, 5) == (178, 93)
+
+
+def test_plan_crop_clips_to_layer_and_misses():
+    opts = Options(grow=0, feather=0, padding=50)
+    layer = Rect(10, 10, 100, 100)
+    plan = logic.plan_crop(Rect(0, 0, 30, 30), layer, opts)
+    assert plan.crop_in_image == Rect(10, 10, 70, 70)  # (10,10,20,20) grown by 50, clipped
+    assert plan.crop == Rect(0, 0, 70, 70)
+    assert logic.plan_crop(Rect(200, 200, 5, 5), layer, opts) is None
+
+
+def test_auto_padding_keeps_generous_context():
+    opts = Options(grow=8, feather=16, padding=-1)
+    assert logic.context_margin(opts, Rect(0, 0, 50, 40)) == 8 + 16 + 512
+    assert logic.context_margin(opts, Rect(0, 0, 900, 40)) == 8 + 16 + 900
+
+
+def test_options_defaults_validate_and_map_to_job_options():
+    opts = Options.from_mapping({"prompt": " a cat ", "negative-prompt": None, "seed": 5, "sample-merged": True,
+                                 "run-mode": 0})
+    assert opts.negative_prompt == "" and opts.sample_merged
+    assert opts.validate() == []
+    job = opts.job_options()
+    assert job["prompt"] == "a cat" and job["seed"] == 5 and job["padding"] == -1
+    assert set(job) <= {"prompt", "negative_prompt", "seed", "variants", "steps", "guidance_scale", "strength",
+                        "scheduler", "model", "grow", "feather", "padding"}
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("variants", 0, "at least 1"), ("variants", 9, "at most 8"), ("strength", 0.0, "at least 0.01"),
+    ("steps", 151, "at most 150"), ("seed", -2, "at least -1"), ("feather", True, "must be a int"),
+    ("endpoint", "localhost:7415", "not a ZeroMQ address"),
+])
+def test_options_reject_bad_values(field, value, needle):
+    problems = Options(**{field: value}).validate()
+    assert problems and needle in problems[0]
+
+
+def test_arg_table_matches_protocol_bounds():
+    from protocol.messages import OPTION_RULES
+
+    for spec in ARGS:
+        rule = OPTION_RULES.get(spec.field)
+        if rule and spec.kind in ("int", "float"):
+            assert spec.minimum >= rule[1] and spec.maximum <= rule[2], spec.name
+    labels = [a.label for a in ARGS]
+    mnemonics = [lbl[lbl.index("_") + 1].lower() for lbl in labels]
+    assert len(set(mnemonics)) == len(mnemonics) and not set(mnemonics) & set("ocrhsl")
+
+
+def test_names_and_progress_text():
+    assert logic.group_name("  a  red\nsaucer ") == "Inpaint: a red saucer"
+    assert logic.group_name("") == "Inpaint: (no prompt)"
+    assert logic.layer_name("a red saucer", 1, 77) == "a red saucer #2 (seed 77)"
+    assert len(logic.short_prompt("x" * 100)) == 40
+    assert logic.progress_text("denoising", 3, 20) == "Inpainting: denoising step 3/20"
+    assert "position 2" in logic.progress_text("queued", 0, 0, 2)
+    fractions = [logic.progress_fraction("denoising", s, 10) for s in range(11)]
+    assert fractions == sorted(fractions) and 0 < fractions[0] < fractions[-1] < 1
+
+
+def test_daemon_advice_and_local_endpoints():
+    text = logic.how_to_start("tcp://127.0.0.1:7415")
+    assert "inpaintd serve --bind tcp://127.0.0.1:7415" in text
+    assert logic.is_local_endpoint("tcp://127.0.0.1:7415") and logic.is_local_endpoint("ipc:///tmp/x")
+    assert not logic.is_local_endpoint("tcp://10.0.0.2:7415")
+    assert logic.serve_command(["py", "-m", "backend"], "tcp://127.0.0.1:1") == [
+        "py", "-m", "backend", "serve", "--bind", "tcp://127.0.0.1:1"]
+
+
+def test_mask_and_precision_helpers():
+    assert not logic.mask_has_pixels(bytes(10)) and logic.mask_has_pixels(b"\0\0\1")
+    assert logic.precision_note(8, False) is None
+    assert "16-bit" in logic.precision_note(16, True)
+
+
+# -- the cancel watchdog ---------------------------------------------------------------
+
+
+def _fake_daemon(key: bytes):
+    """A ROUTER that answers one request and records it."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    seen: list = []
+
+    def serve() -> None:
+        if sock.poll(15000):
+            ident, *frames = sock.recv_multipart()
+            msg = wire.decode(frames, key)
+            seen.append(msg)
+            reply = wire.Message(type="cancel_reply", body={"job": msg.body.get("job")}, re=msg.id)
+            sock.send_multipart([ident, *wire.encode(reply, key)])
+        sock.close(0)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return f"tcp://127.0.0.1:{port}", seen, t
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Path:
+    from backend.install_gimp import copy_plugin
+
+    return copy_plugin(tmp_path)
+
+
+def test_watchdog_cancels_when_plugin_dies(installed: Path):
+    key = b"k" * 32
+    endpoint, seen, t = _fake_daemon(key)
+    watchdog = subprocess.Popen([sys.executable, str(installed / "inpaintd_watchdog.py"), endpoint, "job-1"],
+                                stdin=subprocess.PIPE, env={"INPAINTD_KEY": key.decode(), "PATH": "/usr/bin:/bin"})
+    watchdog.stdin.close()  # what the OS does when GIMP kills the plug-in
+    assert watchdog.wait(timeout=20) == 0
+    t.join(timeout=20)
+    assert seen and seen[0].type == "cancel" and seen[0].body["job"] == "job-1"
+
+
+def test_watchdog_quiet_when_job_ends_normally(installed: Path):
+    sys.path.insert(0, str(installed))
+    try:
+        import inpaintd_watchdog
+    finally:
+        sys.path.remove(str(installed))
+    assert inpaintd_watchdog.watch("tcp://127.0.0.1:9", "job-2", io.BytesIO(b"done\n")) is False
+
+
+# -- the installer -----------------------------------------------------------------------
+
+
+def test_install_copies_plugin_and_client(tmp_path: Path, capsys):
+    from backend.install_gimp import install
+
+    rc = install(tmp_path, [sys.executable])
+    target = tmp_path / "inpaintd_gimp"
+    assert rc == 0
+    entry = target / "inpaintd_gimp.py"
+    assert entry.stat().st_mode & 0o111
+    assert (target / "inpaintd_protocol" / "client.py").exists()
+    assert "from . import wire" in (target / "inpaintd_protocol" / "client.py").read_text()
+    assert "Filters > AI > Inpaint Selection" in capsys.readouterr().out
+
+
+def test_install_explains_missing_modules(tmp_path: Path, capsys):
+    from backend.install_gimp import install
+
+    rc = install(tmp_path, [sys.executable, "-I", "-S"])  # no site-packages: no zmq
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "python3-zmq python3-msgpack" in err and "--target" in err
