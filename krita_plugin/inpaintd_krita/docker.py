@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from PyQt5.QtCore import Qt
 from PyQt5.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
     QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
@@ -83,16 +83,15 @@ class InpaintPanel(QWidget):
         self.daemon_command = QLineEdit(s.daemon_command)
         self.autostart = QCheckBox("Start the daemon when Krita starts if none answers")
         self.autostart.setChecked(s.autostart)
-        conn_box = QGroupBox("Connection")
-        conn_box.setCheckable(True)
-        conn_box.setChecked(False)
+        self.show_connection = QCheckBox("Connection settings")
+        conn_box = QWidget()
         conn_form = QFormLayout(conn_box)
+        conn_form.setContentsMargins(0, 0, 0, 0)
         conn_form.addRow("Address", self.endpoint)
         conn_form.addRow("Daemon command", self.daemon_command)
         conn_form.addRow(self.autostart)
-        conn_box.toggled.connect(lambda on: [w.setVisible(on) for w in (self.endpoint, self.daemon_command, self.autostart)]
-                                 + [conn_form.labelForField(w).setVisible(on) for w in (self.endpoint, self.daemon_command)])
-        conn_box.toggled.emit(False)
+        conn_box.setVisible(False)
+        self.show_connection.toggled.connect(conn_box.setVisible)
 
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
@@ -117,6 +116,7 @@ class InpaintPanel(QWidget):
         layout.addWidget(self.negative)
         layout.addLayout(form)
         layout.addWidget(self.use_composite)
+        layout.addWidget(self.show_connection)
         layout.addWidget(conn_box)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)

@@ -236,7 +236,7 @@ def progress_text(stage: str, step: int = 0, total: int = 0, position: int | Non
     if stage == "queued":
         return f"Queued (position {position})" if position else "Queued"
     label = stage.capitalize() if stage else "Working"
-    if total > 0:
+    if stage == "denoising" and total > 0:
         return f"{label} {min(step, total)}/{total}"
     return label + "…"
 

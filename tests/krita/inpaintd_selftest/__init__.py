@@ -1,0 +1,168 @@
+"""Test helper plugin, installed next to the real plugin by tests/test_krita_plugin.py.
+
+Once Krita's window is up it does what an artist does: opens a photo, makes a feathered
+elliptical selection, opens the inpaintd docker, types a prompt, triggers the
+`inpaintd_inpaint_selection` action, waits for the variants, takes screenshots, writes a
+JSON report to $INPAINTD_SELFTEST_REPORT and quits Krita (os._exit: Krita may crash on
+a normal exit under xvfb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from krita import Extension, Krita  # type: ignore
+from PyQt5.QtCore import QByteArray, QTimer
+from PyQt5.QtGui import QImage
+from PyQt5.QtWidgets import QApplication
+
+REPORT = Path(os.environ.get("INPAINTD_SELFTEST_REPORT", "/tmp/inpaintd-selftest.json"))
+SHOTS = Path(os.environ.get("INPAINTD_SELFTEST_SHOTS", "/tmp/inpaintd-selftest"))
+PHOTO = Path(os.environ.get("INPAINTD_TEST_ROOT", ".")) / "backend" / "assets" / "coffee.jpg"
+PROMPT = "a ceramic saucer"
+
+report: dict[str, Any] = {"error": None}
+
+
+def finish(code: int = 0) -> None:
+    REPORT.write_text(json.dumps(report, indent=1))
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def later(ms: int, fn: Callable[[], None]) -> None:
+    def guarded() -> None:
+        try:
+            fn()
+        except Exception:
+            report["error"] = traceback.format_exc()
+            finish(2)
+
+    QTimer.singleShot(ms, guarded)
+
+
+def poll(pred: Callable[[], bool], then: Callable[[], None], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+
+    def step() -> None:
+        if pred():
+            then()
+        elif time.monotonic() > deadline:
+            report["error"] = f"timed out waiting for {what}"
+            finish(3)
+        else:
+            later(50, step)
+
+    later(50, step)
+
+
+def feathered_ellipse(w: int, h: int, cx: float, cy: float, rx: float, ry: float, soft: float) -> bytes:
+    out = bytearray(w * h)
+    for y in range(h):
+        dy = (y - cy) / ry
+        for x in range(w):
+            d = math.sqrt(((x - cx) / rx) ** 2 + dy * dy)
+            v = (1.0 - d) * min(rx, ry) / soft
+            out[y * w + x] = 0 if v <= 0 else 255 if v >= 1 else int(round(v * 255))
+    return bytes(out)
+
+
+def start() -> None:
+    app = Krita.instance()
+    win = app.activeWindow() or (app.windows() or [None])[0]
+    if win is None:
+        return poll(lambda: bool(app.windows()), start, 60, "Krita's main window")
+    win.qwindow().resize(1400, 900)
+    img = QImage(str(PHOTO)).convertToFormat(QImage.Format_ARGB32)
+    w, h = img.width(), img.height()
+    ptr = img.constBits()
+    ptr.setsize(img.byteCount())
+    doc = app.createDocument(w, h, "inpaintd self-test", "RGBA", "U8", "", 72.0)
+    source = doc.topLevelNodes()[0]
+    source.setName("photo")
+    source.setPixelData(QByteArray(bytes(ptr)), 0, 0, w, h)
+    doc.refreshProjection()
+    win.addView(doc)
+    QApplication.setActiveWindow(win.qwindow())
+    from krita import Selection  # type: ignore
+
+    sel = Selection()
+    sel.setPixelData(QByteArray(feathered_ellipse(w, h, 300, 250, 95, 60, 14)), 0, 0, w, h)
+    doc.setSelection(sel)
+    doc.setActiveNode(source)
+    before = hashlib.sha256(bytes(source.pixelData(0, 0, w, h))).hexdigest()
+
+    import inpaintd_krita
+    from inpaintd_krita import _protocol, plugin
+
+    report["plugin_module"] = inpaintd_krita.__file__
+    report["vendored_protocol"] = _protocol.Client.__module__.startswith("inpaintd_krita._vendor")
+    action = app.action(plugin.ACTION_ID)
+    report["action_found"] = action is not None
+    dockers = [d for d in app.dockers() if d.objectName() == plugin.DOCKER_ID]
+    report["docker_found"] = bool(dockers)
+    if not dockers or action is None:
+        report["error"] = f"docker or action missing; dockers: {[d.objectName() for d in app.dockers()]}"
+        return finish(4)
+    docker = dockers[0]
+    docker.show()
+    docker.raise_()
+    panel = docker.widget()
+    controller = plugin.controller()
+    progress: list[str] = []
+    controller.progress.connect(lambda value, text: progress.append(text))
+    panel.prompt.setPlainText(PROMPT)
+    panel.variants.setValue(2)
+    panel.random_seed.setChecked(False)
+    panel.seed.setValue(4242)
+
+    def connected() -> None:
+        report["connected"] = True
+        report["connection_text"] = panel.connection_label.text()
+        action.trigger()  # the action, as a shortcut would run it
+        report["busy_after_trigger"] = controller.busy
+        poll(lambda: not controller.busy, lambda: done(), 60, "the job")
+
+    def done() -> None:
+        report["message"] = panel.message_label.text()
+        report["progress"] = progress
+        report["progress_seen"] = any(t not in ("Sending…",) and not t.startswith("Done") for t in progress)
+        groups = [n for n in doc.rootNode().childNodes() if n.type() == "grouplayer"]
+        report["group"] = groups[0].name() if groups else None
+        report["variants"] = [{"name": n.name(), "visible": n.visible()} for n in (groups[0].childNodes()[::-1] if groups else [])]
+        report["source_unchanged"] = hashlib.sha256(bytes(source.pixelData(0, 0, w, h))).hexdigest() == before
+        later(700, shoot)  # let the canvas and the docker repaint
+
+    def shoot() -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        QApplication.processEvents()
+        docker_shot, window_shot = SHOTS / "krita-docker.png", SHOTS / "krita-window.png"
+        docker.grab().save(str(docker_shot))
+        win.qwindow().grab().save(str(window_shot))
+        report["docker_shot"], report["window_shot"] = str(docker_shot), str(window_shot)
+        finish(0)
+
+    poll(lambda: bool(controller.connected), connected, 30, "the connection to the daemon")
+
+
+class SelfTest(Extension):
+    def __init__(self, parent: Any) -> None:
+        super().__init__(parent)
+
+    def setup(self) -> None:
+        later(180_000, lambda: (report.update(error="watchdog: the self-test took over 180 s"), finish(5)))
+        Krita.instance().notifier().windowCreated.connect(lambda: later(1000, start))
+
+    def createActions(self, window: Any) -> None:
+        pass
+
+
+Krita.instance().addExtension(SelfTest(Krita.instance()))
