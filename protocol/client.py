@@ -8,7 +8,14 @@ It works two ways over the same socket:
 A socket is not thread-safe: use one Client from one thread.  The client watches the
 daemon's heartbeat while jobs are in flight; a daemon that stops answering, or one that
 restarted (its instance id changed), turns the jobs into state "lost" instead of leaving
-the caller waiting forever.  ZeroMQ reconnects the socket by itself.
+the caller waiting forever.  ZeroMQ reconnects the socket by itself; when the daemon
+comes back with a new key (a new connection file), the client re-reads the file and
+rebuilds its socket, so the next request works without the caller doing anything.
+
+While jobs are pending and the daemon has been quiet for `heartbeat` seconds, the client
+pings and re-asks (`fetch`) for each pending job: a result that was dropped on the way
+(the daemon drops events for a client that stopped reading) or sent to the client's
+previous connection is fetched again, and a job the daemon no longer knows turns "lost".
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from . import wire
-from .connection import find_key, resolve_endpoint
+from .connection import find_curve_server_key, find_key, resolve_endpoint
 from .messages import TERMINAL_EVENTS, Code, ImageDesc, JobOptions, ProtocolError, Type
 from .wire import Message
 
@@ -97,18 +104,26 @@ class Client:
         heartbeat: float = 3.0,
         lost_after: float = 20.0,
         context: zmq.Context | None = None,
+        curve_server_key: bytes | str | None = "auto",
     ) -> None:
+        """`key` and `curve_server_key` "auto": read them from the daemon's connection file
+        (or INPAINTD_KEY), and read them again if the daemon restarts with new ones."""
         self.endpoint = resolve_endpoint(endpoint)
-        self.key: bytes | None = find_key(self.endpoint) if key == "auto" else (key.encode() if isinstance(key, str) else key)
+        self._auto_key = key == "auto"
+        self._auto_curve = curve_server_key == "auto"
+        self.key: bytes | None = find_key(self.endpoint) if self._auto_key else _as_bytes(key)
+        self.curve_server_key: bytes | None = (
+            find_curve_server_key(self.endpoint) if self._auto_curve else _as_bytes(curve_server_key)
+        )
         self.name = name
         self.heartbeat = heartbeat
         self.lost_after = lost_after
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)  # never drop our own job events
-        self._sock.connect(self.endpoint)
+        self._sock = self._make_socket()
+        self.reconnects = 0
         self._replies: dict[str, Message] = {}
+        self._awaiting: set[str] = set()  # request ids a caller waits on; other replies are not kept
+        self._background: dict[str, Job | None] = {}  # heartbeat pings and fetches -> the job they re-ask for
         self._held_events: list[Message] = []  # job events read while waiting for a reply
         self._by_request: dict[str, Job] = {}
         self.jobs: dict[str, Job] = {}
@@ -117,6 +132,35 @@ class Client:
         self._last_ping = 0.0
 
     # -- plumbing ------------------------------------------------------------------
+
+    def _make_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)  # never drop our own job events
+        if self.curve_server_key:
+            public, secret = zmq.curve_keypair()  # a fresh client key: the HMAC key is the credential
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve_server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _refresh_connection(self) -> bool:
+        """Re-read the connection file; if the daemon's key changed (it restarted), take
+        the new one and rebuild the socket.  True when something changed."""
+        key = find_key(self.endpoint) if self._auto_key else self.key
+        curve = find_curve_server_key(self.endpoint) if self._auto_curve else self.curve_server_key
+        if key == self.key and curve == self.curve_server_key:
+            return False
+        if key is None and self.key is not None:
+            return False  # the file is gone (daemon stopped): keep the old key until a new one appears
+        self.key, self.curve_server_key = key, curve
+        # A fresh socket: a new CURVE key needs a new handshake, and a new identity costs
+        # nothing since pending jobs are re-asked for by id.
+        self._sock.close(0)
+        self._sock = self._make_socket()
+        self.reconnects += 1
+        return True
 
     def close(self) -> None:
         self._sock.close(0)
@@ -146,11 +190,18 @@ class Client:
             frames = self._sock.recv_multipart(copy=False)
             try:
                 msg = wire.decode(frames, self.key)
-            except ProtocolError:
+            except ProtocolError as exc:
+                # Wrongly signed: most likely a restarted daemon with a new key.  Re-read
+                # the connection file; the message itself is not trusted either way.
+                if exc.code == Code.BAD_SIGNATURE and self._refresh_connection():
+                    break  # the socket was rebuilt; what the old one held is gone
                 continue  # a daemon never sends malformed frames; ignore rather than crash an editor
             self._last_heard = time.monotonic()
-            if msg.re is not None:  # a reply to one of our requests (fetch replies carry job events too)
-                self._replies[msg.re] = msg
+            if msg.re is not None and msg.re in self._background:
+                self._apply_background(msg)
+            elif msg.re is not None:  # a reply to one of our requests (fetch replies carry job events too)
+                if msg.re in self._awaiting:
+                    self._replies[msg.re] = msg
                 self._apply_reply(msg)
             elif msg.type in (Type.PROGRESS, Type.RESULT, Type.CANCELLED, Type.ERROR) and msg.job:
                 self._apply_event(msg)
@@ -168,12 +219,16 @@ class Client:
 
     def _await_reply(self, msg_id: str, timeout: float) -> Message:
         deadline = time.monotonic() + timeout
-        while msg_id not in self._replies:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DaemonUnavailable(self.endpoint, timeout)
-            self._held_events.extend(self._read(min(left, 0.5)))
-        return self._replies.pop(msg_id)
+        self._awaiting.add(msg_id)
+        try:
+            while msg_id not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DaemonUnavailable(self.endpoint, timeout)
+                self._held_events.extend(self._read(min(left, 0.5)))
+            return self._replies.pop(msg_id)
+        finally:
+            self._awaiting.discard(msg_id)
 
     # -- requests ------------------------------------------------------------------
 
@@ -232,6 +287,8 @@ class Client:
         msg = Message(type=Type.SUBMIT, body=body, buffers=[image, mask])
         job = Job(request_id=msg.id)
         self._by_request[msg.id] = job
+        if block:
+            self._awaiting.add(msg.id)  # before sending: the reply may be read by anyone's _read
         self.send(msg)
         self._last_heard = max(self._last_heard, time.monotonic() - self.heartbeat)
         if block:
@@ -314,9 +371,24 @@ class Client:
             self._lose_jobs("the daemon restarted; jobs it had were lost")
         self.daemon_instance = instance
 
+    def _apply_background(self, msg: Message) -> None:
+        """A reply to a heartbeat: a pong, or the answer to re-asking for a pending job."""
+        job = self._background.pop(msg.re or "", None)
+        if msg.type == Type.PONG:
+            self._note_instance(msg.body.get("instance"))
+            return
+        if job is None or job.finished:
+            return
+        if msg.type == Type.ERROR and msg.body.get("code") == Code.NOT_FOUND:
+            job.state = LOST
+            job.error = ProtocolError(LOST, f"job {job.id} lost: the daemon no longer knows it ({msg.body.get('message', '')})")
+        elif msg.type in (Type.PROGRESS, Type.RESULT, Type.CANCELLED, Type.ERROR):
+            self._apply_event(msg, job)
+
     def _check_heartbeat(self) -> None:
         pending = [j for j in list(self.jobs.values()) + list(self._by_request.values()) if not j.finished]
         if not pending:
+            self._background.clear()
             return
         now = time.monotonic()
         silent = now - self._last_heard
@@ -324,13 +396,29 @@ class Client:
             self._lose_jobs(f"no word from the daemon at {self.endpoint} for {silent:.0f} s")
         elif silent > self.heartbeat and now - self._last_ping > self.heartbeat:
             self._last_ping = now
-            self.send(Message(type=Type.PING))
+            if self._refresh_connection():
+                pass  # new key: the daemon restarted; the pong below tells us its instance
+            if len(self._background) > 1000:  # unanswered re-asks of a daemon that is away
+                self._background.clear()
+            ping = Message(type=Type.PING)
+            self._background[ping.id] = None
+            self.send(ping)
+            for job in pending:
+                if job.id:  # re-ask: fetches a dropped result, re-attaches us to a live job
+                    ask = Message(type=Type.FETCH, body={"job": job.id})
+                    self._background[ask.id] = job
+                    self.send(ask)
 
     def _lose_jobs(self, why: str) -> None:
         for job in list(self.jobs.values()) + list(self._by_request.values()):
             if not job.finished:
                 job.state, job.error = LOST, ProtocolError(LOST, f"job {job.id or '(unsent)'} lost: {why}")
         self._by_request.clear()
+        self._background.clear()
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode("ascii") if isinstance(value, str) else value
 
 
 def _error_from(msg: Message) -> ProtocolError:

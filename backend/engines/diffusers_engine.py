@@ -45,6 +45,9 @@ _SCHEDULER_OVERRIDES: dict[str, dict[str, Any]] = {
     "dpmpp_2m": {"algorithm_type": "dpmsolver++", "solver_order": 2},
 }
 
+#: What the one retry after running out of memory changes (see `generate`).
+LOW_MEMORY_SETTINGS = "attention slicing, VAE tiling and one variant at a time"
+
 #: Prompt embeddings kept across jobs: users re-run the same prompt with new seeds a lot.
 PROMPT_CACHE_SIZE = 8
 
@@ -299,6 +302,7 @@ class DiffusersEngine:
             raise EngineError(
                 "bad_value", f"size {width}x{height} is not a multiple of {self.size_multiple}"
             )
+        self.last_notes: list[str] = []  # the daemon copies these into the result
         if not task.seeds:
             return []
         if task.steps < 1 or not 0.0 < task.strength <= 1.0:
@@ -325,13 +329,18 @@ class DiffusersEngine:
         image = Image.fromarray(np.ascontiguousarray(task.image[:, :, :3]), "RGB")
         mask = Image.fromarray(np.ascontiguousarray(task.mask), "L")
 
-        def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-            total = pipe.num_timesteps
-            task.progress("denoising", step + 1, total)
-            task.check_cancel()  # JobCancelled propagates out of the pipeline call
-            if step + 1 == total:
-                task.progress("decoding", 0, 1)
-            return {}
+        def step_reporter(part: int, parts: int) -> Any:
+            """Progress over the whole job when it runs as `parts` pipeline calls."""
+
+            def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+                total = pipe.num_timesteps
+                task.progress("denoising", part * total + step + 1, parts * total)
+                task.check_cancel()  # JobCancelled propagates out of the pipeline call
+                if part + 1 == parts and step + 1 == total:
+                    task.progress("decoding", 0, 1)
+                return {}
+
+            return on_step_end
 
         kwargs: dict[str, Any] = {
             "prompt_embeds": embeds[0],
@@ -341,36 +350,81 @@ class DiffusersEngine:
             kwargs["pooled_prompt_embeds"] = embeds[2]
             kwargs["negative_pooled_prompt_embeds"] = embeds[3]
 
-        try:
+        def call(gens: list[Any], part: int, parts: int) -> np.ndarray:
             with torch.inference_mode():
                 result = self.pipe(
-                    image=[image] * len(task.seeds),
-                    mask_image=[mask] * len(task.seeds),
+                    image=[image] * len(gens),
+                    mask_image=[mask] * len(gens),
                     height=height,
                     width=width,
                     num_inference_steps=task.steps,
                     guidance_scale=task.guidance_scale,
                     strength=task.strength,
-                    num_images_per_prompt=len(task.seeds),
-                    generator=generators,
+                    num_images_per_prompt=len(gens),
+                    generator=gens,
                     output_type="np",
-                    callback_on_step_end=on_step_end,
+                    callback_on_step_end=step_reporter(part, parts),
                     **kwargs,
                 )
+            return np.asarray(result.images)
+
+        try:
+            images = call(generators, 0, 1)
         except Exception as exc:
-            if _is_out_of_memory(exc):
-                self._free_cache()
-                raise EngineError(
-                    "out_of_memory",
-                    f"{self.device} ran out of memory inpainting {len(task.seeds)} variant(s) at "
-                    f"{width}x{height}; ask for fewer variants or a smaller region",
-                ) from exc
-            raise
-        images = np.asarray(result.images)
+            if not _is_out_of_memory(exc):
+                raise
+            images = self._retry_low_memory(call, task, generators, exc, width, height)
         task.progress("decoding", 1, 1)
         # Same rounding that diffusers' own numpy -> PIL conversion does.
         pixels = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         return [np.ascontiguousarray(p[:height, :width, :3]) for p in pixels]
+
+    def _retry_low_memory(
+        self, call: Any, task: EngineTask, generators: list[Any], first: BaseException, width: int, height: int
+    ) -> np.ndarray:
+        """Out of memory: free what the failed call held, then try once more with attention
+        slicing, VAE tiling and one variant per pipeline call (each with its own seed's
+        generator, so the seeds still mean the same pixels).  Slower, far smaller peak.
+        Gives up with `out_of_memory` if that fails too; either way the result says so."""
+        del first
+        self._free_cache()
+        task.check_cancel()
+        what = f"{len(task.seeds)} variant(s) at {width}x{height}"
+        self._set_low_memory(True)
+        try:
+            parts = [call([g], i, len(generators)) for i, g in enumerate(generators)]
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            self._free_cache()
+            raise EngineError(
+                "out_of_memory",
+                f"{self.device} ran out of memory inpainting {what}, and again after retrying with "
+                f"{LOW_MEMORY_SETTINGS}; ask for fewer variants or a smaller region",
+            ) from None
+        finally:
+            self._set_low_memory(False)
+        self.last_notes.append(
+            f"{self.device} ran out of memory inpainting {what}; retried once with {LOW_MEMORY_SETTINGS}, which worked"
+        )
+        return np.concatenate(parts, axis=0)
+
+    def _set_low_memory(self, on: bool) -> None:
+        """Attention slicing and VAE tiling on or off.  Off again after the retry: they
+        cost time, and the next job may well fit."""
+        vae = getattr(self.pipe, "vae", None)
+        if on:
+            self.pipe.enable_attention_slicing("max")
+            if vae is not None and hasattr(vae, "enable_tiling"):
+                vae.enable_tiling()
+        else:
+            self.pipe.disable_attention_slicing()
+            if vae is not None and hasattr(vae, "disable_tiling"):
+                vae.disable_tiling()
+
+    def free_memory(self) -> None:
+        """Give back cached device memory; the daemon calls this after a failed job."""
+        self._free_cache()
 
     def _scheduler(self, name: str) -> Any:
         key = (name or "default").lower()

@@ -1,0 +1,132 @@
+"""Out-of-memory on the diffusion engine: one retry with lower-memory settings, and saying so.
+
+A real CUDA OOM needs a GPU and a model too big for it; what matters here is the engine's
+reaction, so the tiny pipeline runs on CPU and its call is made to raise the very error
+torch raises (torch.OutOfMemoryError) when it is asked to.  Everything else is real: the
+pipeline, the slicing and tiling switches, the seeds and the pixels.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from backend.engines.base import EngineError, EngineTask  # noqa: E402
+from backend.engines.diffusers_engine import LOW_MEMORY_SETTINGS, DiffusersEngine  # noqa: E402
+from backend.testmodel import TEST_NATIVE_SIZE  # noqa: E402
+
+
+class OomPipe:
+    """Stands in for the pipeline: raises CUDA-style OOM on the calls listed, else delegates,
+    and records the memory settings in force at each call."""
+
+    def __init__(self, pipe: Any, fail_calls: set[int]) -> None:
+        self.__dict__["_pipe"] = pipe
+        self.__dict__["fail_calls"] = fail_calls
+        self.__dict__["calls"] = []  # (batch size, attention slicing on, vae tiling on)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._pipe, name, value)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        unet_proc = type(next(iter(self._pipe.unet.attn_processors.values()))).__name__
+        self.calls.append((len(kwargs["generator"]), "Sliced" in unet_proc, bool(getattr(self._pipe.vae, "use_tiling", False))))
+        if len(self.calls) in self.fail_calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self._pipe(**kwargs)
+
+
+def task(seeds: list[int], events: list) -> EngineTask:
+    size = TEST_NATIVE_SIZE
+    rng = np.random.default_rng(3)
+    mask = np.zeros((size, size), np.uint8)
+    mask[16:48, 16:48] = 255
+    return EngineTask(
+        image=rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mask=mask, prompt="a wall",
+        negative_prompt="", seeds=seeds, steps=3, guidance_scale=7.5, strength=1.0, scheduler="ddim",
+        progress=lambda stage, step, total: events.append((stage, step, total)),
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> DiffusersEngine:
+    eng = DiffusersEngine(tiny_model_dir, device="cpu")
+    yield eng
+    eng.close()
+
+
+def test_oom_is_retried_once_with_low_memory_settings_and_reported(engine: DiffusersEngine) -> None:
+    clean = engine.generate(task([11, 12, 13], []))
+    real = engine.pipe
+    fake = OomPipe(real, fail_calls={1})
+    engine.pipe = fake
+    events: list = []
+    try:
+        out = engine.generate(task([11, 12, 13], events))
+    finally:
+        engine.pipe = real
+    # first the whole batch, then one variant per call with slicing and tiling on
+    assert fake.calls == [(3, False, False), (1, True, True), (1, True, True), (1, True, True)]
+    assert len(out) == 3 and all(o.shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3) for o in out)
+    # each variant still follows its own seed (batched vs. one at a time: float noise only)
+    for a, b in zip(out, clean):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+    assert len(engine.last_notes) == 1 and LOW_MEMORY_SETTINGS in engine.last_notes[0]
+    assert "out of memory" in engine.last_notes[0]
+    note = engine.last_notes[0]
+    # progress after the retry runs over all three calls, ending at the total
+    denoise = [(s, t) for stage, s, t in events if stage == "denoising"]
+    assert denoise[-1][0] == denoise[-1][1] and denoise[-1][1] >= 9
+    # the settings are back to normal for the next job
+    nxt = OomPipe(real, fail_calls=set())
+    engine.pipe = nxt
+    try:
+        engine.generate(task([5], []))
+    finally:
+        engine.pipe = real
+    assert nxt.calls == [(1, False, False)] and engine.last_notes == []
+    print(f"\n[trust] OOM retry: 1 injected OOM, {len(fake.calls) - 1} low-memory calls, note: {note}", file=sys.stderr)
+
+
+def test_oom_twice_gives_up_with_out_of_memory_naming_the_retry(engine: DiffusersEngine) -> None:
+    real = engine.pipe
+    fake = OomPipe(real, fail_calls={1, 2})
+    engine.pipe = fake
+    try:
+        with pytest.raises(EngineError) as err:
+            engine.generate(task([1, 2], []))
+    finally:
+        engine.pipe = real
+    assert err.value.code == "out_of_memory"
+    assert "again after retrying with" in err.value.message and LOW_MEMORY_SETTINGS in err.value.message
+    assert len(fake.calls) == 2  # one batch call, one low-memory call, then it gave up
+    # and the engine works for the next job, with normal settings
+    assert len(engine.generate(task([4], []))) == 1
+    assert type(next(iter(real.unet.attn_processors.values()))).__name__.find("Sliced") < 0
+
+
+def test_non_oom_failures_are_not_retried(engine: DiffusersEngine) -> None:
+    class Boom(OomPipe):
+        def __call__(self, **kwargs: Any) -> Any:
+            self.calls.append(1)
+            raise ValueError("a bug in a pipeline")
+
+    real = engine.pipe
+    fake = Boom(real, set())
+    engine.pipe = fake
+    try:
+        with pytest.raises(ValueError):
+            engine.generate(task([1], []))
+    finally:
+        engine.pipe = real
+    assert fake.calls == [1]
