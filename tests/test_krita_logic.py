@@ -253,3 +253,55 @@ def test_job_options_are_valid_protocol_options() -> None:
         assert isinstance(value, types)
         assert lo is None or value >= lo
         assert hi is None or value <= hi
+
+
+# -- installer (backend/install_krita.py) --------------------------------------------------
+
+
+def test_enable_in_kritarc_keeps_other_settings(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backend.install_krita import enable_in_kritarc
+
+    rc = tmp_path / "kritarc"
+    rc.write_text("[General]\nweird key=50%\n\n[python]\nenable_other=true\nenable_inpaintd_krita=false\n\n[theme]\nTheme=Krita dark\n")
+    assert enable_in_kritarc(rc)
+    text = rc.read_text()
+    assert "enable_inpaintd_krita=true" in text and "enable_inpaintd_krita=false" not in text
+    assert "weird key=50%" in text and "enable_other=true" in text and "Theme=Krita dark" in text
+    assert not enable_in_kritarc(rc)  # already enabled: untouched
+    fresh = tmp_path / "new" / "kritarc"
+    assert enable_in_kritarc(fresh) and fresh.read_text() == "[python]\nenable_inpaintd_krita=true\n"
+    other = tmp_path / "other"
+    other.write_text("[General]\na=1\n")
+    enable_in_kritarc(other)
+    assert other.read_text() == "[General]\na=1\n\n[python]\nenable_inpaintd_krita=true\n"
+
+
+def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backend import install_krita
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(install_krita, "krita_python", lambda: (None, "test: no Krita"))
+    dest = tmp_path / "pykrita"
+    (dest / "inpaintd_krita").mkdir(parents=True)
+    (dest / "inpaintd_krita" / "stale.py").write_text("old")
+    assert install_krita.install(dest) == 0
+    out = capsys.readouterr().out
+    assert str(dest) in out and "pip install --target" in out
+    assert (dest / "inpaintd_krita.desktop").read_text().count("X-KDE-Library=inpaintd_krita") == 1
+    assert (dest / "inpaintd_krita" / "logic.py").is_file() and not (dest / "inpaintd_krita" / "stale.py").exists()
+    vendored = dest / "inpaintd_krita" / "_vendor" / "protocol"
+    assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py"}
+    assert "enable_inpaintd_krita=true" in (tmp_path / "config" / "kritarc").read_text()
+
+
+def test_install_reports_missing_modules_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backend import install_krita
+
+    monkeypatch.setattr(install_krita, "krita_python", lambda: (sys.executable, "test"))
+    monkeypatch.setattr(install_krita, "check_imports", lambda python, extra_path=None: (False, "No module named 'zmq'"))
+    assert install_krita.install(tmp_path / "pykrita", enable=False) == 2
+    err = capsys.readouterr().err
+    assert "apt install python3-zmq python3-msgpack" in err and "pip install --target" in err
