@@ -122,11 +122,6 @@ def test_rgb_source_gives_opaque_result_everywhere():
     assert (out[:, :, 3] == 255).all()
 
 
-@pytest.mark.xfail(
-    reason="BUG: composite mixes the (meaningless) RGB of transparent source pixels into the result "
-    "instead of weighting source colour by source alpha; a soft edge over a hole gets a dark fringe",
-    strict=True,
-)
 def test_partial_mask_over_transparent_pixel_shows_generated_colour():
     # Source pixel fully transparent (a hole), stored RGB black.  With coverage m=128 the
     # visible colour must be the generated colour at alpha ~128 ("gen over nothing");

@@ -282,12 +282,6 @@ def test_big_canvas_small_selection_classical_quick():
     assert out.region.width < 200 and out.region.height < 200
 
 
-@pytest.mark.xfail(
-    reason="BUG: runner downscales the region mask with INTER_AREA, so a faint small selection in a "
-    "large region rounds to an all-zero task mask: the engine is asked to fill nothing while the "
-    "composite still blends its output in",
-    strict=True,
-)
 def test_engine_mask_never_empty_after_downscale():
     # region 2008 px square scaled to 512: one source pixel of value 5 is 1/15 of a
     # processing pixel and averages to 0
