@@ -7,6 +7,7 @@ the four seconds `import diffusers` costs); only `serve` and `make-test-model` d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import subprocess
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished results stay fetchable (default %(default)s)")
     p.add_argument("--results-max-mb", type=float, default=1024.0, help="memory for kept results; past it the oldest go first (default %(default)s)")
     p.add_argument("--peer-timeout", type=float, default=30.0, help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
+    p.add_argument("--max-message-mb", type=float, default=None, help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
     p.add_argument("--fault-injection", action="store_true", help="TESTS ONLY: add the 'fault-injector' model, which fails on request (see backend/engines/fault.py)")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
@@ -154,8 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("inpaintd").warning("%s", notice)
     key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
     try:
+        limits = LIMITS if args.max_message_mb is None else dataclasses.replace(LIMITS, max_message_bytes=int(args.max_message_mb * (1 << 20)))
         daemon = Daemon(
-            registry, endpoint, key=key, results_ttl=args.results_ttl,
+            registry, endpoint, key=key, limits=limits, results_ttl=args.results_ttl,
             results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve,
             fault_injection=args.fault_injection, peer_timeout=args.peer_timeout,
         )

@@ -74,9 +74,11 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -
         )
     if c not in channels:
         raise _field_error(Code.BAD_VALUE, f"{name}.channels", f"'{name}.channels' is {c}; it must be one of {list(channels)}")
-    stride = desc.get("stride") or w * c  # absent or 0: tightly packed rows
-    if isinstance(stride, bool) or not isinstance(stride, int):
+    stride = desc.get("stride")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)):
+        # checked before the 0 default below: "", [], False and 0.0 are wrong types, not 0
         raise _field_error(Code.BAD_FIELD_TYPE, f"{name}.stride", f"'{name}.stride' must be an integer")
+    stride = stride or w * c  # absent, nil or 0: tightly packed rows
     if stride < w * c:
         raise _field_error(Code.BAD_VALUE, f"{name}.stride", f"'{name}.stride' is {stride}; a row of {w} pixels x {c} channels needs at least {w * c}")
     try:
