@@ -180,11 +180,28 @@ class DiffusersEngine:
         report = progress or (lambda stage, step, total: None)
 
         report("loading", 0, 1)
-        self.pipe = self._load(str(source), config, allow_pickle)
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self._adopt(self._load(str(source), config, allow_pickle))
         report("loading", 1, 1)
 
+    @classmethod
+    def from_pipeline(cls, pipe: Any, model_id: str, device: str | None = None) -> "DiffusersEngine":
+        """Wrap a pipeline already built in memory (benchmarks build the full-size
+        architectures from configs with random weights; nothing is read from disk).
+        The pipeline keeps its dtype; it is moved to `device`."""
+        self = cls.__new__(cls)
+        self.model_id = model_id
+        self.device = pick_device(device)
+        self.dtype = pipe.dtype
+        self._cache_dir = None
+        self._local_files_only = True
+        self._adopt(pipe)
+        return self
+
+    def _adopt(self, pipe: Any) -> None:
+        """Move a loaded pipeline to the device and read what the runner needs from it."""
+        self.pipe = pipe
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
         self.is_sdxl = self.pipe.__class__.__name__.startswith("StableDiffusionXL")
         self.vae_scale_factor: int = int(self.pipe.vae_scale_factor)
         self.size_multiple = self.vae_scale_factor
