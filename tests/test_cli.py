@@ -109,3 +109,26 @@ def test_shutdown_stops_the_daemon(tmp_path):
     assert r.returncode == 0
     assert d.proc.wait(timeout=30) == 0
     assert not (d.runtime_dir / "connection").exists()
+
+
+def test_make_test_model_writes_a_loadable_pipeline(tmp_path):
+    r = inpaintd("make-test-model", str(tmp_path / "tiny"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "tiny" / "model_index.json").exists()
+    assert (tmp_path / "tiny" / "unet" / "config.json").exists()
+    assert "inpaintd serve --model" in r.stdout
+
+
+def test_ipc_endpoint_end_to_end(tmp_path, files):
+    from conftest import start_daemon
+
+    image_path, mask_path, image, mask = files
+    d = start_daemon(tmp_path / "d", "--engine", "classical", endpoint=f"ipc://{tmp_path}/inpaintd.sock")
+    try:
+        r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(mask_path), "--out", str(tmp_path / "o.png"), env=d.env)
+        assert r.returncode == 0, r.stderr
+        result = np.array(Image.open(tmp_path / "o.png"))
+        outside = final_mask(mask, 8, 16) == 0
+        assert np.array_equal(result[outside], image[outside])
+    finally:
+        d.stop()
