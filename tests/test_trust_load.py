@@ -86,7 +86,7 @@ def run_load(d: DaemonProcess, options: dict[str, Any], label: str, tmp_path_fac
     rss_before = rss(d.proc.pid)
     gate_client = d.client()
     image, mask = pixels(SIZE, 1)
-    gate = gate_client.submit(image, SIZE, SIZE, 3, mask, JobOptions(model="fault-injector", prompt="fault:sleep=0.2", steps=150))
+    gate = gate_client.submit(image, SIZE, SIZE, 3, mask, JobOptions(model="fault-injector", prompt="fault:sleep=0.4", steps=150))
     slow = SlowClient(d)
     slow.submit(20)
 
