@@ -211,14 +211,19 @@ class Client:
 
     def request(self, type: str, body: dict[str, Any] | None = None, buffers: list | None = None, timeout: float = 10.0) -> Message:
         """Send a request and wait for its reply; events that arrive meanwhile are kept."""
-        msg_id = self.send(Message(type=type, body=body or {}, buffers=buffers or []))
-        reply = self._await_reply(msg_id, timeout)
+        msg = Message(type=type, body=body or {}, buffers=buffers or [])
+        msg_id = self.send(msg)
+        reply = self._await_reply(msg_id, timeout, resend=msg)
         if reply.type == Type.ERROR:
             raise _error_from(reply)
         return reply
 
-    def _await_reply(self, msg_id: str, timeout: float) -> Message:
+    def _await_reply(self, msg_id: str, timeout: float, resend: Message | None = None) -> Message:
+        """Wait for the reply to `msg_id`.  While no answer comes, look at the connection
+        file about once a second: a daemon that (re)started with a new key or CURVE key
+        could not read the request, so it is sent again, signed anew, on a new socket."""
         deadline = time.monotonic() + timeout
+        next_look = time.monotonic() + 1.0
         self._awaiting.add(msg_id)
         try:
             while msg_id not in self._replies:
@@ -226,6 +231,10 @@ class Client:
                 if left <= 0:
                     raise DaemonUnavailable(self.endpoint, timeout)
                 self._held_events.extend(self._read(min(left, 0.5)))
+                if resend is not None and msg_id not in self._replies and time.monotonic() > next_look:
+                    next_look = time.monotonic() + 1.0
+                    if self._refresh_connection():
+                        self.send(resend)
             return self._replies.pop(msg_id)
         finally:
             self._awaiting.discard(msg_id)
