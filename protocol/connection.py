@@ -25,7 +25,15 @@ from .messages import DEFAULT_ENDPOINT, ENDPOINT_ENV
 CONNECTION_DIR_ENV = "INPAINTD_RUNTIME_DIR"
 CONNECTION_FILE_ENV = "INPAINTD_CONNECTION_FILE"
 KEY_ENV = "INPAINTD_KEY"
-_ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|tcp://\[[0-9a-fA-F:.]+\]:\d{1,5}|ipc://\S+|inproc://\S+)$")
+_ENDPOINT_RE = re.compile(r"(tcp://[^\s:]+:(?P<port>\d{1,5})|tcp://\[[0-9a-fA-F:.]+\]:(?P<port6>\d{1,5})|ipc://\S+|inproc://\S+)")
+
+
+def _valid_endpoint(endpoint: str) -> bool:
+    match = _ENDPOINT_RE.fullmatch(endpoint)  # fullmatch: no trailing newline slips through
+    if not match:
+        return False
+    port = match.group("port") or match.group("port6")
+    return port is None or 0 < int(port) <= 65535
 
 
 def resolve_endpoint(explicit: str | None = None) -> str:
@@ -35,7 +43,7 @@ def resolve_endpoint(explicit: str | None = None) -> str:
         data = _read_json(Path(os.environ[CONNECTION_FILE_ENV]))
         endpoint = data.get("endpoint") if data and isinstance(data.get("endpoint"), str) else None
     endpoint = endpoint or DEFAULT_ENDPOINT
-    if not _ENDPOINT_RE.match(endpoint):
+    if not _valid_endpoint(endpoint):
         raise ValueError(
             f"'{endpoint}' is not a ZeroMQ endpoint; use tcp://HOST:PORT or ipc:///path (e.g. {DEFAULT_ENDPOINT})"
         )
@@ -85,6 +93,8 @@ def write_connection_file(endpoint: str, key: bytes | None, extra: dict[str, Any
     data.update(extra or {})
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)  # the mode above applies only to a new file, not a leftover one
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)

@@ -415,17 +415,11 @@ def test_resolve_rejects_garbage_from_env(clean_env, monkeypatch):
         resolve_endpoint()
 
 
-@pytest.mark.xfail(
-    reason="BUG: _ENDPOINT_RE uses '$', which also matches before a trailing newline, so "
-    "'tcp://127.0.0.1:7415\\n' (e.g. from a config file) passes and is returned with the newline",
-    strict=True,
-)
 def test_resolve_rejects_trailing_newline(clean_env):
     with pytest.raises(ValueError):
         resolve_endpoint("tcp://127.0.0.1:7415\n")
 
 
-@pytest.mark.xfail(reason="BUG: _ENDPOINT_RE accepts any 1-5 digit port, e.g. 99999 (> 65535)", strict=True)
 @pytest.mark.parametrize("ep", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:70000"])
 def test_resolve_rejects_port_out_of_range(clean_env, ep):
     with pytest.raises(ValueError):
@@ -483,11 +477,6 @@ def test_write_connection_file_overwrites(clean_env):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
-@pytest.mark.xfail(
-    reason="BUG: write_connection_file relies on os.open's mode, which is ignored when the .tmp file "
-    "already exists, so a leftover/pre-created .tmp with loose permissions publishes the key world-readable",
-    strict=True,
-)
 def test_write_connection_file_0600_even_if_tmp_exists(clean_env):
     path = connection_file("tcp://127.0.0.1:7415")
     path.parent.mkdir(parents=True)
