@@ -466,7 +466,11 @@ class Daemon:
             live = self._running if self._running and self._running.id == job_id else None
             live = live or next((j for j in self._queue.order() if j.id == job_id), None)
             if live:
-                live.owner = identity  # a reconnected client takes over the job's events
+                # A reconnected client takes over the job's events, and its turn in the queue.
+                if live is not self._running and self._queue.remove(job_id) is not None:
+                    live.owner = identity
+                    self._queue.push(live)
+                live.owner = identity
                 return self._reply(msg, Type.PROGRESS, {"job": job_id, "stage": live.stage, "step": live.step, "total_steps": live.total_steps, "elapsed": 0.0}, job=job_id)
         raise ProtocolError(Code.NOT_FOUND, f"no job '{job_id}' is queued, running or kept (results are kept {self._results.ttl:.0f} s)")
 

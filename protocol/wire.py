@@ -165,6 +165,8 @@ def _as_view(frame: Any) -> memoryview:
 
 def error_message(code: str, message: str, *, re: str | None = None, job: str | None = None, **details: Any) -> Message:
     body: dict[str, Any] = {"code": code, "message": message}
+    if job is not None:
+        body["job"] = job  # as in progress, result and cancelled bodies
     if details:
         body["details"] = details
     return Message(type="error", body=body, re=re, job=job)

@@ -298,7 +298,7 @@ def test_buffer_swapped_for_other_size_rejected_even_when_signed():
 def test_error_message_builder():
     m = error_message(Code.BAD_VALUE, "nope", re="r", job="j", field="steps")
     assert m.type == "error" and m.re == "r" and m.job == "j"
-    assert m.body == {"code": "bad_value", "message": "nope", "details": {"field": "steps"}}
+    assert m.body == {"code": "bad_value", "message": "nope", "job": "j", "details": {"field": "steps"}}
     assert "details" not in error_message(Code.INTERNAL, "x").body
 
 
