@@ -421,7 +421,9 @@ class Daemon:
         job_id = _job_field(msg)
         with self._cond:
             queued = self._queue.remove(job_id)
-            running = self._running if self._running and self._running.id == job_id else None
+            # A job whose terminal event is already out counts as finished, even if the
+            # worker has not yet let go of it.
+            running = self._running if self._running and self._running.id == job_id and self._running.state == "running" else None
             if running:
                 running.cancel_reason = "cancelled by a client while running"
                 running.cancel_requested.set()

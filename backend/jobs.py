@@ -141,6 +141,8 @@ class ResultStore:
         self._items: OrderedDict[str, Finished] = OrderedDict()
         self._bytes = 0
         self.evicted = 0  # dropped for room before their time was up
+        # The worker puts, the socket thread gets and expires: one lock keeps them apart.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -150,6 +152,10 @@ class ResultStore:
         return self._bytes
 
     def put(self, item: Finished) -> None:
+        with self._lock:
+            self._put(item)
+
+    def _put(self, item: Finished) -> None:
         old = self._items.pop(item.job_id, None)
         if old is not None:
             self._bytes -= old.nbytes
@@ -162,10 +168,15 @@ class ResultStore:
             self.evicted += 1
 
     def get(self, job_id: str) -> Finished | None:
-        self.expire()
-        return self._items.get(job_id)
+        with self._lock:
+            self.expire()
+            return self._items.get(job_id)
 
     def expire(self) -> None:
+        with self._lock:
+            self._expire()
+
+    def _expire(self) -> None:
         now = time.monotonic()
         while self._items:
             key, first = next(iter(self._items.items()))
