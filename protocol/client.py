@@ -20,6 +20,7 @@ previous connection is fetched again, and a job the daemon no longer knows turns
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from . import wire
-from .connection import find_curve_server_key, find_key, resolve_endpoint
+from .connection import connection_file, find_curve_server_key, find_key, resolve_endpoint
 from .messages import TERMINAL_EVENTS, Code, ImageDesc, JobOptions, ProtocolError, Type
 from .wire import Message
 
@@ -125,6 +126,7 @@ class Client:
         self._awaiting: set[str] = set()  # request ids a caller waits on; other replies are not kept
         self._background: dict[str, Job | None] = {}  # heartbeat pings and fetches -> the job they re-ask for
         self._held_events: list[Message] = []  # job events read while waiting for a reply
+        self._bad_signatures = 0  # messages that failed the signature check: a key mismatch
         self._by_request: dict[str, Job] = {}
         self.jobs: dict[str, Job] = {}
         self.daemon_instance: str | None = None
@@ -193,8 +195,10 @@ class Client:
             except ProtocolError as exc:
                 # Wrongly signed: most likely a restarted daemon with a new key.  Re-read
                 # the connection file; the message itself is not trusted either way.
-                if exc.code == Code.BAD_SIGNATURE and self._refresh_connection():
-                    break  # the socket was rebuilt; what the old one held is gone
+                if exc.code == Code.BAD_SIGNATURE:
+                    self._bad_signatures += 1
+                    if self._refresh_connection():
+                        break  # the socket was rebuilt; what the old one held is gone
                 continue  # a daemon never sends malformed frames; ignore rather than crash an editor
             self._last_heard = time.monotonic()
             if msg.re is not None and msg.re in self._background:
@@ -224,11 +228,19 @@ class Client:
         could not read the request, so it is sent again, signed anew, on a new socket."""
         deadline = time.monotonic() + timeout
         next_look = time.monotonic() + 1.0
+        bad_before = self._bad_signatures
         self._awaiting.add(msg_id)
         try:
             while msg_id not in self._replies:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if self._bad_signatures > bad_before:
+                        raise ProtocolError(
+                            Code.BAD_SIGNATURE,
+                            f"the daemon at {self.endpoint} answers, but signs with another key than this client's "
+                            f"({'INPAINTD_KEY' if os.environ.get('INPAINTD_KEY') else connection_file(self.endpoint)}); "
+                            "use the key from the daemon's connection file",
+                        )
                     raise DaemonUnavailable(self.endpoint, timeout)
                 self._held_events.extend(self._read(min(left, 0.5)))
                 if resend is not None and msg_id not in self._replies and time.monotonic() > next_look:

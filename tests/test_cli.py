@@ -132,3 +132,10 @@ def test_ipc_endpoint_end_to_end(tmp_path, files):
         assert np.array_equal(result[outside], image[outside])
     finally:
         d.stop()
+
+
+def test_a_wrong_key_is_named_not_taken_for_a_dead_daemon(daemon):
+    env = dict(daemon.env, INPAINTD_KEY="0" * 32)
+    r = inpaintd("status", env=env, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "bad_signature" in r.stderr and "another key" in r.stderr
