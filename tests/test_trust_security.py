@@ -50,8 +50,9 @@ def test_connection_file_is_private_and_found_by_clients(daemon: DaemonProcess, 
         assert c.key == daemon.key and c.ping() < 1.0
     with Client(daemon.endpoint.replace("127.0.0.1", "localhost")) as c:
         assert c.key == daemon.key and c.ping() < 1.0
-    with Client(daemon.endpoint, key=b"wrong") as c, pytest.raises(DaemonUnavailable):
-        c.ping(timeout=1.0)  # the daemon's answer cannot be verified with a wrong key
+    with Client(daemon.endpoint, key=b"wrong") as c, pytest.raises(ProtocolError) as err:
+        c.ping(timeout=1.0)  # the daemon's answer cannot be verified with a wrong key...
+    assert err.value.code == Code.BAD_SIGNATURE and "another key" in err.value.message  # ...and is not taken for silence
 
 
 def test_unsigned_wrongly_signed_and_replayed_messages_are_refused_and_logged(daemon: DaemonProcess) -> None:
