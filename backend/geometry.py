@@ -9,55 +9,28 @@ All of that is integer geometry, kept here so it can be tested without pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from protocol.rect import Rect
+
+#: The old name, still used by backend.masks, backend.runner and tests/test_masks.py.
+Box = Rect
 
 
-@dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @property
-    def right(self) -> int:
-        return self.x + self.width
-
-    @property
-    def bottom(self) -> int:
-        return self.y + self.height
-
-    @property
-    def empty(self) -> bool:
-        return self.width <= 0 or self.height <= 0
-
-    def expand(self, by: int) -> "Box":
-        return Box(self.x - by, self.y - by, self.width + 2 * by, self.height + 2 * by)
-
-    def intersect(self, other: "Box") -> "Box":
-        x, y = max(self.x, other.x), max(self.y, other.y)
-        return Box(x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y))
-
-    def slices(self) -> tuple[slice, slice]:
-        """Row and column slices for indexing an H x W array."""
-        return slice(self.y, self.bottom), slice(self.x, self.right)
-
-
-def auto_padding(bbox: Box) -> int:
+def auto_padding(bbox: Rect) -> int:
     """Context to add when the client leaves it to us: a quarter of the selection's
     larger side, at least 32 px, so small touch-ups still see their surroundings."""
     return max(32, round(0.25 * max(bbox.width, bbox.height)))
 
 
-def context_region(bbox: Box, image_width: int, image_height: int, padding: int, min_size: int | None, multiple: int = 8) -> Box:
+def context_region(bbox: Rect, image_width: int, image_height: int, padding: int, min_size: int | None, multiple: int = 8) -> Rect:
     """The crop a job processes: `bbox` plus `padding`, at least `min_size` square where
     the image allows, sides rounded up to `multiple` where the image allows, and moved
     (not shrunk) to lie inside the image."""
-    image = Box(0, 0, image_width, image_height)
+    image = Rect(0, 0, image_width, image_height)
     grown = bbox.expand(max(0, padding)).intersect(image)
     xs = _grow_span(grown.x, grown.width, min_size or 0, multiple, image_width)
     ys = _grow_span(grown.y, grown.height, min_size or 0, multiple, image_height)
-    return Box(xs[0], ys[0], xs[1], ys[1])
+    return Rect(xs[0], ys[0], xs[1], ys[1])
 
 
 def _grow_span(start: int, length: int, at_least: int, multiple: int, limit: int) -> tuple[int, int]:
@@ -71,7 +44,7 @@ def _grow_span(start: int, length: int, at_least: int, multiple: int, limit: int
     return new_start, target
 
 
-def processing_size(region: Box, native: int | None, multiple: int = 8) -> tuple[int, int]:
+def processing_size(region: Rect, native: int | None, multiple: int = 8) -> tuple[int, int]:
     """The (width, height) the engine sees: the region's aspect at about native x native
     pixels (down- or up-scaled), sides multiples of `multiple`.  Engines with no native
     size work on the region as it is."""

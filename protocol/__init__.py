@@ -15,9 +15,11 @@ from .messages import (
     ProtocolError,
     Type,
 )
+from .rect import Rect
 from .wire import Message
 
 __all__ = [
     "Client", "DaemonUnavailable", "Job", "Layer", "find_key", "resolve_endpoint", "DEFAULT_ENDPOINT",
     "LIMITS", "PROTOCOL_VERSION", "Code", "ImageDesc", "JobOptions", "ProtocolError", "Type", "Message",
+    "Rect",
 ]

@@ -21,10 +21,16 @@ from inpaintd_logic import ARGS, Options, Rect  # noqa: E402
 from protocol import wire  # noqa: E402
 
 
-def test_rect_intersect_and_grow():
+def test_rect_intersect_and_expand():
     assert Rect(0, 0, 10, 10).intersect(Rect(5, 5, 10, 10)) == Rect(5, 5, 5, 5)
     assert Rect(0, 0, 10, 10).intersect(Rect(20, 20, 5, 5)).empty
-    assert Rect(5, 5, 2, 2).grow(3) == Rect(2, 2, 8, 8)
+    assert Rect(5, 5, 2, 2).expand(3) == Rect(2, 2, 8, 8)
+
+
+def test_rect_is_the_protocol_rect():
+    from protocol.rect import Rect as ProtocolRect
+
+    assert Rect is ProtocolRect
 
 
 def test_plan_crop_respects_layer_offsets():
@@ -175,6 +181,21 @@ def test_install_copies_plugin_and_client(tmp_path: Path, capsys):
     assert (target / "inpaintd_protocol" / "client.py").exists()
     assert "from . import wire" in (target / "inpaintd_protocol" / "client.py").read_text()
     assert "Filters > AI > Inpaint Selection" in capsys.readouterr().out
+
+
+def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path):
+    """GIMP's Python may lack pyzmq and msgpack: the plug-in must still load (and say so)."""
+    from backend.install_gimp import copy_plugin
+
+    target = copy_plugin(tmp_path)
+    assert (target / "inpaintd_protocol" / "rect.py").is_file()
+    code = (
+        f"import sys; sys.path.insert(0, {str(target)!r}); import inpaintd_logic as l; "
+        "print(l.Rect.__module__, l.Rect(1, 2, 3, 4).expand(1).as_tuple(), 'inpaintd_protocol' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["inpaintd_protocol.rect", "(0,", "1,", "5,", "6)", "False"]
 
 
 def test_install_explains_missing_modules(tmp_path: Path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def test_rect_expand_translate_contains() -> None:
     assert r.translate(-10, 5) == Rect(0, 15, 4, 6)
     assert r.expand(1).contains(r)
     assert not r.contains(r.expand(1))
+
+
+def test_rect_is_the_protocol_rect() -> None:
+    from protocol.rect import Rect as ProtocolRect
+
+    assert Rect is ProtocolRect
 
 
 # -- selection and context --------------------------------------------------------------
@@ -292,8 +299,23 @@ def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: 
     assert (dest / "inpaintd_krita.desktop").read_text().count("X-KDE-Library=inpaintd_krita") == 1
     assert (dest / "inpaintd_krita" / "logic.py").is_file() and not (dest / "inpaintd_krita" / "stale.py").exists()
     vendored = dest / "inpaintd_krita" / "_vendor" / "protocol"
-    assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py"}
+    assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py", "rect.py"}
     assert "enable_inpaintd_krita=true" in (tmp_path / "config" / "kritarc").read_text()
+
+
+def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path) -> None:
+    """Krita's Python may lack pyzmq and msgpack: logic (and so the docker) must still load."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backend import install_krita
+
+    install_krita.copy_plugin(tmp_path)
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from inpaintd_krita import logic; "
+        "print(logic.Rect.__module__, logic.Rect(1, 2, 3, 4).expand(1).as_tuple())"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["inpaintd_krita._vendor.protocol.rect", "(0,", "1,", "5,", "6)"]
 
 
 def test_install_reports_missing_modules_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

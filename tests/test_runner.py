@@ -9,10 +9,10 @@ import pytest
 
 from backend.engines.base import EngineError, EngineTask, JobCancelled
 from backend.engines.classical import ClassicalEngine
-from backend.geometry import Box
 from backend.masks import prepare_mask
 from backend.runner import run_job, variant_seeds
 from protocol.messages import JobOptions
+from protocol.rect import Rect
 
 
 class FakeEngine:
@@ -66,7 +66,7 @@ def assert_untouched_where_unmasked(image, mask, options, out):
     full = final_mask_image(mask, options)
     for layer in out.layers:
         h, w = layer.rgba.shape[:2]
-        region = Box(layer.x, layer.y, w, h)
+        region = Rect(layer.x, layer.y, w, h)
         src = image[region.slices()]
         keep = full[region.slices()] == 0
         assert np.array_equal(layer.rgba[keep][:, : image.shape[2]], src[keep])
@@ -181,7 +181,7 @@ def test_explicit_padding_is_used():
     mask = rect_mask(1000, 1000, 500, 500, 1, 1)
     opts = JobOptions(grow=0, feather=0, padding=40)
     out = run_job(FakeEngine(native_size=None, size_multiple=1), image, mask, opts, [1])
-    assert out.region == Box(460, 460, 81, 81)
+    assert out.region == Rect(460, 460, 81, 81)
 
 
 def test_auto_padding_when_minus_one():
@@ -189,7 +189,7 @@ def test_auto_padding_when_minus_one():
     mask = rect_mask(1000, 1000, 500, 500, 1, 1)
     opts = JobOptions(grow=0, feather=0, padding=-1)
     out = run_job(FakeEngine(native_size=None, size_multiple=1), image, mask, opts, [1])
-    assert out.region == Box(468, 468, 65, 65)  # auto padding 32
+    assert out.region == Rect(468, 468, 65, 65)  # auto padding 32
 
 
 # --- what the engine sees ----------------------------------------------------------------

@@ -9,10 +9,13 @@ between GIMP and these functions.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass, fields
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 PROCEDURE_NAME = "python-fu-inpaintd-inpaint-selection"
 MENU_PATH = "<Image>/Filters/AI"
@@ -22,36 +25,34 @@ SEED_MAX = 2**31 - 1  # GIMP's int arguments are 32-bit signed; the daemon accep
 _ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|tcp://\[[0-9a-fA-F:.]+\]:\d{1,5}|ipc://\S+)$")
 
 
-@dataclass(frozen=True)
-class Rect:
-    """An axis-aligned rectangle; empty when width or height is not positive."""
+def _shared_rect(*packages: str) -> type:
+    """protocol/rect.py's Rect from the first of `packages` that has it, loaded as that
+    package's `rect` module without running the package's __init__.py: that imports pyzmq
+    and msgpack, and the plug-in must load where GIMP's Python lacks them (it then says
+    what to install)."""
+    for package in packages:
+        found = importlib.util.find_spec(package)
+        name = f"{package}.rect"
+        if name not in sys.modules:
+            folders = found.submodule_search_locations if found else None
+            path = os.path.join(folders[0], "rect.py") if folders else ""
+            if not os.path.isfile(path):
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            sys.modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules[name])
+        return sys.modules[name].Rect
+    raise ImportError(f"inpaintd: none of {packages} has rect.py; run `inpaintd install-gimp` again")
 
-    x: int
-    y: int
-    width: int
-    height: int
 
-    @property
-    def empty(self) -> bool:
-        return self.width <= 0 or self.height <= 0
-
-    @property
-    def right(self) -> int:
-        return self.x + self.width
-
-    @property
-    def bottom(self) -> int:
-        return self.y + self.height
-
-    def intersect(self, other: "Rect") -> "Rect":
-        x, y = max(self.x, other.x), max(self.y, other.y)
-        return Rect(x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y))
-
-    def grow(self, margin: int) -> "Rect":
-        return Rect(self.x - margin, self.y - margin, self.width + 2 * margin, self.height + 2 * margin)
-
-    def translate(self, dx: int, dy: int) -> "Rect":
-        return Rect(self.x + dx, self.y + dy, self.width, self.height)
+if TYPE_CHECKING:
+    from protocol.rect import Rect
+else:
+    #: An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the
+    #: Krita plug-in).  Installed by `inpaintd install-gimp` it comes from the vendored copy
+    #: beside this file, `inpaintd_protocol`; run from a source checkout (tests), from the
+    #: project's own `protocol` package.
+    Rect = _shared_rect("inpaintd_protocol", "protocol")
 
 
 # -- options -------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def plan_crop(selection: Rect, source: Rect, opts: Options) -> Plan | None:
     hit = selection.intersect(source)
     if hit.empty:
         return None
-    in_image = hit.grow(context_margin(opts, hit)).intersect(source)
+    in_image = hit.expand(context_margin(opts, hit)).intersect(source)
     return Plan(crop=in_image.translate(-source.x, -source.y), crop_in_image=in_image)
 
 

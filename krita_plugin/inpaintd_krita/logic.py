@@ -7,10 +7,13 @@ glue (kritadoc.py, docker.py) only reads pixels, calls these functions and write
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 #: Krita's own names; the plugin works on 8-bit RGBA only (its pixel bytes are BGRA).
 COLOR_MODEL = "RGBA"
@@ -44,50 +47,37 @@ class UserError(Exception):
     """Something the artist must change before a job can be sent; the text is shown as is."""
 
 
-@dataclass(frozen=True)
-class Rect:
-    """An axis-aligned pixel rectangle, x/y at the top-left, in document coordinates
-    unless a function says otherwise."""
+def _shared_rect(*packages: str) -> type:
+    """protocol/rect.py's Rect from the first of `packages` that has it, loaded as that
+    package's `rect` module without running the package's __init__.py: that imports pyzmq
+    and msgpack, and this module must import where Krita's Python lacks them (the docker
+    then says what to install)."""
+    for package in packages:
+        try:
+            found = importlib.util.find_spec(package)
+        except ImportError:  # no _vendor folder: a source checkout
+            continue
+        name = f"{package}.rect"
+        if name not in sys.modules:
+            folders = found.submodule_search_locations if found else None
+            path = os.path.join(folders[0], "rect.py") if folders else ""
+            if not os.path.isfile(path):
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            sys.modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules[name])
+        return sys.modules[name].Rect
+    raise ImportError(f"inpaintd: none of {packages} has rect.py; run `inpaintd install-krita` again")
 
-    x: int
-    y: int
-    width: int
-    height: int
 
-    @property
-    def right(self) -> int:
-        return self.x + self.width
-
-    @property
-    def bottom(self) -> int:
-        return self.y + self.height
-
-    @property
-    def empty(self) -> bool:
-        return self.width <= 0 or self.height <= 0
-
-    @property
-    def area(self) -> int:
-        return 0 if self.empty else self.width * self.height
-
-    def intersect(self, other: "Rect") -> "Rect":
-        x, y = max(self.x, other.x), max(self.y, other.y)
-        r, b = min(self.right, other.right), min(self.bottom, other.bottom)
-        return Rect(x, y, max(0, r - x), max(0, b - y))
-
-    def expand(self, by: int) -> "Rect":
-        return Rect(self.x - by, self.y - by, self.width + 2 * by, self.height + 2 * by)
-
-    def translate(self, dx: int, dy: int) -> "Rect":
-        return Rect(self.x + dx, self.y + dy, self.width, self.height)
-
-    def contains(self, other: "Rect") -> bool:
-        return (
-            other.x >= self.x and other.y >= self.y and other.right <= self.right and other.bottom <= self.bottom
-        )
-
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return (self.x, self.y, self.width, self.height)
+if TYPE_CHECKING:
+    from protocol.rect import Rect
+else:
+    #: An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the
+    #: GIMP plug-in), in document coordinates unless a function says otherwise.  Installed
+    #: by `inpaintd install-krita` it comes from the vendored copy; run from a source
+    #: checkout (tests), from the project's own `protocol` package.
+    Rect = _shared_rect(f"{__package__}._vendor.protocol", "protocol")
 
 
 # -- geometry --------------------------------------------------------------------------
