@@ -1,9 +1,17 @@
 """inpaintd's wire protocol and client library (pyzmq + msgpack only).
 
 See PROTOCOL.md beside this file for the specification.
+
+The names that need pyzmq or msgpack (the client, the wire format) load on first use, so
+the standard-library parts (`protocol.rect`, `protocol.messages`, `protocol.connection`)
+import in an editor's Python that lacks them, and a plugin can still load and say what
+to install.
 """
 
-from .client import Client, DaemonUnavailable, Job, Layer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .connection import find_key, resolve_endpoint
 from .messages import (
     DEFAULT_ENDPOINT,
@@ -16,7 +24,21 @@ from .messages import (
     Type,
 )
 from .rect import Rect
-from .wire import Message
+
+if TYPE_CHECKING:
+    from .client import Client, DaemonUnavailable, Job, Layer
+    from .wire import Message
+
+_LAZY = {"Client": "client", "DaemonUnavailable": "client", "Job": "client", "Layer": "client", "Message": "wire"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Client", "DaemonUnavailable", "Job", "Layer", "find_key", "resolve_endpoint", "DEFAULT_ENDPOINT",

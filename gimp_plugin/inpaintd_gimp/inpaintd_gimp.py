@@ -150,6 +150,8 @@ def read(drawable, rect: Rect, fmt: str) -> bytes:
 def import_protocol():
     try:
         import inpaintd_protocol
+
+        inpaintd_protocol.Client  # loads the parts that need pyzmq and msgpack
     except ImportError as exc:
         raise UserError(
             f"GIMP's Python ({sys.executable}, {sys.version.split()[0]}) cannot load the inpaintd client: {exc}.\n"

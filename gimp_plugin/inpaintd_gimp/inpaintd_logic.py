@@ -9,13 +9,10 @@ between GIMP and these functions.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import shlex
-import sys
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 PROCEDURE_NAME = "python-fu-inpaintd-inpaint-selection"
 MENU_PATH = "<Image>/Filters/AI"
@@ -25,34 +22,13 @@ SEED_MAX = 2**31 - 1  # GIMP's int arguments are 32-bit signed; the daemon accep
 _ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|tcp://\[[0-9a-fA-F:.]+\]:\d{1,5}|ipc://\S+)$")
 
 
-def _shared_rect(*packages: str) -> type:
-    """protocol/rect.py's Rect from the first of `packages` that has it, loaded as that
-    package's `rect` module without running the package's __init__.py: that imports pyzmq
-    and msgpack, and the plug-in must load where GIMP's Python lacks them (it then says
-    what to install)."""
-    for package in packages:
-        found = importlib.util.find_spec(package)
-        name = f"{package}.rect"
-        if name not in sys.modules:
-            folders = found.submodule_search_locations if found else None
-            path = os.path.join(folders[0], "rect.py") if folders else ""
-            if not os.path.isfile(path):
-                continue
-            spec = importlib.util.spec_from_file_location(name, path)
-            sys.modules[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(sys.modules[name])
-        return sys.modules[name].Rect
-    raise ImportError(f"inpaintd: none of {packages} has rect.py; run `inpaintd install-gimp` again")
-
-
-if TYPE_CHECKING:
+# An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the Krita
+# plug-in).  It needs neither pyzmq nor msgpack, so this module loads where GIMP's Python
+# lacks them.
+try:  # installed by `inpaintd install-gimp`: the vendored copy beside this file
+    from inpaintd_protocol.rect import Rect
+except ImportError:  # a source checkout (tests, development)
     from protocol.rect import Rect
-else:
-    #: An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the
-    #: Krita plug-in).  Installed by `inpaintd install-gimp` it comes from the vendored copy
-    #: beside this file, `inpaintd_protocol`; run from a source checkout (tests), from the
-    #: project's own `protocol` package.
-    Rect = _shared_rect("inpaintd_protocol", "protocol")
 
 
 # -- options -------------------------------------------------------------------------

@@ -7,13 +7,10 @@ glue (kritadoc.py, docker.py) only reads pixels, calls these functions and write
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 import re
-import sys
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 #: Krita's own names; the plugin works on 8-bit RGBA only (its pixel bytes are BGRA).
 COLOR_MODEL = "RGBA"
@@ -47,37 +44,13 @@ class UserError(Exception):
     """Something the artist must change before a job can be sent; the text is shown as is."""
 
 
-def _shared_rect(*packages: str) -> type:
-    """protocol/rect.py's Rect from the first of `packages` that has it, loaded as that
-    package's `rect` module without running the package's __init__.py: that imports pyzmq
-    and msgpack, and this module must import where Krita's Python lacks them (the docker
-    then says what to install)."""
-    for package in packages:
-        try:
-            found = importlib.util.find_spec(package)
-        except ImportError:  # no _vendor folder: a source checkout
-            continue
-        name = f"{package}.rect"
-        if name not in sys.modules:
-            folders = found.submodule_search_locations if found else None
-            path = os.path.join(folders[0], "rect.py") if folders else ""
-            if not os.path.isfile(path):
-                continue
-            spec = importlib.util.spec_from_file_location(name, path)
-            sys.modules[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(sys.modules[name])
-        return sys.modules[name].Rect
-    raise ImportError(f"inpaintd: none of {packages} has rect.py; run `inpaintd install-krita` again")
-
-
-if TYPE_CHECKING:
+# An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the GIMP
+# plug-in), in document coordinates unless a function says otherwise.  It needs neither
+# pyzmq nor msgpack, so this module loads where Krita's Python lacks them.
+try:  # installed by `inpaintd install-krita`: the vendored copy
+    from ._vendor.protocol.rect import Rect
+except ImportError:  # a source checkout (tests, development)
     from protocol.rect import Rect
-else:
-    #: An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the
-    #: GIMP plug-in), in document coordinates unless a function says otherwise.  Installed
-    #: by `inpaintd install-krita` it comes from the vendored copy; run from a source
-    #: checkout (tests), from the project's own `protocol` package.
-    Rect = _shared_rect(f"{__package__}._vendor.protocol", "protocol")
 
 
 # -- geometry --------------------------------------------------------------------------
