@@ -12,9 +12,6 @@ import math
 
 from protocol.rect import Rect
 
-#: The old name, still used by backend.masks, backend.runner and tests/test_masks.py.
-Box = Rect
-
 
 def auto_padding(bbox: Rect) -> int:
     """Context to add when the client leaves it to us: a quarter of the selection's

@@ -11,15 +11,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .geometry import Box
+from protocol.rect import Rect
 
 
-def bounding_box(mask: np.ndarray) -> Box | None:
+def bounding_box(mask: np.ndarray) -> Rect | None:
     """Bounding box of the non-zero pixels, or None for an all-zero mask."""
     x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask))
     if w == 0 or h == 0:
         return None
-    return Box(int(x), int(y), int(w), int(h))
+    return Rect(int(x), int(y), int(w), int(h))
 
 
 def reach(grow: int, feather: int) -> int:
@@ -50,7 +50,7 @@ def feather_mask(mask: np.ndarray, feather: int) -> np.ndarray:
     return np.maximum(blurred, mask)
 
 
-def prepare_mask(mask: np.ndarray, grow: int, feather: int) -> tuple[np.ndarray, Box] | None:
+def prepare_mask(mask: np.ndarray, grow: int, feather: int) -> tuple[np.ndarray, Rect] | None:
     """Grow and feather `mask` (full image size, uint8) inside a window around its
     selection.  Returns (final mask of the window, window box in image coordinates),
     or None when the mask selects nothing."""
@@ -58,7 +58,7 @@ def prepare_mask(mask: np.ndarray, grow: int, feather: int) -> tuple[np.ndarray,
     if bbox is None:
         return None
     height, width = mask.shape
-    window = bbox.expand(reach(grow, feather)).intersect(Box(0, 0, width, height))
+    window = bbox.expand(reach(grow, feather)).intersect(Rect(0, 0, width, height))
     rows, cols = window.slices()
     # Pad with zeros so dilation and blur see "unselected" beyond the canvas edge, as
     # they would if the canvas went on.

@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 
 from protocol.messages import JobOptions
+from protocol.rect import Rect
 
 from .compositing import composite
 from .engines.base import Engine, EngineError, EngineTask, ProgressFn
-from .geometry import Box, auto_padding, context_region, processing_size
+from .geometry import auto_padding, context_region, processing_size
 from .masks import bounding_box, prepare_mask
 
 DEFAULT_DIFFUSION_STEPS = 20
@@ -36,7 +37,7 @@ class LayerResult:
 @dataclass
 class JobOutput:
     layers: list[LayerResult]
-    region: Box
+    region: Rect
     processing_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -86,7 +87,7 @@ def run_job(
     window_mask, window = prepared
     local_bbox = bounding_box(window_mask)
     assert local_bbox is not None  # grow/feather never clear a selected pixel
-    bbox = Box(window.x + local_bbox.x, window.y + local_bbox.y, local_bbox.width, local_bbox.height)
+    bbox = Rect(window.x + local_bbox.x, window.y + local_bbox.y, local_bbox.width, local_bbox.height)
 
     height, width = mask.shape
     padding = options.padding if options.padding >= 0 else auto_padding(bbox)

@@ -97,10 +97,6 @@ def test_rect_area_translate_contains_as_tuple():
     assert r.as_tuple() == (10, 10, 4, 6)
 
 
-def test_backend_box_is_the_shared_rect():
-    assert geometry.Box is Rect
-
-
 # --- auto_padding ------------------------------------------------------------------------
 
 

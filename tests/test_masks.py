@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.geometry import Box
+from protocol.rect import Rect
 from backend.masks import bounding_box, feather_mask, grow_mask, prepare_mask, reach
 
 
@@ -32,32 +32,32 @@ def test_bounding_box_empty_is_none():
 def test_bounding_box_single_pixel():
     m = blank()
     m[10, 20] = 1
-    assert bounding_box(m) == Box(20, 10, 1, 1)
+    assert bounding_box(m) == Rect(20, 10, 1, 1)
 
 
 def test_bounding_box_faint_pixel_counts():
     m = blank()
     m[5, 6] = 1
     m[40, 50] = 255
-    assert bounding_box(m) == Box(6, 5, 45, 36)
+    assert bounding_box(m) == Rect(6, 5, 45, 36)
 
 
 def test_bounding_box_rectangle():
     m = blank(100, 200)
     m[30:40, 100:150] = 255
-    assert bounding_box(m) == Box(100, 30, 50, 10)
+    assert bounding_box(m) == Rect(100, 30, 50, 10)
 
 
 @pytest.mark.parametrize("y,x", [(0, 0), (0, 63), (63, 0), (63, 63)])
 def test_bounding_box_corners(y, x):
     m = blank()
     m[y, x] = 200
-    assert bounding_box(m) == Box(x, y, 1, 1)
+    assert bounding_box(m) == Rect(x, y, 1, 1)
 
 
 def test_bounding_box_full_mask():
     m = np.full((17, 33), 255, np.uint8)
-    assert bounding_box(m) == Box(0, 0, 33, 17)
+    assert bounding_box(m) == Rect(0, 0, 33, 17)
 
 
 def test_bounding_box_returns_python_ints():
@@ -71,7 +71,7 @@ def test_bounding_box_non_contiguous_view():
     big = np.zeros((50, 50), np.uint8)
     big[20, 30] = 255
     view = big[::2, ::2]  # strided; pixel lands at (10, 15)
-    assert bounding_box(view) == Box(15, 10, 1, 1)
+    assert bounding_box(view) == Rect(15, 10, 1, 1)
 
 
 # --- reach -------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_prepare_mask_window_in_middle():
     m[200:210, 300:320] = 255
     final, window = prepare_mask(m, 4, 6)
     r = reach(4, 6)
-    assert window == Box(300 - r, 200 - r, 20 + 2 * r, 10 + 2 * r)
+    assert window == Rect(300 - r, 200 - r, 20 + 2 * r, 10 + 2 * r)
     assert final.shape == (window.height, window.width)
 
 
@@ -295,7 +295,7 @@ def test_prepare_mask_matches_full_image_processing_at_borders(y, x):
 def test_prepare_mask_whole_image_selection():
     m = np.full((40, 30), 255, np.uint8)
     final, window = prepare_mask(m, 8, 16)
-    assert window == Box(0, 0, 30, 40)
+    assert window == Rect(0, 0, 30, 40)
     assert (final == 255).all()
 
 
