@@ -11,9 +11,12 @@ host; the root shares the network namespace, so GIMP reaches it on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import json
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -68,15 +71,18 @@ def ci_dir(gimp_root: Path) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def gimp_batch(root: Path, ci: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ci/run.py inside gimp-console in the root (always --quit, always under timeout)."""
+def gimp_batch_command(root: Path, ci: Path, env: dict[str, str], timeout: int = 300) -> list[str]:
+    """The command running ci/run.py inside gimp-console in the root (always --quit, always under timeout)."""
     inside = "/" + str(ci.relative_to(root))
     extra = [f"{k}={v}" for k, v in env.items() if k != "INPAINTD_RUNTIME_DIR"]  # a host path
-    cmd = ["timeout", str(timeout), "chroot", str(root), "env", "-i", "HOME=/root", f"PATH={PATH}", "LANG=C.UTF-8",
-           f"INPAINTD_CI_DIR={inside}", *extra,
-           "gimp-console-3.0", "-i", "--quit", "--batch-interpreter=python-fu-eval",
-           "-b", f"exec(open('{inside}/run.py').read())"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+    return ["timeout", str(timeout), "chroot", str(root), "env", "-i", "HOME=/root", f"PATH={PATH}", "LANG=C.UTF-8",
+            f"INPAINTD_CI_DIR={inside}", *extra,
+            "gimp-console-3.0", "-i", "--quit", "--batch-interpreter=python-fu-eval",
+            "-b", f"exec(open('{inside}/run.py').read())"]
+
+
+def gimp_batch(root: Path, ci: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(gimp_batch_command(root, ci, env, timeout), capture_output=True, text=True, timeout=timeout + 30)
 
 
 def test_plugin_inside_gimp(gimp_root: Path, ci_dir: Path, daemon) -> None:
@@ -120,3 +126,76 @@ def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> No
     assert ui.get("dialog_png"), "the dialog was not captured"
     if os.environ.get("INPAINTD_UPDATE_SCREENSHOT") == "1":
         shutil.copy(ci_dir / "dialog.png", REPO / "docs" / "gimp-dialog.png")
+
+
+def _processes_of(root: Path, ci: Path, script: str) -> list[int]:
+    """Pids of the processes running `script` in this GIMP session (its INPAINTD_CI_DIR; the
+    root has no /proc of its own, so this looks from the host)."""
+    marker = b"INPAINTD_CI_DIR=/" + str(ci.relative_to(root)).encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(a.endswith(script.encode()) for a in argv) and marker in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return pids
+
+
+def test_diffusion_and_cancel_in_gimp(gimp_root: Path, ci_dir: Path, tiny_daemon) -> None:
+    """Inside GIMP, against the tiny diffusion pipeline: 2 variants with a fixed seed land
+    exactly (tests/gimp/in_gimp/test_in_gimp_diffusion.py), and a cancel as GIMP 3.0.4 does
+    it -- the plug-in process SIGKILLed in the middle of a job -- makes the plug-in's
+    watchdog cancel the job in the daemon within a couple of seconds, adds no layers, and
+    leaves GIMP able to run the procedure again."""
+    env = dict(tiny_daemon.env, INPAINTD_GIMP_TESTS="test_in_gimp_diffusion.py")
+    started = time.monotonic()
+    gimp = subprocess.Popen(gimp_batch_command(gimp_root, ci_dir, env, timeout=240),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: dict = {}
+    try:
+        with tiny_daemon.client() as client:
+            while gimp.poll() is None and "killed_at" not in seen:
+                time.sleep(0.05)
+                if not (ci_dir / "cancel-armed").exists():
+                    continue
+                running = client.status()["running"]
+                if not (running and running[0]["prompt"] == "killed" and running[0]["step"] >= 1):
+                    continue  # kill in the middle of the denoising loop, as a user would
+                pids = _processes_of(gimp_root, ci_dir, "inpaintd_gimp.py")
+                if not pids:
+                    continue
+                seen["job"], seen["at_step"], seen["plugin_pids"] = running[0]["job"], running[0]["step"], pids
+                (ci_dir / "killed").touch()
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                seen["killed_at"] = time.monotonic()
+            assert "killed_at" in seen, "the plug-in never ran a job that could be killed"
+            while time.monotonic() - seen["killed_at"] < 10:
+                st = client.status()
+                if seen["job"] not in [j["job"] for j in st["running"] + st["queued"]]:
+                    break
+                time.sleep(0.02)
+            seen["job_gone_after_s"] = round(time.monotonic() - seen["killed_at"], 3)
+            job = client.fetch(seen["job"], timeout=10)
+            seen["job_state"] = job.state
+        out, _ = gimp.communicate(timeout=240)
+    finally:
+        if gimp.poll() is None:
+            gimp.kill()
+            gimp.wait()
+    seen["gimp_seconds"] = round(time.monotonic() - started, 1)
+    report = json.loads((ci_dir / "diffusion.json").read_text()) if (ci_dir / "diffusion.json").exists() else {}
+    print("in GIMP (diffusion, cancel):", report, seen)
+    log = tiny_daemon.log()
+    assert seen["job_state"] == "cancelled", f"job {seen['job']} ended {seen['job_state']}, not cancelled\n{log[-2000:]}"
+    assert seen["job_gone_after_s"] < 2.5, f"the cancel took {seen['job_gone_after_s']} s\n{log[-2000:]}"
+    assert f"job {seen['job']} cancelled after" in log and "cancelled by a client while running" in log, log[-2000:]
+    assert not _processes_of(gimp_root, ci_dir, "inpaintd_watchdog.py"), "a watchdog process was left behind"
+    junit = ci_dir / "junit.xml"
+    assert junit.exists(), f"the in-GIMP tests did not run (exit {gimp.returncode}):\n{out[-4000:]}"
+    assert gimp.returncode == 0, f"in-GIMP tests failed (exit {gimp.returncode}):\n{out[-6000:]}\n--- daemon log ---\n{log[-2000:]}"
+    assert 'failures="0"' in junit.read_text() and 'errors="0"' in junit.read_text() and 'tests="2"' in junit.read_text()

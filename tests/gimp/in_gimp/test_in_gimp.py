@@ -70,6 +70,39 @@ def run_proc(image, drawables, **values):
     return status, message
 
 
+def check_variant(v, before, sel_mask, bounds, grow=GROW, feather=FEATHER, padding=PADDING):
+    """Check one result layer made from the photo layer of make_image(): placed over the
+    selection, inside the layer, no larger than selection + grow + feather + padding, and
+    pixel-identical to the source (`before`, the layer's RGBA bytes) everywhere outside the
+    selection dilated by the daemon's grow + feather.  Returns how many fully selected
+    pixels it changed."""
+    sx1, sy1, sx2, sy2 = bounds
+    reach = grow + feather + 1
+    touched = Image.frombytes("L", (W, H), sel_mask).point(lambda p: 255 if p else 0)
+    touched = touched.filter(ImageFilter.MaxFilter(2 * reach + 1)).tobytes()
+    _, vx, vy = v.get_offsets()
+    vw, vh = v.get_width(), v.get_height()
+    margin = grow + feather + padding + 16
+    assert LX <= vx and LY <= vy and vx + vw <= LX + LW and vy + vh <= LY + LH, (vx, vy, vw, vh)
+    assert vx <= sx1 and vy <= sy1 and vx + vw >= sx2 and vy + vh >= sy2, (vx, vy, vw, vh)
+    assert vx >= sx1 - margin and vy >= sy1 - margin and vx + vw <= sx2 + margin and vy + vh <= sy2 + margin
+    out = read(v, 0, 0, vw, vh, "R'G'B'A u8")
+    diffs_outside = changed_inside = 0
+    for row in range(vh):
+        iy = vy + row
+        for col in range(vw):
+            ix = vx + col
+            o = (row * vw + col) * 4
+            s = ((iy - LY) * LW + (ix - LX)) * 4
+            same = out[o:o + 4] == before[s:s + 4]
+            if touched[iy * W + ix] == 0:
+                diffs_outside += not same
+            elif sel_mask[iy * W + ix] == 255:
+                changed_inside += not same
+    assert diffs_outside == 0, f"{v.get_name()}: {diffs_outside} pixels changed outside the selection's reach"
+    return changed_inside
+
+
 def test_registered_with_menu_and_arguments():
     proc = Gimp.get_pdb().lookup_procedure(PROC)
     assert proc is not None
@@ -107,34 +140,11 @@ def test_inpaint_feathered_selection_adds_exact_layers():
     assert names[1].startswith("a plain wooden table #2 (seed "), names
     report = {"procedure_seconds": round(elapsed, 3), "selection_bounds": [sx1, sy1, sx2, sy2], "layers": []}
 
-    # everything the daemon may touch: the selection dilated by the daemon's grow + feather
-    reach = GROW + FEATHER + 1
-    touched = Image.frombytes("L", (W, H), sel_mask).point(lambda v: 255 if v else 0)
-    touched = touched.filter(ImageFilter.MaxFilter(2 * reach + 1)).tobytes()
     changed_inside = 0
     for v in variants:
+        changed_inside += check_variant(v, before, sel_mask, (sx1, sy1, sx2, sy2))
         _, vx, vy = v.get_offsets()
-        vw, vh = v.get_width(), v.get_height()
-        # placed over the selection, inside the layer, no larger than selection + grow + feather + padding
-        margin = GROW + FEATHER + PADDING + 16
-        assert LX <= vx and LY <= vy and vx + vw <= LX + LW and vy + vh <= LY + LH, (vx, vy, vw, vh)
-        assert vx <= sx1 and vy <= sy1 and vx + vw >= sx2 and vy + vh >= sy2, (vx, vy, vw, vh)
-        assert vx >= sx1 - margin and vy >= sy1 - margin and vx + vw <= sx2 + margin and vy + vh <= sy2 + margin
-        out = read(v, 0, 0, vw, vh, "R'G'B'A u8")
-        diffs_outside = 0
-        for row in range(vh):
-            iy = vy + row
-            for col in range(vw):
-                ix = vx + col
-                o = (row * vw + col) * 4
-                s = ((iy - LY) * LW + (ix - LX)) * 4
-                same = out[o:o + 4] == before[s:s + 4]
-                if touched[iy * W + ix] == 0:
-                    diffs_outside += not same
-                elif sel_mask[iy * W + ix] == 255:
-                    changed_inside += not same
-        assert diffs_outside == 0, f"{v.get_name()}: {diffs_outside} pixels changed outside the selection's reach"
-        report["layers"].append({"name": v.get_name(), "offset": [vx, vy], "size": [vw, vh]})
+        report["layers"].append({"name": v.get_name(), "offset": [vx, vy], "size": [v.get_width(), v.get_height()]})
     assert changed_inside > 0, "the engine changed nothing inside the selection"
     report["changed_inside"] = changed_inside
     with open(os.path.join(os.environ.get("INPAINTD_CI_DIR", "/ci"), "report.json"), "w") as f:
