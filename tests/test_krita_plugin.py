@@ -1,11 +1,14 @@
 """The Krita plugin inside the real Krita (Debian's Krita 5.1.5 runs headless under xvfb).
 
-Two runs, both against a real daemon on the classical engine:
-1. `kritarunner` runs pytest inside Krita on tests/krita/test_in_krita.py: the plugin's
-   own controller, docker panel and Krita glue on real documents in a real window.
-2. The real `krita` binary starts with the plugin installed by `inpaintd install-krita`
+Three runs, each against a real daemon:
+1. `kritarunner` runs pytest inside Krita on tests/krita/test_in_krita.py (classical
+   engine): the plugin's own controller, docker panel and Krita glue on real documents in
+   a real window.
+2. The same, `-k diffusion`, against a daemon on the tiny random diffusion pipeline (CPU):
+   a Generate with denoising progress, and Cancel of a job while it is denoising.
+3. The real `krita` binary starts with the plugin installed by `inpaintd install-krita`
    into a private Krita profile; a helper plugin opens the inpaintd docker, triggers the
-   `inpaintd_inpaint_selection` action and takes a screenshot of the docker.
+   `inpaintd_inpaint_selection` action and takes a screenshot of the docker (classical).
 
 Skipped, with the reason, only where Krita or xvfb is not installed.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,20 +75,44 @@ def _tail(text: str, n: int = 60) -> str:
     return "\n".join(keep[-n:])
 
 
-def test_plugin_inside_krita(daemon, tmp_path: Path) -> None:
-    env = krita_env(daemon.env, tmp_path, KRITA_TESTS, ROOT / "krita_plugin", ROOT, pytest_shim(tmp_path))
-    env["INPAINTD_KRITA_PYTEST_ARGS"] = os.environ.get("INPAINTD_KRITA_PYTEST_ARGS", "-s -ra")
+def run_pytest_in_krita(daemon_env: dict[str, str], tmp: Path, extra_args: str = "", **more_env: str) -> tuple[str, float]:
+    """pytest inside Krita on tests/krita/test_in_krita.py; returns (output, seconds)."""
+    env = krita_env(daemon_env, tmp, KRITA_TESTS, ROOT / "krita_plugin", ROOT, pytest_shim(tmp))
+    env["INPAINTD_KRITA_PYTEST_ARGS"] = f'{os.environ.get("INPAINTD_KRITA_PYTEST_ARGS", "-s -ra")} {extra_args}'.strip()
+    env.update(more_env)
     t = time.monotonic()
     proc = subprocess.run(
         ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "kritarunner", "-s", "run_in_krita", "-f", "main"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
+    elapsed = time.monotonic() - t
     out = proc.stdout + proc.stderr
     print(_tail(out, 40))
-    Path(os.environ.get("INPAINTD_KRITA_LOG", "/dev/null")).write_text(out)
-    print(f"[timing] in-Krita test run: {time.monotonic() - t:.1f} s")
+    log = os.environ.get("INPAINTD_KRITA_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(out)
     assert proc.returncode == 0, f"pytest inside Krita failed (rc {proc.returncode}):\n{_tail(out)}"
+    return out, elapsed
+
+
+def test_plugin_inside_krita(daemon, tmp_path: Path) -> None:
+    out, elapsed = run_pytest_in_krita(daemon.env, tmp_path)
+    print(f"[timing] in-Krita test run: {elapsed:.1f} s")
     assert " passed" in out
+
+
+def test_diffusion_inside_krita(tiny_daemon, tmp_path: Path) -> None:
+    """The same docker against a daemon on the tiny random diffusion pipeline (CPU): a
+    Generate with 2 variants and a fixed seed, and Cancel of a job while it denoises."""
+    out, elapsed = run_pytest_in_krita(
+        tiny_daemon.env, tmp_path, "-k diffusion",
+        INPAINTD_TEST_DIFFUSION="1", INPAINTD_TEST_DAEMON_LOG=str(tiny_daemon.log_path),
+    )
+    print(f"[timing] in-Krita diffusion run: {elapsed:.1f} s")
+    summary = [l for l in out.splitlines() if " passed" in l or " failed" in l or " skipped" in l]
+    assert summary and re.search(r"\b2 passed\b", summary[-1]) and "skipped" not in summary[-1], summary[-1:]
+    assert "job " in tiny_daemon.log() and "cancelled after" in tiny_daemon.log()
 
 
 def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:

@@ -277,6 +277,10 @@ class Controller(QObject):
                 self.cancelled_final_states.append(job.state if job.finished else "no answer")
             else:
                 keep.append((job, deadline, sent))
+        if self._orphans and not keep and self._job is None:
+            # The last cancelled job had its final word: back to the idle pace, or the
+            # timer would go on ticking every 40 ms in an idle Krita until the next job.
+            self._timer.setInterval(IDLE_INTERVAL_MS)
         self._orphans = keep
 
     # -- connection --------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import sys
 import time
@@ -25,14 +26,14 @@ from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication
 
 from inpaintd_krita import kritadoc, logic
-from inpaintd_krita.controller import Controller
+from inpaintd_krita.controller import IDLE_INTERVAL_MS, Controller
 from inpaintd_krita.docker import InpaintPanel
 from inpaintd_krita.logic import Settings
 
 ROOT = Path(os.environ.get("INPAINTD_TEST_ROOT", Path(__file__).resolve().parents[2]))
 PHOTO = ROOT / "backend" / "assets" / "coffee.jpg"
 sys.path.insert(0, str(ROOT))
-from protocol import Client  # noqa: E402
+from protocol import Client, Type  # noqa: E402
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -414,3 +415,161 @@ def test_starts_a_daemon_and_reconnects_after_a_restart(open_doc: Callable[..., 
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- the diffusion path: a daemon on the tiny random diffusion pipeline ------------------------
+#
+# These run in a second kritarunner session started by test_krita_plugin.py against the
+# `tiny_daemon` fixture (INPAINTD_TEST_DIFFUSION=1, the daemon's log in
+# INPAINTD_TEST_DAEMON_LOG); in the classical session they are skipped.
+
+DIFFUSION = os.environ.get("INPAINTD_TEST_DIFFUSION") == "1"
+needs_diffusion = pytest.mark.skipif(not DIFFUSION, reason="needs the tiny diffusion daemon (INPAINTD_TEST_DIFFUSION=1)")
+DENOISING = re.compile(r"^Denoising (\d+)/(\d+)$")
+
+
+def denoising_steps(panel: InpaintPanel) -> list[tuple[int, int]]:
+    """(step, total) for every "Denoising k/n" the progress bar showed, in order."""
+    return [(int(m[1]), int(m[2])) for m in (DENOISING.match(t) for _, t in panel.progress_log) if m]
+
+
+@pytest.fixture
+def tiny_plugin() -> Any:
+    """Controller + docker panel against the tiny diffusion daemon; options set through
+    the docker's own widgets, as an artist would."""
+    spy = Spy()
+    controller = Controller(Settings(), spy)
+    panel = InpaintPanel(controller)
+    panel.show()
+    panel.prompt.setPlainText("a red apple")
+    panel.variants.setValue(2)
+    panel.grow.setValue(4)
+    panel.feather.setValue(8)
+    panel.random_seed.setChecked(False)
+    panel.seed.setValue(777)
+    assert controller.settings.job_options()["seed"] == 777 and controller.settings.variants == 2
+    assert wait_for(lambda: controller.connected, 10), "the plugin did not connect to the tiny daemon"
+    assert controller.hello and "diffusers" in controller.hello["engines"], controller.hello
+    assert Path(controller.hello["default_model"]).name == "tiny-inpaint", controller.hello["default_model"]
+    yield controller, panel, spy
+    controller.cancel()
+    controller.shutdown()
+    panel.close()
+
+
+@needs_diffusion
+def test_diffusion_generate_two_variants_with_a_fixed_seed(open_doc: Callable[..., Any], tiny_plugin: Any) -> None:
+    controller, panel, spy = tiny_plugin
+    panel.steps.setValue(6)
+    doc = open_doc(640, 480)
+    source = doc.activeNode()
+    soft_ellipse(doc, 400, 260, 90, 60, soft=16)
+    before = digest(source, doc)
+    names_before = node_names(doc.rootNode())
+    t = time.perf_counter()
+    panel.generate_button.click()
+    assert controller.busy and not panel.generate_button.isEnabled(), panel.message_log[-3:]
+    job_id = wait_for(lambda: controller._job is not None and controller._job.id, 10)
+    assert job_id, panel.message_log[-3:]
+    assert wait_for(lambda: not controller.busy, 120), "the diffusion job did not finish"
+    elapsed = time.perf_counter() - t
+    assert spy.results, f"no results; messages: {panel.message_log[-3:]}"
+    # the daemon really ran the diffusion engine on its tiny pipeline
+    with Client(name="checker") as c:
+        done = c.fetch(job_id)
+    assert done.state == "done" and done.result["engine"] == "diffusers", (done.state, done.result.get("engine"))
+    assert Path(done.result["model"]).name == "tiny-inpaint"
+    # layers: right place and size, outside the feather identical to the source, seeds in the names
+    job_input, layers = spy.results[-1]
+    assert [seed for _, seed, *_ in layers] == [777, 778]
+    group = check_variants(doc, source, spy, grow=4, feather=8)
+    assert [n.name() for n in group.childNodes()[::-1]] == ["Variant 1/2 (seed 777)", "Variant 2/2 (seed 778)"]
+    a, b = (as_array(n.pixelData(*n.bounds().getRect()), n.bounds().width(), n.bounds().height()) for n in group.childNodes())
+    assert not np.array_equal(a, b), "two seeds gave the same pixels"
+    assert digest(source, doc) == before, "the source layer was modified"
+    assert len(node_names(doc.rootNode())) == len(names_before) + 1
+    # progress: the bar counted the denoising steps one by one up to the total
+    steps = denoising_steps(panel)
+    totals = {n for _, n in steps}
+    assert len(totals) == 1, steps
+    total = totals.pop()
+    assert total >= 6, steps
+    assert [k for k, _ in steps] == list(range(1, total + 1)), f"the step counter did not advance step by step: {steps}"
+    percents = [p for p, _ in panel.progress_log]
+    assert percents == sorted(percents), panel.progress_log
+    assert panel.progress_bar.value() == 100 and panel.progress_bar.format().startswith("Done"), panel.progress_bar.format()
+    assert "Added 2 variant" in panel.message_label.text() and "777, 778" in panel.message_label.text()
+    print(f"\n[timing] diffusion job in Krita, 2 variants, {total} steps: {elapsed:.2f} s")
+
+
+@needs_diffusion
+def test_diffusion_cancel_a_running_job(open_doc: Callable[..., Any], tiny_plugin: Any) -> None:
+    controller, panel, spy = tiny_plugin
+    panel.steps.setValue(150)  # several seconds on the CPU: plenty of time to cancel mid-run
+    doc = open_doc(640, 480)
+    source = doc.activeNode()
+    soft_ellipse(doc, 300, 220, 90, 60, soft=16)
+    before = digest(source, doc)
+    names_before = node_names(doc.rootNode())
+    with Client(name="checker") as checker:
+        cancelled_before = checker.status()["stats"].get("jobs_cancelled", 0)
+        panel.generate_button.click()
+        assert controller.busy, panel.message_log[-3:]
+        job = controller._job
+
+        def running_step() -> int:  # what the artist sees on the bar
+            m = DENOISING.match(panel.progress_bar.format())
+            return int(m[1]) if m else 0
+
+        assert wait_for(lambda: running_step() >= 2, 60), f"no denoising progress in the UI: {panel.progress_log[-5:]}"
+        assert not job.finished and job.state == "running", job.state
+        step_at_cancel, total = job.step, job.total_steps
+        assert total >= 150
+        # the daemon confirms this job is the one running
+        assert [(r["job"], r["state"]) for r in checker.status()["running"]] == [(job.id, "running")]
+
+        t = time.perf_counter()
+        panel.cancel_button.click()
+        assert time.perf_counter() - t < 0.2, "Cancel blocked the GUI"
+        # free at once: nothing waits for the daemon's confirmation
+        assert not controller.busy
+        assert panel.generate_button.isEnabled() and not panel.cancel_button.isEnabled()
+        assert panel.progress_bar.format() == "Cancelled" and panel.progress_bar.value() == 0
+        assert "Cancelled" in panel.message_label.text()
+
+        # the daemon stops the job within a few steps and says so
+        assert wait_for(lambda: controller.cancelled_final_states, 15), "no word from the daemon on the cancelled job"
+        confirm = time.perf_counter() - t
+        assert controller.cancelled_final_states == ["cancelled"]
+        assert job.state == "cancelled"
+        # with nothing left to listen to, the timer drops back to its idle pace
+        assert wait_for(lambda: controller._timer.interval() == IDLE_INTERVAL_MS, 2), controller._timer.interval()
+        assert job.step <= step_at_cancel + 10 and job.step < total, f"the job ran on after Cancel: step {job.step} of {total}"
+        reply = checker.request(Type.FETCH, {"job": job.id})
+        assert reply.type == Type.CANCELLED, reply.type
+        assert reply.body["reason"] == "cancelled by a client while running", reply.body
+        status = checker.status()
+        assert status["running"] == [] and status["queued"] == []
+        assert status["stats"]["jobs_cancelled"] == cancelled_before + 1
+    log_path = os.environ.get("INPAINTD_TEST_DAEMON_LOG")
+    if log_path:
+        assert wait_for(lambda: f"job {job.id} cancelled after" in Path(log_path).read_text(errors="replace"), 5)
+
+    # nothing reached the document
+    pump(0.3)
+    assert not spy.results, "a cancelled job inserted results"
+    assert node_names(doc.rootNode()) == names_before, "a cancelled job added layers"
+    assert digest(source, doc) == before, "the source layer was modified"
+    assert "Cancelled" in panel.message_label.text()  # no late message from the orphaned job
+
+    # the next Generate works on the same source
+    assert wait_for(lambda: doc.activeNode().name() == source.name(), 2)
+    panel.steps.setValue(3)
+    panel.generate_button.click()
+    assert controller.busy, panel.message_log[-3:]
+    assert wait_for(lambda: not controller.busy, 60), "the job after the cancel did not finish"
+    assert len(spy.results) == 1, panel.message_log[-3:]
+    check_variants(doc, source, spy, grow=4, feather=8)
+    assert "Added 2 variant" in panel.message_label.text()
+    assert digest(source, doc) == before
+    print(f"\n[timing] cancel at step {step_at_cancel}/{total}: GUI free at once, daemon confirmed after {confirm:.2f} s (job stopped at step {job.step})")
