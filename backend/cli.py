@@ -122,21 +122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- serve ---------------------------------------------------------------------------------
 
 
-_is_loopback = is_loopback
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import Daemon, install_signal_handlers
     from .models import ModelRegistry
 
     endpoint = resolve_endpoint(args.bind)
-    if args.no_auth and not _is_loopback(endpoint):
+    if args.no_auth and not is_loopback(endpoint):
         print(f"inpaintd: refusing to listen on {endpoint} without authentication; drop --no-auth or bind 127.0.0.1", file=sys.stderr)
         return 2
     if args.no_auth and args.curve:
         print("inpaintd: --curve needs authentication (the connection file carries its key); drop --no-auth", file=sys.stderr)
         return 2
-    if not _is_loopback(endpoint) and not args.curve:
+    if not is_loopback(endpoint) and not args.curve:
         logging.getLogger("inpaintd").warning(
             "listening on %s, which other machines can reach: messages are signed but not encrypted; "
             "add --curve to encrypt them", endpoint)

@@ -36,7 +36,7 @@ from protocol.messages import LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULER
 from protocol.wire import Message
 
 from . import __version__
-from .engines.base import EngineError, JobCancelled
+from .engines.base import EngineError, JobCancelled, is_out_of_memory
 from .jobs import FairQueue, Finished, Job, ResultStore
 from .models import PICKLE_SUFFIXES
 from .runner import run_job, variant_seeds
@@ -68,15 +68,6 @@ def rss_bytes() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
-
-
-def looks_like_out_of_memory(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, MPS's RuntimeError, MemoryError: without importing torch."""
-    if isinstance(exc, MemoryError):
-        return True
-    return type(exc).__name__.endswith("OutOfMemoryError") or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
 
 
 class Daemon:
@@ -573,7 +564,7 @@ class Daemon:
             if isinstance(exc, (EngineError, ProtocolError)):
                 code, text = exc.code, exc.message
                 log.error("job %s failed: %s: %s", job.id, code, text)
-            elif looks_like_out_of_memory(exc):
+            elif is_out_of_memory(exc):
                 code, text = Code.OUT_OF_MEMORY, f"out of memory: {type(exc).__name__}: {exc}"
                 log.error("job %s: %s", job.id, text)
             else:

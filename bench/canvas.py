@@ -28,10 +28,11 @@ from typing import Any
 from backend.engines.base import Engine
 from backend.models import ModelRegistry
 from backend.runner import run_job
+from backend.spawn import DaemonProcess, start_daemon
 from protocol.messages import JobOptions
 
 from .common import Config, Pair, Row, Section, interleaved, mib, ms, pair_row
-from .daemon_proc import Daemon, daemon_job
+from .daemon_proc import daemon_job
 from .inputs import canvas, ellipse_mask
 
 GOAL = 1.3
@@ -85,7 +86,7 @@ def _inprocess(engine: Engine, sizes: tuple[int, int], selection: int, options: 
     )
 
 
-def _through_daemon(daemon: Daemon, sizes: tuple[int, int], selection: int, options: JobOptions, reps: int) -> tuple[Pair, Pair]:
+def _through_daemon(daemon: DaemonProcess, sizes: tuple[int, int], selection: int, options: JobOptions, reps: int) -> tuple[Pair, Pair]:
     """Client wall time and the daemon's own run_job time, for each size, interleaved."""
     inputs = [(canvas(s), ellipse_mask(s, selection)) for s in sizes]
     wall: tuple[list[float], list[float]] = ([], [])
@@ -126,7 +127,7 @@ def run(cfg: Config) -> Section:
             section.rows += _memory_rows("tiny pipeline", sizes, sel, tiny.model, model_dir)
             tiny_registry.close()
 
-        with Daemon(Path(tmp) / "daemon", "--engine", "classical") as daemon:
+        with start_daemon(Path(tmp) / "daemon", "--engine", "classical") as daemon:
             wall, inside = _through_daemon(daemon, sizes, sel, classical, cfg.reps(full=5, quick=2))
         transfer = wall.b_med - inside.b_med
         section.rows.append(pair_row(

@@ -18,10 +18,11 @@ import numpy as np
 
 from backend.models import ModelRegistry
 from backend.runner import run_job, variant_seeds
+from backend.spawn import start_daemon
 from protocol.messages import JobOptions
 
 from .common import Config, Pair, Section, interleaved, ms, pair_row
-from .daemon_proc import Daemon, daemon_job
+from .daemon_proc import daemon_job
 from .inputs import canvas, ellipse_mask
 
 GOAL = 1.10
@@ -64,7 +65,7 @@ def run(cfg: Config) -> Section:
             ("tiny pipeline", registry.default_model_id, JobOptions(seed=1234, steps=5 if cfg.tiny else 20), GOAL),
             ("classical", "opencv-telea", JobOptions(seed=1234, model="opencv-telea"), None),
         ]
-        with Daemon(Path(tmp) / "daemon", "--model", str(model_dir), "--device", "cpu") as daemon, daemon.client() as client:
+        with start_daemon(Path(tmp) / "daemon", "--model", str(model_dir), "--device", "cpu") as daemon, daemon.client() as client:
             for label, model_id, options, goal in cases:
                 options.model = model_id
                 engine = registry.load(model_id)

@@ -27,6 +27,16 @@ class EngineError(Exception):
         self.message = message
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's (CUDA) OutOfMemoryError, MPS's RuntimeError, or host MemoryError, told
+    apart without importing torch, so the daemon and every engine judge alike."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__name__.endswith("OutOfMemoryError") or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
 #: Called by engines as work advances: (stage, step, total_steps).
 #: Stages: "loading", "encoding", "denoising", "decoding".
 ProgressFn = Callable[[str, int, int], None]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import EngineError, EngineTask, ProgressFn
+from .base import EngineError, EngineTask, ProgressFn, is_out_of_memory
 
 if TYPE_CHECKING:  # torch and diffusers are imported lazily: they cost seconds
     import torch
@@ -388,7 +388,7 @@ class DiffusersEngine:
         try:
             images = call(generators, 0, 1)
         except Exception as exc:
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             images = self._retry_low_memory(call, task, generators, exc, width, height)
         task.progress("decoding", 1, 1)
@@ -411,7 +411,7 @@ class DiffusersEngine:
         try:
             parts = [call([g], i, len(generators)) for i, g in enumerate(generators)]
         except Exception as exc:
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             self._free_cache()
             raise EngineError(
@@ -512,15 +512,3 @@ class DiffusersEngine:
         self.pipe = None
         self._default_scheduler = None
         self._free_cache()
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    oom_types = tuple(
-        t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
-    )
-    if oom_types and isinstance(exc, oom_types):
-        return True
-    # MPS reports exhaustion as a plain RuntimeError.
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
