@@ -1,7 +1,7 @@
 """Out-of-memory on the diffusion engine: one retry with lower-memory settings, and saying so.
 
 A real CUDA OOM needs a GPU and a model too big for it; what matters here is the engine's
-reaction, so the tiny pipeline runs on CPU and its call is made to raise the very error
+reaction, so the tiny pipeline runs on CPU and its denoising loop is made to raise the very error
 torch raises (torch.OutOfMemoryError) when it is asked to.  Everything else is real: the
 pipeline, the slicing and tiling switches, the seeds and the pixels.
 """
@@ -23,27 +23,22 @@ from backend.engines.diffusers_engine import LOW_MEMORY_SETTINGS, DiffusersEngin
 from backend.testmodel import TEST_NATIVE_SIZE  # noqa: E402
 
 
-class OomPipe:
-    """Stands in for the pipeline: raises CUDA-style OOM on the calls listed, else delegates,
-    and records the memory settings in force at each call."""
+class OomLoop:
+    """Stands in for the engine's denoising loop: raises CUDA-style OOM on the calls listed,
+    else delegates, and records the memory settings in force at each call."""
 
-    def __init__(self, pipe: Any, fail_calls: set[int]) -> None:
-        self.__dict__["_pipe"] = pipe
-        self.__dict__["fail_calls"] = fail_calls
-        self.__dict__["calls"] = []  # (batch size, attention slicing on, vae tiling on)
+    def __init__(self, loop: Any, fail_calls: set[int]) -> None:
+        self.loop = loop
+        self.pipe = loop.pipe
+        self.fail_calls = fail_calls
+        self.calls: list = []  # (batch size, attention slicing on, vae tiling on)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._pipe, name, value)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        unet_proc = type(next(iter(self._pipe.unet.attn_processors.values()))).__name__
-        self.calls.append((len(kwargs["generator"]), "Sliced" in unet_proc, bool(getattr(self._pipe.vae, "use_tiling", False))))
+    def __call__(self, job: Any, **kwargs: Any) -> Any:
+        unet_proc = type(next(iter(self.pipe.unet.attn_processors.values()))).__name__
+        self.calls.append((len(job.generators), "Sliced" in unet_proc, bool(getattr(self.pipe.vae, "use_tiling", False))))
         if len(self.calls) in self.fail_calls:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return self._pipe(**kwargs)
+        return self.loop(job, **kwargs)
 
 
 def task(seeds: list[int], events: list) -> EngineTask:
@@ -67,14 +62,14 @@ def engine(tiny_model_dir: Path) -> DiffusersEngine:
 
 def test_oom_is_retried_once_with_low_memory_settings_and_reported(engine: DiffusersEngine) -> None:
     clean = engine.generate(task([11, 12, 13], []))
-    real = engine.pipe
-    fake = OomPipe(real, fail_calls={1})
-    engine.pipe = fake
+    real = engine._loop
+    fake = OomLoop(real, fail_calls={1})
+    engine._loop = fake
     events: list = []
     try:
         out = engine.generate(task([11, 12, 13], events))
     finally:
-        engine.pipe = real
+        engine._loop = real
     # first the whole batch, then one variant per call with slicing and tiling on
     assert fake.calls == [(3, False, False), (1, True, True), (1, True, True), (1, True, True)]
     assert len(out) == 3 and all(o.shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3) for o in out)
@@ -88,45 +83,45 @@ def test_oom_is_retried_once_with_low_memory_settings_and_reported(engine: Diffu
     denoise = [(s, t) for stage, s, t in events if stage == "denoising"]
     assert denoise[-1][0] == denoise[-1][1] and denoise[-1][1] >= 9
     # the settings are back to normal for the next job
-    nxt = OomPipe(real, fail_calls=set())
-    engine.pipe = nxt
+    nxt = OomLoop(real, fail_calls=set())
+    engine._loop = nxt
     try:
         engine.generate(task([5], []))
     finally:
-        engine.pipe = real
+        engine._loop = real
     assert nxt.calls == [(1, False, False)] and engine.last_notes == []
     print(f"\n[trust] OOM retry: 1 injected OOM, {len(fake.calls) - 1} low-memory calls, note: {note}", file=sys.stderr)
 
 
 def test_oom_twice_gives_up_with_out_of_memory_naming_the_retry(engine: DiffusersEngine) -> None:
-    real = engine.pipe
-    fake = OomPipe(real, fail_calls={1, 2})
-    engine.pipe = fake
+    real = engine._loop
+    fake = OomLoop(real, fail_calls={1, 2})
+    engine._loop = fake
     try:
         with pytest.raises(EngineError) as err:
             engine.generate(task([1, 2], []))
     finally:
-        engine.pipe = real
+        engine._loop = real
     assert err.value.code == "out_of_memory"
     assert "again after retrying with" in err.value.message and LOW_MEMORY_SETTINGS in err.value.message
     assert len(fake.calls) == 2  # one batch call, one low-memory call, then it gave up
     # and the engine works for the next job, with normal settings
     assert len(engine.generate(task([4], []))) == 1
-    assert type(next(iter(real.unet.attn_processors.values()))).__name__.find("Sliced") < 0
+    assert type(next(iter(real.pipe.unet.attn_processors.values()))).__name__.find("Sliced") < 0
 
 
 def test_non_oom_failures_are_not_retried(engine: DiffusersEngine) -> None:
-    class Boom(OomPipe):
-        def __call__(self, **kwargs: Any) -> Any:
+    class Boom(OomLoop):
+        def __call__(self, job: Any, **kwargs: Any) -> Any:
             self.calls.append(1)
             raise ValueError("a bug in a pipeline")
 
-    real = engine.pipe
+    real = engine._loop
     fake = Boom(real, set())
-    engine.pipe = fake
+    engine._loop = fake
     try:
         with pytest.raises(ValueError):
             engine.generate(task([1], []))
     finally:
-        engine.pipe = real
+        engine._loop = real
     assert fake.calls == [1]

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import EngineError, EngineTask, ProgressFn, is_out_of_memory
+from .pacing import StepPacer
+from .sd_inpaint import Embeddings, InpaintLoop, Inputs
 
 if TYPE_CHECKING:  # torch and diffusers are imported lazily: they cost seconds
     import torch
@@ -209,7 +211,8 @@ class DiffusersEngine:
         self.unet_in_channels: int = int(self.pipe.unet.config.in_channels)
         self._default_scheduler = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
-        self._prompt_cache: OrderedDict[tuple[str, str], tuple[torch.Tensor | None, ...]] = OrderedDict()
+        self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
+        self._loop = InpaintLoop(self.pipe, self.device)
 
     # -- loading -------------------------------------------------------------------
 
@@ -310,7 +313,6 @@ class DiffusersEngine:
 
     def generate(self, task: EngineTask) -> list[np.ndarray]:
         import torch
-        from PIL import Image
 
         height, width = task.mask.shape[:2]
         if task.image.shape[:2] != (height, width):
@@ -338,52 +340,21 @@ class DiffusersEngine:
         task.check_cancel()
 
         # One generator per variant, on the CPU, so that a seed gives the same noise on
-        # every device.  The image and mask are repeated per variant, not broadcast: the
-        # pipeline then samples each variant's VAE latents with that variant's own generator
-        # (a single image would be encoded with the first generator only), so a seed draws
-        # the same noise whatever its place in the batch.
+        # every device and whatever its place in the batch.
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in task.seeds]
-        image = Image.fromarray(np.ascontiguousarray(task.image[:, :, :3]), "RGB")
-        mask = Image.fromarray(np.ascontiguousarray(task.mask), "L")
-
-        def step_reporter(part: int, parts: int) -> Any:
-            """Progress over the whole job when it runs as `parts` pipeline calls."""
-
-            def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-                total = pipe.num_timesteps
-                task.progress("denoising", part * total + step + 1, parts * total)
-                task.check_cancel()  # JobCancelled propagates out of the pipeline call
-                if part + 1 == parts and step + 1 == total:
-                    task.progress("decoding", 0, 1)
-                return {}
-
-            return on_step_end
-
-        kwargs: dict[str, Any] = {
-            "prompt_embeds": embeds[0],
-            "negative_prompt_embeds": embeds[1],
-        }
-        if self.is_sdxl:
-            kwargs["pooled_prompt_embeds"] = embeds[2]
-            kwargs["negative_pooled_prompt_embeds"] = embeds[3]
 
         def call(gens: list[Any], part: int, parts: int) -> np.ndarray:
-            with torch.inference_mode():
-                result = self.pipe(
-                    image=[image] * len(gens),
-                    mask_image=[mask] * len(gens),
-                    height=height,
-                    width=width,
-                    num_inference_steps=task.steps,
-                    guidance_scale=task.guidance_scale,
-                    strength=task.strength,
-                    num_images_per_prompt=len(gens),
-                    generator=gens,
-                    output_type="np",
-                    callback_on_step_end=step_reporter(part, parts),
-                    **kwargs,
-                )
-            return np.asarray(result.images)
+            def on_step(step: int, total: int) -> None:
+                task.progress("denoising", part * total + step + 1, parts * total)
+                task.check_cancel()  # JobCancelled propagates out of the loop
+                if part + 1 == parts and step + 1 == total:
+                    task.progress("decoding", 0, 1)
+
+            job = Inputs(
+                image=task.image, mask=task.mask, embeddings=embeds, generators=gens,
+                steps=task.steps, guidance_scale=task.guidance_scale, strength=task.strength,
+            )
+            return self._loop(job, on_step=on_step, pacer=StepPacer.for_device(self.device, on_step))
 
         try:
             images = call(generators, 0, 1)
@@ -392,9 +363,7 @@ class DiffusersEngine:
                 raise
             images = self._retry_low_memory(call, task, generators, exc, width, height)
         task.progress("decoding", 1, 1)
-        # Same rounding that diffusers' own numpy -> PIL conversion does.
-        pixels = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        return [np.ascontiguousarray(p[:height, :width, :3]) for p in pixels]
+        return [np.ascontiguousarray(p[:height, :width, :3]) for p in images]
 
     def _retry_low_memory(
         self, call: Any, task: EngineTask, generators: list[Any], first: BaseException, width: int, height: int
@@ -461,7 +430,7 @@ class DiffusersEngine:
         self._schedulers[key] = scheduler
         return scheduler
 
-    def _prompt_embeds(self, prompt: str, negative: str) -> tuple[Any, ...]:
+    def _prompt_embeds(self, prompt: str, negative: str) -> Embeddings:
         """Encode a prompt pair once; the text encoder is the same for every job and seed."""
         key = (prompt or "", negative or "")
         cached = self._prompt_cache.get(key)
@@ -489,7 +458,7 @@ class DiffusersEngine:
                     True,
                     negative_prompt=key[1],
                 )
-        embeds = tuple(embeds)
+        embeds = Embeddings(*embeds)
         self._prompt_cache[key] = embeds
         while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
             self._prompt_cache.popitem(last=False)
