@@ -20,6 +20,8 @@ from protocol.client import Client, DaemonUnavailable, Job
 from protocol.connection import is_loopback, new_key, resolve_endpoint
 from protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS, SCHEDULERS, JobOptions, ProtocolError
 
+from .engines.speedups import COMPILE_MODES
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-model", action="append", default=[], metavar="M", help="another model clients may choose (repeatable)")
     p.add_argument("--engine", choices=["diffusers", "classical"], default=None, help="classical: no weights, OpenCV fill (same as --model opencv-telea)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the diffusion model (GPU; e.g. reduce-overhead = CUDA graphs): compiles at load for the native size, then each new size or variant count compiles on first use (default %(default)s)")
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
     p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
@@ -144,6 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
         device=args.device,
         allow_pickle=args.allow_pickle,
+        compile=args.compile,
     )
     if args.model and registry.default_model_id != registry.get(args.model).id:
         info = registry.get(args.model)

@@ -349,7 +349,7 @@ class Daemon:
             "schedulers": list(SCHEDULERS),
             "capabilities": CAPABILITIES,
             "limits": self.limits.to_wire(),
-            "notices": list(self.registry.notices),
+            "notices": [*self.registry.notices, *self.registry.engine_notes],
             "auth": bool(self.key),
             "curve": bool(self.curve_public_key),
             "results_ttl": self._results.ttl,

@@ -16,6 +16,7 @@ Model ids:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -33,6 +34,8 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+log = logging.getLogger("inpaintd.models")
 
 
 def hub_cache_dir() -> Path:
@@ -124,13 +127,18 @@ class ModelRegistry:
         device: str | None = None,
         allow_pickle: bool = False,
         configs: dict[str, str] | None = None,
+        compile: str = "off",
     ) -> None:
         """`configs` maps a single-file model (as given, or its id) to a diffusers config
-        folder or repo id, which offline loading of a single file needs."""
+        folder or repo id, which offline loading of a single file needs.  `compile` is a
+        torch.compile mode for diffusion engines (see `backend.engines.speedups`)."""
         self.allow_download = allow_download
         self.allow_pickle = allow_pickle
         self.device = device
         self.notices: list[str] = []
+        #: The loaded diffusion engine's speed settings and compile cost, for clients.
+        self.engine_notes: list[str] = []
+        self.compile = compile
         self._lock = threading.RLock()
         self._specs: dict[str, _Spec] = {}
         for spec in [*BUILTIN_MODELS, DEFAULT_MODEL, *(models or []), *([default] if default else [])]:
@@ -257,7 +265,8 @@ class ModelRegistry:
                 self._diffusion = None
 
             report("loading", 0, 1)
-            from .engines.diffusers_engine import DiffusersEngine
+            from .engines.diffusers_engine import DiffusersEngine, pick_device
+            from .engines.speedups import Speedups
 
             self._diffusion = DiffusersEngine(
                 spec.source,
@@ -267,7 +276,11 @@ class ModelRegistry:
                 local_files_only=not self.allow_download,
                 cache_dir=hub_cache_dir(),
                 allow_pickle=self.allow_pickle,
+                speedups=Speedups.default_for(pick_device(self.device), self.compile),
             )
+            self.engine_notes = [f"{spec.id}: {note}" for note in self._diffusion.speed_notes]
+            for note in self.engine_notes:
+                log.info("%s", note)
             report("loading", 1, 1)
             return self._diffusion
 

@@ -23,6 +23,7 @@ import numpy as np
 from .base import EngineError, EngineTask, ProgressFn, is_out_of_memory
 from .pacing import StepPacer
 from .sd_inpaint import Embeddings, InpaintLoop, Inputs
+from .speedups import Speedups, apply, uncompile
 
 if TYPE_CHECKING:  # torch and diffusers are imported lazily: they cost seconds
     import torch
@@ -167,6 +168,7 @@ class DiffusersEngine:
         cache_dir: str | Path | None = None,
         allow_pickle: bool = False,
         progress: ProgressFn | None = None,
+        speedups: Speedups | None = None,
     ) -> None:
         """Load `source`: a Hub repo id, a diffusers folder, or a single checkpoint file.
 
@@ -182,11 +184,13 @@ class DiffusersEngine:
         report = progress or (lambda stage, step, total: None)
 
         report("loading", 0, 1)
-        self._adopt(self._load(str(source), config, allow_pickle))
+        self._adopt(self._load(str(source), config, allow_pickle), speedups)
         report("loading", 1, 1)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, model_id: str, device: str | None = None) -> "DiffusersEngine":
+    def from_pipeline(
+        cls, pipe: Any, model_id: str, device: str | None = None, speedups: Speedups | None = None
+    ) -> "DiffusersEngine":
         """Wrap a pipeline already built in memory (benchmarks build the full-size
         architectures from configs with random weights; nothing is read from disk).
         The pipeline keeps its dtype; it is moved to `device`."""
@@ -196,14 +200,20 @@ class DiffusersEngine:
         self.dtype = pipe.dtype
         self._cache_dir = None
         self._local_files_only = True
-        self._adopt(pipe)
+        self._adopt(pipe, speedups)
         return self
 
-    def _adopt(self, pipe: Any) -> None:
-        """Move a loaded pipeline to the device and read what the runner needs from it."""
+    def _adopt(self, pipe: Any, speedups: Speedups | None) -> None:
+        """Move a loaded pipeline to the device, speed it up, and read what the runner needs."""
+        import torch
+
         self.pipe = pipe
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        if self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+            # SDXL's VAE overflows in float16; the stock pipeline casts it to float32 and
+            # back for every encode and decode.  Keep it in float32 once (~160 MB more).
+            pipe.vae.to(torch.float32)
         self.is_sdxl = self.pipe.__class__.__name__.startswith("StableDiffusionXL")
         self.vae_scale_factor: int = int(self.pipe.vae_scale_factor)
         self.size_multiple = self.vae_scale_factor
@@ -213,6 +223,46 @@ class DiffusersEngine:
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
         self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
         self._loop = InpaintLoop(self.pipe, self.device)
+        self.speedups = speedups or Speedups.default_for(self.device)
+        applied = apply(self.pipe, self.speedups)
+        #: What the daemon logs and shows clients as notices about this engine's speed settings.
+        self.speed_notes: list[str] = [f"speed-ups in use: {', '.join(applied.used) or 'none'}"]
+        self.speed_notes += [f"speed-up not applied: {why}" for why in applied.skipped]
+        self.warmup_seconds = 0.0
+        if self.speedups.compile != "off" and applied.used and "torch.compile" in applied.used[-1]:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile for the shapes most jobs use now, not during an artist's first Generate.
+
+        A job at another size or variant count compiles on first use (same cost again);
+        if compilation fails, the engine goes back to eager mode and says so.
+        """
+        import time
+
+        side = self.native_size or 512
+        image = np.zeros((side, side, 3), np.uint8)
+        mask = np.zeros((side, side), np.uint8)
+        mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+        start = time.perf_counter()
+        try:
+            for n in self.speedups.warmup_variants:
+                self.generate(EngineTask(
+                    image=image, mask=mask, prompt="", negative_prompt="", seeds=list(range(n)),
+                    steps=2, guidance_scale=7.5, strength=1.0, scheduler="default",
+                ))
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            uncompile(self.pipe)
+            self.speed_notes.append(f"torch.compile failed while warming up, running uncompiled: {exc}")
+            return
+        self.warmup_seconds = time.perf_counter() - start
+        variants = " and ".join(str(n) for n in self.speedups.warmup_variants)
+        self.speed_notes.append(
+            f"compiled for {side}x{side} with {variants} variant(s) in {self.warmup_seconds:.1f} s; "
+            "a job at another size or variant count compiles on first use"
+        )
 
     # -- loading -------------------------------------------------------------------
 
@@ -397,14 +447,21 @@ class DiffusersEngine:
 
     def _set_low_memory(self, on: bool) -> None:
         """Attention slicing and VAE tiling on or off.  Off again after the retry: they
-        cost time, and the next job may well fit."""
+        cost time, and the next job may well fit.  The attention processors in use before
+        (fused QKV ones, say) come back exactly as they were."""
         vae = getattr(self.pipe, "vae", None)
         if on:
+            self._saved_processors = dict(self.pipe.unet.attn_processors)
             self.pipe.enable_attention_slicing("max")
             if vae is not None and hasattr(vae, "enable_tiling"):
                 vae.enable_tiling()
         else:
-            self.pipe.disable_attention_slicing()
+            saved = getattr(self, "_saved_processors", None)
+            if saved:
+                self.pipe.unet.set_attn_processor(saved)
+            else:
+                self.pipe.disable_attention_slicing()
+            self._saved_processors = None
             if vae is not None and hasattr(vae, "disable_tiling"):
                 vae.disable_tiling()
 
