@@ -115,7 +115,7 @@ class InpaintLoop:
         #    as the pipeline's mask processor does.
         image_u8 = torch.from_numpy(np.ascontiguousarray(job.image[:, :, :3])).to(device)
         mask_u8 = torch.from_numpy(np.ascontiguousarray(job.mask)).to(device)
-        init_image = (image_u8.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0) * 2.0 - 1.0
+        init_image = (image_u8.permute(2, 0, 1).unsqueeze(0).contiguous().to(torch.float32) / 255.0) * 2.0 - 1.0
         mask_full = (mask_u8 >= 128).to(torch.float32)[None, None]
 
         # 2. the schedule, shortened by strength; a CPU copy for the scheduler's own tables.
