@@ -11,6 +11,7 @@ Its outputs are noise, but deterministic noise: the same seed gives the same pix
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -207,3 +208,181 @@ def install_in_hub_cache(model_dir: str | Path, cache_dir: str | Path, repo_id: 
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / "main").write_text(commit, encoding="utf-8")
     return snapshot
+
+
+# -- single-file checkpoints ----------------------------------------------------------
+#
+# Most checkpoints people download are one .safetensors file in the original CompVis/LDM
+# key layout, which diffusers' `from_single_file` converts on load.  Writing the tiny
+# pipeline in that layout lets tests take that path without a real multi-GB file.  The
+# mapping below is the inverse of diffusers' `convert_ldm_unet_checkpoint`,
+# `convert_ldm_vae_checkpoint` and `convert_ldm_clip_checkpoint` for SD 1.x.
+
+#: diffusers ResNet block parameter names -> LDM `ResBlock` ones (UNet).
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+
+#: UNet layers outside the down/mid/up blocks.
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+#: diffusers VAE mid-block attention names -> LDM `AttnBlock` ones (1x1 convs there).
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+_LDM_UNET_PREFIX = "model.diffusion_model."
+_LDM_VAE_PREFIX = "first_stage_model."
+_LDM_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+
+
+def _rename_head(rest: str, table: dict[str, str]) -> str:
+    """Rename the leading module name of `rest` ("norm1.weight") through `table`."""
+    for old, new in table.items():
+        if rest.startswith(old + "."):
+            return new + rest[len(old):]
+    return rest
+
+
+def _ldm_unet_key(key: str, config: dict) -> str:
+    """The LDM name of one diffusers UNet parameter.
+
+    LDM numbers the down path as one flat `input_blocks` list (conv_in first, then per block
+    `layers_per_block` (resnet, attention) pairs and a downsampler) and the up path as
+    `output_blocks` with one more layer per block; the upsampler sits after the attention.
+    """
+    per_block = int(config["layers_per_block"]) + 1
+    for old, new in _UNET_TOP.items():
+        if key.startswith(old + "."):
+            return new + key[len(old):]
+    m = re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", key)
+    if m:
+        block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
+        index = 1 + block * per_block + (per_block - 1 if kind == "downsamplers" else layer)
+        if kind == "resnets":
+            return f"input_blocks.{index}.0.{_rename_head(rest, _UNET_RESNET)}"
+        if kind == "attentions":
+            return f"input_blocks.{index}.1.{rest}"
+        return f"input_blocks.{index}.0.op.{rest.removeprefix('conv.')}"
+    m = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key)
+    if m:
+        kind, layer, rest = m[1], int(m[2]), m[3]
+        if kind == "resnets":
+            return f"middle_block.{2 * layer}.{_rename_head(rest, _UNET_RESNET)}"
+        return f"middle_block.{2 * layer + 1}.{rest}"
+    m = re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.+)", key)
+    if m:
+        block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
+        index = block * per_block + (per_block - 1 if kind == "upsamplers" else layer)
+        if kind == "resnets":
+            return f"output_blocks.{index}.0.{_rename_head(rest, _UNET_RESNET)}"
+        if kind == "attentions":
+            return f"output_blocks.{index}.1.{rest}"
+        has_attention = "CrossAttn" in config["up_block_types"][block]
+        return f"output_blocks.{index}.{2 if has_attention else 1}.{rest}"
+    raise ValueError(f"no LDM name for UNet parameter {key!r}")
+
+
+def _ldm_vae_key(key: str, config: dict) -> str:
+    """The LDM name of one diffusers VAE parameter (the decoder's up blocks run in reverse)."""
+    if key.startswith(("quant_conv.", "post_quant_conv.")):
+        return key
+    m = re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out|conv_norm_out)\.(.+)", key)
+    if m:
+        name = "norm_out" if m[2] == "conv_norm_out" else m[2]
+        return f"{m[1]}.{name}.{m[3]}"
+    m = re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(resnets\.\d+|downsamplers\.0)\.(.+)", key)
+    if m:
+        if m[2].startswith("downsamplers"):
+            return f"encoder.down.{m[1]}.downsample.{m[3]}"
+        layer = m[2].split(".")[1]
+        return f"encoder.down.{m[1]}.block.{layer}.{_rename_head(m[3], {'conv_shortcut': 'nin_shortcut'})}"
+    m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.(resnets\.\d+|upsamplers\.0)\.(.+)", key)
+    if m:
+        block = len(config["up_block_types"]) - 1 - int(m[1])
+        if m[2].startswith("upsamplers"):
+            return f"decoder.up.{block}.upsample.{m[3]}"
+        layer = m[2].split(".")[1]
+        return f"decoder.up.{block}.block.{layer}.{_rename_head(m[3], {'conv_shortcut': 'nin_shortcut'})}"
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key)
+    if m:
+        rest = _rename_head(m[3], {"conv_shortcut": "nin_shortcut"})
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{rest}"
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key)
+    if m:
+        renamed = _rename_head(m[2], _VAE_ATTENTION)
+        if renamed != m[2]:
+            return f"{m[1]}.mid.attn_1.{renamed}"
+    raise ValueError(f"no LDM name for VAE parameter {key!r}")
+
+
+def _component_weights(model_dir: Path, component: str) -> dict:
+    """The state dict of one pipeline component, read straight from its safetensors file."""
+    from safetensors.torch import load_file
+
+    files = sorted((model_dir / component).glob("*.safetensors"))
+    if len(files) != 1:
+        raise ValueError(f"{model_dir / component}: expected one .safetensors file, found {len(files)}")
+    return load_file(str(files[0]))
+
+
+def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
+    """Write the diffusers pipeline in `model_dir` as one LDM-layout `.safetensors` file.
+
+    UNet -> `model.diffusion_model.*`, VAE -> `first_stage_model.*` (attention as 1x1
+    convs), CLIP text encoder -> `cond_stage_model.transformer.text_model.*`, as in the SD
+    1.x files people download, so tests can load a single file through `from_single_file`.
+    Every parameter is renamed or the call fails: a silently dropped tensor would load as
+    random weights and the round trip could not prove the mapping.  SD 1.x layouts only;
+    the tiny SDXL's two text encoders have the same width, which diffusers' single-file
+    loader can not tell apart.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    if "text_encoder_2" in index:
+        raise ValueError(f"{model_dir}: SDXL pipelines are not written as single files here")
+
+    def config_of(component: str) -> dict:
+        return json.loads((model_dir / component / "config.json").read_text(encoding="utf-8"))
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def put(key: str, value: torch.Tensor) -> None:
+        # Two parameters on one name would silently lose one of them.
+        if key in tensors:
+            raise ValueError(f"two parameters map to {key!r}")
+        tensors[key] = value
+
+    unet_config = config_of("unet")
+    for key, value in _component_weights(model_dir, "unet").items():
+        put(_LDM_UNET_PREFIX + _ldm_unet_key(key, unet_config), value)
+    vae_config = config_of("vae")
+    for key, value in _component_weights(model_dir, "vae").items():
+        ldm_key = _ldm_vae_key(key, vae_config)
+        if ".mid.attn_1." in ldm_key and value.ndim == 2:  # linear -> 1x1 conv, as in LDM
+            value = value[:, :, None, None]
+        put(_LDM_VAE_PREFIX + ldm_key, value)
+    text_config = config_of("text_encoder")
+    for key, value in _component_weights(model_dir, "text_encoder").items():
+        # transformers >= 5.6 saves CLIPTextModel without its `text_model.` level.
+        put(_LDM_CLIP_PREFIX + key.removeprefix("text_model."), value)
+    # Real SD 1.x files carry CLIP's position ids as a tensor, so the loader must skip it.
+    positions = int(text_config["max_position_embeddings"])
+    put(_LDM_CLIP_PREFIX + "embeddings.position_ids", torch.arange(positions, dtype=torch.int64)[None])
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    contiguous = {k: v.contiguous().clone() for k, v in tensors.items()}
+    save_file(contiguous, str(out_path), metadata={"format": "pt"})
+    return out_path
