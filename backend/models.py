@@ -55,13 +55,19 @@ def hub_cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
-def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
+def cached_snapshot(
+    repo_id: str, cache_dir: Path | None = None, *, need_weights: bool = True, allow_pickle: bool = False
+) -> Path | None:
     """The cached snapshot folder of a diffusers repo, or None if it is not (fully) cached.
 
     Layout: <cache>/models--org--name/refs/main holds a commit hash, and
     snapshots/<hash>/ holds the files.  The snapshot `refs/main` names is preferred; any
-    snapshot with a model_index.json and a UNet will do otherwise.
+    snapshot with a model_index.json and a UNet will do otherwise.  `need_weights`: the
+    UNet's weights must be there too (safetensors, or pickles where allowed); without it,
+    configs suffice, which is all a single-file checkpoint needs from its reference repo,
+    and all `hf download REPO --include '*.json' '*.txt'` leaves.
     """
+    patterns = ["diffusion_pytorch_model*.safetensors"] + (["diffusion_pytorch_model*.bin"] if allow_pickle else [])
     repo_dir = (cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo_dir / "snapshots"
     if not snapshots.is_dir():
@@ -72,7 +78,10 @@ def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
         candidates.append(snapshots / ref.read_text(encoding="utf-8").strip())
     candidates += sorted(p for p in snapshots.iterdir() if p not in candidates)
     for snapshot in candidates:
-        if (snapshot / "model_index.json").is_file() and (snapshot / "unet" / "config.json").is_file():
+        unet = snapshot / "unet"
+        if not ((snapshot / "model_index.json").is_file() and (unet / "config.json").is_file()):
+            continue
+        if not need_weights or any(f.is_file() for pattern in patterns for f in unet.glob(pattern)):
             return snapshot
     return None
 
@@ -184,7 +193,7 @@ class ModelRegistry:
         if spec.kind == "builtin":
             return ModelInfo(spec.id, "classical", "builtin", True, None, "OpenCV inpainting, no weights")
         if spec.kind == "hub":
-            snapshot = cached_snapshot(spec.source)
+            snapshot = cached_snapshot(spec.source, allow_pickle=self.allow_pickle)
             if snapshot is not None:
                 return ModelInfo(
                     spec.id, "diffusers", "hub", True, _native_size_of_folder(snapshot), str(snapshot)
@@ -222,7 +231,7 @@ class ModelRegistry:
         if spec.id not in self._configs and not self.allow_download:
             # diffusers needs the configs of the matching reference repo to lay the weights out.
             repo = reference_repo_for(path)
-            if repo is not None and cached_snapshot(repo) is None:
+            if repo is not None and cached_snapshot(repo, need_weights=False) is None:
                 return ModelInfo(
                     spec.id, "diffusers", "single_file", False, native,
                     f"{path}: a single-file checkpoint needs the diffusers configs of {repo}, which are "

@@ -268,32 +268,18 @@ def test_the_engine_itself_refuses_pickle_checkpoints(tmp_path: Path) -> None:
     assert err.value.code == "model_refused" and "--allow-pickle" in err.value.message
 
 
-# -- known bugs (see the reasons; remove the marks once fixed) ----------------------------
-
-CONFIGS_ONLY_BUG = (
-    "diffusers_engine._load/_load_from_hub: a cached snapshot with configs but no weights (what the "
-    "single-file advice `hf download REPO --include '*.json' '*.txt'` leaves for SD 1.5 inpainting, "
-    "also the default model) fails in from_pretrained with a raw OSError instead of EngineError "
-    "model_unavailable; fix: pass use_safetensors=not allow_pickle and turn OSError into EngineError"
-)
+# -- weights missing or pickled: clear refusals, no fallback to pickles ---------------------
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=CONFIGS_ONLY_BUG)
 def test_a_configs_only_snapshot_is_not_a_loadable_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     hub = tmp_path / "hub"
     install_in_hub_cache(configs_only(tiny_model_dir, tmp_path / "configs"), hub, SD15_INPAINT_REPO)
     with pytest.raises(EngineError) as err:
         DiffusersEngine(SD15_INPAINT_REPO, device="cpu", cache_dir=hub)
     assert err.value.code == "model_unavailable"
+    assert "weights are missing" in err.value.message and f"hf download {SD15_INPAINT_REPO}" in err.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="models.cached_snapshot counts a snapshot with model_index.json and unet/config.json as "
-    "a cached model, so the configs fetched for a single file make the default model 'available' "
-    "and the registry no longer falls back to the classical engine; it should also require weights",
-)
 def test_configs_for_a_single_file_do_not_make_the_default_model_available(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,26 +293,18 @@ def test_configs_for_a_single_file_do_not_make_the_default_model_available(
     assert registry.default_model_id == FALLBACK_MODEL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="diffusers_engine._load: folders and hub repos are loaded with diffusers' default "
-    "use_safetensors=None, which falls back to pickled .bin weights even without allow_pickle; "
-    "fix: pass use_safetensors=not allow_pickle to from_pretrained",
-)
 def test_a_folder_with_pickled_weights_needs_allow_pickle(
     folder_engine: DiffusersEngine, tmp_path: Path
 ) -> None:
     folder = tmp_path / "pickled"
     folder_engine.pipe.save_pretrained(str(folder), safe_serialization=False)
     # transformers writes the text encoder as safetensors regardless; the UNet and VAE are pickles.
-    # Not an assert: under xfail(raises=AssertionError) a broken setup must not pass as the bug.
     unet = folder / "unet"
-    if not (unet / "diffusion_pytorch_model.bin").is_file() or list(unet.glob("*.safetensors")):
-        raise RuntimeError(f"setup: expected pickled UNet weights in {folder}")
-    try:
-        eng = DiffusersEngine(folder, device="cpu")
-    except EngineError:
-        return
-    eng.close()
-    raise AssertionError("pickled .bin weights were loaded without allow_pickle")
+    assert (unet / "diffusion_pytorch_model.bin").is_file() and not list(unet.glob("*.safetensors"))
+    with pytest.raises(EngineError) as err:
+        DiffusersEngine(folder, device="cpu")
+    assert err.value.code == "model_unavailable"
+    assert "weights are pickle files (" in err.value.message and "--allow-pickle" in err.value.message
+    assert "unet/diffusion_pytorch_model.bin" in err.value.message
+    # and with permission they load
+    DiffusersEngine(folder, device="cpu", allow_pickle=True).close()

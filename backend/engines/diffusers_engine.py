@@ -277,6 +277,9 @@ class DiffusersEngine:
 
         if path.is_file():
             return self._load_single_file(path, config, allow_pickle, common)
+        # Folders and repos may hold pickled weights (.bin) beside or instead of
+        # safetensors; diffusers would fall back to them, which the pickle policy forbids.
+        common["use_safetensors"] = None if allow_pickle else True
         if path.is_dir():
             index = path / "model_index.json"
             if not index.is_file():
@@ -285,8 +288,23 @@ class DiffusersEngine:
                     f"'{source}' is not a diffusers folder (no model_index.json in it)",
                 )
             cls = _class_from_model_index(index, self.model_id)
-            return cls.from_pretrained(str(path), **self._no_safety_checker(cls), **common)
+            return self._from_pretrained(cls, str(path), path, common)
         return self._load_from_hub(source, common)
+
+    def _from_pretrained(self, cls: type, source: str, folder: Path, common: dict[str, Any]) -> Any:
+        """`cls.from_pretrained`, with a missing or refused weights file named as such."""
+        try:
+            return cls.from_pretrained(source, **self._no_safety_checker(cls), **common)
+        except OSError as exc:  # diffusers: "no file named diffusion_pytorch_model.safetensors ..."
+            pickles = sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.bin"))
+            if common.get("use_safetensors") and pickles:
+                why = (f"its weights are pickle files ({', '.join(pickles[:3])}), which can run code when "
+                       "loaded; convert them to .safetensors or start the daemon with --allow-pickle")
+            else:
+                why = (f"its weights are missing ({exc}); a snapshot with configs only, as fetched for a "
+                       f"single-file checkpoint, is not a model: run `hf download {self.model_id}` for the "
+                       "whole repo")
+            raise EngineError("model_unavailable", f"cannot load model '{self.model_id}' from {folder}: {why}") from exc
 
     def _load_from_hub(self, repo_id: str, common: dict[str, Any]) -> Any:
         from huggingface_hub import hf_hub_download
@@ -306,7 +324,7 @@ class DiffusersEngine:
                 "machine with network access, or start the daemon with --allow-download",
             ) from exc
         cls = _class_from_model_index(Path(index), self.model_id)
-        return cls.from_pretrained(repo_id, **self._no_safety_checker(cls), **common)
+        return self._from_pretrained(cls, repo_id, Path(index).parent, common)
 
     def _load_single_file(
         self, path: Path, config: str | Path | None, allow_pickle: bool, common: dict[str, Any]
