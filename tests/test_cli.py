@@ -95,6 +95,11 @@ def test_serve_refuses_a_public_address_without_auth():
     assert r.returncode == 2 and "without authentication" in r.stderr
 
 
+def test_serve_names_the_compile_modes():
+    r = inpaintd("serve", "--compile", "fast", "--engine", "classical", timeout=30)
+    assert r.returncode == 2 and "invalid choice: 'fast'" in r.stderr and "reduce-overhead" in r.stderr
+
+
 def test_serve_fails_clearly_on_a_missing_explicit_model(tmp_path):
     r = inpaintd("serve", "--bind", f"tcp://127.0.0.1:{free_port()}", "--model", str(tmp_path / "nothing-here"), timeout=60)
     assert r.returncode != 0

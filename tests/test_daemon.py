@@ -368,6 +368,14 @@ def test_tiny_pipeline_job_with_progress_every_step(tiny_daemon):
     assert not np.array_equal(a, b), "variants of one job must differ"
 
 
+def test_hello_tells_the_loaded_engines_speed_settings(tiny_daemon):
+    with tiny_daemon.client() as c:
+        hello = c.hello()
+    notes = [n for n in hello["notices"] if "speed-ups in use" in n]
+    # on the CPU none are used by default (channels-last and fused QKV are CUDA defaults)
+    assert notes == [f"{hello['loaded_model']}: speed-ups in use: none"]
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_is_deterministic_by_seed(tiny_daemon):
     image = photo(96, 80)
