@@ -180,8 +180,8 @@ class InpaintLoop:
                     # An ordinary checkpoint: put the known image back, noised to the next
                     # step's level, outside the mask.
                     known = image_latents
-                    if i < total - 1:
-                        known = scheduler.add_noise(image_latents, noise, timesteps_cpu[i + 1:i + 2])
+                    if i < total - 1:  # a device slice: no host-to-device copy per step
+                        known = scheduler.add_noise(image_latents, noise, timesteps[i + 1:i + 2])
                     latents = (1 - mask) * known + mask * latents
                 if on_step is not None:
                     if pacer is not None:

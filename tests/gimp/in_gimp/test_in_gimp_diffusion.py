@@ -73,8 +73,15 @@ def test_diffusion_two_variants_fixed_seed():
     redo = top[1].get_children()[0]
     assert redo.get_name() == f"a red apple #1 (seed {SEED + 1})"
     assert tuple(redo.get_offsets()[1:]) == tuple(variants[1].get_offsets()[1:])
-    assert read(redo, 0, 0, redo.get_width(), redo.get_height(), "R'G'B'A u8") == pixels[1], \
-        "the same seed did not give the same result"
+    # The same picture; not always the same bytes: a batch of two and a batch of one run the
+    # UNet at different batch sizes, whose float sums may round one 8-bit level apart in a few
+    # values (seen: 1 value of ~120,000).  A different seed changes most of them.
+    again = read(redo, 0, 0, redo.get_width(), redo.get_height(), "R'G'B'A u8")
+    assert len(again) == len(pixels[1])
+    diffs = [abs(a - b) for a, b in zip(again, pixels[1]) if a != b]
+    REPORT["redo_differing_values"] = len(diffs)
+    assert (max(diffs) if diffs else 0) <= 1 and len(diffs) <= len(again) // 1000, \
+        f"the same seed did not give the same result: {len(diffs)} values differ, by up to {max(diffs)}"
     _save_report()
     image.delete()
 
