@@ -232,3 +232,16 @@ def test_pacer_stops_at_a_cancel_raised_by_the_report() -> None:
         pacer.launched(2, 5)  # waits for step 1, whose report cancels
     with pytest.raises(ValueError):
         StepPacer(report, lead=0)
+
+
+def test_cuda_graph_mode_runs_the_same_loop(engines: dict[str, DiffusersEngine]) -> None:
+    # The CUDA-graph precautions (mark a new step, copy an un-guided UNet output that a
+    # multistep scheduler keeps) must not change the arithmetic; here they run on the CPU.
+    from backend.engines.sd_inpaint import InpaintLoop
+
+    engine = engines["sd9"]
+    engine.pipe.scheduler = engine._scheduler("dpmpp_2m")
+    job = inputs(engine, [5, 6], guidance=1.0)
+    plain = engine._loop(fresh(job, [5, 6]))
+    graphs = InpaintLoop(engine.pipe, "cpu", cuda_graphs=True)(fresh(job, [5, 6]))
+    assert np.array_equal(plain, graphs)

@@ -49,8 +49,12 @@ def test_defaults_per_device() -> None:
     assert Speedups.default_for("cpu") == Speedups()
     assert Speedups.default_for("cpu").describe() == "none"
     cuda = Speedups.default_for("cuda:1", compile="reduce-overhead")
-    assert cuda.channels_last and cuda.fuse_qkv and cuda.compile == "reduce-overhead"
-    assert cuda.describe() == "channels-last, fused QKV, torch.compile (reduce-overhead)"
+    assert cuda.channels_last and cuda.fuse_qkv and cuda.cudnn_benchmark and cuda.compile == "reduce-overhead"
+    assert cuda.describe() == "channels-last, fused QKV, cuDNN autotuning, torch.compile (reduce-overhead)"
+    # CUDA graphs (whose outputs the next replay overwrites) only where inductor makes them
+    assert cuda.uses_cuda_graphs("cuda:1") and not cuda.uses_cuda_graphs("cpu")
+    assert not Speedups.default_for("cuda", compile="max-autotune-no-cudagraphs").uses_cuda_graphs("cuda")
+    assert not Speedups.default_for("cuda", compile="default").uses_cuda_graphs("cuda")
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         Speedups(compile="fast")
 

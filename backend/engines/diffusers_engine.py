@@ -222,9 +222,9 @@ class DiffusersEngine:
         self._default_scheduler = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
         self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
-        self._loop = InpaintLoop(self.pipe, self.device)
         self.speedups = speedups or Speedups.default_for(self.device)
         applied = apply(self.pipe, self.speedups)
+        self._loop = InpaintLoop(self.pipe, self.device, cuda_graphs=self.speedups.uses_cuda_graphs(self.device))
         #: What the daemon logs and shows clients as notices about this engine's speed settings.
         self.speed_notes: list[str] = [f"speed-ups in use: {', '.join(applied.used) or 'none'}"]
         self.speed_notes += [f"speed-up not applied: {why}" for why in applied.skipped]

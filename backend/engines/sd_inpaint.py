@@ -81,9 +81,12 @@ def encode_per_variant(vae: Any, image: "torch.Tensor", generators: list[Any]) -
 class InpaintLoop:
     """The denoising loop for one loaded pipeline (SD 1.x/2.x or SDXL, 9- or 4-channel UNet)."""
 
-    def __init__(self, pipe: Any, device: str) -> None:
+    def __init__(self, pipe: Any, device: str, *, cuda_graphs: bool = False) -> None:
+        """`cuda_graphs`: the UNet was compiled in a mode that replays CUDA graphs, whose
+        outputs live in memory the next replay overwrites."""
         self.pipe = pipe
         self.device = device
+        self.cuda_graphs = cuda_graphs
         self.is_sdxl = pipe.__class__.__name__.startswith("StableDiffusionXL")
         self.vae_scale_factor = int(pipe.vae_scale_factor)
 
@@ -171,10 +174,16 @@ class InpaintLoop:
                 model_in = scheduler.scale_model_input(model_in, t_cpu)
                 if masked_in is not None:
                     model_in = torch.cat([model_in, mask_in, masked_in], dim=1)
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with
                 noise_pred = pipe.unet(model_in, t, return_dict=False, **unet_kwargs)[0]
                 if cfg:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + job.guidance_scale * (text - uncond)
+                elif self.cuda_graphs:
+                    # Multistep schedulers (PNDM, DPM++) keep past model outputs; a graph's
+                    # output would be overwritten by the next replay under them.
+                    noise_pred = noise_pred.clone()
                 latents = scheduler.step(noise_pred, t_cpu, latents, **extra_step, return_dict=False)[0]
                 if unet_channels == 4:
                     # An ordinary checkpoint: put the known image back, noised to the next

@@ -4,8 +4,9 @@ Each lever is kept only where it pays (see `bench/gpu.py` and `bench/RESULTS.md`
 
 - half precision and PyTorch's fused scaled-dot-product attention: always on a GPU (the
   engine loads in float16; diffusers uses SDPA by default);
-- channels-last memory format and fused QKV projections: on by default on CUDA, where
-  cuDNN's NHWC kernels and one matmul instead of three help.  Never by default on the CPU:
+- channels-last memory format, fused QKV projections and cuDNN autotuning: on by default
+  on CUDA, where cuDNN's NHWC kernels, one matmul instead of three, and the fastest
+  convolution algorithm per shape help.  Never by default on the CPU:
   channels-last convolutions there were ~100x *slower* on the tiny test model;
 - `torch.compile`: opt-in (`inpaintd serve --compile MODE`).  It costs tens of seconds
   per new shape, so the engine compiles at load time for the shapes most jobs use (the
@@ -30,6 +31,7 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autot
 class Speedups:
     channels_last: bool = False
     fuse_qkv: bool = False
+    cudnn_benchmark: bool = False
     compile: str = "off"
     #: torch.compile backend (a name or a callable); tests use "eager" (tracing only)
     #: to check the plumbing fast.
@@ -44,10 +46,20 @@ class Speedups:
     @classmethod
     def default_for(cls, device: str, compile: str = "off") -> "Speedups":
         cuda = device.split(":")[0] == "cuda"
-        return cls(channels_last=cuda, fuse_qkv=cuda, compile=compile)
+        return cls(channels_last=cuda, fuse_qkv=cuda, cudnn_benchmark=cuda, compile=compile)
+
+    def uses_cuda_graphs(self, device: str) -> bool:
+        """Whether compiled modules replay CUDA graphs (inductor's reduce-overhead and
+        max-autotune modes do, on CUDA)."""
+        return (
+            device.split(":")[0] == "cuda"
+            and self.compile_backend == "inductor"
+            and self.compile in ("reduce-overhead", "max-autotune")
+        )
 
     def describe(self) -> str:
-        on = [name for name, flag in (("channels-last", self.channels_last), ("fused QKV", self.fuse_qkv)) if flag]
+        on = [name for name, flag in (("channels-last", self.channels_last), ("fused QKV", self.fuse_qkv),
+                                      ("cuDNN autotuning", self.cudnn_benchmark)) if flag]
         if self.compile != "off":
             on.append(f"torch.compile ({self.compile})")
         return ", ".join(on) or "none"
@@ -66,6 +78,11 @@ def apply(pipe: Any, speedups: Speedups) -> Applied:
     import torch
 
     done = Applied()
+    if speedups.cudnn_benchmark:
+        # Jobs run at a handful of shapes over and over: let cuDNN time its convolution
+        # algorithms once per shape and keep the fastest.
+        torch.backends.cudnn.benchmark = True
+        done.used.append("cuDNN autotuning")
     if speedups.fuse_qkv:
         try:
             pipe.unet.fuse_qkv_projections()
