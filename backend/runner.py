@@ -100,7 +100,7 @@ def run_job(
         inter.y - window.y : inter.bottom - window.y, inter.x - window.x : inter.right - window.x
     ]
 
-    size = processing_size(region, engine.native_size, engine.size_multiple)
+    size = processing_size(region, engine.native_size, getattr(engine, "shape_multiple", engine.size_multiple))
     task = EngineTask(
         image=_resize(np.ascontiguousarray(source[:, :, :3]), size),
         mask=_engine_mask(region_mask, size),

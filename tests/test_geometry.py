@@ -377,3 +377,19 @@ def test_prop_processing_size_area_about_native_squared(rw, rh, native):
     w, h = processing_size(Rect(0, 0, rw, rh), native, 8)
     assert abs(w * h / native**2 - 1) < 0.06
     assert abs((w / h) / (rw / rh) - 1) < 0.05
+
+
+def test_a_coarse_shape_grid_bounds_the_shapes_a_compiled_engine_meets():
+    # Every selection aspect an artist may draw, from 1:4 to 4:1, at the sizes the context
+    # crop gives: a 64 px grid meets a few shapes (each compiles once), an 8 px grid hundreds.
+    regions = [Rect(0, 0, w, h) for w in range(128, 2049, 7) for h in range(128, 2049, 11) if 0.25 <= w / h <= 4]
+    fine = {processing_size(r, 512, 8) for r in regions}
+    coarse = {processing_size(r, 512, 64) for r in regions}
+    assert len(fine) > 150 and len(coarse) <= 25
+    for r in regions:
+        w, h = processing_size(r, 512, 64)
+        assert w % 64 == 0 and h % 64 == 0
+        assert 0.80 <= (w * h) / 512**2 <= 1.25  # about the native area
+        # the uneven scale a coarse grid costs: the two axes' scales within 15% of each other
+        # at worst (a 256 px side rounded by up to 32 px), a few % for squarish selections
+        assert abs((w / r.width) / (h / r.height) - 1) <= 0.15

@@ -87,6 +87,8 @@ def test_compile_is_warmed_up_at_load_and_keeps_the_pictures(tiny_model_dir: Pat
     )
     try:
         assert compiled.pipe.unet._compiled_call_impl is not None
+        assert compiled.shape_multiple == 64 and plain.shape_multiple == 8  # few shapes to compile
+        assert torch._dynamo.config.recompile_limit >= 64
         assert compiled.warmup_seconds > 0
         assert "torch.compile (default, eager)" in compiled.speed_notes[0]
         assert compiled.speed_notes[-1].startswith(f"compiled for {SIZE}x{SIZE} with 1 variant(s) in ")

@@ -51,6 +51,9 @@ _SCHEDULER_OVERRIDES: dict[str, dict[str, Any]] = {
 #: What the one retry after running out of memory changes (see `generate`).
 LOW_MEMORY_SETTINGS = "attention slicing, VAE tiling and one variant at a time"
 
+#: Processing sizes of a compiled engine are multiples of this (see `_adopt`).
+COMPILED_SHAPE_MULTIPLE = 64
+
 #: Prompt embeddings kept across jobs: users re-run the same prompt with new seeds a lot.
 PROMPT_CACHE_SIZE = 8
 
@@ -223,6 +226,9 @@ class DiffusersEngine:
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
         self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
         self.speedups = speedups or Speedups.default_for(self.device)
+        # Compiled code is specialised to each shape it meets: round processing sizes to
+        # 64 px (8 latent pixels) so that jobs meet about a dozen shapes, not hundreds.
+        self.shape_multiple = COMPILED_SHAPE_MULTIPLE if self.speedups.compile != "off" else self.size_multiple
         applied = apply(self.pipe, self.speedups)
         self._loop = InpaintLoop(self.pipe, self.device, cuda_graphs=self.speedups.uses_cuda_graphs(self.device))
         #: What the daemon logs and shows clients as notices about this engine's speed settings.

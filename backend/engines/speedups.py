@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Compiled shapes kept per module before new ones run uncompiled.
+RECOMPILE_LIMIT = 64
+
 #: Modes accepted by `--compile` ("off" plus torch.compile's own modes).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -98,6 +101,12 @@ def apply(pipe: Any, speedups: Speedups) -> Applied:
         options: dict[str, Any] = {"backend": speedups.compile_backend, "dynamic": False}
         if speedups.compile_backend == "inductor":
             options["mode"] = speedups.compile
+        # Each (batch, height, width) compiles once; past dynamo's default limit of 8 a new
+        # shape would silently run uncompiled.  A coarse size grid (the engine's
+        # `shape_multiple`) keeps the shapes to ~25 per variant count.
+        limit = getattr(torch._dynamo.config, "recompile_limit", None)
+        if isinstance(limit, int) and limit < RECOMPILE_LIMIT:
+            torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
         try:
             # In place (nn.Module.compile): the pipeline keeps its own modules and configs.
             pipe.unet.compile(**options)
