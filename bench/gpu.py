@@ -20,6 +20,7 @@ script works, and every figure is reported as owed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -292,15 +293,18 @@ def cold_child(kind: str, side_name: str, tiny: bool, device: str, compile_mode:
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="inpaintd-bench-") as tmp:
         tok = make_tokenizer(Path(tmp))
-        if side_name == "stock":
-            pipe = build_pipeline(kind, tiny, device, tok)
-            side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-            sides = Sides(pipe, None, None, *inputs(side), TINY_STEPS if tiny else STEPS, device)
-            call = sides.stock(1)
-        else:
+        pipe = build_pipeline(kind, tiny, device, tok)
+        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        engine = None
+        if side_name != "stock":
+            from backend.engines.diffusers_engine import DiffusersEngine
+            from backend.engines.speedups import Speedups
+
             # The engine as the daemon builds it: with compile on, the warm-up is part of loading.
-            sides = make_sides(kind, tiny, device, tok, compile_mode if side_name == "compiled" else "off")
-            call = sides.inpaintd(1, engine=sides.compiled if side_name == "compiled" else sides.engine)
+            speedups = Speedups.default_for(device, compile_mode if side_name == "compiled" else "off")
+            engine = DiffusersEngine.from_pipeline(pipe, model_id=f"random-{kind}", device=device, speedups=speedups)
+        sides = Sides(pipe, engine, None, *inputs(side), TINY_STEPS if tiny else STEPS, device)
+        call = sides.stock(1) if side_name == "stock" else sides.inpaintd(1)
     _sync(device)
     t2 = time.perf_counter()
     call()
@@ -392,71 +396,101 @@ def run(cfg: Config) -> Section:
             contenders = [("inpaintd", sides.engine)] + ([("inpaintd+compile", sides.compiled)] if sides.compiled else [])
             for n in VARIANTS:
                 for label, engine in contenders:
-                    pa: list[int] = []
-                    pb: list[int] = []
-                    sa: list[int] = []
-                    sb: list[int] = []
-                    pair = interleaved(
-                        measured(sides.stock(n), device, pa, sa, sides.pipe),
-                        measured(sides.inpaintd(n, engine=engine), device, pb, sb, engine.pipe),
-                        reps, warmup=1,
-                    )
-                    steps_a, steps_b = sa[-1], sb[-1]
-                    note = f"steps/s {steps_a / pair.a_med:.2f} vs {steps_b / pair.b_med:.2f}"
-                    if pa:
-                        note += f"; peak GPU mem {mib(max(pa))} vs {mib(max(pb))}"
-                    if peak and not tiny:
-                        flop = UNET_FLOP_PER_STEP[kind] * n
-                        note += f"; MFU {flop * steps_a / pair.a_med / peak:.1%} vs {flop * steps_b / pair.b_med / peak:.1%}"
-                    status = owed
-                    if not owed and n == 1:
-                        fast_enough = pair.ratio <= 1 / GOAL_SPEEDUP
-                        if kind == "sdxl":
-                            fast_enough = fast_enough and pair.b_med <= GOAL_SDXL_S
-                        status = "met" if fast_enough else "NOT MET"
-                    section.rows.append(Row(
-                        f"gpu {kind} {side}² {sides.steps} steps, {n} variant(s), s/job",
-                        f"stock {ms(pair.a_med)}", f"{label} {ms(pair.b_med)}", pair.ratio, pair.pair_ratio,
-                        goal=1 / GOAL_SPEEDUP if n == 1 else None, status=status or "info",
-                        note=note + (" (tiny, CPU)" if tiny else ""),
-                    ))
+                    with _guarded(section, f"gpu {kind} {label} {n} variant(s)"):
+                        _compare(section, sides, kind, side, n, label, engine, reps, peak, tiny, owed, device)
             if cuda:
-                syncs = host_syncs(sides.inpaintd(1, engine=sides.compiled or sides.engine))
-                section.rows.append(Row(f"gpu {kind} host-GPU synchronisations in one warm job", "", str(syncs), None,
-                                        status="info", note="torch.cuda sync debug mode; each one stalls the host"))
+                with _guarded(section, f"gpu {kind} host syncs"):
+                    syncs = host_syncs(sides.inpaintd(1, engine=sides.compiled or sides.engine))
+                    section.rows.append(Row(f"gpu {kind} host-GPU synchronisations in one warm job", "", str(syncs), None,
+                                            status="info", note="torch.cuda sync debug mode; each one stalls the host"))
             if kind == "sd15":
-                model_dir = Path(tmp) / "random-sd15"
-                sides.pipe.save_pretrained(str(model_dir), safe_serialization=True)
-                ready, times = protocol_job_times(model_dir, device, compile_mode, sides.image, sides.mask,
-                                                  sides.steps, max(reps, 3))
-                best = min(times)
-                med = sorted(times)[len(times) // 2]
-                section.rows.append(Row(
-                    f"gpu sd15 {side}² {sides.steps} steps, 1 variant, through the protocol (client wall time)",
-                    "", f"daemon {ms(med)}", None, goal=None,
-                    status=_seconds_status(med, GOAL_SD15_PROTOCOL_S, cuda, tiny),
-                    note=f"goal <= {GOAL_SD15_PROTOCOL_S * 1e3:.0f} ms; best {ms(best)}; daemon start to ready "
-                         f"(load{' + compile' if compile_mode != 'off' else ''}) {ms(ready)}"
-                         + (" (tiny, CPU)" if tiny else ""),
-                ))
+                with _guarded(section, "gpu sd15 through the protocol"):
+                    _protocol_row(section, sides, Path(tmp), device, compile_mode, reps, cuda, tiny)
             del sides
             if cuda:
                 torch.cuda.empty_cache()
             if cfg.quick and not cuda:
                 continue  # cold start costs a fresh process per side: skipped in a CPU --quick run
-            ca = cold(kind, "stock", tiny, device)
-            for label, side_name in [("inpaintd", "inpaintd")] + ([("inpaintd+compile", "compiled")] if compile_mode != "off" else []):
-                cb = cold(kind, side_name, tiny, device, compile_mode)
-                section.rows.append(Row(
-                    f"gpu {kind} cold start (build on device + first job), 1 variant",
-                    f"stock {ms(ca['build'] + ca['first'])}", f"{label} {ms(cb['build'] + cb['first'])}",
-                    (cb["build"] + cb["first"]) / (ca["build"] + ca["first"]), None, status=owed or "info",
-                    note=f"first job {ms(ca['first'])} vs {ms(cb['first'])}, then warm {ms(ca['warm'])} vs {ms(cb['warm'])}; "
-                         f"build {ms(ca['build'])} vs {ms(cb['build'])}"
-                         + (" (includes compiling for 1 and 2 variants)" if side_name == "compiled" else "") + "; imports "
-                         f"{ms(ca['imports'])} (random weights: no disk load)" + (" (tiny, CPU)" if tiny else ""),
-                ))
+            with _guarded(section, f"gpu {kind} cold start"):
+                _cold_rows(section, kind, tiny, device, compile_mode, owed)
     return section
+
+
+def _compare(section: Section, sides: Sides, kind: str, side: int, n: int, label: str, engine: Any, reps: int,
+             peak: float | None, tiny: bool, owed: str, device: str) -> None:
+    """One row: the stock pipeline against `engine`, interleaved, n variants."""
+    pa: list[int] = []
+    pb: list[int] = []
+    sa: list[int] = []
+    sb: list[int] = []
+    pair = interleaved(
+        measured(sides.stock(n), device, pa, sa, sides.pipe),
+        measured(sides.inpaintd(n, engine=engine), device, pb, sb, engine.pipe),
+        reps, warmup=1,
+    )
+    steps_a, steps_b = sa[-1], sb[-1]
+    note = f"steps/s {steps_a / pair.a_med:.2f} vs {steps_b / pair.b_med:.2f}"
+    if pa:
+        note += f"; peak GPU mem {mib(max(pa))} vs {mib(max(pb))}"
+    if peak and not tiny:
+        flop = UNET_FLOP_PER_STEP[kind] * n
+        note += f"; MFU {flop * steps_a / pair.a_med / peak:.1%} vs {flop * steps_b / pair.b_med / peak:.1%}"
+    status = owed
+    if not owed and n == 1:
+        fast_enough = pair.ratio <= 1 / GOAL_SPEEDUP
+        if kind == "sdxl":
+            fast_enough = fast_enough and pair.b_med <= GOAL_SDXL_S
+        status = "met" if fast_enough else "NOT MET"
+    section.rows.append(Row(
+        f"gpu {kind} {side}² {sides.steps} steps, {n} variant(s), s/job",
+        f"stock {ms(pair.a_med)}", f"{label} {ms(pair.b_med)}", pair.ratio, pair.pair_ratio,
+        goal=1 / GOAL_SPEEDUP if n == 1 else None, status=status or "info",
+        note=note + (" (tiny, CPU)" if tiny else ""),
+    ))
+
+
+def _protocol_row(section: Section, sides: Sides, tmp: Path, device: str, compile_mode: str, reps: int,
+                  cuda: bool, tiny: bool) -> None:
+    """A warm 1-variant SD 1.5 job through a real daemon serving the same random weights."""
+    model_dir = tmp / "random-sd15"
+    sides.pipe.save_pretrained(str(model_dir), safe_serialization=True)
+    ready, times = protocol_job_times(model_dir, device, compile_mode, sides.image, sides.mask, sides.steps, max(reps, 3))
+    best = min(times)
+    med = sorted(times)[len(times) // 2]
+    side = sides.image.shape[0]
+    section.rows.append(Row(
+        f"gpu sd15 {side}² {sides.steps} steps, 1 variant, through the protocol (client wall time)",
+        "", f"daemon {ms(med)}", None, goal=None,
+        status=_seconds_status(med, GOAL_SD15_PROTOCOL_S, cuda, tiny),
+        note=f"goal <= {GOAL_SD15_PROTOCOL_S * 1e3:.0f} ms; best {ms(best)}; daemon start to ready "
+             f"(load{' + compile' if compile_mode != 'off' else ''}) {ms(ready)}" + (" (tiny, CPU)" if tiny else ""),
+    ))
+
+
+def _cold_rows(section: Section, kind: str, tiny: bool, device: str, compile_mode: str, owed: str) -> None:
+    """Cold start per side, each in a fresh process: build on the device (+ compile) + first job."""
+    ca = cold(kind, "stock", tiny, device)
+    sides = [("inpaintd", "inpaintd")] + ([("inpaintd+compile", "compiled")] if compile_mode != "off" else [])
+    for label, side_name in sides:
+        cb = cold(kind, side_name, tiny, device, compile_mode)
+        section.rows.append(Row(
+            f"gpu {kind} cold start (build on device + first job), 1 variant",
+            f"stock {ms(ca['build'] + ca['first'])}", f"{label} {ms(cb['build'] + cb['first'])}",
+            (cb["build"] + cb["first"]) / (ca["build"] + ca["first"]), None, status=owed or "info",
+            note=f"first job {ms(ca['first'])} vs {ms(cb['first'])}, then warm {ms(ca['warm'])} vs {ms(cb['warm'])}; "
+                 f"build {ms(ca['build'])} vs {ms(cb['build'])}"
+                 + (" (includes compiling for 1 and 2 variants)" if side_name == "compiled" else "")
+                 + f"; imports {ms(ca['imports'])} (random weights: no disk load)" + (" (tiny, CPU)" if tiny else ""),
+        ))
+
+
+@contextlib.contextmanager
+def _guarded(section: Section, what: str) -> Iterator[None]:
+    """One failed measurement becomes a FAILED row; the others still run and report."""
+    try:
+        yield
+    except Exception as exc:
+        section.rows.append(Row(what, "", "", None, status="FAILED", note=f"{type(exc).__name__}: {exc}"[:500]))
 
 
 def main(argv: list[str]) -> int:

@@ -23,3 +23,18 @@ def test_bench_transport_runs_and_prints_a_table(tmp_path: Path) -> None:
     assert "figure" in proc.stdout and "B/A" in proc.stdout
     assert "transport tcp" in proc.stdout and "transport ipc" in proc.stdout
     assert "| figure |" in out.read_text()
+
+
+def test_bench_gpu_script_runs_at_tiny_sizes_and_marks_its_figures_owed(tmp_path: Path) -> None:
+    # The GPU benchmark is run for real only where a GPU is lent; it must not have rotted
+    # meanwhile.  On CPU it runs tiny configs of both architectures' code paths.
+    out = tmp_path / "results.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--tiny", "--only", "gpu", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| gpu ")]
+    assert any("1 variant(s), s/job" in r and "| owed |" in r for r in rows), rows
+    assert any("through the protocol" in r and "daemon " in r for r in rows), rows
+    assert not any("FAILED" in r for r in rows), rows
