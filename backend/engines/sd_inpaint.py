@@ -13,7 +13,8 @@ only that, in the pipeline's order, and does no work twice:
    same pixels as the stock pipeline called with that seed;
 3. denoise all variants in one batched UNet call per step, with the prompt embeddings
    computed once (and cached across jobs by the engine);
-4. decode once, convert to uint8 on the device and copy only that to the host.
+4. decode each variant (batch 1: the decoder's activations are the job's largest), convert
+   to uint8 on the device and copy only that to the host.
 
 The scheduler gets its timestep from a CPU copy of the schedule while the UNet gets the
 device copy: indexing the scheduler's CPU tables with a GPU timestep, or building
@@ -256,8 +257,13 @@ class InpaintLoop:
             latents = latents * std_t / config.scaling_factor + mean_t
         else:
             latents = latents / config.scaling_factor
-        pixels = vae.decode(latents, return_dict=False)[0]
-        # Same arithmetic as diffusers' postprocess + numpy rounding, done before the copy.
-        pixels = (pixels.float() / 2 + 0.5).clamp(0, 1) * 255.0
-        out = pixels.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        return out.cpu().numpy()
+        # One variant at a time: the decoder's activations at full resolution are the job's
+        # largest (SDXL, 1024², float32: gigabytes per image), it is compute-bound even at
+        # batch 1, and a variant then decodes the same whatever the batch it came in.
+        out = []
+        for one in latents.split(1):
+            pixels = vae.decode(one, return_dict=False)[0]
+            # Same arithmetic as diffusers' postprocess + numpy rounding, done before the copy.
+            pixels = (pixels.float() / 2 + 0.5).clamp(0, 1) * 255.0
+            out.append(pixels.round().to(torch.uint8).permute(0, 2, 3, 1))
+        return torch.cat(out).cpu().numpy()
