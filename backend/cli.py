@@ -191,6 +191,15 @@ class ProgressBar:
         self.last_stage = ""
 
     def __call__(self, job: Job, _msg: Any) -> None:
+        if job.state == "queued":
+            # The daemon says when the job's place in the queue changes.
+            line = f"queued, {job.position} job(s) ahead"
+            if self.tty:
+                self.stream.write(f"\r{line:<60}")
+                self.stream.flush()
+            else:
+                self.stream.write(line + "\n")
+            return
         if job.state != "running":
             return
         total = max(job.total_steps, 1)

@@ -32,7 +32,7 @@ import zmq
 
 from protocol import wire
 from protocol.connection import connection_file, is_loopback, write_connection_file
-from protocol.messages import LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULERS, Code, ImageDesc, Limits, ProtocolError, Type
+from protocol.messages import LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULERS, Code, ImageDesc, Limits, ProtocolError, Stage, Type
 from protocol.wire import Message
 
 from . import __version__
@@ -383,7 +383,8 @@ class Daemon:
             if len(self._queue) >= MAX_QUEUE_TOTAL:
                 raise ProtocolError(Code.QUEUE_FULL, f"the daemon already has {MAX_QUEUE_TOTAL} jobs queued; try again later")
             self._queue.push(job)
-            position = self._queue.position(job.id) + (1 if self._running else 0)
+            position = job.position = self._queue.position(job.id) + (1 if self._running else 0)
+            self._announce_positions()  # round-robin may have put it ahead of others' jobs
             self._cond.notify_all()
         log.info("job %s accepted: %dx%d, model %s, %d variant(s), position %d", job.id, request.mask.shape[1], request.mask.shape[0], model_id, len(seeds), position)
         return self._reply(msg, Type.ACCEPTED, {"job": job.id, "position": position, "seeds": seeds, "model": model_id, "instance": self.instance}, job=job.id)
@@ -412,6 +413,8 @@ class Daemon:
         job_id = _job_field(msg)
         with self._cond:
             queued = self._queue.remove(job_id)
+            if queued:
+                self._announce_positions()
             # A job whose terminal event is already out counts as finished, even if the
             # worker has not yet let go of it.
             running = self._running if self._running and self._running.id == job_id and self._running.state == "running" else None
@@ -463,8 +466,12 @@ class Daemon:
                 if live is not self._running and self._queue.remove(job_id) is not None:
                     live.owner = identity
                     self._queue.push(live)
+                    self._announce_positions()
                 live.owner = identity
-                return self._reply(msg, Type.PROGRESS, {"job": job_id, "stage": live.stage, "step": live.step, "total_steps": live.total_steps, "elapsed": 0.0}, job=job_id)
+                body = {"job": job_id, "stage": live.stage, "step": live.step, "total_steps": live.total_steps, "elapsed": 0.0}
+                if live is not self._running:
+                    body["position"] = live.position
+                return self._reply(msg, Type.PROGRESS, body, job=job_id)
         raise ProtocolError(Code.NOT_FOUND, f"no job '{job_id}' is queued, running or kept (results are kept {self._results.ttl:.0f} s)")
 
     def _on_shutdown(self, identity: bytes, msg: Message) -> Message:
@@ -485,6 +492,22 @@ class Daemon:
                 self._worker_wake.send(b"", zmq.NOBLOCK)
             except zmq.Again:
                 pass  # a wake-up is already pending
+
+    def _announce_positions(self) -> None:
+        """Tell each queued job's client its new place in the queue, when it changed.
+
+        Called with `_cond` held wherever the order changes: a job starts, a queued job is
+        cancelled, a submit lands ahead of other clients' jobs (round-robin).  Positions
+        count a running job, as `accepted.position` does.
+        """
+        ahead = 1 if self._running else 0
+        for index, job in enumerate(self._queue.order()):
+            position = index + ahead
+            if job.position != position:
+                job.position = position
+                self._emit(job.owner, Message(type=Type.PROGRESS, job=job.id, body={
+                    "job": job.id, "stage": Stage.QUEUED, "step": 0, "total_steps": 0, "position": position, "elapsed": 0.0,
+                }))
 
     def _finish(self, job: Job, msg: Message) -> None:
         self._results.put(Finished(job.id, job.owner, msg))
@@ -515,6 +538,7 @@ class Daemon:
                 job.seq = self._seq
                 self._running = job
                 job.state, job.started = "running", time.monotonic()
+                self._announce_positions()
             try:
                 self._run(job)
             finally:

@@ -36,6 +36,7 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     seq: int = 0  # order in which the worker started it (1, 2, ...): fairness is checked on this
     cancel_reason: str = ""
+    position: int = -1  # jobs that start before it (a running one included), as last told to the client
 
     def summary(self) -> dict:
         opts = self.request.options

@@ -96,7 +96,8 @@ def test_names_and_progress_text():
     assert logic.layer_name("a red saucer", 1, 77) == "a red saucer #2 (seed 77)"
     assert len(logic.short_prompt("x" * 100)) == 40
     assert logic.progress_text("denoising", 3, 20) == "Inpainting: denoising step 3/20"
-    assert "position 2" in logic.progress_text("queued", 0, 0, 2)
+    assert logic.progress_text("queued", 0, 0, 2) == "Inpainting: waiting in the daemon's queue (2 jobs ahead)"
+    assert logic.progress_text("queued", 0, 0, 1) == "Inpainting: waiting in the daemon's queue (1 job ahead)"
     fractions = [logic.progress_fraction("denoising", s, 10) for s in range(11)]
     assert fractions == sorted(fractions) and 0 < fractions[0] < fractions[-1] < 1
 

@@ -192,7 +192,8 @@ def test_progress_percent_is_monotonic_over_a_job() -> None:
 
 def test_progress_text() -> None:
     assert logic.progress_text("denoising", 3, 20) == "Denoising 3/20"
-    assert logic.progress_text("queued", position=2) == "Queued (position 2)"
+    assert logic.progress_text("queued", position=2) == "Queued: 2 jobs ahead"
+    assert logic.progress_text("queued", position=1) == "Queued: 1 job ahead"
     assert logic.progress_text("preparing") == "Preparing…"
     assert logic.progress_text("compositing", 0, 1) == "Compositing…"  # steps only mean something while denoising
     assert logic.progress_text("submitting") == "Sending…"

@@ -232,7 +232,7 @@ def progress_fraction(stage: str, step: int, total_steps: int) -> float:
 
 def progress_text(stage: str, step: int, total_steps: int, position: int | None = None) -> str:
     if stage == "queued" or not stage:
-        where = f" (position {position})" if position else ""
+        where = f" ({position} job{'' if position == 1 else 's'} ahead)" if position else ""
         return f"Inpainting: waiting in the daemon's queue{where}"
     if total_steps > 0:
         return f"Inpainting: {stage} step {min(step, total_steps)}/{total_steps}"

@@ -192,12 +192,17 @@ def progress_percent(stage: str, step: int = 0, total: int = 0) -> int:
     return start
 
 
+def jobs_ahead(position: int) -> str:
+    """The daemon's `position` (jobs that start first, a running one included), in words."""
+    return f"{position} job ahead" if position == 1 else f"{position} jobs ahead"
+
+
 def progress_text(stage: str, step: int = 0, total: int = 0, position: int | None = None) -> str:
     """The line under the progress bar: the stage, and the step where there are steps."""
     if stage == "submitting":
         return "Sending…"
     if stage == "queued":
-        return f"Queued (position {position})" if position else "Queued"
+        return f"Queued: {jobs_ahead(position)}" if position else "Queued"
     label = stage.capitalize() if stage else "Working"
     if stage == "denoising" and total > 0:
         return f"{label} {min(step, total)}/{total}"
