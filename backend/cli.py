@@ -43,6 +43,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grow", type=int, default=d.grow, help="grow the mask by this many px (default %(default)s)")
     p.add_argument("--feather", type=int, default=d.feather, help="feather the mask edge over this many px (default %(default)s)")
     p.add_argument("--padding", type=int, default=d.padding, help="context around the mask in px (-1: automatic)")
+    p.add_argument("--color-match", action="store_true", default=d.color_match, help="correct a colour cast of the result, measured where the model should have kept the picture")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,10 @@ def copy_plugin(dest: Path) -> Path:
         f.chmod(0o644)
     entry = target / "inpaintd_gimp.py"
     entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    # GIMP re-reads a plug-in's procedures (their arguments) only when the entry file is
+    # newer than its cache (pluginrc); copy2 kept the source's old time, and an update that
+    # changed only inpaintd_logic.py would be called with the previous argument list.
+    os.utime(entry)
     # The command the plug-in may use to start a local daemon: this Python's CLI.
     (target / "inpaintd_install.json").write_text(
         json.dumps({"command": [sys.executable, "-m", "backend"], "repo": str(REPO)}, indent=2) + "\n",

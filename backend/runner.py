@@ -17,6 +17,7 @@ import numpy as np
 from protocol.messages import JobOptions
 from protocol.rect import Rect
 
+from .color import match_colors
 from .compositing import composite
 from .engines.base import Engine, EngineError, EngineTask, ProgressFn
 from .geometry import auto_padding, context_region, processing_size
@@ -120,6 +121,9 @@ def run_job(
     t2 = time.perf_counter()
     if len(outputs) != len(seeds):
         raise EngineError("engine_failure", f"engine returned {len(outputs)} images for {len(seeds)} seeds")
+    if options.color_match:
+        keep = task.mask == 0
+        outputs = [match_colors(out, task.image, keep) for out in outputs]
     report("compositing", 0, 1)
     layers = [
         LayerResult(i, seed, region.x, region.y, composite(source, _resize(out, (region.width, region.height)), region_mask))

@@ -34,7 +34,7 @@ def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
         if name not in body:
             continue
         value = body[name]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             kinds = " or ".join(t.__name__ for t in types)
             raise _field_error(Code.BAD_FIELD_TYPE, name, f"'{name}' must be {kinds}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):

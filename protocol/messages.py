@@ -131,6 +131,7 @@ class JobOptions:
     grow: int = 8
     feather: int = 16
     padding: int = -1
+    color_match: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -151,6 +152,7 @@ OPTION_RULES: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "grow": ((int,), 0, LIMITS.max_grow),
     "feather": ((int,), 0, LIMITS.max_feather),
     "padding": ((int,), -1, LIMITS.max_padding),
+    "color_match": ((bool,), None, None),
 }
 
 

@@ -46,6 +46,13 @@ def test_inpaint_writes_each_variant_as_a_full_image(daemon, files, tmp_path):
     outside = final_mask(mask, 4, 6) == 0
     assert np.array_equal(result[outside], image[outside])
     assert not np.array_equal(result[mask == 255], image[mask == 255])
+    # the same job with colour matching: the classical engine keeps the unmasked pixels, so
+    # there is no cast to correct and the result is the same
+    matched = tmp_path / "matched.png"
+    r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(mask_path), "--out", str(matched),
+                 "--seed", "9", "--grow", "4", "--feather", "6", "--color-match", env=daemon.env)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.array(Image.open(matched)), result)
 
 
 def test_connect_flag_beats_the_environment(daemon, files, tmp_path):

@@ -65,7 +65,8 @@ def test_options_defaults_validate_and_map_to_job_options():
     job = opts.job_options()
     assert job["prompt"] == "a cat" and job["seed"] == 5 and job["padding"] == -1
     assert set(job) <= {"prompt", "negative_prompt", "seed", "variants", "steps", "guidance_scale", "strength",
-                        "scheduler", "model", "grow", "feather", "padding"}
+                        "scheduler", "model", "grow", "feather", "padding", "color_match"}
+    assert job["color_match"] is False and Options.from_mapping({"color-match": True}).job_options()["color_match"] is True
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -206,3 +207,17 @@ def test_install_explains_missing_modules(tmp_path: Path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "python3-zmq python3-msgpack" in err and "--target" in err
+
+
+def test_an_update_makes_gimp_read_the_procedure_again(tmp_path: Path):
+    """GIMP caches a plug-in's arguments until its entry file is newer than the cache: an
+    update must give the installed entry a fresh time, whatever the source file's time."""
+    import time
+
+    from backend.install_gimp import copy_plugin
+
+    before = time.time() - 1
+    entry = copy_plugin(tmp_path) / "inpaintd_gimp.py"
+    source = Path(__file__).resolve().parents[1] / "gimp_plugin" / "inpaintd_gimp" / "inpaintd_gimp.py"
+    assert entry.stat().st_mtime >= before
+    assert entry.read_bytes() == source.read_bytes()

@@ -254,8 +254,9 @@ def test_job_options_are_valid_protocol_options() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from protocol.messages import OPTION_RULES, JobOptions
 
-    opts = Settings(prompt="p", negative_prompt="n").job_options()
+    opts = Settings(prompt="p", negative_prompt="n", color_match=True).job_options()
     JobOptions(**opts)
+    assert opts["color_match"] is True
     for name, value in opts.items():
         types, lo, hi = OPTION_RULES[name]
         assert isinstance(value, types)

@@ -46,6 +46,8 @@ def test_stage_documented(name: str, value: str) -> None:
 
 
 def _fmt(value: object) -> str:
+    if isinstance(value, bool):  # msgpack's spelling, as any client language sees it
+        return "true" if value else "false"
     return f'`"{value}"`' if isinstance(value, str) else str(value)
 
 

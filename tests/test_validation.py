@@ -71,7 +71,15 @@ WRONG_TYPES = {
     "grow": 2.0,
     "feather": "8",
     "padding": [1],
+    "color_match": 1,  # 0/1 are not booleans
 }
+
+
+def test_color_match_is_a_boolean():
+    assert parse_options({"color_match": True}).color_match is True
+    assert parse_options({}).color_match is False
+    err = error_of(parse_options, {"color_match": "yes"})
+    assert err.code == Code.BAD_FIELD_TYPE and "'color_match' must be bool, got str" in err.message
 
 
 @pytest.mark.parametrize("name", sorted(OPTION_RULES))

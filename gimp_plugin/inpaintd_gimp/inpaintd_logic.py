@@ -66,6 +66,8 @@ ARGS: tuple[ArgSpec, ...] = (
     ArgSpec("feather", "feather", "int", "_Feather", "Soften the mask edge over this many pixels", 16, 0, 512),
     ArgSpec("padding", "padding", "int", "Conte_xt padding",
             "Pixels of context around the selection (-1 = automatic)", -1, -1, 4096),
+    ArgSpec("color-match", "color_match", "bool", "F_ix color cast",
+            "Match the result's colors to the picture where the model should have kept it", False),
     ArgSpec("endpoint", "endpoint", "str", "D_aemon address",
             f"ZeroMQ address of inpaintd (empty = $INPAINTD_ENDPOINT or {DEFAULT_ENDPOINT})", ""),
     ArgSpec("sample-merged", "sample_merged", "bool", "Use visi_ble image",
@@ -89,6 +91,7 @@ class Options:
     grow: int = 8
     feather: int = 16
     padding: int = -1
+    color_match: bool = False
     endpoint: str = ""
     sample_merged: bool = False
     start_daemon: bool = True
@@ -140,6 +143,7 @@ class Options:
             "grow": int(self.grow),
             "feather": int(self.feather),
             "padding": int(self.padding),
+            "color_match": bool(self.color_match),
         }
 
 

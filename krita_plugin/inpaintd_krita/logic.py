@@ -283,6 +283,7 @@ class Settings:
     grow: int = 8
     feather: int = 16
     padding: int = -1
+    color_match: bool = False
     use_composite: bool = False
     endpoint: str = ""
     daemon_command: str = "inpaintd serve --bind {endpoint}"
@@ -301,6 +302,7 @@ class Settings:
             "grow": int(max(self.grow, 0)),
             "feather": int(max(self.feather, 0)),
             "padding": int(max(self.padding, -1)),
+            "color_match": bool(self.color_match),
         }
 
     def to_strings(self) -> dict[str, str]:
