@@ -47,7 +47,9 @@ class StepPacer:
         if device.split(":")[0] == "cuda":
             import torch
 
-            return cls(report, make_event=torch.cuda.Event, lead=lead)
+            # blocking=True: a wait sleeps instead of spinning a core that the daemon's
+            # socket thread (which sends these progress events) needs.
+            return cls(report, make_event=lambda: torch.cuda.Event(blocking=True), lead=lead)
         return cls(report, lead=lead)
 
     def launched(self, step: int, total: int) -> None:
