@@ -101,10 +101,20 @@ def run_job(
         inter.y - window.y : inter.bottom - window.y, inter.x - window.x : inter.right - window.x
     ]
 
+    # Fully transparent pixels hold no picture, only a meaningless colour (black, as often as
+    # not, as when a canvas was just extended for outpainting).  The engine is told to fill
+    # them rather than take them as context; the composite still uses only the selection,
+    # so they stay transparent in the result.
+    engine_region_mask = region_mask
+    if source.shape[2] == 4:
+        empty = source[:, :, 3] == 0
+        if empty.any():
+            engine_region_mask = np.where(empty, np.uint8(255), region_mask)
+
     size = processing_size(region, engine.native_size, getattr(engine, "shape_multiple", engine.size_multiple))
     task = EngineTask(
         image=_resize(np.ascontiguousarray(source[:, :, :3]), size),
-        mask=_engine_mask(region_mask, size),
+        mask=_engine_mask(engine_region_mask, size),
         prompt=options.prompt,
         negative_prompt=options.negative_prompt,
         seeds=seeds,

@@ -421,3 +421,32 @@ def test_variant_seeds_random_never_wraps():
 
 def test_variant_seeds_are_python_ints():
     assert all(type(s) is int for s in variant_seeds(-1, 3))
+
+
+def test_transparent_pixels_are_filled_by_the_engine_not_taken_as_context():
+    # An extended canvas: the left part is empty (alpha 0, black), the right part a picture;
+    # the selection straddles the edge (outpainting).
+    h, w = 120, 200
+    src = np.zeros((h, w, 4), np.uint8)
+    src[:, 80:, :3] = 128
+    src[:, 80:, 3] = 255
+    mask = rect_mask(h, w, 40, 60, 40, 60)  # x 60..120: 20 px empty, 40 px picture
+    opts = JobOptions(seed=1, grow=0, feather=0, padding=30)
+    engine = FakeEngine(native_size=None, size_multiple=1)
+    out = run_job(engine, src, mask, opts, [1])
+    region = out.region
+    task_mask = engine.task.mask
+    empty = src[region.y:region.bottom, region.x:region.right, 3] == 0
+    assert np.all(task_mask[empty] == 255)  # the engine fills the empty part of its view
+    opaque_unselected = ~empty & (mask[region.y:region.bottom, region.x:region.right] == 0)
+    assert np.all(task_mask[opaque_unselected] == 0)  # and keeps the picture around it
+    layer = out.layers[0].rgba
+    sel = mask[region.y:region.bottom, region.x:region.right] > 0
+    assert np.all(layer[empty & ~sel][:, 3] == 0)  # unselected empty pixels stay transparent
+    assert np.all(layer[sel][:, 3] == 255)
+
+    # With a real fill the empty black does not bleed into the result: the selected picture
+    # part is filled from the grey picture, not darkened towards black.
+    telea = run_job(ClassicalEngine("opencv-telea"), src, mask, opts, [1]).layers[0].rgba
+    filled = telea[sel & ~empty][:, :3].astype(int)
+    assert abs(filled.mean() - 128) < 3, filled.mean()
