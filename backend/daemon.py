@@ -45,7 +45,8 @@ from .validation import parse_submit
 log = logging.getLogger("inpaintd")
 
 REPLAY_WINDOW = 300.0  # seconds a signed message stays valid, and its id remembered
-CAPABILITIES = ["progress", "cancel", "fetch", "soft_mask", "variants", "rgba", "stride", "hmac-sha256"]
+CAPABILITIES = ["progress", "cancel", "fetch", "soft_mask", "variants", "rgba", "stride", "hmac-sha256",
+                "queue_position", "color_match", "outpaint"]
 #: Messages ZeroMQ queues per peer in each direction.  Past it, events for a peer that does
 #: not read are dropped (results stay fetchable), so a stuck client costs bounded memory.
 PEER_HWM = 1000
