@@ -213,7 +213,8 @@ class DiffusersEngine:
         self.pipe = pipe
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        if self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        is_sdxl = pipe.__class__.__name__.startswith("StableDiffusionXL")
+        if is_sdxl and self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; the stock pipeline casts it to float32 and
             # back for every encode and decode.  Keep it in float32 once (~160 MB more).
             pipe.vae.to(torch.float32)

@@ -20,7 +20,10 @@ The scheduler gets its timestep from a CPU copy of the schedule while the UNet g
 device copy: indexing the scheduler's CPU tables with a GPU timestep, or building
 `torch.tensor([t])` from one, would make the host wait for the GPU every step.  Progress
 is reported through a `StepPacer` (see `backend.engines.pacing`) so that it does not
-synchronise the GPU either.  On the CPU, where tests run, the results equal the stock
+synchronise the GPU either.  Waits that remain, as in the stock pipeline: schedulers that
+draw noise inside `step` (Euler ancestral, LCM) copy it from the CPU generators every step,
+so that a seed means the same pixels on every device; and with a 4-channel UNet the
+sigma-based schedulers (Euler, DPM++) copy their CPU sigma table in `add_noise` each step.  On the CPU, where tests run, the results equal the stock
 pipeline's (`tests/test_sd_inpaint.py`).
 """
 
@@ -123,13 +126,15 @@ class InpaintLoop:
         mask_full = (mask_u8 >= 128).to(torch.float32)[None, None]
 
         # 2. the schedule, shortened by strength; a CPU copy for the scheduler's own tables.
-        scheduler.set_timesteps(job.steps, device=device)
+        # The schedule is built on the CPU and uploaded once: LCM indexes its own timestep
+        # table inside `step`, which would read a GPU table back every step.
+        scheduler.set_timesteps(job.steps, device="cpu")
         init_steps = min(int(job.steps * job.strength), job.steps)
         t_start = max(job.steps - init_steps, 0)
-        timesteps = scheduler.timesteps[t_start * scheduler.order:]
+        timesteps_cpu = scheduler.timesteps[t_start * scheduler.order:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * scheduler.order)
-        timesteps_cpu = timesteps.cpu()
+        timesteps = timesteps_cpu.to(device)
         pipe._num_timesteps = len(timesteps)  # what `pipe.num_timesteps` reports, as after a stock call
         strength_max = job.strength == 1.0
         needs_image_latents = unet_channels == 4 or not strength_max
@@ -262,6 +267,8 @@ class InpaintLoop:
         # batch 1, and a variant then decodes the same whatever the batch it came in.
         out = []
         for one in latents.split(1):
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # each decode replays one graph, not a chain
             pixels = vae.decode(one, return_dict=False)[0]
             # Same arithmetic as diffusers' postprocess + numpy rounding, done before the copy.
             pixels = (pixels.float() / 2 + 0.5).clamp(0, 1) * 255.0

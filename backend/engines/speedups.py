@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Compiled shapes kept per module before new ones run uncompiled.
-RECOMPILE_LIMIT = 64
+#: Compiled shapes kept per code object before new ones run uncompiled: ~25 sizes times
+#: the variant counts in use, with and without guidance.
+RECOMPILE_LIMIT = 256
 
 #: Modes accepted by `--compile` ("off" plus torch.compile's own modes).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -103,10 +104,11 @@ def apply(pipe: Any, speedups: Speedups) -> Applied:
             options["mode"] = speedups.compile
         # Each (batch, height, width) compiles once; past dynamo's default limit of 8 a new
         # shape would silently run uncompiled.  A coarse size grid (the engine's
-        # `shape_multiple`) keeps the shapes to ~25 per variant count.
-        limit = getattr(torch._dynamo.config, "recompile_limit", None)
-        if isinstance(limit, int) and limit < RECOMPILE_LIMIT:
-            torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+        # `shape_multiple`) keeps the sizes to ~25; each variant count multiplies them.
+        for name, wanted in (("recompile_limit", RECOMPILE_LIMIT), ("accumulated_recompile_limit", 4 * RECOMPILE_LIMIT)):
+            limit = getattr(torch._dynamo.config, name, None)
+            if isinstance(limit, int) and limit < wanted:
+                setattr(torch._dynamo.config, name, wanted)
         try:
             # In place (nn.Module.compile): the pipeline keeps its own modules and configs.
             pipe.unet.compile(**options)
