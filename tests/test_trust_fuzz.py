@@ -85,6 +85,8 @@ NON_STR = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st
                     st.lists(I64, max_size=2), st.dictionaries(st.text(max_size=3), I64, max_size=2))
 NON_NUM = st.one_of(st.none(), st.booleans(), st.text(max_size=8), st.binary(max_size=8), st.lists(I64, max_size=2),
                     st.dictionaries(st.text(max_size=3), I64, max_size=2))
+NON_BOOL = st.one_of(st.none(), I64, st.text(max_size=8), st.floats(allow_nan=True), st.binary(max_size=8),
+                     st.lists(st.booleans(), max_size=2))
 NON_MAP = st.one_of(st.none(), st.booleans(), I64, st.text(max_size=8), st.lists(I64, max_size=2))
 ABSURD = st.one_of(st.sampled_from([0, -1, -2**63, 2**63 - 1, 2**64 - 1, 2**32, LIMITS.max_side + 1, 10**9]),
                    st.integers(-2**63, 0), st.integers(LIMITS.max_side + 1, 2**64 - 1))
@@ -131,6 +133,8 @@ def wrong_header_type(draw: Any, key: bytes) -> Case:
 
 
 def _wrong_for(types: tuple[type, ...]) -> Any:
+    if bool in types:  # 0 and 1 are wrong too: a flag is a msgpack boolean
+        return NON_BOOL
     if str in types:
         return NON_STR
     if float in types:
