@@ -221,3 +221,14 @@ def test_an_update_makes_gimp_read_the_procedure_again(tmp_path: Path):
     source = Path(__file__).resolve().parents[1] / "gimp_plugin" / "inpaintd_gimp" / "inpaintd_gimp.py"
     assert entry.stat().st_mtime >= before
     assert entry.read_bytes() == source.read_bytes()
+
+
+def test_arguments_keep_their_positions_and_the_dialog_shows_them_all():
+    from inpaintd_logic import ARGS, DIALOG_ORDER
+
+    names = [a.name for a in ARGS]
+    # The first release's arguments, in their order: scripts may pass them by position.
+    assert names[:13] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model", "grow",
+                          "feather", "padding", "endpoint", "sample-merged", "start-daemon"]
+    assert names[13:] == ["color-match"]
+    assert sorted(DIALOG_ORDER) == sorted(names) and len(DIALOG_ORDER) == len(names)

@@ -28,7 +28,7 @@ if os.path.isdir(os.path.join(HERE, "vendor")):  # pyzmq/msgpack installed with 
     sys.path.insert(1, os.path.join(HERE, "vendor"))
 
 import inpaintd_logic as logic  # noqa: E402
-from inpaintd_logic import ARGS, Options, Rect  # noqa: E402
+from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 RGB = "R'G'B' u8"
@@ -52,7 +52,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Inpaint Selection")
         strength = dialog.get_spin_scale("strength", 1.0)
         strength.set_increments(0.01, 0.1)  # GIMP's default step (1.0) exceeds the 0.01..1 range
-        dialog.fill(None)
+        dialog.fill(list(DIALOG_ORDER))
         ok = dialog.run()
         dialog.destroy()
         if not ok:

@@ -66,14 +66,21 @@ ARGS: tuple[ArgSpec, ...] = (
     ArgSpec("feather", "feather", "int", "_Feather", "Soften the mask edge over this many pixels", 16, 0, 512),
     ArgSpec("padding", "padding", "int", "Conte_xt padding",
             "Pixels of context around the selection (-1 = automatic)", -1, -1, 4096),
-    ArgSpec("color-match", "color_match", "bool", "F_ix color cast",
-            "Match the result's colors to the picture where the model should have kept it", False),
     ArgSpec("endpoint", "endpoint", "str", "D_aemon address",
             f"ZeroMQ address of inpaintd (empty = $INPAINTD_ENDPOINT or {DEFAULT_ENDPOINT})", ""),
     ArgSpec("sample-merged", "sample_merged", "bool", "Use visi_ble image",
             "Send what is visible (all layers) instead of the selected layer", False),
     ArgSpec("start-daemon", "start_daemon", "bool", "Start a local daemon if none r_uns",
             "Start inpaintd on this computer when nothing answers at the address", True),
+    # Arguments added later go last, so that scripts passing arguments by position keep working.
+    ArgSpec("color-match", "color_match", "bool", "F_ix color cast",
+            "Match the result's colors to the picture where the model should have kept it", False),
+)
+
+#: The dialog's order, which need not be the argument order: related settings together.
+DIALOG_ORDER: tuple[str, ...] = (
+    "prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model", "grow", "feather", "padding",
+    "color-match", "endpoint", "sample-merged", "start-daemon",
 )
 
 
