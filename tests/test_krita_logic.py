@@ -209,6 +209,20 @@ def test_connection_text() -> None:
     text = logic.connection_text("tcp://127.0.0.1:7415", hello)
     assert "0.1.0" in text and "cpu" in text and "opencv-telea" in text and "7415" in text
     assert logic.connection_text("tcp://x:1", None, "no answer").startswith("Not connected to tcp://x:1")
+    assert "Note" not in text and logic.notices_text(hello) == ""
+
+
+def test_connection_text_shows_the_daemons_first_notice() -> None:
+    fallback = ("Model 'stable-diffusion-v1-5/stable-diffusion-inpainting' was not found (not in the Hugging Face "
+                "cache). Using the classical OpenCV engine 'opencv-telea' instead, which ignores prompts.")
+    hello = {"version": "0.1.0", "device": "cpu", "default_model": "opencv-telea",
+             "notices": ["m: speed-ups in use: none", fallback]}
+    text = logic.connection_text("tcp://127.0.0.1:7415", hello)
+    first, note = text.split("\n")
+    assert "opencv-telea" in first
+    assert note.startswith("Note: Model 'stable-diffusion-v1-5/stable-diffusion-inpainting' was not found")
+    assert "ignores prompts" not in note  # the rest is in the tooltip
+    assert logic.notices_text(hello).endswith("which ignores prompts.")
 
 
 def test_model_choices() -> None:

@@ -14,6 +14,7 @@ from PyQt5.QtWidgets import (
     QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from . import logic
 from .controller import Controller
 
 _LEVEL_STYLE = {"error": "color: #e05050;", "ok": "color: #50b050;", "busy": "", "info": ""}
@@ -188,6 +189,7 @@ class InpaintPanel(QWidget):
 
     def _show_connection(self, text: str, connected: bool) -> None:
         self.connection_label.setText(text)
+        self.connection_label.setToolTip(logic.notices_text(self.controller.hello) if connected else "")
         self.start_button.setVisible(not connected)
 
     def _show_models(self, choices: list) -> None:

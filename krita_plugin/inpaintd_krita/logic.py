@@ -235,7 +235,19 @@ def connection_text(endpoint: str, hello: Mapping[str, Any] | None, error: str =
     version = hello.get("version") or hello.get("daemon_version") or "?"
     device = hello.get("device") or "?"
     model = hello.get("default_model") or hello.get("model") or "?"
-    return f"inpaintd {version} at {endpoint} · model {model} · {device}"
+    text = f"inpaintd {version} at {endpoint} · model {model} · {device}"
+    notices = [str(n) for n in hello.get("notices") or [] if "speed-ups in use" not in str(n)]
+    if notices:
+        # The first sentence of the first notice (e.g. that the model's weights are missing
+        # and the classical fill, which ignores prompts, stands in); all of them in the tooltip.
+        first = notices[0].split(". ")[0].rstrip(".")
+        text += f"\nNote: {first[:160]}{'…' if len(first) > 160 else ''}."
+    return text
+
+
+def notices_text(hello: Mapping[str, Any] | None) -> str:
+    """Everything the daemon asked to be shown, for the connection line's tooltip."""
+    return "\n\n".join(str(n) for n in (hello or {}).get("notices") or [])
 
 
 def model_choices(models: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
