@@ -276,6 +276,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     for layer, path in zip(job.layers, paths):
         print(f"{path}  seed {layer.seed}  region {layer.width}x{layer.height} at ({layer.x}, {layer.y})")
     print(f"model {job.result.get('model')} on {job.result.get('device')}: {timings.get('elapsed', 0):.2f} s", file=sys.stderr)
+    for note in job.notes_for_user(options.prompt):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

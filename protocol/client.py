@@ -79,6 +79,19 @@ class Job:
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled", LOST)
 
+    def notes_for_user(self, prompt: str = "") -> list[str]:
+        """What an artist should hear about a finished job: the daemon's notes (e.g. an
+        out-of-memory retry), and that a classical engine filled the area without the prompt
+        (which happens silently when the daemon found no diffusion model and fell back)."""
+        notes = [str(n) for n in self.result.get("notes") or []]
+        if self.result.get("engine") == "classical" and prompt.strip():
+            notes.append(
+                f"The prompt was not used: the daemon filled the area with its classical engine "
+                f"('{self.result.get('model', '?')}'), which works from the surroundings only. Pick a diffusion "
+                "model, or see `inpaintd models` for why none is available."
+            )
+        return notes
+
     def raise_for_error(self) -> "Job":
         if self.state in ("failed", LOST) and self.error:
             raise self.error

@@ -151,3 +151,11 @@ def test_a_wrong_key_is_named_not_taken_for_a_dead_daemon(daemon):
     r = inpaintd("status", env=env, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "bad_signature" in r.stderr and "another key" in r.stderr
+
+
+def test_inpaint_says_when_the_prompt_was_not_used(daemon, files, tmp_path):
+    image_path, mask_path, _, _ = files
+    r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(mask_path), "--out", str(tmp_path / "o.png"),
+                 "--prompt", "a red apple", env=daemon.env)
+    assert r.returncode == 0, r.stderr
+    assert "note: The prompt was not used: the daemon filled the area with its classical engine" in r.stderr

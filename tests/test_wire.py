@@ -546,3 +546,13 @@ def test_import_protocol_does_not_pull_numpy_or_torch():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == ""
+
+
+def test_notes_for_user_say_when_a_prompt_was_not_used():
+    from protocol.client import Job
+
+    job = Job(request_id="r", state="done", result={"engine": "classical", "model": "opencv-telea", "notes": ["retried"]})
+    notes = job.notes_for_user("a red apple")
+    assert notes[0] == "retried" and "The prompt was not used" in notes[1] and "'opencv-telea'" in notes[1]
+    assert job.notes_for_user("  ") == ["retried"]  # no prompt, nothing was ignored
+    assert Job(request_id="r", result={"engine": "diffusers", "notes": []}).notes_for_user("x") == []

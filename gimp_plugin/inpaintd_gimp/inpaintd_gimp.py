@@ -94,6 +94,8 @@ def inpaint(image, drawables, opts: Options) -> None:
     finally:
         client.close()
     add_results(image, layer, plan, job.layers, opts)
+    for note in job.notes_for_user(opts.prompt):
+        Gimp.message(note)
 
 
 def check_target(image, drawables, opts: Options):

@@ -233,7 +233,8 @@ class Controller(QObject):
             self.progress.emit(100, f"Done in {job.elapsed:.1f} s" if job.elapsed else "Done")
             seeds = ", ".join(str(layer.seed) for layer in job.layers)
             more = " The others are hidden in the group: click their eye to compare." if len(names) > 1 else ""
-            self.message.emit(f"Added {len(names)} variant layer(s) (seeds {seeds}).{more}", "ok")
+            notes = "".join(f"\n{note}" for note in job.notes_for_user(self.settings.prompt))
+            self.message.emit(f"Added {len(names)} variant layer(s) (seeds {seeds}).{more}{notes}", "info" if notes else "ok")
             self.results_added.emit(names)
         elif job.state == "cancelled":
             self.progress.emit(0, "Cancelled")

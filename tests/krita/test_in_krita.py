@@ -243,6 +243,8 @@ def test_generate_puts_variants_over_the_selection(open_doc: Callable[..., Any],
     assert any(t not in ("Sending…",) and not t.startswith("Done") for t in texts), texts
     assert panel.progress_bar.value() == 100 and panel.progress_bar.format().startswith("Done")
     assert "Added 2 variant" in panel.message_label.text()
+    # a classical daemon does not use the prompt, and the docker says so
+    assert "The prompt was not used" in panel.message_label.text()
     assert panel.generate_button.isEnabled() and not panel.cancel_button.isEnabled()
     # one undo removes the group with every variant; the source stays as it was
     undo = Krita.instance().action("edit_undo")
@@ -499,6 +501,7 @@ def test_diffusion_generate_two_variants_with_a_fixed_seed(open_doc: Callable[..
     assert percents == sorted(percents), panel.progress_log
     assert panel.progress_bar.value() == 100 and panel.progress_bar.format().startswith("Done"), panel.progress_bar.format()
     assert "Added 2 variant" in panel.message_label.text() and "777, 778" in panel.message_label.text()
+    assert "The prompt was not used" not in panel.message_label.text()  # a diffusion engine used it
     print(f"\n[timing] diffusion job in Krita, 2 variants, {total} steps: {elapsed:.2f} s")
 
 
