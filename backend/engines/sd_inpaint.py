@@ -13,8 +13,8 @@ only that, in the pipeline's order, and does no work twice:
    same pixels as the stock pipeline called with that seed;
 3. denoise all variants in one batched UNet call per step, with the prompt embeddings
    computed once (and cached across jobs by the engine);
-4. decode each variant (batch 1: the decoder's activations are the job's largest), convert
-   to uint8 on the device and copy only that to the host.
+4. decode in chunks of at most a megapixel (the decoder's activations are the job's
+   largest), convert to uint8 on the device and copy only that to the host.
 
 The scheduler gets its timestep from a CPU copy of the schedule while the UNet gets the
 device copy: indexing the scheduler's CPU tables with a GPU timestep, or building
@@ -80,6 +80,10 @@ def encode_per_variant(vae: Any, image: "torch.Tensor", generators: list[Any]) -
     """
     encoded = vae.encode(image.to(_vae_dtype(vae)))
     return [_retrieve(encoded, g) for g in generators]
+
+
+#: Output pixels per VAE decoder call (see `InpaintLoop._decode`).
+DECODE_PIXELS = 1 << 20
 
 
 class InpaintLoop:
@@ -262,11 +266,13 @@ class InpaintLoop:
             latents = latents * std_t / config.scaling_factor + mean_t
         else:
             latents = latents / config.scaling_factor
-        # One variant at a time: the decoder's activations at full resolution are the job's
-        # largest (SDXL, 1024², float32: gigabytes per image), it is compute-bound even at
-        # batch 1, and a variant then decodes the same whatever the batch it came in.
+        # The decoder's activations at full resolution are the job's largest (SDXL, 1024²,
+        # float32: gigabytes per image), so it decodes at most DECODE_PIXELS per call: four
+        # variants at 512² together, one at a time at 1024², where it is compute-bound anyway.
+        height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
+        per_call = max(1, DECODE_PIXELS // (height * width))
         out = []
-        for one in latents.split(1):
+        for one in latents.split(per_call):
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # each decode replays one graph, not a chain
             pixels = vae.decode(one, return_dict=False)[0]
