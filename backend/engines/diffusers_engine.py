@@ -429,7 +429,7 @@ class DiffusersEngine:
                 image=task.image, mask=task.mask, embeddings=embeds, generators=gens,
                 steps=task.steps, guidance_scale=task.guidance_scale, strength=task.strength,
             )
-            return self._loop(job, on_step=on_step, pacer=StepPacer.for_device(self.device, on_step))
+            return self._loop(job, pacer=StepPacer.for_device(self.device, on_step))
 
         try:
             images = call(generators, 0, 1)

@@ -75,6 +75,9 @@ def _vae_dtype(vae: Any) -> "torch.dtype":
 def encode_per_variant(vae: Any, image: "torch.Tensor", generators: list[Any]) -> list["torch.Tensor"]:
     """One VAE encode of `image` (batch 1), one latent draw per generator.
 
+    The image comes in the UNet's dtype, as the stock pipeline casts it; a VAE kept in
+    float32 (SDXL's overflows in float16) takes it back up here.
+
     The draws must happen in the caller's order: each generator is used for several draws
     in a fixed sequence, and that sequence is what makes a seed reproducible.
     """
@@ -109,8 +112,9 @@ class InpaintLoop:
     ) -> np.ndarray:
         """Inpaint `job`; returns N x H x W x 3 uint8, one image per generator.
 
-        `on_step(i, total)` is called as step i (0-based) finishes, through `pacer` when one
-        is given (it decides when a step counts as finished without stalling the GPU).
+        `on_step(i, total)` is called as step i (0-based) finishes.  A `pacer` (a StepPacer
+        wrapping the engine's callback) is told of each launched step instead, and reports
+        it once the device has finished it.
         """
         import torch
 
@@ -129,9 +133,9 @@ class InpaintLoop:
         init_image = (image_u8.permute(2, 0, 1).unsqueeze(0).contiguous().to(torch.float32) / 255.0) * 2.0 - 1.0
         mask_full = (mask_u8 >= 128).to(torch.float32)[None, None]
 
-        # 2. the schedule, shortened by strength; a CPU copy for the scheduler's own tables.
-        # The schedule is built on the CPU and uploaded once: LCM indexes its own timestep
-        # table inside `step`, which would read a GPU table back every step.
+        # 2. the schedule, shortened by strength, built on the CPU (the scheduler reads its own
+        # tables with it; LCM would read a GPU timestep table back every step) and uploaded
+        # once for the UNet.
         scheduler.set_timesteps(job.steps, device="cpu")
         init_steps = min(int(job.steps * job.strength), job.steps)
         t_start = max(job.steps - init_steps, 0)
@@ -148,7 +152,7 @@ class InpaintLoop:
         with torch.inference_mode():
             image_latents = None
             if needs_image_latents:
-                draws = encode_per_variant(pipe.vae, self._vae_input(init_image, dtype), job.generators)
+                draws = encode_per_variant(pipe.vae, init_image.to(dtype), job.generators)
                 image_latents = self._scale(torch.cat(draws).to(dtype))
             noise = torch.cat([
                 torch.randn(latent_shape, generator=g, device="cpu", dtype=dtype) for g in job.generators
@@ -162,7 +166,7 @@ class InpaintLoop:
             masked_latents = None
             if unet_channels == 9:
                 masked_image = init_image * (mask_full < 0.5)
-                draws = encode_per_variant(pipe.vae, self._vae_input(masked_image, dtype), job.generators)
+                draws = encode_per_variant(pipe.vae, masked_image.to(dtype), job.generators)
                 masked_latents = self._scale(torch.cat(draws).to(dtype))
             elif unet_channels != 4:
                 raise ValueError(f"a UNet with {unet_channels} input channels cannot inpaint (4 or 9 expected)")
@@ -177,6 +181,7 @@ class InpaintLoop:
             extra_step = pipe.prepare_extra_step_kwargs(job.generators, 0.0)
 
             # 5. denoise.
+            step_done = pacer.launched if pacer is not None else on_step
             total = len(timesteps)
             for i in range(total):
                 t, t_cpu = timesteps[i], timesteps_cpu[i]
@@ -202,23 +207,15 @@ class InpaintLoop:
                     if i < total - 1:  # a device slice: no host-to-device copy per step
                         known = scheduler.add_noise(image_latents, noise, timesteps[i + 1:i + 2])
                     latents = (1 - mask) * known + mask * latents
-                if on_step is not None:
-                    if pacer is not None:
-                        pacer.launched(i, total)
-                    else:
-                        on_step(i, total)
+                if step_done is not None:
+                    step_done(i, total)
             if pacer is not None:
                 pacer.drain()
 
-            # 6. decode once, to uint8 on the device.
+            # 6. decode, to uint8 on the device.
             return self._decode(latents)
 
     # -- helpers ------------------------------------------------------------------------
-
-    def _vae_input(self, pixels: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
-        # The pipeline casts the image to the UNet's dtype before encoding; a VAE kept in
-        # float32 (SDXL's overflows in float16) then takes it back up.
-        return pixels.to(dtype)
 
     def _scale(self, latents: "torch.Tensor") -> "torch.Tensor":
         return self.pipe.vae.config.scaling_factor * latents
