@@ -213,12 +213,11 @@ class DiffusersEngine:
         self.pipe = pipe
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        is_sdxl = pipe.__class__.__name__.startswith("StableDiffusionXL")
-        if is_sdxl and self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        self.is_sdxl = pipe.__class__.__name__.startswith("StableDiffusionXL")
+        if self.is_sdxl and self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; the stock pipeline casts it to float32 and
             # back for every encode and decode.  Keep it in float32 once (~160 MB more).
             pipe.vae.to(torch.float32)
-        self.is_sdxl = self.pipe.__class__.__name__.startswith("StableDiffusionXL")
         self.vae_scale_factor: int = int(self.pipe.vae_scale_factor)
         self.size_multiple = self.vae_scale_factor
         self.native_size: int | None = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
@@ -226,6 +225,7 @@ class DiffusersEngine:
         self._default_scheduler = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
         self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
+        self._saved_processors: dict[str, Any] | None = None  # while the low-memory retry runs
         self.speedups = speedups or Speedups.default_for(self.device)
         # Compiled code is specialised to each shape it meets: round processing sizes to
         # 64 px (8 latent pixels) so that jobs meet about a dozen shapes, not hundreds.
@@ -236,7 +236,7 @@ class DiffusersEngine:
         self.speed_notes: list[str] = [f"speed-ups in use: {', '.join(applied.used) or 'none'}"]
         self.speed_notes += [f"speed-up not applied: {why}" for why in applied.skipped]
         self.warmup_seconds = 0.0
-        if self.speedups.compile != "off" and applied.used and "torch.compile" in applied.used[-1]:
+        if applied.compiled:
             self._warm_up()
 
     def _warm_up(self) -> None:
@@ -481,9 +481,8 @@ class DiffusersEngine:
             if vae is not None and hasattr(vae, "enable_tiling"):
                 vae.enable_tiling()
         else:
-            saved = getattr(self, "_saved_processors", None)
-            if saved:
-                self.pipe.unet.set_attn_processor(saved)
+            if self._saved_processors:
+                self.pipe.unet.set_attn_processor(self._saved_processors)
             else:
                 self.pipe.disable_attention_slicing()
             self._saved_processors = None

@@ -75,6 +75,7 @@ class Applied:
 
     used: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    compiled: bool = False  # torch.compile took: the engine warms it up
 
 
 def apply(pipe: Any, speedups: Speedups) -> Applied:
@@ -114,6 +115,7 @@ def apply(pipe: Any, speedups: Speedups) -> Applied:
             pipe.unet.compile(**options)
             pipe.vae.decoder.compile(**options)
             done.used.append(f"torch.compile ({speedups.compile}, {speedups.compile_backend})")
+            done.compiled = True
         except Exception as exc:
             done.skipped.append(f"torch.compile ({exc})")
     return done
