@@ -102,3 +102,10 @@ def test_daemon_constants_documented() -> None:
         assert f"`{cap}`" in DOC, f"capability {cap!r} missing"
     store = jobs.ResultStore()
     assert f"{store.ttl:.0f} s" in DOC and f"{store.max_items} most recent" in DOC
+
+
+def test_contents_list_matches_the_sections() -> None:
+    """The contents list names every top-level section, in order, with its heading's title."""
+    listed = re.findall(r"^(\d+)\. (.+)$", DOC.split("\nContents\n", 1)[1].split("\n---", 1)[0], re.M)
+    headings = re.findall(r"^## (\d+)\. (.+)$", DOC, re.M)
+    assert listed == headings
