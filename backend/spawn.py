@@ -7,6 +7,7 @@ importable without pytest.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -46,7 +47,20 @@ class DaemonProcess:
             "INPAINTD_RUNTIME_DIR": str(self.runtime_dir),
         }
 
+    def curve_server_key(self) -> bytes | None:
+        """The CURVE key from the connection file this daemon wrote (None before it is written,
+        or for a daemon without --curve)."""
+        for path in self.runtime_dir.glob("connection-*.json"):
+            try:
+                value = json.loads(path.read_text()).get("curve_server_key")
+            except (OSError, ValueError):
+                continue
+            if value:
+                return value.encode("ascii")
+        return None
+
     def client(self, **kwargs) -> Client:
+        kwargs.setdefault("curve_server_key", self.curve_server_key())
         return Client(self.endpoint, key=self.key, **kwargs)
 
     def log(self) -> str:
@@ -86,17 +100,20 @@ def start_daemon(workdir: Path, *serve_args: str, ready_timeout: float = 120.0, 
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     daemon = DaemonProcess(endpoint, key, runtime, log_path, proc, args)
     deadline = time.monotonic() + ready_timeout
-    with daemon.client() as c:
-        while True:
-            if not daemon.alive():
-                raise RuntimeError(f"daemon exited with {proc.returncode}:\n{daemon.log()}")
+    while True:
+        if not daemon.alive():
+            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{daemon.log()}")
+        # A --curve daemon can be talked to only once its connection file (with the CURVE
+        # key) is written, after it binds: a fresh client each try picks the key up.
+        with daemon.client() as c:
             try:
                 c.ping(timeout=1.0)
                 break
             except DaemonUnavailable:
                 if time.monotonic() > deadline:
                     daemon.stop()
-                    raise RuntimeError(f"daemon did not answer within {ready_timeout} s:\n{daemon.log()}")
+                    raise RuntimeError(f"daemon did not answer within {ready_timeout} s:\n{daemon.log()}") from None
+    with daemon.client() as c:
         # Wait until the worker has the default model warm, so timings see a warm daemon.
         while c.status()["loaded_model"] is None and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -101,11 +101,27 @@ class Job:
 
 
 class DaemonUnavailable(ProtocolError):
-    def __init__(self, endpoint: str, waited: float) -> None:
-        super().__init__(
-            DAEMON_UNAVAILABLE,
-            f"no inpaintd daemon answered at {endpoint} within {waited:.0f} s; start one with `inpaintd serve`",
+    def __init__(self, endpoint: str, waited: float, why: str = "") -> None:
+        message = (
+            f"could not talk to the inpaintd daemon at {endpoint} (waited {waited:.1f} s): {why}" if why
+            else f"no inpaintd daemon answered at {endpoint} within {waited:.1f} s; start one with `inpaintd serve`"
         )
+        super().__init__(DAEMON_UNAVAILABLE, message)
+
+
+def _handshake_advice(endpoint: str, event: int, has_curve_key: bool) -> str:
+    """Why a connection's security handshake failed, in words an artist can act on."""
+    if not has_curve_key:
+        return (
+            f"a daemon is there but refused the connection's handshake: it uses CURVE encryption and this client "
+            f"has no server key (copy its connection file, {connection_file(endpoint)}, or point "
+            "INPAINTD_CONNECTION_FILE at a copy)"
+        )
+    return (
+        f"a daemon is there but refused the connection's handshake ({zmq.Event(event).name}): the CURVE server key "
+        f"this client has is not the daemon's (an old connection file?), or the daemon does not use CURVE; "
+        f"read the daemon's current connection file ({connection_file(endpoint)})"
+    )
 
 
 class Client:
@@ -157,8 +173,38 @@ class Client:
             sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve_server_key)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        # Handshake failures are the one way a socket with the right endpoint can never send:
+        # libzmq drops the connection's queue and keeps retrying, so a blocking send would
+        # wait for ever.  Watch for them to say what is wrong instead of only "no answer".
+        self._monitor = sock.get_monitor_socket(
+            zmq.Event.HANDSHAKE_FAILED_NO_DETAIL | zmq.Event.HANDSHAKE_FAILED_PROTOCOL
+            | zmq.Event.HANDSHAKE_FAILED_AUTH | zmq.Event.HANDSHAKE_SUCCEEDED
+        )
+        self._handshake_failed: int | None = None
         sock.connect(self.endpoint)
         return sock
+
+    def _close_socket(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(0)
+        self._sock.close(0)
+
+    def _watch_handshakes(self) -> None:
+        """Read the socket's monitor: remember the last handshake failure (cleared by a success)."""
+        while self._monitor.poll(0, zmq.POLLIN):
+            frames = self._monitor.recv_multipart()
+            event = int.from_bytes(frames[0][:2], "little")  # ZMQ event frame: uint16 event, uint32 value
+            self._handshake_failed = None if event == zmq.Event.HANDSHAKE_SUCCEEDED else event
+
+    def _unavailable(self, waited: float) -> DaemonUnavailable:
+        self._watch_handshakes()
+        why = ""
+        if self._handshake_failed is not None:
+            why = _handshake_advice(self.endpoint, self._handshake_failed, self.curve_server_key is not None)
+        return DaemonUnavailable(self.endpoint, waited, why)
 
     def _refresh_connection(self) -> bool:
         """Re-read the connection file; if the daemon's key changed (it restarted), take
@@ -172,13 +218,13 @@ class Client:
         self.key, self.curve_server_key = key, curve
         # A fresh socket: a new CURVE key needs a new handshake, and a new identity costs
         # nothing since pending jobs are re-asked for by id.
-        self._sock.close(0)
+        self._close_socket()
         self._sock = self._make_socket()
         self.reconnects += 1
         return True
 
     def close(self) -> None:
-        self._sock.close(0)
+        self._close_socket()
 
     def __enter__(self) -> "Client":
         return self
@@ -186,9 +232,27 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, msg: Message) -> str:
-        self._sock.send_multipart(wire.encode(msg, self.key), copy=False)
-        return msg.id
+    def send(self, msg: Message, timeout: float = 0.0) -> str:
+        """Send `msg`, waiting at most `timeout` s for the socket to take it.
+
+        A send never blocks beyond that: a socket whose connection has no usable peer (no
+        daemon, or a security handshake that failed: a CURVE server key missing or out of
+        date) cannot take a message.  While waiting, the connection file is read again about
+        once a second; a new key rebuilds the socket and the message goes out signed anew.
+        Raises DaemonUnavailable when it could not go out in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._sock.poll(0, zmq.POLLOUT) or self._sock.poll(int(min(max(deadline - time.monotonic(), 0), 1.0) * 1000), zmq.POLLOUT):
+                try:
+                    self._sock.send_multipart(wire.encode(msg, self.key), flags=zmq.NOBLOCK, copy=False)
+                    return msg.id
+                except zmq.Again:
+                    pass  # the peer went away between the poll and the send
+            if self._refresh_connection():
+                continue  # a new key and a new socket: try it at once
+            if time.monotonic() >= deadline:
+                raise self._unavailable(timeout)
 
     def pump(self, timeout: float = 0.0) -> list[Message]:
         """Read everything that has arrived (waiting up to `timeout` s for the first
@@ -229,18 +293,20 @@ class Client:
     def request(self, type: str, body: dict[str, Any] | None = None, buffers: list | None = None, timeout: float = 10.0) -> Message:
         """Send a request and wait for its reply; events that arrive meanwhile are kept."""
         msg = Message(type=type, body=body or {}, buffers=buffers or [])
-        msg_id = self.send(msg)
-        reply = self._await_reply(msg_id, timeout, resend=msg)
+        start = time.monotonic()
+        msg_id = self.send(msg, timeout)
+        reply = self._await_reply(msg_id, max(timeout - (time.monotonic() - start), 0.0), resend=msg, waited_before=time.monotonic() - start)
         if reply.type == Type.ERROR:
             raise _error_from(reply)
         return reply
 
-    def _await_reply(self, msg_id: str, timeout: float, resend: Message | None = None) -> Message:
+    def _await_reply(self, msg_id: str, timeout: float, resend: Message | None = None, waited_before: float = 0.0) -> Message:
         """Wait for the reply to `msg_id`.  While no answer comes, look at the connection
-        file about once a second: a daemon that (re)started with a new key or CURVE key
-        could not read the request, so it is sent again, signed anew, on a new socket."""
+        file about once a second (and once more before giving up): a daemon that (re)started
+        with a new key or CURVE key could not read the request, so it is sent again, signed
+        anew, on a new socket."""
         deadline = time.monotonic() + timeout
-        next_look = time.monotonic() + 1.0
+        next_look = time.monotonic() + min(1.0, timeout / 2)
         bad_before = self._bad_signatures
         self._awaiting.add(msg_id)
         try:
@@ -254,12 +320,12 @@ class Client:
                             f"({'INPAINTD_KEY' if os.environ.get('INPAINTD_KEY') else connection_file(self.endpoint)}); "
                             "use the key from the daemon's connection file",
                         )
-                    raise DaemonUnavailable(self.endpoint, timeout)
+                    raise self._unavailable(timeout + waited_before)
                 self._held_events.extend(self._read(min(left, 0.5)))
                 if resend is not None and msg_id not in self._replies and time.monotonic() > next_look:
                     next_look = time.monotonic() + 1.0
                     if self._refresh_connection():
-                        self.send(resend)
+                        self.send(resend, max(deadline - time.monotonic(), 0.0))
             return self._replies.pop(msg_id)
         finally:
             self._awaiting.discard(msg_id)
@@ -282,6 +348,19 @@ class Client:
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         return self.request(Type.STATUS, timeout=timeout).body
+
+    def _send_nowait(self, msg: Message) -> bool:
+        try:
+            self.send(msg, 0.0)
+            return True
+        except DaemonUnavailable:
+            return False
+
+    def cancel_nowait(self, job: Job | str) -> bool:
+        """Ask for a cancel without waiting for the reply, for a GUI thread: the daemon
+        confirms with the job's `cancelled` event.  False when it cannot go out now."""
+        job_id = job.id if isinstance(job, Job) else job
+        return self._send_nowait(Message(type=Type.CANCEL, body={"job": job_id}))
 
     def cancel(self, job: Job | str, timeout: float = 5.0) -> dict[str, Any]:
         job_id = job.id if isinstance(job, Job) else job
@@ -323,11 +402,22 @@ class Client:
         self._by_request[msg.id] = job
         if block:
             self._awaiting.add(msg.id)  # before sending: the reply may be read by anyone's _read
-        self.send(msg)
+        start = time.monotonic()
+        try:
+            # Non-blocking callers (an editor's GUI thread) never wait for the socket: a job
+            # that cannot go out at once is lost now, with the reason, rather than freezing.
+            self.send(msg, timeout if block else 0.0)
+        except DaemonUnavailable as exc:
+            self._awaiting.discard(msg.id)
+            self._by_request.pop(msg.id, None)
+            job.state, job.error = LOST, exc
+            if block:
+                raise
+            return job
         self._last_heard = max(self._last_heard, time.monotonic() - self.heartbeat)
         if block:
             try:
-                reply = self._await_reply(msg.id, timeout)
+                reply = self._await_reply(msg.id, max(timeout - (time.monotonic() - start), 0.0), waited_before=time.monotonic() - start)
             except DaemonUnavailable as exc:
                 job.state, job.error = LOST, exc
                 raise
@@ -435,13 +525,14 @@ class Client:
             if len(self._background) > 1000:  # unanswered re-asks of a daemon that is away
                 self._background.clear()
             ping = Message(type=Type.PING)
+            if not self._send_nowait(ping):
+                return  # nothing can go out now; silence keeps counting towards lost_after
             self._background[ping.id] = None
-            self.send(ping)
             for job in pending:
                 if job.id:  # re-ask: fetches a dropped result, re-attaches us to a live job
                     ask = Message(type=Type.FETCH, body={"job": job.id})
-                    self._background[ask.id] = job
-                    self.send(ask)
+                    if self._send_nowait(ask):
+                        self._background[ask.id] = job
 
     def _lose_jobs(self, why: str) -> None:
         for job in list(self.jobs.values()) + list(self._by_request.values()):

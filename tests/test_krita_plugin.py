@@ -31,6 +31,7 @@ KRITA_TESTS = ROOT / "tests" / "krita"
 
 pytestmark = [
     pytest.mark.krita,
+    pytest.mark.timeout(900),  # Krita's own suite runs under one test, with its own 300 s limit
     pytest.mark.skipif(shutil.which("kritarunner") is None, reason="Krita is not installed (apt-get install -y krita xvfb)"),
     pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed (apt-get install -y xvfb)"),
 ]

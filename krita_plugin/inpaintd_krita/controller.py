@@ -266,9 +266,10 @@ class Controller(QObject):
     def _send_orphan_cancels(self) -> None:
         for i, (job, deadline, sent) in enumerate(self._orphans):
             if not sent and job.id and not job.finished and self._client is not None:
-                # Fire and forget: the daemon confirms with a `cancelled` event on the job.
-                self._client.send(self._proto.Message(type=self._proto.Type.CANCEL, body={"job": job.id}))
-                self._orphans[i] = (job, deadline, True)
+                # Fire and forget: the daemon confirms with a `cancelled` event on the job;
+                # one that cannot go out now is tried again on the next tick.
+                if self._client.cancel_nowait(job):
+                    self._orphans[i] = (job, deadline, True)
 
     def _reap_orphans(self) -> None:
         now = time.monotonic()
