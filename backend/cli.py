@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from protocol.client import Client, DaemonUnavailable, Job
 from protocol.connection import is_loopback, new_key, resolve_endpoint
-from protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS, SCHEDULERS, JobOptions, ProtocolError
+from protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, FILL_MODES, LIMITS, SCHEDULERS, JobOptions, ProtocolError
 
 from .engines.speedups import COMPILE_MODES
 
@@ -33,7 +33,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     d = JobOptions()
     p.add_argument("--prompt", default=d.prompt, help="what to paint into the masked area (empty: fill from context)")
     p.add_argument("--negative-prompt", default=d.negative_prompt, help="what to avoid")
-    p.add_argument("--variants", type=int, default=d.variants, help=f"how many results (1-{LIMITS.max_variants}; default %(default)s)")
+    p.add_argument("--variants", type=int, default=d.variants, help=f"how many results (1-{LIMITS.max_variants}; default %(default)s); a deterministic classical model (all but patchmatch) makes one and says so")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the first variant; variant i uses seed+i (-1: random)")
     p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (0: engine default)")
     p.add_argument("--guidance", type=float, default=d.guidance_scale, dest="guidance_scale", help="classifier-free guidance scale (default %(default)s)")
@@ -44,6 +44,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feather", type=int, default=d.feather, help="feather the mask edge over this many px (default %(default)s)")
     p.add_argument("--padding", type=int, default=d.padding, help="context around the mask in px (-1: automatic)")
     p.add_argument("--color-match", action="store_true", default=d.color_match, help="correct a colour cast of the result, measured where the model should have kept the picture")
+    p.add_argument("--fill", default=d.fill, choices=FILL_MODES, help="diffusion below strength 1: what the hole starts from (auto: keep the picture, classical fill where transparent; none; neutral grey; blur; classical). No effect at strength 1 or on classical models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start the daemon")
     p.add_argument("--bind", default=None, metavar="ENDPOINT", help=f"where to listen (default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}; ipc:///path works too)")
-    p.add_argument("--model", default=None, help="default model: HF repo id, diffusers folder, .safetensors file, or opencv-telea / opencv-ns")
+    p.add_argument("--model", default=None, help="default model: HF repo id, diffusers folder, .safetensors file, or a classical one (patchmatch, opencv-telea, opencv-ns, opencv-fsr, opencv-shiftmap, biharmonic)")
     p.add_argument("--extra-model", action="append", default=[], metavar="M", help="another model clients may choose (repeatable)")
-    p.add_argument("--engine", choices=["diffusers", "classical"], default=None, help="classical: no weights, OpenCV fill (same as --model opencv-telea)")
+    p.add_argument("--engine", choices=["diffusers", "classical"], default=None, help="classical: no weights, the best classical fill installed (--model patchmatch where pypatchmatch is)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the diffusion model (GPU; e.g. reduce-overhead = CUDA graphs): compiles at load for the native size, then each new size or variant count compiles on first use (default %(default)s)")
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-timeout", type=float, default=30.0, help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
     p.add_argument("--max-message-mb", type=float, default=None, help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
     p.add_argument("--fault-injection", action="store_true", help="TESTS ONLY: add the 'fault-injector' model, which fails on request (see backend/engines/fault.py)")
+    p.add_argument("--fault-load-delay", type=float, default=0.0, metavar="S", help="TESTS ONLY, with --fault-injection: the first load of each model takes S seconds longer")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
     _add_connect(p)
@@ -141,7 +143,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("inpaintd").warning(
             "listening on %s, which other machines can reach: messages are signed but not encrypted; "
             "add --curve to encrypt them", endpoint)
-    default = "opencv-telea" if args.engine == "classical" and not args.model else args.model
+    if args.engine == "classical" and not args.model:
+        from .models import fallback_model
+
+        default = fallback_model()
+    else:
+        default = args.model
     registry = ModelRegistry(
         [m for m in [args.model, *args.extra_model] if m],
         default=default,
@@ -162,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         daemon = Daemon(
             registry, endpoint, key=key, limits=limits, results_ttl=args.results_ttl,
             results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve,
-            fault_injection=args.fault_injection, peer_timeout=args.peer_timeout,
+            fault_injection=args.fault_injection, fault_load_delay=args.fault_load_delay, peer_timeout=args.peer_timeout,
         )
     except ValueError as exc:
         print(f"inpaintd: {exc}", file=sys.stderr)
@@ -360,13 +367,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"notice: {notice}")
             print(f"daemon {hello['daemon_version']} on {hello['device']}, default model {hello['default_model']}")
             data, width, height, channels, mask = _load_pixels(ASSETS / "coffee.jpg", ASSETS / "coffee-spoon-mask.png")
-            model = args.model or hello["default_model"]
-            engine = next((m["engine"] for m in hello["models"] if m["id"] == model), "")
-            variants = args.variants
-            if engine == "classical" and variants > 1:
-                print("the classical engine fills the same way every time: making 1 variant instead of", variants)
-                variants = 1
-            options = JobOptions(prompt=args.prompt, variants=variants, seed=1234, model=args.model)
+            # A deterministic engine makes one variant whatever is asked, and says so in the
+            # result's notes (printed below), as it does for every client.
+            options = JobOptions(prompt=args.prompt, variants=args.variants, seed=1234, model=args.model)
             bar = ProgressBar()
             t0 = time.perf_counter()
             job = client.submit(data, width, height, channels, mask, options)
@@ -376,6 +379,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"inpainted the spoon out of {ASSETS / 'coffee.jpg'} with {job.result['model']} in {time.perf_counter() - t0:.2f} s:")
             for layer, path in zip(job.layers, paths):
                 print(f"  {path}  (seed {layer.seed}, region {layer.width}x{layer.height} at {layer.x},{layer.y})")
+            for note in job.notes_for_user(args.prompt):
+                print(f"note: {note}")
     finally:
         if started:
             with Client(endpoint, name="inpaintd-demo") as client:

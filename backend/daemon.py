@@ -32,7 +32,10 @@ import zmq
 
 from protocol import wire
 from protocol.connection import connection_file, is_loopback, write_connection_file
-from protocol.messages import LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULERS, Code, ImageDesc, Limits, ProtocolError, Stage, Type
+from protocol.messages import (
+    CANCEL_REASONS, LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULERS, CancelCode, Code, ImageDesc, Limits, ProtocolError, Stage,
+    Type,
+)
 from protocol.wire import Message
 
 from . import __version__
@@ -58,6 +61,9 @@ MAX_MODEL_CHARS = 4096
 MAX_ERROR_CHARS = 2000
 #: At most this many refusals are logged per 10 s; the rest are counted and summarised.
 REFUSALS_LOGGED_PER_WINDOW = 20
+#: While a model loads, the job waiting for it hears `loading` again this often (seconds),
+#: with the time it has waited, so that a client can tell a slow load from a dead daemon.
+LOADING_TICK = 1.0
 
 
 def rss_bytes() -> int:
@@ -85,17 +91,19 @@ class Daemon:
         write_connection: bool = True,
         curve: bool = False,
         fault_injection: bool = False,
+        fault_load_delay: float = 0.0,
         peer_timeout: float = 30.0,
     ) -> None:
         """`peer_timeout`: seconds a connected peer may leave ZeroMQ heartbeats unanswered
         (a frozen or vanished process) before its connection and queued events are dropped.
-        `fault_injection` adds the "fault-injector" test model; never on unless asked."""
+        `fault_injection` adds the "fault-injector" test model; never on unless asked.
+        `fault_load_delay` (with it): each model's first load takes this much longer."""
         if not key and not is_loopback(bind):
             raise ValueError(f"refusing to listen on {bind} without authentication: only loopback may go unsigned")
         if fault_injection:
             from .engines.fault import FaultInjectionRegistry
 
-            registry = FaultInjectionRegistry(registry)
+            registry = FaultInjectionRegistry(registry, load_delay=fault_load_delay)
             log.warning("fault injection is ON: the 'fault-injector' model fails on request; never use this in production")
         self.registry = registry
         self.bind = bind
@@ -107,6 +115,10 @@ class Daemon:
         self.device = "unknown"
         self.loaded_model: str | None = None
         self._preload = preload
+        # (model id, monotonic start) while the worker loads a model.  Set from the start
+        # when the default model is to be preloaded, so that no status or hello answered
+        # before the worker begins says the daemon is ready (PROTOCOL.md 9.14).
+        self._loading: tuple[str, float] | None = (registry.default_model_id, time.monotonic()) if preload else None
         self._write_connection = write_connection
         self._queue = FairQueue()
         self._cond = threading.Condition()
@@ -174,7 +186,7 @@ class Daemon:
         # No lock here: a signal handler runs on the main thread, which may hold it.
         running = self._running
         if running:
-            running.cancel_reason = "the daemon is shutting down"
+            running.cancel_code = CancelCode.SHUTDOWN
             running.cancel_requested.set()
 
     def serve_forever(self) -> None:
@@ -200,6 +212,7 @@ class Daemon:
                 if self._wake in ready:
                     while self._wake.poll(0):
                         self._wake.recv()
+                self._tell_loading()
                 self._flush_outbox()
             self._shutdown()
         finally:
@@ -218,13 +231,13 @@ class Daemon:
             dropped = self._queue.drain()
             running = self._running
             if running:
-                running.cancel_reason = running.cancel_reason or "the daemon is shutting down"
+                running.cancel_code = running.cancel_code or CancelCode.SHUTDOWN
                 running.cancel_requested.set()
             self._cond.notify_all()
         for job in dropped:
             job.state = "cancelled"
             self.stats["jobs_cancelled"] += 1
-            self._finish(job, Message(type=Type.CANCELLED, job=job.id, body={"job": job.id, "reason": "the daemon is shutting down"}))
+            self._finish(job, _cancelled(job.id, CancelCode.SHUTDOWN))
         self._worker.join(timeout=30)
         self._flush_outbox()
         self.registry.close()
@@ -246,14 +259,10 @@ class Daemon:
     def _handle(self, identity: bytes, frames: list) -> Message | None:
         msg_id: str | None = None
         try:
-            msg = wire.decode(frames, self.key)
+            # Frames, signature, version (before anything else it might do differently),
+            # header fields, buffers: PROTOCOL.md section 8's order.
+            msg = wire.decode(frames, self.key, version=PROTOCOL_VERSION)
             msg_id = msg.id
-            if msg.version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    Code.VERSION_MISMATCH,
-                    f"this client speaks protocol version {msg.version}; this daemon speaks version {PROTOCOL_VERSION}",
-                    {"client_version": msg.version, "daemon_version": PROTOCOL_VERSION},
-                )
             if self.key:
                 self._check_replay(msg)
             handler = self._handlers.get(msg.type)
@@ -347,6 +356,7 @@ class Daemon:
             "default_model": self.registry.default_model_id,
             "loaded_model": self.loaded_model,
             "device": self.device,
+            "loading": self._loading[0] if self._loading else None,
             "schedulers": list(SCHEDULERS),
             "capabilities": CAPABILITIES,
             "limits": self.limits.to_wire(),
@@ -420,12 +430,12 @@ class Daemon:
             # worker has not yet let go of it.
             running = self._running if self._running and self._running.id == job_id and self._running.state == "running" else None
             if running:
-                running.cancel_reason = "cancelled by a client while running"
+                running.cancel_code = CancelCode.RUNNING
                 running.cancel_requested.set()
         if queued:
             queued.state = "cancelled"
             self.stats["jobs_cancelled"] += 1
-            self._finish(queued, Message(type=Type.CANCELLED, job=job_id, body={"job": job_id, "reason": "cancelled while queued"}))
+            self._finish(queued, _cancelled(job_id, CancelCode.QUEUED))
             self._flush_outbox()
             return self._reply(msg, Type.CANCEL_REPLY, {"job": job_id, "state": "cancelled"}, job=job_id)
         if running:
@@ -445,6 +455,7 @@ class Daemon:
             "device": self.device,
             "default_model": self.registry.default_model_id,
             "loaded_model": self.loaded_model,
+            "loading": self._loading[0] if self._loading else None,
             "running": running,
             "queued": queued,
             "stats": dict(self.stats),
@@ -488,11 +499,8 @@ class Daemon:
     def _emit(self, owner: bytes, msg: Message) -> None:
         """Queue a message for the socket thread; wake it when called from the worker."""
         self._outbox.put((owner, msg))
-        if threading.current_thread() is self._worker and self._worker_wake is not None:
-            try:
-                self._worker_wake.send(b"", zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # a wake-up is already pending
+        if threading.current_thread() is self._worker:
+            self._wake_socket_thread()
 
     def _announce_positions(self) -> None:
         """Tell each queued job's client its new place in the queue, when it changed.
@@ -506,9 +514,32 @@ class Daemon:
             position = index + ahead
             if job.position != position:
                 job.position = position
+                if position:  # no longer next in line: it waits for jobs again, not for a load
+                    job.stage, job.step, job.total_steps, job.clock, job.loading_told = Stage.QUEUED, 0, 0, 0.0, 0.0
                 self._emit(job.owner, Message(type=Type.PROGRESS, job=job.id, body={
                     "job": job.id, "stage": Stage.QUEUED, "step": 0, "total_steps": 0, "position": position, "elapsed": 0.0,
                 }))
+
+    def _tell_loading(self) -> None:
+        """While the worker loads a model, tell the job that waits for it, about every
+        LOADING_TICK seconds: `loading` 0/1 with the seconds it has waited so far.
+
+        That job is the running one when it loads its own model, else (the default model
+        loading at start-up) the job next in line, whose `elapsed` then counts from the
+        moment it began to wait and goes on counting when it starts (`Job.clock`)."""
+        with self._cond:
+            if self._loading is None:
+                return
+            job = self._running or next(self._queue.order(), None)
+            now = time.monotonic()
+            if job is None or now - job.loading_told < LOADING_TICK:
+                return
+            job.clock = job.clock or now
+            job.loading_told = now
+            job.stage, job.step, job.total_steps = Stage.LOADING, 0, 1
+            self._emit(job.owner, Message(type=Type.PROGRESS, job=job.id, body={
+                "job": job.id, "stage": Stage.LOADING, "step": 0, "total_steps": 1, "elapsed": round(now - job.clock, 4),
+            }))
 
     def _finish(self, job: Job, msg: Message) -> None:
         self._results.put(Finished(job.id, job.owner, msg))
@@ -539,6 +570,7 @@ class Daemon:
                 job.seq = self._seq
                 self._running = job
                 job.state, job.started = "running", time.monotonic()
+                job.clock = job.clock or job.started  # earlier if it waited for the start-up load
                 self._announce_positions()
             try:
                 self._run(job)
@@ -548,6 +580,7 @@ class Daemon:
                     job.request = None  # type: ignore[assignment]  # free the pixels
 
     def _preload_default(self) -> None:
+        """Load the default model before the first job; the daemon is ready after this."""
         if not self._preload:
             return
         try:
@@ -556,9 +589,35 @@ class Daemon:
             log.info("model %s ready on %s", engine.model_id, engine.device)
         except Exception as exc:
             log.error("could not preload the default model %s: %s", self.registry.default_model_id, exc)
+        finally:
+            with self._cond:
+                self._loading = None
+            self._wake_socket_thread()
+
+    def _loading_progress(self, job: Job, progress: Callable[[str, int, int], None]) -> Callable[[str, int, int], None]:
+        """`progress` for the load of a job's model, which also marks the load as under way
+        between its 0/1 and 1/1 (for `_tell_loading`, and `loading` in status and hello)."""
+
+        def report(stage: str, step: int, total: int) -> None:
+            if stage == Stage.LOADING:
+                with self._cond:
+                    now = time.monotonic()
+                    self._loading = (job.model, now) if step < total else None
+                    job.loading_told = now
+            progress(stage, step, total)
+
+        return report
+
+    def _wake_socket_thread(self) -> None:
+        """Have the socket thread flush the outbox now; only from the worker thread."""
+        if self._worker_wake is not None:
+            try:
+                self._worker_wake.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a wake-up is already pending
 
     def _run(self, job: Job) -> None:
-        start = time.monotonic()
+        start = job.clock or time.monotonic()
 
         def progress(stage: str, step: int, total: int) -> None:
             job.stage, job.step, job.total_steps = stage, step, total
@@ -571,15 +630,21 @@ class Daemon:
         try:
             if job.cancel_requested.is_set():
                 raise JobCancelled()
-            engine = self.registry.load(job.model, progress)
+            try:
+                engine = self.registry.load(job.model, self._loading_progress(job, progress))
+            finally:
+                with self._cond:
+                    self._loading = None
+            if job.stage == Stage.LOADING and job.step < job.total_steps:
+                progress(Stage.LOADING, 1, 1)  # it waited for the start-up load, which is done
             self.device, self.loaded_model = engine.device, engine.model_id
             output = run_job(engine, request.image, request.mask, request.options, job.seeds, progress, job.cancel_requested.is_set)
         except JobCancelled:
             job.state = "cancelled"
             self.stats["jobs_cancelled"] += 1
-            reason = job.cancel_reason or "cancelled while running"
-            log.info("job %s cancelled after %.2f s: %s", job.id, time.monotonic() - start, reason)
-            self._finish(job, Message(type=Type.CANCELLED, job=job.id, body={"job": job.id, "reason": reason}))
+            code = job.cancel_code or CancelCode.RUNNING
+            log.info("job %s cancelled after %.2f s: %s", job.id, time.monotonic() - start, CANCEL_REASONS[code])
+            self._finish(job, _cancelled(job.id, code))
             return
         except Exception as exc:
             # One job fails, not the daemon: the client hears what broke, the engine gives
@@ -623,7 +688,7 @@ class Daemon:
             "processing_size": list(output.processing_size),
             "seq": job.seq,
             "notes": notes,
-            "timings": {**{k: round(v, 4) for k, v in output.timings.items()}, "queued": round(job.started - job.submitted, 4), "elapsed": round(elapsed, 4)},
+            "timings": {**{k: round(v, 4) for k, v in output.timings.items()}, "queued": round(start - job.submitted, 4), "elapsed": round(elapsed, 4)},
         }))
 
 
@@ -640,6 +705,11 @@ class Daemon:
 
 def _short(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
+
+
+def _cancelled(job_id: str, code: str) -> Message:
+    """A job's `cancelled` event: the code to compare, the reason to show."""
+    return Message(type=Type.CANCELLED, job=job_id, body={"job": job_id, "code": code, "reason": CANCEL_REASONS[code]})
 
 
 def _job_field(msg: Message) -> str:

@@ -35,8 +35,10 @@ class Job:
     total_steps: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     seq: int = 0  # order in which the worker started it (1, 2, ...): fairness is checked on this
-    cancel_reason: str = ""
+    cancel_code: str = ""  # a CancelCode, set when a cancel of the running job is asked for
     position: int = -1  # jobs that start before it (a running one included), as last told to the client
+    clock: float = 0.0  # where its `elapsed` counts from: its start, or when it began to wait for a model load
+    loading_told: float = 0.0  # when it last heard `loading` (repeated while a load lasts)
 
     def summary(self) -> dict:
         opts = self.request.options

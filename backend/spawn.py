@@ -86,8 +86,11 @@ class DaemonProcess:
         self.stop()
 
 
-def start_daemon(workdir: Path, *serve_args: str, ready_timeout: float = 120.0, endpoint: str | None = None) -> DaemonProcess:
-    """`inpaintd serve` in a subprocess, returned once it answers and its default model is loaded."""
+def start_daemon(
+    workdir: Path, *serve_args: str, ready_timeout: float = 120.0, endpoint: str | None = None, wait_loaded: bool = True
+) -> DaemonProcess:
+    """`inpaintd serve` in a subprocess, returned once it answers and (unless `wait_loaded`
+    is false) it is ready: its default model's load is over (PROTOCOL.md 9.14)."""
     workdir.mkdir(parents=True, exist_ok=True)
     endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     key = secrets.token_hex(16).encode("ascii")
@@ -113,8 +116,10 @@ def start_daemon(workdir: Path, *serve_args: str, ready_timeout: float = 120.0, 
                 if time.monotonic() > deadline:
                     daemon.stop()
                     raise RuntimeError(f"daemon did not answer within {ready_timeout} s:\n{daemon.log()}") from None
+    if not wait_loaded:
+        return daemon
     with daemon.client() as c:
         # Wait until the worker has the default model warm, so timings see a warm daemon.
-        while c.status()["loaded_model"] is None and time.monotonic() < deadline:
+        while c.status()["loading"] is not None and time.monotonic() < deadline:
             time.sleep(0.1)
     return daemon

@@ -85,6 +85,23 @@ class Stage:
     COMPOSITING = "compositing"
 
 
+class CancelCode:
+    """Why a job was cancelled: `body.code` of a `cancelled` event.  Compare these, not the
+    text in `body.reason`, which is for people and may be reworded."""
+
+    QUEUED = "queued"  # a client cancelled it before it started
+    RUNNING = "running"  # a client cancelled it while it ran
+    SHUTDOWN = "shutdown"  # the daemon is shutting down (queued or running)
+
+
+#: The text the daemon sends in `reason` beside each code.
+CANCEL_REASONS = {
+    CancelCode.QUEUED: "cancelled while queued",
+    CancelCode.RUNNING: "cancelled by a client while running",
+    CancelCode.SHUTDOWN: "the daemon is shutting down",
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds the daemon enforces before doing any work; sent to clients in hello_reply."""
@@ -107,6 +124,10 @@ class Limits:
 LIMITS = Limits()
 
 SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
+
+#: What a diffusion job below strength 1 starts from inside the hole (option `fill`; see
+#: PROTOCOL.md section 9.4): auto = keep the picture, classical fill where it is transparent.
+FILL_MODES = ("auto", "none", "neutral", "blur", "classical")
 
 
 @dataclass
@@ -132,6 +153,7 @@ class JobOptions:
     feather: int = 16
     padding: int = -1
     color_match: bool = False
+    fill: str = "auto"
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -153,6 +175,7 @@ OPTION_RULES: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "feather": ((int,), 0, LIMITS.max_feather),
     "padding": ((int,), -1, LIMITS.max_padding),
     "color_match": ((bool,), None, None),
+    "fill": ((str,), None, None),
 }
 
 

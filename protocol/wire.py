@@ -73,16 +73,22 @@ def encode(msg: Message, key: bytes | None = None) -> list[Buffer]:
     return [header, *msg.buffers, sign(key, header)]
 
 
-def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
+def decode(frames: Sequence[Any], key: bytes | None = None, *, version: int | None = None) -> Message:
     """Parse frames (bytes or zmq.Frame) into a Message, checking shape and signature.
 
     Raises ProtocolError with a code that names what is wrong; the daemon turns that
-    into an error reply.  The header's `v` is returned as is: whether the version is
-    spoken is the receiver's decision, since it must answer in a version the sender reads.
+    into an error reply (`details["re"]`: the message's id, where it could be read).  The
+    order of the checks is PROTOCOL.md's section 8.  With `version` given (the daemon),
+    `v` is checked right after the signature, before anything else in the header, so that
+    a client of another version hears `version_mismatch` whatever else it does
+    differently; without it `v` is returned as is.
     """
     parts = [_as_view(f) for f in frames]
     if len(parts) < 2:
-        raise ProtocolError(Code.BAD_FRAME, f"a message has at least 2 frames (header, signature); got {len(parts)}")
+        raise ProtocolError(
+            Code.BAD_FRAME, f"a message has at least 2 frames (header, signature); got {len(parts)}",
+            {"re": _readable_id(parts[0]) if parts else None},
+        )
     if len(parts[0]) > MAX_HEADER_BYTES:
         raise ProtocolError(
             Code.TOO_LARGE,
@@ -97,17 +103,30 @@ def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
     if not isinstance(header, dict):
         raise ProtocolError(Code.BAD_FRAME, f"frame 0 must be a msgpack map, got {type(header).__name__}")
     msg_id = header.get("id")
+    re_id = msg_id if isinstance(msg_id, str) else None
     if key:
         expected = sign(key, raw_header)
         if not hmac.compare_digest(expected, bytes(parts[-1])):
             raise ProtocolError(
                 Code.BAD_SIGNATURE,
                 "message signature is missing or wrong (is the client using the daemon's connection file key?)",
-                {"re": msg_id if isinstance(msg_id, str) else None},
+                {"re": re_id},
+            )
+    if version is not None:
+        v = header.get("v")
+        if "v" not in header:
+            raise ProtocolError(Code.MISSING_FIELD, "header field 'v' is missing", {"field": "v", "re": re_id})
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ProtocolError(Code.BAD_FIELD_TYPE, f"header field 'v' must be int, got {type(v).__name__}", {"field": "v", "re": re_id})
+        if v != version:
+            raise ProtocolError(
+                Code.VERSION_MISMATCH,
+                f"this client speaks protocol version {v}; this daemon speaks version {version}",
+                {"client_version": v, "daemon_version": version, "re": re_id},
             )
     for name, kind in (("v", int), ("id", str), ("type", str)):
         if name not in header:
-            raise ProtocolError(Code.MISSING_FIELD, f"header field '{name}' is missing", {"field": name})
+            raise ProtocolError(Code.MISSING_FIELD, f"header field '{name}' is missing", {"field": name, "re": re_id})
         if not isinstance(header[name], kind) or isinstance(header[name], bool):
             raise ProtocolError(
                 Code.BAD_FIELD_TYPE,
@@ -154,6 +173,18 @@ def decode(frames: Sequence[Any], key: bytes | None = None) -> Message:
         ts=float(ts),
         version=header["v"],
     )
+
+
+def _readable_id(frame: memoryview) -> str | None:
+    """The `id` of a lone frame that is a readable header, so a refusal can name it in `re`."""
+    if len(frame) > MAX_HEADER_BYTES:
+        return None
+    try:
+        header = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=True)
+    except Exception:
+        return None
+    msg_id = header.get("id") if isinstance(header, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
 
 
 def _as_view(frame: Any) -> memoryview:

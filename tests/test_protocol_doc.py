@@ -98,6 +98,7 @@ def test_daemon_constants_documented() -> None:
     from backend import daemon, jobs
 
     assert f"{daemon.REPLAY_WINDOW:.0f} s" in DOC or f"{daemon.REPLAY_WINDOW:.0f} seconds" in DOC
+    assert f"`LOADING_TICK`, {daemon.LOADING_TICK:.0f} s" in DOC
     for cap in daemon.CAPABILITIES:
         assert f"`{cap}`" in DOC, f"capability {cap!r} missing"
     store = jobs.ResultStore()
@@ -109,3 +110,18 @@ def test_contents_list_matches_the_sections() -> None:
     listed = re.findall(r"^(\d+)\. (.+)$", DOC.split("\nContents\n", 1)[1].split("\n---", 1)[0], re.M)
     headings = re.findall(r"^## (\d+)\. (.+)$", DOC, re.M)
     assert listed == headings
+
+
+@pytest.mark.parametrize("code", sorted(_constants(messages.CancelCode).values()))
+def test_cancel_code_documented_with_the_reason_the_daemon_sends(code: str) -> None:
+    """Section 6.3's table: each code, and beside it the exact `reason` text the daemon sends."""
+    reason = messages.CANCEL_REASONS[code]
+    assert re.search(rf'^\| `{re.escape(code)}` \| .* \| `"{re.escape(reason)}"` \|$', DOC, re.M), (
+        f"cancel code {code!r} (reason {reason!r}) has no row in PROTOCOL.md section 6.3"
+    )
+
+
+def test_no_other_cancel_reason_is_promised() -> None:
+    """Every quoted reason the document gives a `cancelled` event is one the daemon sends."""
+    quoted = set(re.findall(r'reason: "([^"]+)"', DOC)) | set(re.findall(r'reason `"([^"]+)"`', DOC))
+    assert quoted <= set(messages.CANCEL_REASONS.values()), quoted - set(messages.CANCEL_REASONS.values())

@@ -15,6 +15,7 @@ import re
 import stat
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -332,6 +333,37 @@ def test_version_mismatch(raw: Raw) -> None:
     assert header["v"] == VERSION
 
 
+def test_version_is_checked_right_after_the_signature(raw: Raw) -> None:
+    """Section 4 and 8: nothing in the header but its signature is judged before `v`; a
+    client of another version, whose frames this version would not understand, hears so."""
+    header = {"v": VERSION + 1, "id": uuid.uuid4().hex, "type": "ping", "ts": time.time(), "body": {}, "buffers": [5]}
+    packed = msgpack.packb(header, use_bin_type=True)
+    raw.sock.send_multipart([packed, raw.sign(packed)])  # declares a buffer frame that is not there
+    reply, _ = raw.reply_to(header["id"])
+    assert assert_error(reply, "version_mismatch", header["id"])["details"] == {"client_version": VERSION + 1, "daemon_version": VERSION}
+    # and with version 1, the same frames are a bad frame
+    header = {**header, "v": VERSION, "id": uuid.uuid4().hex}
+    packed = msgpack.packb(header, use_bin_type=True)
+    raw.sock.send_multipart([packed, raw.sign(packed)])
+    reply, _ = raw.reply_to(header["id"])
+    assert_error(reply, "bad_frame", header["id"])
+
+
+def test_a_lone_header_frame_gets_bad_frame_naming_it(raw: Raw) -> None:
+    """Section 8: `bad_frame` carries `re` whenever the header's id could be read, also when
+    the signature frame is missing altogether."""
+    msg_id, frames = raw.frames("ping")
+    raw.sock.send_multipart(frames[:1])
+    header, _ = raw.recv()
+    assert_error(header, "bad_frame", msg_id)
+    assert header["re"] == msg_id
+    # a lone frame that is no header gets no `re`
+    raw.sock.send_multipart([b"\xc1"])
+    header, _ = raw.recv()
+    assert_error(header, "bad_frame", None)
+    assert "re" not in header
+
+
 def test_unknown_type(raw: Raw) -> None:
     msg_id = raw.send("paint_me_a_picture")
     header, _ = raw.reply_to(msg_id)
@@ -360,3 +392,130 @@ def test_daemon_still_answers(raw: Raw, daemon) -> None:
     assert header["type"] == "status_reply"
     assert header["body"]["running"] == [] and header["body"]["queued"] == []
     assert daemon.alive()
+
+
+# -- a daemon of their own: slow start, slow jobs (fault injection, PROTOCOL.md 12.5) ------------
+
+DOC = (Path(__file__).resolve().parent.parent / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
+
+
+def _small_submit(**options: Any) -> tuple[dict[str, Any], list[bytes]]:
+    W, H = 64, 48
+    mask = np.zeros((H, W), np.uint8)
+    mask[16:32, 24:40] = 255
+    body = {"image": {"frame": 1, "width": W, "height": H, "channels": 3},
+            "mask": {"frame": 2, "width": W, "height": H, "channels": 1}, **options}
+    return body, [_source(W, H).tobytes(), mask.tobytes()]
+
+
+def _events(r: Raw, job: str, until: str = "", timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The job's events (headers) up to its terminal one, or up to a progress of stage `until`."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        header, _ = r.recv(max(0.01, deadline - time.monotonic()))
+        if header.get("job") != job or "re" in header:
+            continue
+        seen.append(header)
+        if header["type"] != "progress" or header["body"]["stage"] == until:
+            return seen
+
+
+def _waited_for_a_load(events: list[dict[str, Any]]) -> list[tuple[str, int, int, float]]:
+    """The job's progress, checked for one model load: `loading` 0/1 first, again about
+    every second with `elapsed` growing, then 1/1, then `preparing`, on one clock."""
+    progress = [(e["body"]["stage"], e["body"]["step"], e["body"]["total_steps"], e["body"]["elapsed"])
+                for e in events if e["type"] == "progress" and e["body"]["stage"] != "queued"]
+    waiting = [p for p in progress if p[:3] == ("loading", 0, 1)]
+    assert progress[: len(waiting)] == waiting, progress  # the first events, before anything else
+    assert len(waiting) >= 2, progress  # again after about a second
+    assert waiting[0][3] < 0.5 and 0.8 < waiting[1][3] - waiting[0][3] < 1.6, progress
+    assert progress[len(waiting)][:3] == ("loading", 1, 1), progress
+    assert progress[len(waiting) + 1][0] == "preparing", progress
+    elapsed = [p[3] for p in progress]
+    assert elapsed == sorted(elapsed), progress  # one clock, counting on
+    return progress
+
+
+@pytest.mark.slow
+def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
+    """Section 9.14: a daemon still loading its default model says so (`loading` in status
+    and hello), accepts jobs, and the job next in line hears `loading` with its elapsed time
+    about every second until the model is ready; the job behind it hears only its place,
+    then, as it loads a model of its own, `loading` about every second too (6.1)."""
+    from backend.spawn import start_daemon
+
+    delay = 2.2
+    with start_daemon(tmp_path, "--engine", "classical", "--fault-injection", "--fault-load-delay", str(delay), wait_loaded=False) as d:
+        r = Raw(d.endpoint, d.key)
+        try:
+            t0 = time.monotonic()
+            status, _ = r.request("status")
+            assert status["body"]["loading"] == "opencv-telea" and status["body"]["loaded_model"] is None
+            hello, _ = r.request("hello")
+            assert hello["body"]["loading"] == "opencv-telea"
+            body, buffers = _small_submit()
+            other, other_buffers = _small_submit(model="fault-injector", steps=2)
+            # pipelined, and every message read: a job's first event may come before the next reply
+            ids = [r.send("submit", body, buffers), r.send("submit", other, other_buffers), r.send("submit", body, buffers)]
+            messages: list[dict[str, Any]] = []
+            took = 0.0  # until the first result
+            while sum(m["type"] == "result" for m in messages) < 3:
+                header, _ = r.recv(30)
+                messages.append(header)
+                took = took or (time.monotonic() - t0 if header["type"] == "result" else 0.0)
+            accepted = [next(m for m in messages if m.get("re") == i) for i in ids]
+            assert [a["type"] for a in accepted] == ["accepted"] * 3, accepted
+            assert [a["body"]["position"] for a in accepted] == [0, 1, 2]
+            first, second, third = ([m for m in messages if m.get("job") == a["job"] and "re" not in m] for a in accepted)
+            assert first[-1]["type"] == "result", first[-1]
+            assert _waited_for_a_load(first)[-1][3] >= delay - 0.5
+            timings = first[-1]["body"]["timings"]
+            assert timings["queued"] + timings["elapsed"] <= took
+            # the second job loads its own model, slowly
+            assert second[-1]["type"] == "result", second[-1]
+            assert _waited_for_a_load(second)[-1][3] >= delay
+            # the third one's model is warm: no `loading` at all
+            assert third[-1]["type"] == "result"
+            assert "loading" not in [e["body"].get("stage") for e in third[:-1]]
+            status, _ = r.request("status")
+            assert status["body"]["loading"] is None and status["body"]["loaded_model"] == "opencv-telea"
+        finally:
+            r.close()
+
+
+def test_cancelled_events_carry_the_documented_code_and_reason(tmp_path) -> None:
+    """Section 6.3: `code` says why (queued, running, shutdown); `reason` is the text of the
+    document's table for that code."""
+    from backend.spawn import start_daemon
+
+    table = dict(re.findall(r'^\| `([a-z_]+)` \| [^|]+ \| `"([^"]+)"` \|$', DOC.split("### 6.3", 1)[1].split("###", 1)[0], re.M))
+    assert set(table) == {"queued", "running", "shutdown"}, table
+    with start_daemon(tmp_path, "--engine", "classical", "--fault-injection") as d:
+        r = Raw(d.endpoint, d.key)
+        try:
+            body, buffers = _small_submit(model="fault-injector", prompt="fault:sleep=0.05", steps=100)
+            running, _ = r.request("submit", body, buffers)
+            _events(r, running["job"], until="denoising")
+            queued, _ = r.request("submit", body, buffers)
+            for job, state, code in ((queued["job"], "cancelled", "queued"), (running["job"], "cancelling", "running")):
+                cancel_id = r.send("cancel", {"job": job})
+                reply = ended = None
+                while reply is None or ended is None:  # a queued job's event comes first (5.5)
+                    header, _ = r.recv()
+                    if header.get("re") == cancel_id:
+                        reply = header
+                    elif header.get("job") == job and header["type"] != "progress":
+                        ended = header
+                assert reply["body"]["state"] == state, reply
+                assert ended["type"] == "cancelled", ended
+                assert ended["body"] == {"job": job, "code": code, "reason": table[code]}
+            running, _ = r.request("submit", body, buffers)
+            _events(r, running["job"], until="denoising")
+            queued, _ = r.request("submit", body, buffers)
+            r.request("shutdown")
+            for job in (queued["job"], running["job"]):
+                ended = _events(r, job)[-1]
+                assert ended["type"] == "cancelled" and ended["body"] == {"job": job, "code": "shutdown", "reason": table["shutdown"]}
+        finally:
+            r.close()

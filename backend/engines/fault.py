@@ -12,11 +12,16 @@ real socket, the failures a GPU engine has in real life, at a chosen step of a j
 
 Directives go in the prompt; `steps` sets the number of steps (default 20).  The output
 is the input with the hole filled grey, so results composite like any engine's.
+
+`inpaintd serve --fault-injection --fault-load-delay S` also makes the first load of each
+model (the default model's at start-up included) take S seconds longer, as a diffusion
+model's load does, so that tests can watch what a client hears while a model loads.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -132,9 +137,12 @@ class FaultInjectorEngine:
 class FaultInjectionRegistry:
     """A model registry with the fault-injector model added beside the configured ones."""
 
-    def __init__(self, inner) -> None:  # backend.models.ModelRegistry
+    def __init__(self, inner, load_delay: float = 0.0) -> None:  # inner: backend.models.ModelRegistry
         self.inner = inner
         self.engine = FaultInjectorEngine()
+        self.load_delay = load_delay
+        self._loaded: set[str] = set()  # models whose first (slow) load is done
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str):  # default_model_id, notices, allow_pickle, ...
         return getattr(self.inner, name)
@@ -146,6 +154,18 @@ class FaultInjectionRegistry:
         return FAULT_MODEL_INFO if model_id == FAULT_MODEL_ID else self.inner.get(model_id)
 
     def load(self, model_id: str, progress: ProgressFn | None = None):
+        with self._lock:  # one load at a time, as the real registry
+            if self.load_delay and model_id not in self._loaded:
+                report = progress or (lambda stage, step, total: None)
+                report("loading", 0, 1)
+                time.sleep(self.load_delay)
+                engine = self._load(model_id, lambda stage, step, total: None)
+                self._loaded.add(model_id)
+                report("loading", 1, 1)
+                return engine
+            return self._load(model_id, progress)
+
+    def _load(self, model_id: str, progress: ProgressFn | None):
         return self.engine if model_id == FAULT_MODEL_ID else self.inner.load(model_id, progress)
 
     def close(self) -> None:
