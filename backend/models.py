@@ -6,7 +6,9 @@ torch or diffusers.  Loading is where the cost is paid, once: the diffusion pipe
 kept warm, and only one at a time, since each can take most of a GPU.
 
 Model ids:
-- "opencv-telea", "opencv-ns": the classical engines, always available.
+- "patchmatch", "opencv-telea", "opencv-ns", "opencv-fsr", "opencv-shiftmap", "biharmonic":
+  the classical engines (backend/engines/classical.py), no weights; each is available where
+  its library is installed (OpenCV's two always are).
 - "org/name": a Hugging Face repo id, looked up in the local hub cache.
 - a folder (diffusers layout, with model_index.json) or a `.safetensors` file: the id is
   the absolute path, so that it does not depend on the daemon's working directory.  `get`
@@ -26,8 +28,16 @@ from pathlib import Path
 from .engines.base import Engine, EngineError, ModelInfo, ProgressFn
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
-FALLBACK_MODEL = "opencv-telea"
-BUILTIN_MODELS = ("opencv-telea", "opencv-ns")
+#: The embedded default, where no diffusion model is available: the best classical fill by
+#: bench/quality.py.  Where its library is missing, the best classical method that can run.
+FALLBACK_MODEL = "patchmatch"
+BUILTIN_MODELS = ("patchmatch", "biharmonic", "opencv-ns", "opencv-telea", "opencv-fsr", "opencv-shiftmap")
+
+
+def fallback_model() -> str:
+    from .engines.classical import METHODS, default_method
+
+    return FALLBACK_MODEL if METHODS[FALLBACK_MODEL].available else default_method()
 
 #: Checkpoint formats that unpickle on load, and so can run code hidden in the file.
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
@@ -164,10 +174,10 @@ class ModelRegistry:
         if info.available:
             self.default_model_id = requested
         else:
-            self.default_model_id = FALLBACK_MODEL
+            self.default_model_id = fallback_model()
             self.notices.append(
-                f"Model '{requested}' was not found ({info.detail}). Using the classical OpenCV "
-                f"engine '{FALLBACK_MODEL}' instead, which fills holes from their surroundings "
+                f"Model '{requested}' was not found ({info.detail}). Using the classical "
+                f"engine '{self.default_model_id}' instead, which fills holes from their surroundings "
                 "and ignores prompts."
             )
 
@@ -191,7 +201,11 @@ class ModelRegistry:
 
     def _info(self, spec: _Spec) -> ModelInfo:
         if spec.kind == "builtin":
-            return ModelInfo(spec.id, "classical", "builtin", True, None, "OpenCV inpainting, no weights")
+            from .engines.classical import METHODS
+
+            method = METHODS[spec.id]
+            missing = method.missing()
+            return ModelInfo(spec.id, "classical", "builtin", not missing, None, missing or method.summary)
         if spec.kind == "hub":
             snapshot = cached_snapshot(spec.source, allow_pickle=self.allow_pickle)
             if snapshot is not None:
@@ -252,6 +266,10 @@ class ModelRegistry:
                 engine = self._classical.get(spec.id)
                 if engine is None:
                     from .engines.classical import ClassicalEngine
+
+                    info = self._info(spec)
+                    if not info.available:
+                        raise EngineError("model_unavailable", f"model '{spec.id}' is not available: {info.detail}")
 
                     report("loading", 0, 1)
                     engine = self._classical[spec.id] = ClassicalEngine(spec.id)

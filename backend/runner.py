@@ -22,6 +22,7 @@ from .compositing import composite
 from .engines.base import Engine, EngineError, EngineTask, ProgressFn
 from .geometry import auto_padding, context_region, processing_size
 from .masks import bounding_box, prepare_mask
+from .prefill import prefill
 
 DEFAULT_DIFFUSION_STEPS = 20
 
@@ -41,6 +42,9 @@ class JobOutput:
     region: Rect
     processing_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
+    #: What the runner did that the client should hear (also handed to the engine's
+    #: `last_notes`, which the daemon puts in the result).
+    notes: list[str] = field(default_factory=list)
 
 
 def variant_seeds(seed: int, variants: int, rng: np.random.Generator | None = None) -> list[int]:
@@ -106,15 +110,32 @@ def run_job(
     # them rather than take them as context; the composite still uses only the selection,
     # so they stay transparent in the result.
     engine_region_mask = region_mask
+    empty = None
     if source.shape[2] == 4:
         empty = source[:, :, 3] == 0
         if empty.any():
             engine_region_mask = np.where(empty, np.uint8(255), region_mask)
+        else:
+            empty = None
 
     size = processing_size(region, engine.native_size, getattr(engine, "shape_multiple", engine.size_multiple))
+    engine_image = _resize(np.ascontiguousarray(source[:, :, :3]), size)
+    engine_mask = _engine_mask(engine_region_mask, size)
+    notes: list[str] = []
+    fill = getattr(options, "fill", "auto")
+    if getattr(engine, "name", "") == "classical":
+        if fill not in ("auto", "none"):
+            notes.append(f"fill '{fill}' was not used: a classical engine fills the hole itself")
+    elif options.strength < 1.0:
+        # Below strength 1 the engine starts from the encoded picture: what it starts from in
+        # the hole is the `fill` option's choice (backend/prefill.py).
+        empty_at_size = None if empty is None else _engine_mask(empty.astype(np.uint8) * 255, size) > 0
+        engine_image, done = prefill(engine_image, engine_mask, empty_at_size, fill, seeds[0] if seeds else 0)
+        if done:
+            notes.append(f"pre-filled the hole before encoding: {done}")
     task = EngineTask(
-        image=_resize(np.ascontiguousarray(source[:, :, :3]), size),
-        mask=_engine_mask(engine_region_mask, size),
+        image=engine_image,
+        mask=engine_mask,
         prompt=options.prompt,
         negative_prompt=options.negative_prompt,
         seeds=seeds,
@@ -129,8 +150,14 @@ def run_job(
     task.check_cancel()
     outputs = engine.generate(task)
     t2 = time.perf_counter()
-    if len(outputs) != len(seeds):
+    # A deterministic engine (`seeded` False: the same pixels for every seed) makes one.
+    one_for_all = len(outputs) == 1 and not getattr(engine, "seeded", True)
+    if len(outputs) != len(seeds) and not one_for_all:
         raise EngineError("engine_failure", f"engine returned {len(outputs)} images for {len(seeds)} seeds")
+    if notes:
+        engine_notes = getattr(engine, "last_notes", None)
+        if isinstance(engine_notes, list):
+            engine_notes.extend(notes)
     if options.color_match:
         keep = task.mask == 0
         outputs = [match_colors(out, task.image, keep) for out in outputs]
@@ -141,4 +168,4 @@ def run_job(
     ]
     t3 = time.perf_counter()
     timings = {"prepare": t1 - t0, "generate": t2 - t1, "composite": t3 - t2, "total": t3 - t0}
-    return JobOutput(layers=layers, region=region, processing_size=size, timings=timings)
+    return JobOutput(layers=layers, region=region, processing_size=size, timings=timings, notes=notes)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
+from protocol.messages import FILL_MODES, LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
 from protocol.wire import Message
 
 
@@ -47,6 +47,8 @@ def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
             raise _field_error(Code.TOO_LARGE, name, f"'{name}' has {len(getattr(options, name))} characters; the limit is {limits.max_prompt_chars}")
     if options.scheduler not in SCHEDULERS:
         raise _field_error(Code.BAD_VALUE, "scheduler", f"unknown scheduler '{options.scheduler}'; known: {', '.join(SCHEDULERS)}")
+    if options.fill not in FILL_MODES:
+        raise _field_error(Code.BAD_VALUE, "fill", f"unknown fill '{options.fill}'; known: {', '.join(FILL_MODES)}")
     return options
 
 

@@ -79,9 +79,9 @@ def test_errors_exit_non_zero_with_the_daemons_message(daemon, files, tmp_path):
 
 def test_status_models_and_cancel(daemon):
     r = inpaintd("status", env=daemon.env)
-    assert r.returncode == 0 and "default model opencv-telea" in r.stdout
+    assert r.returncode == 0 and "default model patchmatch" in r.stdout
     r = inpaintd("models", env=daemon.env)
-    assert r.returncode == 0 and "* opencv-telea" in r.stdout and "opencv-ns" in r.stdout
+    assert r.returncode == 0 and "* patchmatch" in r.stdout and "opencv-telea" in r.stdout and "opencv-ns" in r.stdout
     r = inpaintd("cancel", "0123456789abcdef", env=daemon.env)
     assert r.returncode == 1 and "not_found" in r.stderr
 

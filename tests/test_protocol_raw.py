@@ -147,7 +147,7 @@ def test_hello(raw: Raw) -> None:
     assert isinstance(body["daemon_version"], str)
     assert re.fullmatch(r"[0-9a-f]{32}", body["instance"])
     assert body["auth"] is True
-    assert body["default_model"] == "opencv-telea"
+    assert body["default_model"] == "patchmatch"
     ids = {m["id"] for m in body["models"]}
     assert {"opencv-telea", "opencv-ns"} <= ids
     for m in body["models"]:
@@ -198,7 +198,7 @@ def test_submit_strided_mask_to_result(raw: Raw) -> None:
     assert acc["job"] == job and re.fullmatch(r"[0-9a-f]{16}", job)
     assert isinstance(acc["position"], int) and acc["position"] >= 0
     assert acc["seeds"] == [7, 8]
-    assert acc["model"] == "opencv-telea"
+    assert acc["model"] == "patchmatch"
     assert acc["instance"] == getattr(raw, "instance", acc["instance"])
 
     stages = []
@@ -219,7 +219,7 @@ def test_submit_strided_mask_to_result(raw: Raw) -> None:
     assert stages[-1] == "compositing"
 
     res = header["body"]
-    assert res["job"] == job and res["model"] == "opencv-telea" and res["engine"] == "classical"
+    assert res["job"] == job and res["model"] == "patchmatch" and res["engine"] == "classical"
     region = res["region"]
     rx, ry, rw, rh = region["x"], region["y"], region["width"], region["height"]
     # the region holds the mask's box, inside the image
@@ -451,9 +451,9 @@ def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
         try:
             t0 = time.monotonic()
             status, _ = r.request("status")
-            assert status["body"]["loading"] == "opencv-telea" and status["body"]["loaded_model"] is None
+            assert status["body"]["loading"] == "patchmatch" and status["body"]["loaded_model"] is None
             hello, _ = r.request("hello")
-            assert hello["body"]["loading"] == "opencv-telea"
+            assert hello["body"]["loading"] == "patchmatch"
             body, buffers = _small_submit()
             other, other_buffers = _small_submit(model="fault-injector", steps=2)
             # pipelined, and every message read: a job's first event may come before the next reply
@@ -479,7 +479,7 @@ def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
             assert third[-1]["type"] == "result"
             assert "loading" not in [e["body"].get("stage") for e in third[:-1]]
             status, _ = r.request("status")
-            assert status["body"]["loading"] is None and status["body"]["loaded_model"] == "opencv-telea"
+            assert status["body"]["loading"] is None and status["body"]["loaded_model"] == "patchmatch"
         finally:
             r.close()
 

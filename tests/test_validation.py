@@ -72,6 +72,7 @@ WRONG_TYPES = {
     "feather": "8",
     "padding": [1],
     "color_match": 1,  # 0/1 are not booleans
+    "fill": True,
 }
 
 

@@ -75,11 +75,18 @@ ARGS: tuple[ArgSpec, ...] = (
     # Arguments added later go last, so that scripts passing arguments by position keep working.
     ArgSpec("color-match", "color_match", "bool", "F_ix color cast",
             "Match the result's colors to the picture where the model should have kept it", False),
+    ArgSpec("fill", "fill", "str", "Hole pre-fill, strength belo_w 1",
+            "What a diffusion model starts from in the selection below strength 1: auto (keep the picture; "
+            "transparent pixels filled), none, neutral, blur, classical. No effect at strength 1 or on "
+            "classical models", "auto"),
 )
+
+#: The values of `fill` (the protocol's FILL_MODES; this module imports no client code).
+FILL_MODES = ("auto", "none", "neutral", "blur", "classical")
 
 #: The dialog's order, which need not be the argument order: related settings together.
 DIALOG_ORDER: tuple[str, ...] = (
-    "prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model", "grow", "feather", "padding",
+    "prompt", "negative-prompt", "variants", "strength", "fill", "steps", "seed", "model", "grow", "feather", "padding",
     "color-match", "endpoint", "sample-merged", "start-daemon",
 )
 
@@ -99,6 +106,7 @@ class Options:
     feather: int = 16
     padding: int = -1
     color_match: bool = False
+    fill: str = "auto"
     endpoint: str = ""
     sample_merged: bool = False
     start_daemon: bool = True
@@ -130,6 +138,8 @@ class Options:
                 problems.append(f"{_plain(spec.label)} must be at least {spec.minimum:g}, got {value}")
             if spec.maximum is not None and value > spec.maximum:
                 problems.append(f"{_plain(spec.label)} must be at most {spec.maximum:g}, got {value}")
+        if isinstance(self.fill, str) and (self.fill.strip() or "auto") not in FILL_MODES:
+            problems.append(f"Hole pre-fill '{self.fill}' is not one of {', '.join(FILL_MODES)}")
         if self.endpoint and not _ENDPOINT_RE.match(self.endpoint.strip()):
             problems.append(
                 f"Daemon address '{self.endpoint}' is not a ZeroMQ address; use tcp://HOST:PORT "
@@ -151,6 +161,7 @@ class Options:
             "feather": int(self.feather),
             "padding": int(self.padding),
             "color_match": bool(self.color_match),
+            "fill": self.fill.strip() or "auto",
         }
 
 

@@ -53,6 +53,13 @@ class InpaintPanel(QWidget):
         self.strength.setRange(0.01, 1.0)
         self.strength.setSingleStep(0.05)
         self.strength.setValue(s.strength)
+        self.fill = QComboBox()
+        for mode in logic.FILL_MODES:
+            self.fill.addItem(logic.FILL_LABELS[mode], mode)
+        self.fill.setCurrentIndex(max(0, self.fill.findData(s.fill)))
+        self.fill.setToolTip("Below strength 1 a diffusion model starts from the picture: what it starts from inside "
+                             "the selection. Auto keeps the picture and fills transparent pixels. No effect at strength 1 "
+                             "or with a classical model")
         self.steps = _spin(0, 150, s.steps, special="auto")
         self.seed = _spin(0, 2**31 - 1, s.seed)
         self.random_seed = QCheckBox("Random")
@@ -75,6 +82,7 @@ class InpaintPanel(QWidget):
         form = QFormLayout()
         form.addRow("Variants", self.variants)
         form.addRow("Strength", self.strength)
+        form.addRow("Start from", self.fill)
         form.addRow("Steps", self.steps)
         form.addRow("Seed", seed_row)
         form.addRow("Model", self.model)
@@ -133,6 +141,7 @@ class InpaintPanel(QWidget):
         self.negative.textChanged.connect(lambda t: self._set("negative_prompt", t))
         self.variants.valueChanged.connect(lambda v: self._set("variants", v))
         self.strength.valueChanged.connect(lambda v: self._set("strength", v))
+        self.fill.currentIndexChanged.connect(lambda _i: self._set("fill", self.fill.currentData() or "auto"))
         self.steps.valueChanged.connect(lambda v: self._set("steps", v))
         self.seed.valueChanged.connect(lambda v: self._set("seed", v))
         self.random_seed.toggled.connect(self._random_toggled)

@@ -279,6 +279,18 @@ def daemon_command_args(template: str, endpoint: str) -> list[str]:
 # -- settings ----------------------------------------------------------------------------
 
 
+#: The protocol's `fill` values (protocol.messages.FILL_MODES; this module imports no client
+#: code), with what the docker shows for each.
+FILL_MODES = ("auto", "none", "neutral", "blur", "classical")
+FILL_LABELS = {
+    "auto": "Auto (keep the picture)",
+    "none": "Keep the picture",
+    "neutral": "Neutral grey",
+    "blur": "Blurred surroundings",
+    "classical": "Classical fill",
+}
+
+
 @dataclass
 class Settings:
     """Everything the docker edits; the action `inpaintd_inpaint_selection` runs a job
@@ -296,6 +308,7 @@ class Settings:
     feather: int = 16
     padding: int = -1
     color_match: bool = False
+    fill: str = "auto"  # one of FILL_MODES
     use_composite: bool = False
     endpoint: str = ""
     daemon_command: str = "inpaintd serve --bind {endpoint}"
@@ -315,6 +328,7 @@ class Settings:
             "feather": int(max(self.feather, 0)),
             "padding": int(max(self.padding, -1)),
             "color_match": bool(self.color_match),
+            "fill": self.fill if self.fill in FILL_MODES else "auto",
         }
 
     def to_strings(self) -> dict[str, str]:
