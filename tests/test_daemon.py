@@ -85,7 +85,7 @@ def test_hello_lists_engines_models_and_limits(daemon):
     assert hello["protocol_version"] == 1
     assert "classical" in hello["engines"]
     ids = [m["id"] for m in hello["models"]]
-    assert hello["default_model"] == "opencv-telea" and "opencv-ns" in ids
+    assert hello["default_model"] == "patchmatch" and "opencv-telea" in ids and "opencv-ns" in ids
     assert hello["limits"]["max_side"] >= 8192
     assert hello["auth"] is True
     assert len(hello["instance"]) == 32
