@@ -272,7 +272,7 @@ def how_to_start(endpoint: str) -> str:
     return (
         f"No inpaintd daemon answered at {endpoint}.\n"
         f"Start one in a terminal with:\n    inpaintd serve --bind {endpoint}\n"
-        "(add --model opencv-telea to use the classical engine without model weights), "
+        "(add --engine classical to use the classical engine without model weights), "
         "then run Filters > AI > Inpaint Selection... again."
     )
 
