@@ -6,7 +6,9 @@ The same pipeline object serves both sides, so the comparison is of the call pat
 
 - stock: `pipe(prompt=..., image=..., mask_image=..., num_inference_steps=20,
   num_images_per_prompt=n, generator=..., strength=1.0)`, everything else at diffusers'
-  defaults (fp16; strength 1.0 because SDXL's default 0.9999 runs one step fewer);
+  defaults (fp16; strength 1.0 because SDXL's default 0.9999 runs one step fewer;
+  `num_inference_steps` 19 with SD 1.5's PNDM, which evaluates the UNet once more than its
+  step count, so that both sides run the 20 UNet calls inpaintd's `steps` 20 means);
 - inpaintd: `backend.runner.run_job` on `DiffusersEngine.from_pipeline(pipe)`, the code
   the daemon's worker runs (mask prep, crop, engine, composite), same image, mask, steps.
 
@@ -181,7 +183,11 @@ class Sides:
         import torch
         from PIL import Image
 
+        from backend.engines.sd_inpaint import scheduler_settings
+
         image, mask = Image.fromarray(self.image, "RGB"), Image.fromarray(self.mask, "L")
+        # The same UNet calls as the engine's `steps` (PNDM's step count is one fewer).
+        steps, _ = scheduler_settings(self.pipe.scheduler, self.steps, 1.0)
 
         # SDXL's default strength is 0.9999, which runs one step fewer than asked; strength 1.0
         # (SD 1.5's default, and inpaintd's) makes both sides do the same work.
@@ -191,7 +197,7 @@ class Sides:
             tuned = torch.backends.cudnn.benchmark
             torch.backends.cudnn.benchmark = False
             try:
-                out = self.pipe(prompt=PROMPT, image=image, mask_image=mask, num_inference_steps=self.steps, strength=1.0,
+                out = self.pipe(prompt=PROMPT, image=image, mask_image=mask, num_inference_steps=steps, strength=1.0,
                                 num_images_per_prompt=n, generator=torch.Generator("cpu").manual_seed(seed)).images
                 _sync(self.device)
             finally:

@@ -144,6 +144,25 @@ def test_schedulers_by_name(engine: DiffusersEngine, name: str) -> None:
     assert out[0].shape == (SIZE, SIZE, 3)
 
 
+@pytest.mark.parametrize("name", [s for s in KNOWN_SCHEDULERS if s != "lms"])
+def test_steps_are_the_unet_calls_for_every_scheduler(engine: DiffusersEngine, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROTOCOL.md 9.8: `int(steps × strength)` UNet calls (per variant batch), each reported as
+    one denoising step, whatever the scheduler.  PNDM (the tiny model's own, as SD 1.5's, so
+    also "default") ran one more than asked; its one exception is 2 steps."""
+    unet = engine.pipe.unet
+    calls: list[int] = []
+    forward = unet.forward
+    monkeypatch.setattr(unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    pndm = name in ("default", "pndm")
+    for steps, strength in [(1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (10, 0.5), (7, 0.3), (20, 0.75), (3, 0.5)]:
+        calls.clear()
+        events: list[tuple[str, int, int]] = []
+        engine.generate(make_task(scheduler=name, steps=steps, strength=strength, seeds=[5], progress=lambda *e: events.append(e)))
+        wanted = int(steps * strength) + (1 if pndm and steps == 2 else 0)
+        assert len(calls) == wanted, (name, steps, strength, len(calls))
+        assert [e for e in events if e[0] == "denoising"] == [("denoising", i, wanted) for i in range(1, wanted + 1)]
+
+
 def test_lms_needs_scipy(engine: DiffusersEngine) -> None:
     try:
         import scipy  # noqa: F401

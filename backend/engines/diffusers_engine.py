@@ -22,7 +22,7 @@ import numpy as np
 
 from .base import EngineError, EngineTask, ProgressFn, is_out_of_memory
 from .pacing import StepPacer
-from .sd_inpaint import Embeddings, InpaintLoop, Inputs
+from .sd_inpaint import Embeddings, InpaintLoop, Inputs, scheduler_settings
 from .speedups import Speedups, apply, uncompile
 
 if TYPE_CHECKING:  # torch and diffusers are imported lazily: they cost seconds
@@ -407,6 +407,8 @@ class DiffusersEngine:
                 f"strength {task.strength} leaves no denoising step out of {task.steps}; raise either",
             )
         self.pipe.scheduler = self._scheduler(task.scheduler)
+        # `steps` x `strength` UNet calls, whatever the scheduler (PNDM would run one more).
+        steps, strength = scheduler_settings(self.pipe.scheduler, task.steps, task.strength)
 
         task.progress("encoding", 0, 1)
         task.check_cancel()
@@ -427,7 +429,7 @@ class DiffusersEngine:
 
             job = Inputs(
                 image=task.image, mask=task.mask, embeddings=embeds, generators=gens,
-                steps=task.steps, guidance_scale=task.guidance_scale, strength=task.strength,
+                steps=steps, guidance_scale=task.guidance_scale, strength=strength,
             )
             return self._loop(job, pacer=StepPacer.for_device(self.device, on_step))
 

@@ -89,6 +89,45 @@ def encode_per_variant(vae: Any, image: "torch.Tensor", generators: list[Any]) -
 DECODE_PIXELS = 1 << 20
 
 
+def schedule(scheduler: Any, steps: int, strength: float) -> tuple["torch.Tensor", int]:
+    """The timesteps a job runs, one UNet call each, and where they start in the full
+    schedule: the stock pipeline's rule (`get_timesteps`), on the CPU.
+
+    `steps` is the scheduler's `num_inference_steps`; `strength` below 1 drops the noisiest
+    part of the schedule.  Most schedulers then run `int(steps × strength)` timesteps, but
+    PNDM (SD 1.5's own scheduler) runs one more: its first step takes two UNet calls.
+    `scheduler_settings` chooses the arguments that give a wanted number of calls.
+    """
+    scheduler.set_timesteps(steps, device="cpu")
+    init_steps = min(int(steps * strength), steps)
+    t_start = max(steps - init_steps, 0)
+    return scheduler.timesteps[t_start * scheduler.order:], t_start
+
+
+def scheduler_settings(scheduler: Any, steps: int, strength: float) -> tuple[int, float]:
+    """(num_inference_steps, strength) for `scheduler` such that the job runs exactly
+    `int(steps × strength)` UNet calls (per variant batch), which is what an artist asking
+    for `steps` at `strength` gets from every scheduler; the progress counts these calls.
+
+    Schedulers whose schedule has that length already keep the arguments as asked.  PNDM
+    (with `skip_prk_steps`) runs one call more than its step count, so it gets one step
+    fewer, and below strength 1 a strength that leaves the wanted number of calls, close
+    to the asked one, so the masked area is noised about as far.  Each choice is verified
+    by building the schedule; where none fits (PNDM at 2 steps and strength 1: one step
+    gives 1 call, two give 3) the arguments stay as asked and the progress reports what
+    really runs.
+    """
+    wanted = min(int(steps * strength), steps)
+    candidates = [(steps, strength)]
+    if steps >= 2:
+        fewer = steps - 1
+        candidates.append((fewer, 1.0 if strength == 1.0 else min((wanted - 0.5) / fewer, 1.0)))
+    for candidate in candidates:
+        if len(schedule(scheduler, *candidate)[0]) == wanted:
+            return candidate
+    return steps, strength
+
+
 class InpaintLoop:
     """The denoising loop for one loaded pipeline (SD 1.x/2.x or SDXL, 9- or 4-channel UNet)."""
 
@@ -136,10 +175,7 @@ class InpaintLoop:
         # 2. the schedule, shortened by strength, built on the CPU (the scheduler reads its own
         # tables with it; LCM would read a GPU timestep table back every step) and uploaded
         # once for the UNet.
-        scheduler.set_timesteps(job.steps, device="cpu")
-        init_steps = min(int(job.steps * job.strength), job.steps)
-        t_start = max(job.steps - init_steps, 0)
-        timesteps_cpu = scheduler.timesteps[t_start * scheduler.order:]
+        timesteps_cpu, t_start = schedule(scheduler, job.steps, job.strength)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * scheduler.order)
         timesteps = timesteps_cpu.to(device)
