@@ -1,0 +1,225 @@
+"""The model families inpaintd can run, and how a model on disk is recognised as one.
+
+One table, in the spirit of diffusers' `AUTO_INPAINT_PIPELINES_MAPPING` and
+krita-ai-diffusion's `Arch`: for each family its inpaint pipeline, the pipeline classes a
+saved model of that family may carry, its denoiser folder, native size, size multiple,
+schedulers and default steps, and how a single-file checkpoint of it is recognised.  The
+rest of the daemon asks this module and never guesses a family from a class name.
+
+Adding a family is a row here plus a sampler that can run it (see CONTRIBUTING.md).
+Nothing here imports torch or diffusers: listing models must stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+
+class Arch(str, Enum):
+    """A model architecture family.  The value is what `list_models` reports."""
+
+    SD15 = "sd15"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+
+
+@dataclass(frozen=True)
+class Family:
+    arch: Arch
+    label: str
+    #: The diffusers pipeline that inpaints with this family (a class name in `diffusers`).
+    inpaint_pipeline: str
+    #: `_class_name`s in a saved model_index.json that belong to this family: text-to-image
+    #: and img2img checkpoints share their components with the inpaint pipeline and load
+    #: into it unchanged (4-channel denoiser, latent blending).
+    pipeline_classes: frozenset[str]
+    #: The folder of the weights that do the denoising: "unet" or "transformer".
+    denoiser: str
+    #: Side length the family was trained at; crops are scaled to about this many pixels.
+    native_size: int
+    #: Processing sizes are rounded to multiples of this (the VAE's downscale).
+    size_multiple: int
+    default_steps: int
+    #: Scheduler names clients may ask for ("default" keeps the checkpoint's own).
+    schedulers: tuple[str, ...]
+    #: How to pre-fill the hole before encoding when strength < 1 (the `fill` option's
+    #: "auto"), as krita-ai-diffusion's fill modes do per model.
+    default_fill: str
+    #: Diffusers repos whose configs lay out a single-file checkpoint: (inpainting, base).
+    reference_repos: tuple[str, str]
+    #: True when a single file's tensor names (safetensors header) are of this family.
+    single_file_match: Callable[[dict[str, Any]], bool]
+
+
+_SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
+
+
+def _has_prefix(prefix: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda header: any(k.startswith(prefix) for k in header)
+
+
+FAMILIES: dict[Arch, Family] = {
+    Arch.SDXL: Family(
+        arch=Arch.SDXL,
+        label="Stable Diffusion XL",
+        inpaint_pipeline="StableDiffusionXLInpaintPipeline",
+        pipeline_classes=frozenset(
+            {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+        ),
+        denoiser="unet",
+        native_size=1024,
+        size_multiple=8,
+        default_steps=20,
+        schedulers=_SD_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "stabilityai/stable-diffusion-xl-base-1.0"),
+        # SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`.
+        single_file_match=_has_prefix("conditioner.embedders.1."),
+    ),
+    Arch.SD2: Family(
+        arch=Arch.SD2,
+        label="Stable Diffusion 2.x",
+        inpaint_pipeline="StableDiffusionInpaintPipeline",
+        pipeline_classes=frozenset(),  # saved as SD 1.x's classes: told apart by the text encoder
+        denoiser="unet",
+        native_size=512,
+        size_multiple=8,
+        default_steps=20,
+        schedulers=_SD_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("stabilityai/stable-diffusion-2-inpainting", "stabilityai/stable-diffusion-2-1-base"),
+        # OpenCLIP text encoder
+        single_file_match=_has_prefix("cond_stage_model.model."),
+    ),
+    Arch.SD15: Family(
+        arch=Arch.SD15,
+        label="Stable Diffusion 1.x",
+        inpaint_pipeline="StableDiffusionInpaintPipeline",
+        pipeline_classes=frozenset(
+            {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
+        ),
+        denoiser="unet",
+        native_size=512,
+        size_multiple=8,
+        default_steps=20,
+        schedulers=_SD_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("stable-diffusion-v1-5/stable-diffusion-inpainting", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        single_file_match=_has_prefix("model.diffusion_model.input_blocks."),
+    ),
+}
+
+#: Single files are matched in this order: the most specific marker first.
+_SINGLE_FILE_ORDER = (Arch.SDXL, Arch.SD2, Arch.SD15)
+
+
+class UnsupportedModel(ValueError):
+    """A model on disk that is not of any family in the table; the message says what it is."""
+
+
+def family(arch: Arch | str) -> Family:
+    return FAMILIES[Arch(arch)]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModel(f"{path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UnsupportedModel(f"{path}: not a JSON object")
+    return data
+
+
+def family_of_folder(folder: Path) -> Family:
+    """The family of a diffusers folder (a local save or a cache snapshot), from its
+    model_index.json class name, and for SD 1.x/2.x classes from the text encoder's width."""
+    index = _read_json(folder / "model_index.json")
+    name = str(index.get("_class_name", ""))
+    for fam in FAMILIES.values():
+        if name in fam.pipeline_classes:
+            if fam.arch == Arch.SD15 and _is_open_clip(folder):
+                return FAMILIES[Arch.SD2]
+            return fam
+    supported = ", ".join(sorted(c for f in FAMILIES.values() for c in f.pipeline_classes))
+    raise UnsupportedModel(
+        f"{folder} holds a {name or 'pipeline of unknown class'}, which inpaintd cannot inpaint with; "
+        f"supported: {supported}"
+    )
+
+
+def _is_open_clip(folder: Path) -> bool:
+    """SD 2.x folders use the same pipeline classes as SD 1.x but a 1024-wide OpenCLIP text encoder."""
+    path = folder / "text_encoder" / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        return int(_read_json(path).get("hidden_size", 768)) == 1024
+    except (UnsupportedModel, TypeError, ValueError):
+        return False
+
+
+def native_size_of_folder(folder: Path, fam: Family) -> int:
+    """The denoiser's sample size times the VAE's downscale, from the configs alone (a
+    fine-tune may differ from its family's size, e.g. SD 2.1 at 768); the family's size
+    when the configs do not say."""
+    try:
+        denoiser = _read_json(folder / fam.denoiser / "config.json")
+        vae = _read_json(folder / "vae" / "config.json")
+        return int(denoiser["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (UnsupportedModel, KeyError, TypeError, ValueError):
+        return fam.native_size
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """Tensor names -> dtype/shape of a .safetensors file, from its JSON header (no torch)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > 100_000_000:
+            raise ValueError(f"{path}: implausible safetensors header")
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+@dataclass(frozen=True)
+class SingleFile:
+    """What a single-file checkpoint is, read from its tensor names."""
+
+    family: Family
+    inpainting: bool  # a 9-channel denoiser (latents + mask + masked image)
+
+    @property
+    def reference_repo(self) -> str:
+        return self.family.reference_repos[0 if self.inpainting else 1]
+
+
+def inspect_single_file(path: Path) -> SingleFile | None:
+    """The family of a `.safetensors` checkpoint in the original (LDM) layout; None for a
+    pickle (never opened here) or a layout the table does not know."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        header = safetensors_header(path)
+    except (OSError, ValueError, struct.error):
+        return None
+    first_conv = header.get("model.diffusion_model.input_blocks.0.0.weight", {})
+    shape = first_conv.get("shape") or [0, 4]
+    inpainting = len(shape) > 1 and shape[1] == 9
+    for arch in _SINGLE_FILE_ORDER:
+        if FAMILIES[arch].single_file_match(header):
+            return SingleFile(FAMILIES[arch], inpainting)
+    return None
+
+
+def all_schedulers() -> tuple[str, ...]:
+    """Every scheduler name some family accepts, in table order (for clients' menus)."""
+    seen: dict[str, None] = {}
+    for fam in FAMILIES.values():
+        seen.update(dict.fromkeys(fam.schedulers))
+    return tuple(seen)

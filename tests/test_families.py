@@ -1,0 +1,90 @@
+"""The model-family table: folders, cache snapshots and single files recognised from disk alone."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from backend.families import FAMILIES, Arch, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
+
+
+def _folder(tmp: Path, class_name: str, *, text_width: int = 768, denoiser: str = "unet", sample: int = 64) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    (tmp / "text_encoder").mkdir(exist_ok=True)
+    (tmp / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": text_width}))
+    (tmp / denoiser).mkdir(exist_ok=True)
+    (tmp / denoiser / "config.json").write_text(json.dumps({"sample_size": sample}))
+    (tmp / "vae").mkdir(exist_ok=True)
+    (tmp / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 2, 3, 4]}))
+    return tmp
+
+
+def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
+    header = {name: {"dtype": "F16", "shape": shape, "data_offsets": [0, 0]} for name, shape in names.items()}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("class_name", "width", "arch"),
+    [
+        ("StableDiffusionInpaintPipeline", 768, Arch.SD15),
+        ("StableDiffusionPipeline", 768, Arch.SD15),
+        ("StableDiffusionInpaintPipeline", 1024, Arch.SD2),
+        ("StableDiffusionXLInpaintPipeline", 1280, Arch.SDXL),
+        ("StableDiffusionXLPipeline", 1280, Arch.SDXL),
+    ],
+)
+def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
+    assert family_of_folder(_folder(tmp_path, class_name, text_width=width)).arch == arch
+
+
+@pytest.mark.parametrize("class_name", ["StableDiffusion3Pipeline", "StableDiffusionUpscalePipeline", "FluxPipeline", ""])
+def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) -> None:
+    """`startswith("StableDiffusion")` once let an SD3 folder into the SD 1.5 class."""
+    with pytest.raises(UnsupportedModel) as err:
+        family_of_folder(_folder(tmp_path, class_name, denoiser="transformer"))
+    assert (class_name or "unknown class") in str(err.value) and "supported:" in str(err.value)
+
+
+def test_native_size_from_the_configs(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "StableDiffusionPipeline", sample=96)  # SD 2.1 768-v style
+    assert native_size_of_folder(folder, FAMILIES[Arch.SD15]) == 768
+    (folder / "vae" / "config.json").unlink()
+    assert native_size_of_folder(folder, FAMILIES[Arch.SD15]) == 512
+
+
+def test_the_tiny_model_is_sd15(tiny_model_dir: Path) -> None:
+    fam = family_of_folder(tiny_model_dir)
+    assert fam.arch == Arch.SD15 and fam.denoiser == "unet"
+
+
+def test_single_files(tmp_path: Path) -> None:
+    unet9 = {"model.diffusion_model.input_blocks.0.0.weight": [320, 9, 3, 3]}
+    unet4 = {"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]}
+    sd15 = inspect_single_file(_safetensors(tmp_path / "a.safetensors", unet9))
+    assert sd15 and sd15.family.arch == Arch.SD15 and sd15.inpainting
+    assert sd15.reference_repo == "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    xl = inspect_single_file(_safetensors(tmp_path / "b.safetensors", {**unet4, "conditioner.embedders.1.model.x": [1]}))
+    assert xl and xl.family.arch == Arch.SDXL and not xl.inpainting
+    assert xl.reference_repo == "stabilityai/stable-diffusion-xl-base-1.0"
+    sd2 = inspect_single_file(_safetensors(tmp_path / "c.safetensors", {**unet9, "cond_stage_model.model.x": [1]}))
+    assert sd2 and sd2.family.arch == Arch.SD2
+    # an MMDiT (SD 3.x) file is not taken for SD 1.5, and pickles are never opened
+    assert inspect_single_file(_safetensors(tmp_path / "d.safetensors", {"model.diffusion_model.joint_blocks.0.x": [1]})) is None
+    (tmp_path / "e.ckpt").write_bytes(b"x")
+    assert inspect_single_file(tmp_path / "e.ckpt") is None
+
+
+def test_every_row_is_complete() -> None:
+    for arch, fam in FAMILIES.items():
+        assert fam.arch == arch
+        assert fam.denoiser in ("unet", "transformer")
+        assert fam.native_size % fam.size_multiple == 0
+        assert "default" in fam.schedulers and fam.default_steps > 0
+        assert fam.inpaint_pipeline.endswith("InpaintPipeline")
