@@ -125,3 +125,70 @@ def test_no_other_cancel_reason_is_promised() -> None:
     """Every quoted reason the document gives a `cancelled` event is one the daemon sends."""
     quoted = set(re.findall(r'reason: "([^"]+)"', DOC)) | set(re.findall(r'reason `"([^"]+)"`', DOC))
     assert quoted <= set(messages.CANCEL_REASONS.values()), quoted - set(messages.CANCEL_REASONS.values())
+
+
+def _section(heading: str) -> str:
+    """The text of the section whose heading starts with `heading`, up to the next heading."""
+    start = DOC.index(f"\n{heading}")
+    level = heading.split(" ", 1)[0]
+    rest = DOC[start + 1:]
+    ends = [m.start() for m in re.finditer(r"^#{2,%d} " % len(level), rest, re.M) if m.start() > 0]
+    return rest[: ends[0]] if ends else rest
+
+
+def test_endpoint_rule_names_every_source_in_order() -> None:
+    """Section 1: explicit, INPAINTD_ENDPOINT, the connection file's endpoint, the default,
+    empty values counting as unset, and the daemon's --bind following the same steps."""
+    from protocol.connection import CONNECTION_FILE_ENV
+
+    text = _section("## 1. Transport")
+    steps = re.findall(r"^(\d)\. (.+?)(?=^\d\. |^\n)", text.split("**Endpoint resolution.**", 1)[1], re.M | re.S)
+    assert [n for n, _ in steps] == ["1", "2", "3", "4"], steps
+    explicit, env, file, default = (body for _, body in steps)
+    assert "explicit" in explicit and "empty" in explicit
+    assert f"`{messages.ENDPOINT_ENV}`" in env and "empty" in env
+    assert f"`{CONNECTION_FILE_ENV}`" in file and "`endpoint`" in file and "non-empty" in file
+    assert f"`{messages.DEFAULT_ENDPOINT}`" in default
+    assert "`--bind`" in text and "65535" in text
+
+
+def test_endpoint_rule_is_what_the_code_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from protocol.connection import CONNECTION_FILE_ENV, resolve_endpoint
+
+    conn = tmp_path / "connection.json"
+    conn.write_text('{"endpoint": "tcp://10.0.0.3:3"}')
+    monkeypatch.setenv(CONNECTION_FILE_ENV, str(conn))
+    monkeypatch.setenv(messages.ENDPOINT_ENV, "tcp://10.0.0.2:2")
+    assert resolve_endpoint("tcp://10.0.0.1:1") == "tcp://10.0.0.1:1"  # 1
+    assert resolve_endpoint("") == resolve_endpoint() == "tcp://10.0.0.2:2"  # 2: an empty explicit one is none
+    monkeypatch.setenv(messages.ENDPOINT_ENV, "")
+    assert resolve_endpoint() == "tcp://10.0.0.3:3"  # 3: an empty variable is unset
+    conn.write_text("{not json")
+    assert resolve_endpoint() == messages.DEFAULT_ENDPOINT  # 3 gives nothing, silently; 4
+    monkeypatch.setenv(CONNECTION_FILE_ENV, "")
+    assert resolve_endpoint() == messages.DEFAULT_ENDPOINT
+
+
+def test_runtime_folder_rules_documented() -> None:
+    """Section 3.2: every source of the folder, empty variables, that clients use the same
+    rule from their own environment, and that the daemon tightens an existing folder."""
+    from protocol.connection import CONNECTION_DIR_ENV
+
+    text = _section("### 3.2 Connection files")
+    rows = [line for line in text.splitlines() if line.startswith("| `") or line.startswith("| Windows") or line.startswith("| otherwise")]
+    assert [r.split("|")[1].strip() for r in rows[:4]] == [
+        f"`{CONNECTION_DIR_ENV}` is set", "Windows", "`XDG_RUNTIME_DIR` is set", "otherwise"]
+    assert "`%APPDATA%\\inpaintd`" in rows[1] and "`APPDATA` is unset" in rows[1]
+    assert "`~/.config/inpaintd/run`" in rows[3]
+    assert "set but empty counts as unset" in text
+    assert "Clients work out the same folder" in text
+    assert "`0700`" in text and "also a folder that already existed" in text
+    assert "`0600`" in text and ".tmp" in text
+
+
+def test_native_size_nil_is_told_apart_by_engine() -> None:
+    """Section 5.3: nil is the crop's own resolution for a classical model, unknown for a
+    diffusion model whose configuration is not here."""
+    row = next(line for line in DOC.splitlines() if line.startswith("| `native_size` |"))
+    assert "`classical`" in row and "crop's own resolution" in row
+    assert "`diffusers`" in row and "not known yet" in row

@@ -523,6 +523,42 @@ def test_find_key_non_string_key_in_file(clean_env):
     assert find_key("tcp://h:1") is None
 
 
+def test_runtime_dir_empty_variables_count_as_unset(monkeypatch, tmp_path):
+    """PROTOCOL.md 3.2: a variable that is set but empty counts as unset."""
+    monkeypatch.setenv("INPAINTD_RUNTIME_DIR", "")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    if sys.platform != "win32":
+        assert runtime_dir() == tmp_path / "inpaintd"
+        monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+        assert runtime_dir() == Path.home() / ".config" / "inpaintd" / "run"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_write_connection_file_tightens_an_existing_folder(clean_env):
+    """PROTOCOL.md 3.2: a runtime folder that already existed, open to others, becomes 0700."""
+    clean_env.mkdir(mode=0o755)
+    os.chmod(clean_env, 0o755)
+    write_connection_file("tcp://127.0.0.1:7415", b"secret")
+    assert stat.S_IMODE(clean_env.stat().st_mode) == 0o700
+
+
+def test_connection_file_env_is_the_only_file_read(clean_env, monkeypatch, tmp_path):
+    """PROTOCOL.md 3.3: INPAINTD_CONNECTION_FILE gives the key whatever gave the endpoint,
+    and when it names no readable file the runtime folder is not searched instead."""
+    write_connection_file("tcp://127.0.0.1:7415", b"from-runtime-folder")
+    copy = tmp_path / "remote.json"
+    copy.write_text(json.dumps({"endpoint": "tcp://10.0.0.9:7415", "key": "from-copy"}))
+    monkeypatch.setenv("INPAINTD_CONNECTION_FILE", str(copy))
+    assert find_key("tcp://127.0.0.1:7415") == b"from-copy"
+    copy.unlink()
+    assert find_key("tcp://127.0.0.1:7415") is None
+
+
+def test_localhost_falls_back_to_the_127_0_0_1_file(clean_env):
+    write_connection_file("tcp://127.0.0.1:7415", b"k")
+    assert find_key("tcp://localhost:7415") == b"k"
+
+
 def test_new_key_random_hex():
     a, b = new_key(), new_key()
     assert a != b and len(a) == 64
