@@ -376,7 +376,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             client.wait(job, on_event=bar).raise_for_error()
             bar.done()
             paths = write_variants(job, ASSETS / "coffee.jpg", args.out / "coffee.png")
-            print(f"inpainted the spoon out of {ASSETS / 'coffee.jpg'} with {job.result['model']} in {time.perf_counter() - t0:.2f} s:")
+            photo = ASSETS / "coffee.jpg"
+            shown = os.path.relpath(photo) if photo.is_relative_to(Path.cwd()) else photo
+            print(f"inpainted the spoon out of {shown} with {job.result['model']} in {time.perf_counter() - t0:.2f} s:")
             for layer, path in zip(job.layers, paths):
                 print(f"  {path}  (seed {layer.seed}, region {layer.width}x{layer.height} at {layer.x},{layer.y})")
             for note in job.notes_for_user(args.prompt):

@@ -223,3 +223,23 @@ def test_bench_quality_runs_at_a_tiny_size_and_prints_one_table(tmp_path: Path) 
         assert row in proc.stdout, row
     assert "best mean rank among those within 2 s for the large hole:" in proc.stdout
     assert "| figure |" in out.read_text()
+
+
+def test_cli_writes_one_file_for_a_deterministic_model_and_two_for_patchmatch(daemon, tmp_path: Path) -> None:
+    """`inpaintd inpaint --variants 2` used to write two byte-identical files with a
+    classical model; now a deterministic one makes one file and a note, patchmatch two."""
+    from PIL import Image
+
+    from test_cli import inpaintd
+
+    Image.fromarray(textured()).save(tmp_path / "in.png")
+    Image.fromarray(box_mask()).save(tmp_path / "mask.png")
+    args = ["inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--variants", "2", "--seed", "3"]
+    r = inpaintd(*args, "--out", str(tmp_path / "telea.png"), "--model", "opencv-telea", env=daemon.env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "telea.png").exists() and not (tmp_path / "telea-1.png").exists()
+    assert "note: made 1 variant instead of 2" in r.stderr
+    r = inpaintd(*args, "--out", str(tmp_path / "pm.png"), env=daemon.env)  # the daemon's default
+    assert r.returncode == 0, r.stderr
+    a, b = (np.array(Image.open(tmp_path / f"pm-{i}.png")) for i in (1, 2))
+    assert not np.array_equal(a, b) and "made 1 variant" not in r.stderr
