@@ -243,3 +243,22 @@ def test_cli_writes_one_file_for_a_deterministic_model_and_two_for_patchmatch(da
     assert r.returncode == 0, r.stderr
     a, b = (np.array(Image.open(tmp_path / f"pm-{i}.png")) for i in (1, 2))
     assert not np.array_equal(a, b) and "made 1 variant" not in r.stderr
+
+
+def test_both_plugins_send_fill_and_know_the_protocols_values() -> None:
+    sys.path.insert(0, str(ROOT / "krita_plugin"))
+    sys.path.insert(0, str(ROOT / "gimp_plugin" / "inpaintd_gimp"))
+    import inpaintd_logic as gimp
+    from inpaintd_krita import logic as krita
+
+    assert krita.FILL_MODES == gimp.FILL_MODES == FILL_MODES and set(krita.FILL_LABELS) == set(FILL_MODES)
+    assert krita.Settings().job_options()["fill"] == "auto"
+    assert krita.Settings(fill="classical").job_options()["fill"] == "classical"
+    assert krita.Settings(fill="bogus").job_options()["fill"] == "auto"  # an old or edited settings file
+    assert krita.Settings.from_strings(krita.Settings(fill="blur").to_strings()).fill == "blur"
+    assert gimp.Options().job_options()["fill"] == "auto"
+    assert gimp.Options.from_mapping({"fill": "neutral"}).job_options()["fill"] == "neutral"
+    assert gimp.Options.from_mapping({"fill": None}).job_options()["fill"] == "auto"  # GIMP's empty string
+    problems = gimp.Options(fill="lama").validate()
+    assert problems and "Hole pre-fill 'lama'" in problems[0]
+    assert [a.name for a in gimp.ARGS][-1] == "fill"  # added last: positional scripts keep working
