@@ -175,9 +175,10 @@ class ClassicalEngine:
             outputs.append(fill(self.model_id, task.image, hole, seed))
         task.progress("denoising", len(seeds), len(seeds))
         if len(seeds) < len(task.seeds):
+            hint = " (the seeded classical model 'patchmatch' makes variants)" if METHODS["patchmatch"].available else ""
             self.last_notes.append(
                 f"made 1 variant instead of {len(task.seeds)}: '{self.model_id}' fills the same way "
-                "for every seed (the seeded classical engine 'patchmatch' makes variants)"
+                f"for every seed{hint}"
             )
         return outputs
 
