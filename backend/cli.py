@@ -132,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import Daemon, install_signal_handlers
     from .models import ModelRegistry
 
-    endpoint = resolve_endpoint(args.bind)
+    endpoint = resolve_endpoint(args.bind, use_connection_file=False)
     if args.no_auth and not is_loopback(endpoint):
         print(f"inpaintd: refusing to listen on {endpoint} without authentication; drop --no-auth or bind 127.0.0.1", file=sys.stderr)
         return 2

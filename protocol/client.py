@@ -74,6 +74,9 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     error: ProtocolError | None = None
     events: int = 0
+    #: Why a cancelled job was cancelled: a `CancelCode` (compare this) and the text for people.
+    cancel_code: str = ""
+    cancel_reason: str = ""
 
     @property
     def finished(self) -> bool:
@@ -485,6 +488,7 @@ class Client:
             ]
         elif msg.type == Type.CANCELLED:
             job.state = "cancelled"
+            job.cancel_code, job.cancel_reason = str(body.get("code", "")), str(body.get("reason", ""))
         elif msg.type == Type.ERROR:
             job.state, job.error = "failed", _error_from(msg)
 

@@ -36,10 +36,13 @@ def _valid_endpoint(endpoint: str) -> bool:
     return port is None or 0 < int(port) <= 65535
 
 
-def resolve_endpoint(explicit: str | None = None) -> str:
-    """explicit, else $INPAINTD_ENDPOINT, else the endpoint in $INPAINTD_CONNECTION_FILE, else the default."""
+def resolve_endpoint(explicit: str | None = None, *, use_connection_file: bool = True) -> str:
+    """explicit, else $INPAINTD_ENDPOINT, else the endpoint in $INPAINTD_CONNECTION_FILE, else the default.
+
+    The daemon's --bind passes use_connection_file=False: a connection file copied from a
+    remote daemon names where to connect, never where to listen."""
     endpoint = explicit or os.environ.get(ENDPOINT_ENV)
-    if not endpoint and os.environ.get(CONNECTION_FILE_ENV):
+    if not endpoint and use_connection_file and os.environ.get(CONNECTION_FILE_ENV):
         data = _read_json(Path(os.environ[CONNECTION_FILE_ENV]))
         endpoint = data.get("endpoint") if data and isinstance(data.get("endpoint"), str) else None
     endpoint = endpoint or DEFAULT_ENDPOINT
@@ -68,7 +71,7 @@ def runtime_dir() -> Path:
     if os.environ.get(CONNECTION_DIR_ENV):
         return Path(os.environ[CONNECTION_DIR_ENV])
     if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", Path.home())) / "inpaintd"
+        return Path(os.environ.get("APPDATA") or Path.home()) / "inpaintd"  # empty counts as unset
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "inpaintd"
     return Path.home() / ".config" / "inpaintd" / "run"
@@ -87,8 +90,8 @@ def write_connection_file(endpoint: str, key: bytes | None, extra: dict[str, Any
     """Write the file atomically with mode 0600 in a 0700 folder: the key is a password."""
     path = connection_file(endpoint)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if sys.platform != "win32" and path.parent.stat().st_mode & 0o077:
-        os.chmod(path.parent, 0o700)  # our own folder; others must not list or read it
+    if sys.platform != "win32":
+        _make_private(path.parent)
     data = {"endpoint": endpoint, "key": key.decode("ascii") if key else "", "signature_scheme": "hmac-sha256"}
     data.update(extra or {})
     tmp = path.with_suffix(".tmp")
@@ -99,6 +102,24 @@ def write_connection_file(endpoint: str, key: bytes | None, extra: dict[str, Any
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def _make_private(folder: Path) -> None:
+    """Make the runtime folder 0700 if others may use it: only a folder of our own.
+
+    A shared folder (sticky, like /tmp), one of another user, or the home folder itself is
+    never changed: the key is not written there either, and the error says what to do."""
+    st = folder.stat()
+    if not st.st_mode & 0o077:
+        return
+    shared = bool(st.st_mode & 0o1000) or st.st_uid != os.getuid() or folder.resolve() == Path.home().resolve()
+    if shared:
+        raise PermissionError(
+            f"the runtime folder {folder} is open to other users and is not inpaintd's own (shared, "
+            f"another user's, or the home folder), so the signing key is not written there; set "
+            f"{CONNECTION_DIR_ENV} to a folder of its own (it is created with mode 0700)"
+        )
+    os.chmod(folder, 0o700)  # our own folder; others must not list or read it
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

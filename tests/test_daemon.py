@@ -12,7 +12,7 @@ import zmq
 from backend.masks import prepare_mask
 from protocol import wire
 from protocol.client import Client, Job
-from protocol.messages import Code, ImageDesc, JobOptions, ProtocolError, Type
+from protocol.messages import CancelCode, Code, ImageDesc, JobOptions, ProtocolError, Type
 from protocol.wire import Message
 
 
@@ -226,6 +226,7 @@ def test_cancel_of_a_queued_job(daemon):
         assert reply["state"] == "cancelled"
         c.wait(second, timeout=10)
         assert second.state == "cancelled"
+        assert second.cancel_code == CancelCode.QUEUED and second.cancel_reason  # the client reads both
         c.wait(first, timeout=120)
         assert first.state == "done"
         with pytest.raises(ProtocolError) as err:
@@ -401,7 +402,7 @@ def test_cancel_of_a_running_job_stops_within_a_step(tiny_daemon):
         assert reply["state"] == "cancelling"
         step_at_cancel = job.step
         c.wait(job, timeout=30)
-        assert job.state == "cancelled"
+        assert job.state == "cancelled" and job.cancel_code == CancelCode.RUNNING
         # at most a couple of steps got reported after the cancel was sent
         assert job.step <= step_at_cancel + 2
         # and the daemon goes on to the next job

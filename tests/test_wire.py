@@ -592,3 +592,35 @@ def test_notes_for_user_say_when_a_prompt_was_not_used():
     assert notes[0] == "retried" and "The prompt was not used" in notes[1] and "'opencv-telea'" in notes[1]
     assert job.notes_for_user("  ") == ["retried"]  # no prompt, nothing was ignored
     assert Job(request_id="r", result={"engine": "diffusers", "notes": []}).notes_for_user("x") == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_a_shared_runtime_folder_is_never_changed_and_gets_no_key(clean_env):
+    """PROTOCOL.md 3.2: a sticky folder like /tmp is not made 0700 (as root that would lock
+    everyone out of it); the key is not written there and the error names the folder."""
+    clean_env.mkdir()
+    os.chmod(clean_env, 0o1777)
+    with pytest.raises(PermissionError) as err:
+        write_connection_file("tcp://127.0.0.1:7415", b"secret")
+    assert str(clean_env) in str(err.value) and "INPAINTD_RUNTIME_DIR" in str(err.value)
+    assert stat.S_IMODE(clean_env.stat().st_mode) == 0o1777
+    assert not list(clean_env.iterdir())
+
+
+def test_windows_folder_with_an_empty_appdata(monkeypatch):
+    monkeypatch.delenv("INPAINTD_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setenv("APPDATA", "")
+    assert runtime_dir() == Path.home() / "inpaintd"  # not a relative "inpaintd" folder
+    monkeypatch.setenv("APPDATA", "/appdata")
+    assert runtime_dir() == Path("/appdata") / "inpaintd"
+
+
+def test_bind_ignores_a_copied_connection_file(monkeypatch, tmp_path):
+    """PROTOCOL.md 1: a connection file says where to connect, never where to listen."""
+    copy = tmp_path / "remote.json"
+    copy.write_text(json.dumps({"endpoint": "tcp://10.0.0.9:7415", "key": "k"}))
+    monkeypatch.delenv("INPAINTD_ENDPOINT", raising=False)
+    monkeypatch.setenv("INPAINTD_CONNECTION_FILE", str(copy))
+    assert resolve_endpoint() == "tcp://10.0.0.9:7415"
+    assert resolve_endpoint(use_connection_file=False) == "tcp://127.0.0.1:7415"
