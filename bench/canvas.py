@@ -25,11 +25,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from backend.engines.base import Engine
-from backend.models import ModelRegistry
-from backend.runner import run_job
-from backend.spawn import DaemonProcess, start_daemon
-from protocol.messages import JobOptions
+from inpaintd.engines.base import Engine
+from inpaintd.models import ModelRegistry
+from inpaintd.runner import run_job
+from inpaintd.spawn import DaemonProcess, start_daemon
+from inpaintd_protocol.messages import JobOptions
 
 from .common import Config, Pair, Row, Section, interleaved, mib, ms, pair_row
 from .daemon_proc import daemon_job
@@ -117,7 +117,7 @@ def run(cfg: Config) -> Section:
 
     with tempfile.TemporaryDirectory(prefix="inpaintd-bench-") as tmp:
         if not cfg.quick or cfg.tiny:
-            from backend.testmodel import make_test_model
+            from inpaintd.testmodel import make_test_model
 
             model_dir = str(make_test_model(Path(tmp) / "tiny-inpaint"))
             tiny_registry = ModelRegistry([model_dir], default=model_dir, device="cpu")

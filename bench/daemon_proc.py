@@ -1,12 +1,12 @@
-"""Jobs through the daemon the benchmarks start with `backend.spawn.start_daemon` (the same
+"""Jobs through the daemon the benchmarks start with `inpaintd.spawn.start_daemon` (the same
 subprocess the tests start), so a benchmarked daemon is what a plugin talks to."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from protocol.client import Client, Job
-from protocol.messages import JobOptions
+from inpaintd_protocol.client import Client, Job
+from inpaintd_protocol.messages import JobOptions
 
 
 def daemon_job(client: Client, image: np.ndarray, mask: np.ndarray, options: JobOptions) -> Job:

@@ -9,7 +9,7 @@ The same pipeline object serves both sides, so the comparison is of the call pat
   defaults (fp16; strength 1.0 because SDXL's default 0.9999 runs one step fewer;
   `num_inference_steps` 19 with SD 1.5's PNDM, which evaluates the UNet once more than its
   step count, so that both sides run the 20 UNet calls inpaintd's `steps` 20 means);
-- inpaintd: `backend.runner.run_job` on `DiffusersEngine.from_pipeline(pipe)`, the code
+- inpaintd: `inpaintd.runner.run_job` on `DiffusersEngine.from_pipeline(pipe)`, the code
   the daemon's worker runs (mask prep, crop, engine, composite), same image, mask, steps.
 
 Warm jobs are interleaved; cold start (building the pipeline on the device, then the
@@ -149,8 +149,8 @@ def build_pipeline(kind: str, tiny: bool, device: str, tokenizer_dir: Path) -> A
 
 
 def make_tokenizer(folder: Path) -> Path:
-    """A byte-level CLIP tokenizer (no vocabulary download needed); see backend.testmodel."""
-    from backend.testmodel import _write_tokenizer
+    """A byte-level CLIP tokenizer (no vocabulary download needed); see inpaintd.testmodel."""
+    from inpaintd.testmodel import _write_tokenizer
 
     _write_tokenizer(folder)
     return folder / "tokenizer"
@@ -183,7 +183,7 @@ class Sides:
         import torch
         from PIL import Image
 
-        from backend.engines.sd_inpaint import scheduler_settings
+        from inpaintd.engines.sd_inpaint import scheduler_settings
 
         image, mask = Image.fromarray(self.image, "RGB"), Image.fromarray(self.mask, "L")
         # The same UNet calls as the engine's `steps` (PNDM's step count is one fewer).
@@ -207,8 +207,8 @@ class Sides:
         return call
 
     def inpaintd(self, n: int, seed: int = 1, engine: Any = None) -> Callable[[], Any]:
-        from backend.runner import run_job, variant_seeds
-        from protocol.messages import JobOptions
+        from inpaintd.runner import run_job, variant_seeds
+        from inpaintd_protocol.messages import JobOptions
 
         engine = engine or self.engine
         options = JobOptions(prompt=PROMPT, seed=seed, variants=n, steps=self.steps)
@@ -232,8 +232,8 @@ def _sync(device: str) -> None:
 def make_sides(kind: str, tiny: bool, device: str, tokenizer_dir: Path, compile_mode: str = "off") -> Sides:
     import copy
 
-    from backend.engines.diffusers_engine import DiffusersEngine
-    from backend.engines.speedups import Speedups
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.engines.speedups import Speedups
 
     pipe = build_pipeline(kind, tiny, device, tokenizer_dir)
     engine = DiffusersEngine.from_pipeline(copy.deepcopy(pipe), model_id=f"random-{kind}", device=device)
@@ -310,8 +310,8 @@ def cold_child(kind: str, side_name: str, tiny: bool, device: str, compile_mode:
         side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         engine = None
         if side_name != "stock":
-            from backend.engines.diffusers_engine import DiffusersEngine
-            from backend.engines.speedups import Speedups
+            from inpaintd.engines.diffusers_engine import DiffusersEngine
+            from inpaintd.engines.speedups import Speedups
 
             # The engine as the daemon builds it: with compile on, the warm-up is part of loading.
             speedups = Speedups.default_for(device, compile_mode if side_name == "compiled" else "off")
@@ -342,8 +342,8 @@ def protocol_job_times(model_dir: Path, device: str, compile_mode: str, image: n
                        steps: int, reps: int) -> tuple[float, list[float]]:
     """Start `inpaintd serve` on `model_dir` (loading, and compiling if asked, before it
     reports ready), then time warm 1-variant jobs from a client: what a plugin waits."""
-    from backend.spawn import start_daemon
-    from protocol.messages import JobOptions
+    from inpaintd.spawn import start_daemon
+    from inpaintd_protocol.messages import JobOptions
 
     from .daemon_proc import daemon_job
 

@@ -1,8 +1,8 @@
 """Figure 2: what the daemon adds to a job, against the same engine called in-process.
 
-A: `backend.runner.run_job` in this process, on an engine from `ModelRegistry.load`.
+A: `inpaintd.runner.run_job` in this process, on an engine from `ModelRegistry.load`.
 B: the same image, mask and options (same seeds and steps) submitted to a real daemon
-process through `protocol.client.Client`, timed from submit to the result in hand.
+process through `inpaintd_protocol.client.Client`, timed from submit to the result in hand.
 B - A is the daemon's cost: transfer both ways, validation, queueing, progress events,
 the worker hand-off.  Both sides' outputs are compared, so the figure is of equal work.
 """
@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backend.models import ModelRegistry
-from backend.runner import run_job, variant_seeds
-from backend.spawn import start_daemon
-from protocol.messages import JobOptions
+from inpaintd.models import ModelRegistry
+from inpaintd.runner import run_job, variant_seeds
+from inpaintd.spawn import start_daemon
+from inpaintd_protocol.messages import JobOptions
 
 from .common import Config, Pair, Section, interleaved, ms, pair_row
 from .daemon_proc import daemon_job
@@ -52,7 +52,7 @@ def cpu_timed(fn: Callable[[], Any], out: list[float], other_pid: int | None = N
 
 
 def run(cfg: Config) -> Section:
-    from backend.testmodel import make_test_model
+    from inpaintd.testmodel import make_test_model
 
     side = 128 if cfg.tiny else 512
     selection = side * 3 // 8

@@ -6,7 +6,7 @@ The photos are scikit-image's sample photos (astronaut, coffee, chelsea, rocket)
 one here made.  Into each a few holes are cut, of several shapes and sizes: thin strokes
 (scratches, wires), a blob, a large box, and an object-shaped hole (scikit-image's horse
 silhouette).  Each candidate fills each hole through the daemon's own code path
-(`backend.runner.run_job` on a `ClassicalEngine`, grow 0, feather 0, automatic context
+(`inpaintd.runner.run_job` on a `ClassicalEngine`, grow 0, feather 0, automatic context
 padding, seed 1), and its fill is compared with the pixels that were there:
 
 - PSNR (dB) over the hole's pixels; higher is closer.  Favours smooth guesses: a blur
@@ -55,9 +55,9 @@ if __package__ in (None, ""):  # `python bench/quality.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"
 
-from backend.engines.classical import METHODS, ClassicalEngine  # noqa: E402
-from backend.runner import run_job  # noqa: E402
-from protocol.messages import JobOptions  # noqa: E402
+from inpaintd.engines.classical import METHODS, ClassicalEngine  # noqa: E402
+from inpaintd.runner import run_job  # noqa: E402
+from inpaintd_protocol.messages import JobOptions  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 HOLES = ("strokes", "blob", "box", "object")

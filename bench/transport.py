@@ -3,9 +3,9 @@
 The daemon has no echo request, so the protocol side is an echo peer built from the
 same code the daemon runs: a ROUTER that `wire.decode`s each signed message (signature,
 frame count and buffer lengths checked), wraps the pixel frame as a numpy array the way
-`backend.validation` does, and `wire.encode`s a signed reply carrying that array back,
+`inpaintd.validation` does, and `wire.encode`s a signed reply carrying that array back,
 the way the daemon sends a result.  The client is a DEALER using `wire.encode/decode`
-with the same key, as `protocol.client.Client` does.  The bare side sends the same
+with the same key, as `inpaintd_protocol.client.Client` does.  The bare side sends the same
 bytes as one frame over a raw DEALER/ROUTER pair.  Both sides use `copy=False`
 everywhere, and the peer runs in its own process, as the daemon does.
 """
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from protocol import wire
-from protocol.wire import Message
+from inpaintd_protocol import wire
+from inpaintd_protocol.wire import Message
 
 from .common import Config, Section, interleaved, mib, pair_row
 
@@ -135,7 +135,7 @@ def run(cfg: Config) -> Section:
             finally:
                 pair.close()
     section.notes.append(
-        "transport: the protocol side is an echo peer built from protocol.wire (decode with HMAC check, "
+        "transport: the protocol side is an echo peer built from inpaintd_protocol.wire (decode with HMAC check, "
         "numpy view of the frame, encode a signed reply), since the daemon has no echo request."
     )
     return section

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.spawn import DaemonProcess, free_port, start_daemon  # noqa: E402,F401  (tests import these from here)
+from inpaintd.spawn import DaemonProcess, free_port, start_daemon  # noqa: E402,F401  (tests import these from here)
 
 # These run inside the editors (Krita's and GIMP's own Python), started by
 # test_krita_plugin.py and test_gimp_plugin.py; the venv's pytest must not collect them.
@@ -24,7 +24,7 @@ collect_ignore_glob = ["krita/*", "gimp/*"]
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from backend.testmodel import make_test_model
+    from inpaintd.testmodel import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("models") / "tiny-inpaint")
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.engines import classical
-from backend.engines.base import EngineTask
-from backend.engines.classical import METHODS, ClassicalEngine, default_method, fill
-from backend.models import BUILTIN_MODELS, FALLBACK_MODEL, ModelRegistry, fallback_model
-from backend.prefill import blur_fill, prefill
-from backend.runner import run_job
-from backend.validation import parse_options
-from protocol.messages import FILL_MODES, Code, JobOptions, ProtocolError
+from inpaintd.engines import classical
+from inpaintd.engines.base import EngineTask
+from inpaintd.engines.classical import METHODS, ClassicalEngine, default_method, fill
+from inpaintd.models import BUILTIN_MODELS, FALLBACK_MODEL, ModelRegistry, fallback_model
+from inpaintd.prefill import blur_fill, prefill
+from inpaintd.runner import run_job
+from inpaintd.validation import parse_options
+from inpaintd_protocol.messages import FILL_MODES, Code, JobOptions, ProtocolError
 
 ROOT = Path(__file__).resolve().parent.parent
 

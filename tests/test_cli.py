@@ -19,7 +19,7 @@ def inpaintd(*args: str, env: dict[str, str] | None = None, timeout: float = 120
     full_env = dict(os.environ)
     full_env.pop("INPAINTD_ENDPOINT", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "inpaintd", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

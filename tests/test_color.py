@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.color import GAIN_RANGE, MIN_KEPT_PIXELS, match_colors
-from backend.engines.base import EngineTask
-from backend.engines.classical import ClassicalEngine
-from backend.runner import run_job
-from protocol.messages import JobOptions
+from inpaintd.color import GAIN_RANGE, MIN_KEPT_PIXELS, match_colors
+from inpaintd.engines.base import EngineTask
+from inpaintd.engines.classical import ClassicalEngine
+from inpaintd.runner import run_job
+from inpaintd_protocol.messages import JobOptions
 
 
 def scene(h: int = 96, w: int = 128) -> np.ndarray:

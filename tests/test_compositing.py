@@ -1,4 +1,4 @@
-"""Unit tests for backend.compositing: exactness at the mask's ends, alpha, paste."""
+"""Unit tests for inpaintd.compositing: exactness at the mask's ends, alpha, paste."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from backend.compositing import composite, paste
+from inpaintd.compositing import composite, paste
 
 rng = np.random.default_rng(1234)
 

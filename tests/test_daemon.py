@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import zmq
 
-from backend.masks import prepare_mask
-from protocol import wire
-from protocol.client import Client, Job
-from protocol.messages import CancelCode, Code, ImageDesc, JobOptions, ProtocolError, Type
-from protocol.wire import Message
+from inpaintd.masks import prepare_mask
+from inpaintd_protocol import wire
+from inpaintd_protocol.client import Client, Job
+from inpaintd_protocol.messages import CancelCode, Code, ImageDesc, JobOptions, ProtocolError, Type
+from inpaintd_protocol.wire import Message
 
 
 def photo(width: int, height: int, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("torch")
 
-from backend.engines.base import EngineError, EngineTask, JobCancelled  # noqa: E402
-from backend.engines.diffusers_engine import KNOWN_SCHEDULERS, DiffusersEngine  # noqa: E402
-from backend.testmodel import TEST_NATIVE_SIZE, make_test_model  # noqa: E402
+from inpaintd.engines.base import EngineError, EngineTask, JobCancelled  # noqa: E402
+from inpaintd.engines.diffusers_engine import KNOWN_SCHEDULERS, DiffusersEngine  # noqa: E402
+from inpaintd.testmodel import TEST_NATIVE_SIZE, make_test_model  # noqa: E402
 
 SIZE = TEST_NATIVE_SIZE
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.families import FAMILIES, Arch, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
+from inpaintd.families import FAMILIES, Arch, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
 
 
 def _folder(tmp: Path, class_name: str, *, text_width: int = 768, denoiser: str = "unet", sample: int = 64) -> Path:

@@ -1,4 +1,4 @@
-"""Unit tests for protocol.rect.Rect and backend.geometry: context region, processing size, padding."""
+"""Unit tests for inpaintd_protocol.rect.Rect and inpaintd.geometry: context region, processing size, padding."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend import geometry
-from backend.geometry import auto_padding, context_region, processing_size
-from protocol.rect import Rect
+from inpaintd import geometry
+from inpaintd.geometry import auto_padding, context_region, processing_size
+from inpaintd_protocol.rect import Rect
 
 
 def contains(outer: Rect, inner: Rect) -> bool:
@@ -21,7 +21,7 @@ def inside_image(box: Rect, w: int, h: int) -> bool:
     return box.x >= 0 and box.y >= 0 and box.right <= w and box.bottom <= h
 
 
-# --- Rect (protocol.rect) ----------------------------------------------------------------
+# --- Rect (inpaintd_protocol.rect) ----------------------------------------------------------------
 
 
 def test_rect_right_bottom():

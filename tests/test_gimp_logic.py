@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "gimp_plugin" / "inpaintd_gimp"))
 import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, Options, Rect  # noqa: E402
 
-from protocol import wire  # noqa: E402
+from inpaintd_protocol import wire  # noqa: E402
 
 
 def test_rect_intersect_and_expand():
@@ -28,7 +28,7 @@ def test_rect_intersect_and_expand():
 
 
 def test_rect_is_the_protocol_rect():
-    from protocol.rect import Rect as ProtocolRect
+    from inpaintd_protocol.rect import Rect as ProtocolRect
 
     assert Rect is ProtocolRect
 
@@ -80,7 +80,7 @@ def test_options_reject_bad_values(field, value, needle):
 
 
 def test_arg_table_matches_protocol_bounds():
-    from protocol.messages import OPTION_RULES
+    from inpaintd_protocol.messages import OPTION_RULES
 
     for spec in ARGS:
         rule = OPTION_RULES.get(spec.field)
@@ -108,8 +108,8 @@ def test_daemon_advice_and_local_endpoints():
     assert "inpaintd serve --bind tcp://127.0.0.1:7415" in text
     assert logic.is_local_endpoint("tcp://127.0.0.1:7415") and logic.is_local_endpoint("ipc:///tmp/x")
     assert not logic.is_local_endpoint("tcp://10.0.0.2:7415")
-    assert logic.serve_command(["py", "-m", "backend"], "tcp://127.0.0.1:1") == [
-        "py", "-m", "backend", "serve", "--bind", "tcp://127.0.0.1:1"]
+    assert logic.serve_command(["py", "-m", "inpaintd"], "tcp://127.0.0.1:1") == [
+        "py", "-m", "inpaintd", "serve", "--bind", "tcp://127.0.0.1:1"]
 
 
 def test_mask_and_precision_helpers():
@@ -144,7 +144,7 @@ def _fake_daemon(key: bytes):
 
 @pytest.fixture
 def installed(tmp_path: Path) -> Path:
-    from backend.install_gimp import copy_plugin
+    from inpaintd.install_gimp import copy_plugin
 
     return copy_plugin(tmp_path)
 
@@ -173,7 +173,7 @@ def test_watchdog_quiet_when_job_ends_normally(installed: Path):
 
 
 def test_install_copies_plugin_and_client(tmp_path: Path, capsys):
-    from backend.install_gimp import install
+    from inpaintd.install_gimp import install
 
     rc = install(tmp_path, [sys.executable])
     target = tmp_path / "inpaintd_gimp"
@@ -187,7 +187,7 @@ def test_install_copies_plugin_and_client(tmp_path: Path, capsys):
 
 def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path):
     """GIMP's Python may lack pyzmq and msgpack: the plug-in must still load (and say so)."""
-    from backend.install_gimp import copy_plugin
+    from inpaintd.install_gimp import copy_plugin
 
     target = copy_plugin(tmp_path)
     assert (target / "inpaintd_protocol" / "rect.py").is_file()
@@ -201,7 +201,7 @@ def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path):
 
 
 def test_install_explains_missing_modules(tmp_path: Path, capsys):
-    from backend.install_gimp import install
+    from inpaintd.install_gimp import install
 
     rc = install(tmp_path, [sys.executable, "-I", "-S"])  # no site-packages: no zmq
     assert rc == 2
@@ -214,7 +214,7 @@ def test_an_update_makes_gimp_read_the_procedure_again(tmp_path: Path):
     update must give the installed entry a fresh time, whatever the source file's time."""
     import time
 
-    from backend.install_gimp import copy_plugin
+    from inpaintd.install_gimp import copy_plugin
 
     before = time.time() - 1
     entry = copy_plugin(tmp_path) / "inpaintd_gimp.py"

@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 GIMP_TESTS = REPO / "tests" / "gimp"
-PHOTO = REPO / "backend" / "assets" / "coffee.jpg"
+PHOTO = REPO / "backend" / "inpaintd" / "assets" / "coffee.jpg"
 ROOT = Path(os.environ.get("INPAINTD_GIMP_ROOT", "/var/cache/inpaintd-gimp-root"))
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -43,7 +43,7 @@ def _mirror_reachable() -> bool:
 
 @pytest.fixture(scope="session")
 def gimp_root() -> Path:
-    """The GIMP 3 root with the plug-in installed by backend.install_gimp."""
+    """The GIMP 3 root with the plug-in installed by inpaintd.install_gimp."""
     proc = subprocess.run([str(GIMP_TESTS / "build_root.sh"), str(ROOT)], capture_output=True, text=True, timeout=900)
     out = (proc.stdout + proc.stderr).strip()
     if proc.returncode == 3:
@@ -52,7 +52,7 @@ def gimp_root() -> Path:
         pytest.skip(f"GIMP 3 root cannot be built: the Debian mirror is unreachable ({out[-300:]})")
     assert proc.returncode == 0, out[-3000:]
 
-    from backend.install_gimp import install
+    from inpaintd.install_gimp import install
 
     rc = install(ROOT / "root" / ".config" / "GIMP" / "3.0" / "plug-ins", ["chroot", str(ROOT), "python3"])
     assert rc == 0, "install-gimp into the GIMP root failed"

@@ -1,4 +1,4 @@
-"""Unit tests for backend.jobs: the fair queue and the result store."""
+"""Unit tests for inpaintd.jobs: the fair queue and the result store."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backend.jobs as jobs_mod
-from backend.jobs import Finished, FairQueue, Job, ResultStore
-from backend.validation import SubmitRequest
-from protocol.messages import JobOptions
-from protocol.wire import Message
+import inpaintd.jobs as jobs_mod
+from inpaintd.jobs import Finished, FairQueue, Job, ResultStore
+from inpaintd.validation import SubmitRequest
+from inpaintd_protocol.messages import JobOptions
+from inpaintd_protocol.wire import Message
 
 _REQUEST = SubmitRequest(
     image=np.zeros((4, 6, 3), np.uint8), mask=np.zeros((4, 6), np.uint8), options=JobOptions(prompt="p", variants=2)

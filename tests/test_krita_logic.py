@@ -34,7 +34,7 @@ def test_rect_expand_translate_contains() -> None:
 
 
 def test_rect_is_the_protocol_rect() -> None:
-    from protocol.rect import Rect as ProtocolRect
+    from inpaintd_protocol.rect import Rect as ProtocolRect
 
     assert Rect is ProtocolRect
 
@@ -266,7 +266,7 @@ def test_job_options_seed_and_clamps() -> None:
 def test_job_options_are_valid_protocol_options() -> None:
     """Every field the plugin sends is a JobOptions field within the protocol's bounds."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from protocol.messages import OPTION_RULES, JobOptions
+    from inpaintd_protocol.messages import OPTION_RULES, JobOptions
 
     opts = Settings(prompt="p", negative_prompt="n", color_match=True).job_options()
     JobOptions(**opts)
@@ -278,12 +278,12 @@ def test_job_options_are_valid_protocol_options() -> None:
         assert hi is None or value <= hi
 
 
-# -- installer (backend/install_krita.py) --------------------------------------------------
+# -- installer (backend/inpaintd/install_krita.py) --------------------------------------------------
 
 
 def test_enable_in_kritarc_keeps_other_settings(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from backend.install_krita import enable_in_kritarc
+    from inpaintd.install_krita import enable_in_kritarc
 
     rc = tmp_path / "kritarc"
     rc.write_text("[General]\nweird key=50%\n\n[python]\nenable_other=true\nenable_inpaintd_krita=false\n\n[theme]\nTheme=Krita dark\n")
@@ -302,7 +302,7 @@ def test_enable_in_kritarc_keeps_other_settings(tmp_path: Path) -> None:
 
 def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from backend import install_krita
+    from inpaintd import install_krita
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setattr(install_krita, "krita_python", lambda: (None, "test: no Krita"))
@@ -314,7 +314,7 @@ def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: 
     assert str(dest) in out and "pip install --target" in out
     assert (dest / "inpaintd_krita.desktop").read_text().count("X-KDE-Library=inpaintd_krita") == 1
     assert (dest / "inpaintd_krita" / "logic.py").is_file() and not (dest / "inpaintd_krita" / "stale.py").exists()
-    vendored = dest / "inpaintd_krita" / "_vendor" / "protocol"
+    vendored = dest / "inpaintd_krita" / "_vendor" / "inpaintd_protocol"
     assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py", "rect.py"}
     assert "enable_inpaintd_krita=true" in (tmp_path / "config" / "kritarc").read_text()
 
@@ -322,21 +322,23 @@ def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: 
 def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path) -> None:
     """Krita's Python may lack pyzmq and msgpack: logic (and so the docker) must still load."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from backend import install_krita
+    from inpaintd import install_krita
 
     install_krita.copy_plugin(tmp_path)
     code = (
         f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from inpaintd_krita import logic; "
-        "print(logic.Rect.__module__, logic.Rect(1, 2, 3, 4).expand(1).as_tuple())"
+        "import inpaintd_protocol.rect as r; "
+        "print(r.__file__.startswith(" + repr(str(tmp_path / "inpaintd_krita" / "_vendor")) + "), "
+        "logic.Rect(1, 2, 3, 4).expand(1).as_tuple())"
     )
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["inpaintd_krita._vendor.protocol.rect", "(0,", "1,", "5,", "6)"]
+    assert proc.stdout.split() == ["True", "(0,", "1,", "5,", "6)"]
 
 
 def test_install_reports_missing_modules_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from backend import install_krita
+    from inpaintd import install_krita
 
     monkeypatch.setattr(install_krita, "krita_python", lambda: (sys.executable, "test"))
     monkeypatch.setattr(install_krita, "check_imports", lambda python, extra_path=None: (False, "No module named 'zmq'"))

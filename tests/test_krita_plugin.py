@@ -78,7 +78,7 @@ def _tail(text: str, n: int = 60) -> str:
 
 def run_pytest_in_krita(daemon_env: dict[str, str], tmp: Path, extra_args: str = "", **more_env: str) -> tuple[str, float]:
     """pytest inside Krita on tests/krita/test_in_krita.py; returns (output, seconds)."""
-    env = krita_env(daemon_env, tmp, KRITA_TESTS, ROOT / "krita_plugin", ROOT, pytest_shim(tmp))
+    env = krita_env(daemon_env, tmp, KRITA_TESTS, ROOT / "krita_plugin", ROOT / "protocol", pytest_shim(tmp))
     env["INPAINTD_KRITA_PYTEST_ARGS"] = f'{os.environ.get("INPAINTD_KRITA_PYTEST_ARGS", "-s -ra")} {extra_args}'.strip()
     env.update(more_env)
     t = time.monotonic()
@@ -118,7 +118,7 @@ def test_diffusion_inside_krita(tiny_daemon, tmp_path: Path) -> None:
 
 def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:
     """install-krita into a private profile, then the docker and the action in the real Krita."""
-    from backend.install_krita import enable_in_kritarc, install
+    from inpaintd.install_krita import enable_in_kritarc, install
 
     data, config = tmp_path / "data", tmp_path / "config"
     pykrita = data / "krita" / "pykrita"
@@ -130,7 +130,7 @@ def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     assert (pykrita / "inpaintd_krita.desktop").is_file()
-    assert (pykrita / "inpaintd_krita" / "_vendor" / "protocol" / "client.py").is_file()
+    assert (pykrita / "inpaintd_krita" / "_vendor" / "inpaintd_protocol" / "client.py").is_file()
     assert "enable_inpaintd_krita=true" in (config / "kritarc").read_text()
     # the helper plugin that drives the session from inside Krita
     shutil.copytree(KRITA_TESTS / "inpaintd_selftest", pykrita / "inpaintd_selftest")

@@ -1,4 +1,4 @@
-"""Unit tests for backend.masks: bounding box, grow, feather, and the windowed prepare_mask."""
+"""Unit tests for inpaintd.masks: bounding box, grow, feather, and the windowed prepare_mask."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.rect import Rect
-from backend.masks import bounding_box, feather_mask, grow_mask, prepare_mask, reach
+from inpaintd_protocol.rect import Rect
+from inpaintd.masks import bounding_box, feather_mask, grow_mask, prepare_mask, reach
 
 
 def blank(h=64, w=64):

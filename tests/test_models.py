@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.engines.base import EngineError, EngineTask
-from backend.models import BUILTIN_MODELS, DEFAULT_MODEL, FALLBACK_MODEL, ModelRegistry
+from inpaintd.engines.base import EngineError, EngineTask
+from inpaintd.models import BUILTIN_MODELS, DEFAULT_MODEL, FALLBACK_MODEL, ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("diffusers")
-    from backend.testmodel import make_test_model
+    from inpaintd.testmodel import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("tiny-sd-inpaint"))
 
@@ -159,7 +159,7 @@ def test_single_file_without_cached_config_explains(tmp_path: Path) -> None:
 
 def test_listing_does_not_import_torch(tmp_path: Path) -> None:
     code = (
-        "import sys; from backend.models import ModelRegistry; "
+        "import sys; from inpaintd.models import ModelRegistry; "
         f"r = ModelRegistry([{str(tmp_path)!r}, 'a/b']); r.list(); "
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'"
     )
@@ -205,7 +205,7 @@ def test_folder_model_loads_and_stays_warm(tiny_model_dir: Path, monkeypatch: py
 
 
 def test_repo_id_from_hub_cache(tiny_model_dir: Path, empty_hf_cache: Path) -> None:
-    from backend.testmodel import install_in_hub_cache
+    from inpaintd.testmodel import install_in_hub_cache
 
     install_in_hub_cache(tiny_model_dir, empty_hf_cache, DEFAULT_MODEL)
     install_in_hub_cache(tiny_model_dir, empty_hf_cache, "someorg/other-inpainting")

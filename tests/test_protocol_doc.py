@@ -1,4 +1,4 @@
-"""PROTOCOL.md and protocol/messages.py must not drift apart silently.
+"""PROTOCOL.md and protocol/inpaintd_protocol/messages.py must not drift apart silently.
 
 Every message type, error code, stage, option (with its default and bounds), limit and
 scheduler that the code defines must be named in the specification, in backticks, so a
@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocol import messages  # noqa: E402
-from protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Stage, Type  # noqa: E402
+from inpaintd_protocol import messages  # noqa: E402
+from inpaintd_protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Stage, Type  # noqa: E402
 
 DOC = (ROOT / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
 
@@ -89,13 +89,13 @@ def test_constants_documented() -> None:
     assert f"version {messages.PROTOCOL_VERSION}" in DOC
     assert f"`{messages.DEFAULT_ENDPOINT}`" in DOC
     assert f"`{messages.ENDPOINT_ENV}`" in DOC
-    from protocol.connection import CONNECTION_DIR_ENV
+    from inpaintd_protocol.connection import CONNECTION_DIR_ENV
 
     assert f"`{CONNECTION_DIR_ENV}`" in DOC and "`INPAINTD_KEY`" in DOC
 
 
 def test_daemon_constants_documented() -> None:
-    from backend import daemon, jobs
+    from inpaintd import daemon, jobs
 
     assert f"{daemon.REPLAY_WINDOW:.0f} s" in DOC or f"{daemon.REPLAY_WINDOW:.0f} seconds" in DOC
     assert f"`LOADING_TICK`, {daemon.LOADING_TICK:.0f} s" in DOC
@@ -139,7 +139,7 @@ def _section(heading: str) -> str:
 def test_endpoint_rule_names_every_source_in_order() -> None:
     """Section 1: explicit, INPAINTD_ENDPOINT, the connection file's endpoint, the default,
     empty values counting as unset, and the daemon's --bind following the same steps."""
-    from protocol.connection import CONNECTION_FILE_ENV
+    from inpaintd_protocol.connection import CONNECTION_FILE_ENV
 
     text = _section("## 1. Transport")
     steps = re.findall(r"^(\d)\. (.+?)(?=^\d\. |^\n)", text.split("**Endpoint resolution.**", 1)[1], re.M | re.S)
@@ -153,7 +153,7 @@ def test_endpoint_rule_names_every_source_in_order() -> None:
 
 
 def test_endpoint_rule_is_what_the_code_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from protocol.connection import CONNECTION_FILE_ENV, resolve_endpoint
+    from inpaintd_protocol.connection import CONNECTION_FILE_ENV, resolve_endpoint
 
     conn = tmp_path / "connection.json"
     conn.write_text('{"endpoint": "tcp://10.0.0.3:3"}')
@@ -172,7 +172,7 @@ def test_endpoint_rule_is_what_the_code_does(monkeypatch: pytest.MonkeyPatch, tm
 def test_runtime_folder_rules_documented() -> None:
     """Section 3.2: every source of the folder, empty variables, that clients use the same
     rule from their own environment, and that the daemon tightens an existing folder."""
-    from protocol.connection import CONNECTION_DIR_ENV
+    from inpaintd_protocol.connection import CONNECTION_DIR_ENV
 
     text = _section("### 3.2 Connection files")
     rows = [line for line in text.splitlines() if line.startswith("| `") or line.startswith("| Windows") or line.startswith("| otherwise")]

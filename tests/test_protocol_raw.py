@@ -1,6 +1,6 @@
 """The wire protocol, spoken by hand from protocol/PROTOCOL.md alone.
 
-Nothing here imports protocol.client or protocol.wire: frames are built with pyzmq,
+Nothing here imports inpaintd_protocol.client or inpaintd_protocol.wire: frames are built with pyzmq,
 msgpack and hmac exactly as PROTOCOL.md describes them, so a passing run shows that a
 client written in another language from the document would work.  The daemon is a real
 process (the `daemon` fixture of conftest.py: classical engine, auth on).
@@ -443,7 +443,7 @@ def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
     and hello), accepts jobs, and the job next in line hears `loading` with its elapsed time
     about every second until the model is ready; the job behind it hears only its place,
     then, as it loads a model of its own, `loading` about every second too (6.1)."""
-    from backend.spawn import start_daemon
+    from inpaintd.spawn import start_daemon
 
     delay = 2.2
     with start_daemon(tmp_path, "--engine", "classical", "--fault-injection", "--fault-load-delay", str(delay), wait_loaded=False) as d:
@@ -487,7 +487,7 @@ def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
 def test_cancelled_events_carry_the_documented_code_and_reason(tmp_path) -> None:
     """Section 6.3: `code` says why (queued, running, shutdown); `reason` is the text of the
     document's table for that code."""
-    from backend.spawn import start_daemon
+    from inpaintd.spawn import start_daemon
 
     table = dict(re.findall(r'^\| `([a-z_]+)` \| [^|]+ \| `"([^"]+)"` \|$', DOC.split("### 6.3", 1)[1].split("###", 1)[0], re.M))
     assert set(table) == {"queued", "running", "shutdown"}, table

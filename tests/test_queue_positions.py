@@ -1,7 +1,7 @@
 """A waiting job hears its place in the queue whenever it changes, over real sockets.
 
 The daemon runs with `--fault-injection` so that a job can be made slow on purpose
-(`fault:sleep=` in the prompt, see backend/engines/fault.py); everything else is the
+(`fault:sleep=` in the prompt, see backend/inpaintd/engines/fault.py); everything else is the
 real daemon, queue and client.
 """
 
@@ -13,9 +13,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from backend.spawn import DaemonProcess, start_daemon
-from protocol.client import Client, Job
-from protocol.messages import JobOptions, Type
+from inpaintd.spawn import DaemonProcess, start_daemon
+from inpaintd_protocol.client import Client, Job
+from inpaintd_protocol.messages import JobOptions, Type
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_the_command_line_client_shows_its_place_in_the_queue(slow_daemon: Daemo
 
     from PIL import Image
 
-    from backend.spawn import ROOT
+    from inpaintd.spawn import ROOT
 
     Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "in.png")
     mask = Image.new("L", (64, 48), 0)
@@ -104,7 +104,7 @@ def test_the_command_line_client_shows_its_place_in_the_queue(slow_daemon: Daemo
         wait_running(a, running)
         queued = submit(a, "fault:sleep=0.02")
         cli = subprocess.run(
-            [sys.executable, "-m", "backend", "inpaint", "--image", str(tmp_path / "in.png"), "--mask",
+            [sys.executable, "-m", "inpaintd", "inpaint", "--image", str(tmp_path / "in.png"), "--mask",
              str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png"), "--model", "fault-injector", "--prompt", ""],
             cwd=ROOT, env=dict(os.environ, **slow_daemon.env), capture_output=True, text=True, timeout=120,
         )

@@ -1,4 +1,4 @@
-"""Unit tests for backend.runner.run_job with the real ClassicalEngine and a fake engine."""
+"""Unit tests for inpaintd.runner.run_job with the real ClassicalEngine and a fake engine."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from backend.engines.base import EngineError, EngineTask, JobCancelled
-from backend.engines.classical import ClassicalEngine
-from backend.masks import prepare_mask
-from backend.runner import run_job, variant_seeds
-from protocol.messages import JobOptions
-from protocol.rect import Rect
+from inpaintd.engines.base import EngineError, EngineTask, JobCancelled
+from inpaintd.engines.classical import ClassicalEngine
+from inpaintd.masks import prepare_mask
+from inpaintd.runner import run_job, variant_seeds
+from inpaintd_protocol.messages import JobOptions
+from inpaintd_protocol.rect import Rect
 
 
 class FakeEngine:

@@ -18,10 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from backend.engines.diffusers_engine import DiffusersEngine  # noqa: E402
-from backend.engines.pacing import StepPacer  # noqa: E402
-from backend.engines.sd_inpaint import Inputs  # noqa: E402
-from backend.testmodel import TEST_NATIVE_SIZE, make_test_model  # noqa: E402
+from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
+from inpaintd.engines.pacing import StepPacer  # noqa: E402
+from inpaintd.engines.sd_inpaint import Inputs  # noqa: E402
+from inpaintd.testmodel import TEST_NATIVE_SIZE, make_test_model  # noqa: E402
 
 SIZE = TEST_NATIVE_SIZE
 
@@ -237,7 +237,7 @@ def test_pacer_stops_at_a_cancel_raised_by_the_report() -> None:
 def test_cuda_graph_mode_runs_the_same_loop(engines: dict[str, DiffusersEngine]) -> None:
     # The CUDA-graph precautions (mark a new step, copy an un-guided UNet output that a
     # multistep scheduler keeps) must not change the arithmetic; here they run on the CPU.
-    from backend.engines.sd_inpaint import InpaintLoop
+    from inpaintd.engines.sd_inpaint import InpaintLoop
 
     engine = engines["sd9"]
     engine.pipe.scheduler = engine._scheduler("dpmpp_2m")

@@ -3,7 +3,7 @@
 Most checkpoints users have are one `.safetensors` file with keys such as
 `model.diffusion_model.input_blocks.0.0.weight`, which diffusers converts on load using the
 configs of a reference repo.  The tiny pipeline is written in that layout
-(`backend.testmodel.save_single_file`) and loaded through `DiffusersEngine` with a config
+(`inpaintd.testmodel.save_single_file`) and loaded through `DiffusersEngine` with a config
 folder and with the reference configs found in an offline hub cache.  Loaded weights must
 equal the source pipeline's tensor for tensor (so the key mapping round-trips both ways) and
 the same seeds must give the same pixels as the diffusers folder.
@@ -23,15 +23,15 @@ pytest.importorskip("diffusers")
 pytest.importorskip("safetensors")
 torch = pytest.importorskip("torch")
 
-from backend.engines.base import EngineError, EngineTask  # noqa: E402
-from backend.engines.diffusers_engine import (  # noqa: E402
+from inpaintd.engines.base import EngineError, EngineTask  # noqa: E402
+from inpaintd.engines.diffusers_engine import (  # noqa: E402
     SD15_INPAINT_REPO,
     DiffusersEngine,
     reference_repo_for,
     safetensors_header,
     single_file_is_sdxl,
 )
-from backend.testmodel import (  # noqa: E402
+from inpaintd.testmodel import (  # noqa: E402
     TEST_NATIVE_SIZE,
     install_in_hub_cache,
     make_test_model,
@@ -231,7 +231,7 @@ def test_registry_loads_a_single_file_from_the_hub_cache(
     tiny_file: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The daemon's path: the registry finds the reference configs in the cache it is given."""
-    from backend.models import ModelRegistry
+    from inpaintd.models import ModelRegistry
 
     hub = tmp_path / "hf-home" / "hub"
     monkeypatch.setenv("HF_HOME", str(hub.parent))
@@ -283,7 +283,7 @@ def test_a_configs_only_snapshot_is_not_a_loadable_model(tiny_model_dir: Path, t
 def test_configs_for_a_single_file_do_not_make_the_default_model_available(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend.models import FALLBACK_MODEL, ModelRegistry
+    from inpaintd.models import FALLBACK_MODEL, ModelRegistry
 
     hub = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))

@@ -16,10 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from backend.engines.base import EngineTask  # noqa: E402
-from backend.engines.diffusers_engine import DiffusersEngine  # noqa: E402
-from backend.engines.speedups import Speedups  # noqa: E402
-from backend.testmodel import TEST_NATIVE_SIZE  # noqa: E402
+from inpaintd.engines.base import EngineTask  # noqa: E402
+from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
+from inpaintd.engines.speedups import Speedups  # noqa: E402
+from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
 
 SIZE = TEST_NATIVE_SIZE
 
@@ -151,7 +151,7 @@ def test_only_sdxls_vae_is_kept_in_float32_under_half_precision(tmp_path: Path, 
     # convolutions are a GPU matter; the dtypes the engine settles on are what is checked.
     from diffusers import DiffusionPipeline
 
-    from backend.testmodel import make_test_model
+    from inpaintd.testmodel import make_test_model
 
     folder = make_test_model(tmp_path / "m", sdxl=sdxl)
     pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=torch.float16)

@@ -2,7 +2,7 @@
 killed with SIGKILL and restarted, SIGTERM and `inpaintd shutdown`.
 
 The daemon runs with `--fault-injection`, which adds the "fault-injector" model (see
-backend/engines/fault.py): prompt directives make it raise, run out of memory, hold
+backend/inpaintd/engines/fault.py): prompt directives make it raise, run out of memory, hold
 memory or run slowly at a chosen step.  Nothing is mocked between client and daemon.
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, DaemonProcess, start_daemon
-from protocol.client import LOST, Client, Job
-from protocol.connection import connection_file
-from protocol.messages import Code, JobOptions
+from inpaintd_protocol.client import LOST, Client, Job
+from inpaintd_protocol.connection import connection_file
+from inpaintd_protocol.messages import Code, JobOptions
 from trust_helpers import record, rss
 
 FAULTS: dict[str, int] = {}
@@ -212,7 +212,7 @@ def test_cli_notices_a_restarted_daemon(own_daemon: list[DaemonProcess], tmp_pat
     Image.frombytes("L", (SIZE, SIZE), mask).save(tmp_path / "mask.png")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cli = subprocess.Popen(
-        [sys.executable, "-m", "backend", "inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+        [sys.executable, "-m", "inpaintd", "inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
          "--out", str(tmp_path / "out.png"), "--model", "fault-injector", "--prompt", "fault:sleep=0.1", "--steps", "150"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -247,7 +247,7 @@ def _shutdown_case(d: DaemonProcess, how: str) -> dict:
         if how == "sigterm":
             d.proc.send_signal(signal.SIGTERM)
         else:
-            cli = subprocess.run([sys.executable, "-m", "backend", "shutdown", "--connect", d.endpoint],
+            cli = subprocess.run([sys.executable, "-m", "inpaintd", "shutdown", "--connect", d.endpoint],
                                  cwd=ROOT, env=dict(os.environ, **d.env), capture_output=True, text=True, timeout=30)
             assert cli.returncode == 0 and "shutting down" in cli.stdout, cli
         t0 = time.monotonic()

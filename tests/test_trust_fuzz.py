@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from conftest import DaemonProcess, start_daemon  # noqa: E402
-from protocol.client import Client  # noqa: E402
-from protocol.messages import LIMITS, OPTION_RULES, Code, JobOptions  # noqa: E402
+from inpaintd_protocol.client import Client  # noqa: E402
+from inpaintd_protocol.messages import LIMITS, OPTION_RULES, Code, JobOptions  # noqa: E402
 from trust_helpers import record, rss  # noqa: E402
 
 TARGET = 10_000

@@ -22,10 +22,10 @@ import pytest
 import zmq
 
 from conftest import DaemonProcess, start_daemon
-from protocol import wire
-from protocol.client import Client
-from protocol.messages import TERMINAL_EVENTS, ImageDesc, JobOptions, Type
-from protocol.wire import Message
+from inpaintd_protocol import wire
+from inpaintd_protocol.client import Client
+from inpaintd_protocol.messages import TERMINAL_EVENTS, ImageDesc, JobOptions, Type
+from inpaintd_protocol.wire import Message
 from trust_helpers import record, rss
 
 CLIENTS = 16

@@ -18,9 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from backend.engines.base import EngineError, EngineTask  # noqa: E402
-from backend.engines.diffusers_engine import LOW_MEMORY_SETTINGS, DiffusersEngine  # noqa: E402
-from backend.testmodel import TEST_NATIVE_SIZE  # noqa: E402
+from inpaintd.engines.base import EngineError, EngineTask  # noqa: E402
+from inpaintd.engines.diffusers_engine import LOW_MEMORY_SETTINGS, DiffusersEngine  # noqa: E402
+from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
 
 
 class OomLoop:

@@ -17,23 +17,23 @@ import pytest
 import zmq
 
 from conftest import ROOT, DaemonProcess, free_port, start_daemon
-from protocol import wire
-from protocol.client import Client, DaemonUnavailable
-from protocol.messages import Code, JobOptions, ProtocolError, Type
-from protocol.wire import Message
+from inpaintd_protocol import wire
+from inpaintd_protocol.client import Client, DaemonUnavailable
+from inpaintd_protocol.messages import Code, JobOptions, ProtocolError, Type
+from inpaintd_protocol.wire import Message
 
 
 def serve(tmp_path: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     env = dict(os.environ, INPAINTD_RUNTIME_DIR=str(tmp_path / "rt"))
     env.pop("INPAINTD_KEY", None)
-    return subprocess.run([sys.executable, "-m", "backend", "serve", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "inpaintd", "serve", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_binding_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None:
     out = serve(tmp_path, "--bind", f"tcp://0.0.0.0:{free_port()}", "--no-auth", "--engine", "classical")
     assert out.returncode == 2 and "refusing to listen" in out.stderr
-    from backend.daemon import Daemon  # the class refuses too, not only the CLI
+    from inpaintd.daemon import Daemon  # the class refuses too, not only the CLI
 
     with pytest.raises(ValueError, match="without authentication"):
         Daemon(object(), f"tcp://0.0.0.0:{free_port()}", key=None)

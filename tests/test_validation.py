@@ -1,4 +1,4 @@
-"""Unit tests for backend.validation: submit options and image/mask descriptors."""
+"""Unit tests for inpaintd.validation: submit options and image/mask descriptors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from backend.validation import parse_options, parse_submit
-from protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
-from protocol.wire import Message
+from inpaintd.validation import parse_options, parse_submit
+from inpaintd_protocol.messages import LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
+from inpaintd_protocol.wire import Message
 
 
 def desc(frame, w, h, c, stride=None):

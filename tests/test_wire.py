@@ -1,4 +1,4 @@
-"""Unit tests for protocol.wire, protocol.connection and protocol.messages."""
+"""Unit tests for inpaintd_protocol.wire, inpaintd_protocol.connection and inpaintd_protocol.messages."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from protocol import connection
-from protocol.connection import (
+from inpaintd_protocol import connection
+from inpaintd_protocol.connection import (
     connection_file,
     find_key,
     new_key,
@@ -22,7 +22,7 @@ from protocol.connection import (
     runtime_dir,
     write_connection_file,
 )
-from protocol.messages import (
+from inpaintd_protocol.messages import (
     DEFAULT_ENDPOINT,
     LIMITS,
     OPTION_RULES,
@@ -32,7 +32,7 @@ from protocol.messages import (
     JobOptions,
     ProtocolError,
 )
-from protocol.wire import Message, decode, encode, error_message, sign
+from inpaintd_protocol.wire import Message, decode, encode, error_message, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"0123456789abcdef" * 4
@@ -158,7 +158,7 @@ def test_integer_ts_accepted_as_float():
 
 
 def test_oversized_header_rejected_before_unpacking():
-    from protocol import wire
+    from inpaintd_protocol import wire
 
     huge = b"\xc1" * (wire.MAX_HEADER_BYTES + 1)  # not even msgpack: size is checked first
     err = decode_error([huge, b""])
@@ -574,7 +574,7 @@ def test_module_env_names():
 
 def test_import_protocol_does_not_pull_numpy_or_torch():
     code = (
-        "import sys, protocol, protocol.client, protocol.wire, protocol.connection, protocol.messages\n"
+        "import sys, protocol, inpaintd_protocol.client, inpaintd_protocol.wire, inpaintd_protocol.connection, inpaintd_protocol.messages\n"
         "heavy = sorted(m for m in ('numpy', 'torch', 'cv2', 'diffusers', 'PIL') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
@@ -585,7 +585,7 @@ def test_import_protocol_does_not_pull_numpy_or_torch():
 
 
 def test_notes_for_user_say_when_a_prompt_was_not_used():
-    from protocol.client import Job
+    from inpaintd_protocol.client import Job
 
     job = Job(request_id="r", state="done", result={"engine": "classical", "model": "opencv-telea", "notes": ["retried"]})
     notes = job.notes_for_user("a red apple")

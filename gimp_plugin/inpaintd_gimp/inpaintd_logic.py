@@ -17,18 +17,18 @@ from typing import Any, Iterable
 PROCEDURE_NAME = "python-fu-inpaintd-inpaint-selection"
 MENU_PATH = "<Image>/Filters/AI"
 MENU_LABEL = "_Inpaint Selection..."
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:7415"  # mirrors protocol.messages.DEFAULT_ENDPOINT
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7415"  # mirrors inpaintd_protocol.messages.DEFAULT_ENDPOINT
 SEED_MAX = 2**31 - 1  # GIMP's int arguments are 32-bit signed; the daemon accepts up to 2**32-1
 _ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|tcp://\[[0-9a-fA-F:.]+\]:\d{1,5}|ipc://\S+)$")
 
 
-# An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the Krita
+# An axis-aligned pixel rectangle (protocol/inpaintd_protocol/rect.py, shared with the daemon and the Krita
 # plug-in).  It needs neither pyzmq nor msgpack, so this module loads where GIMP's Python
 # lacks them.
 try:  # installed by `inpaintd install-gimp`: the vendored copy beside this file
     from inpaintd_protocol.rect import Rect
 except ImportError:  # a source checkout (tests, development)
-    from protocol.rect import Rect
+    from inpaintd_protocol.rect import Rect
 
 
 # -- options -------------------------------------------------------------------------

@@ -5,6 +5,18 @@ Krita imports this package at start-up; it registers the extension (the action
 logic.py) the registration is skipped.
 """
 
+import os as _os
+import sys as _sys
+
+# `inpaintd install-krita` copies the client library into `_vendor/inpaintd_protocol` (and
+# `pip install --target _vendor pyzmq msgpack` puts those there where Krita's Python lacks
+# them).  Put that folder first on the path, so the plugin imports the client it was
+# installed with under its one name, `inpaintd_protocol`.  A source checkout (tests,
+# development) has no `_vendor`: the project's `protocol/` folder is on the path instead.
+_VENDOR = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_vendor")
+if _os.path.isdir(_VENDOR) and _VENDOR not in _sys.path:
+    _sys.path.insert(0, _VENDOR)
+
 try:
     from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita  # type: ignore
 except ImportError:  # imported outside Krita

@@ -44,13 +44,10 @@ class UserError(Exception):
     """Something the artist must change before a job can be sent; the text is shown as is."""
 
 
-# An axis-aligned pixel rectangle (protocol/rect.py, shared with the daemon and the GIMP
+# An axis-aligned pixel rectangle (protocol/inpaintd_protocol/rect.py, shared with the daemon and the GIMP
 # plug-in), in document coordinates unless a function says otherwise.  It needs neither
 # pyzmq nor msgpack, so this module loads where Krita's Python lacks them.
-try:  # installed by `inpaintd install-krita`: the vendored copy
-    from ._vendor.protocol.rect import Rect
-except ImportError:  # a source checkout (tests, development)
-    from protocol.rect import Rect
+from inpaintd_protocol.rect import Rect  # the vendored copy when installed (see __init__)
 
 
 # -- geometry --------------------------------------------------------------------------
@@ -279,7 +276,7 @@ def daemon_command_args(template: str, endpoint: str) -> list[str]:
 # -- settings ----------------------------------------------------------------------------
 
 
-#: The protocol's `fill` values (protocol.messages.FILL_MODES; this module imports no client
+#: The protocol's `fill` values (inpaintd_protocol.messages.FILL_MODES; this module imports no client
 #: code), with what the docker shows for each.
 FILL_MODES = ("auto", "none", "neutral", "blur", "classical")
 FILL_LABELS = {

@@ -4,7 +4,7 @@ controller, docker panel and Krita glue, and a real inpaintd daemon over ZeroMQ.
 
 The daemon comes from the environment (INPAINTD_ENDPOINT / INPAINTD_KEY /
 INPAINTD_RUNTIME_DIR); INPAINTD_TEST_ROOT is the source checkout and
-INPAINTD_TEST_PYTHON the interpreter that can run `-m backend`.
+INPAINTD_TEST_PYTHON the interpreter that can run `-m inpaintd`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from inpaintd_krita.docker import InpaintPanel
 from inpaintd_krita.logic import Settings
 
 ROOT = Path(os.environ.get("INPAINTD_TEST_ROOT", Path(__file__).resolve().parents[2]))
-PHOTO = ROOT / "backend" / "assets" / "coffee.jpg"
+PHOTO = ROOT / "backend" / "inpaintd" / "assets" / "coffee.jpg"
 sys.path.insert(0, str(ROOT))
-from protocol import Client, Type  # noqa: E402
+from inpaintd_protocol import Client, Type  # noqa: E402
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def test_starts_a_daemon_and_reconnects_after_a_restart(open_doc: Callable[..., 
     os.environ.pop("INPAINTD_ENDPOINT", None)
     os.environ["INPAINTD_RUNTIME_DIR"] = str(tmp_path / "runtime")
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    settings = Settings(endpoint=endpoint, variants=1, daemon_command=f"{python} -m backend serve --bind {{endpoint}} --engine classical")
+    settings = Settings(endpoint=endpoint, variants=1, daemon_command=f"{python} -m inpaintd serve --bind {{endpoint}} --engine classical")
     spy = Spy()
     controller = Controller(settings, spy)
     panel = InpaintPanel(controller)

@@ -3,7 +3,7 @@
 Started by tests/test_gimp_plugin.py through tests/gimp/in_gimp/run.py; pytest here is
 GIMP's own (Debian's python3-pytest in the GIMP root).  The daemon's address and key
 arrive in INPAINTD_ENDPOINT / INPAINTD_KEY.  Images are built from the bundled photo
-(backend/assets/coffee.jpg, copied beside this file as photo.jpg) so the engine sees real texture.
+(backend/inpaintd/assets/coffee.jpg, copied beside this file as photo.jpg) so the engine sees real texture.
 """
 
 from __future__ import annotations

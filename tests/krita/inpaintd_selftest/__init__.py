@@ -26,7 +26,7 @@ from PyQt5.QtWidgets import QApplication
 
 REPORT = Path(os.environ.get("INPAINTD_SELFTEST_REPORT", "/tmp/inpaintd-selftest.json"))
 SHOTS = Path(os.environ.get("INPAINTD_SELFTEST_SHOTS", "/tmp/inpaintd-selftest"))
-PHOTO = Path(os.environ.get("INPAINTD_TEST_ROOT", ".")) / "backend" / "assets" / "coffee.jpg"
+PHOTO = Path(os.environ.get("INPAINTD_TEST_ROOT", ".")) / "backend" / "inpaintd" / "assets" / "coffee.jpg"
 PROMPT = "a ceramic saucer"
 
 report: dict[str, Any] = {"error": None}
@@ -104,7 +104,9 @@ def start() -> None:
     from inpaintd_krita import _protocol, plugin
 
     report["plugin_module"] = inpaintd_krita.__file__
-    report["vendored_protocol"] = _protocol.Client.__module__.startswith("inpaintd_krita._vendor")
+    import inpaintd_protocol
+
+    report["vendored_protocol"] = "inpaintd_krita" in Path(inpaintd_protocol.__file__).parts and _protocol.Client is inpaintd_protocol.Client
     action = app.action(plugin.ACTION_ID)
     report["action_found"] = action is not None
     dockers = [d for d in app.dockers() if d.objectName() == plugin.DOCKER_ID]

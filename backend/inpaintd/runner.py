@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from protocol.messages import JobOptions
-from protocol.rect import Rect
+from inpaintd_protocol.messages import JobOptions
+from inpaintd_protocol.rect import Rect
 
 from .color import match_colors
 from .compositing import composite
@@ -128,7 +128,7 @@ def run_job(
             notes.append(f"fill '{fill}' was not used: a classical engine fills the hole itself")
     elif options.strength < 1.0:
         # Below strength 1 the engine starts from the encoded picture: what it starts from in
-        # the hole is the `fill` option's choice (backend/prefill.py).
+        # the hole is the `fill` option's choice (backend/inpaintd/prefill.py).
         empty_at_size = None if empty is None else _engine_mask(empty.astype(np.uint8) * 255, size) > 0
         engine_image, done = prefill(engine_image, engine_mask, empty_at_size, fill, seeds[0] if seeds else 0)
         if done:

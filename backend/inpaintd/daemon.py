@@ -30,13 +30,13 @@ from typing import Any, Callable
 
 import zmq
 
-from protocol import wire
-from protocol.connection import connection_file, is_loopback, write_connection_file
-from protocol.messages import (
+from inpaintd_protocol import wire
+from inpaintd_protocol.connection import connection_file, is_loopback, write_connection_file
+from inpaintd_protocol.messages import (
     CANCEL_REASONS, LIMITS, PROTOCOL_VERSION, REQUEST_TYPES, SCHEDULERS, CancelCode, Code, ImageDesc, Limits, ProtocolError, Stage,
     Type,
 )
-from protocol.wire import Message
+from inpaintd_protocol.wire import Message
 
 from . import __version__
 from .engines.base import EngineError, JobCancelled, is_out_of_memory
@@ -80,7 +80,7 @@ def rss_bytes() -> int:
 class Daemon:
     def __init__(
         self,
-        registry: Any,  # backend.models.ModelRegistry, or anything with its interface
+        registry: Any,  # inpaintd.models.ModelRegistry, or anything with its interface
         bind: str,
         *,
         key: bytes | None = None,

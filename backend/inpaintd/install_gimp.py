@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: backend/inpaintd/ is two levels down
 PLUGIN_SRC = REPO / "gimp_plugin" / "inpaintd_gimp"
-PROTOCOL_SRC = REPO / "protocol"
+PROTOCOL_SRC = REPO / "protocol" / "inpaintd_protocol"
 PLUGIN_NAME = "inpaintd_gimp"  # GIMP requires folder name == file name (without .py)
 PLUGIN_FILES = ("inpaintd_gimp.py", "inpaintd_logic.py", "inpaintd_watchdog.py")
 
@@ -60,7 +60,7 @@ def copy_plugin(dest: Path) -> Path:
     os.utime(entry)
     # The command the plug-in may use to start a local daemon: this Python's CLI.
     (target / "inpaintd_install.json").write_text(
-        json.dumps({"command": [sys.executable, "-m", "backend"], "repo": str(REPO)}, indent=2) + "\n",
+        json.dumps({"command": [sys.executable, "-m", "inpaintd"], "repo": str(REPO)}, indent=2) + "\n",
         encoding="utf-8",
     )
     return target
@@ -123,7 +123,7 @@ def install(dest: Path | None = None, python: Sequence[str] | None = None) -> in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (`python -m backend.install_gimp [--dest DIR] [--python CMD]`)."""
+    """Stand-alone entry (`python -m inpaintd.install_gimp [--dest DIR] [--python CMD]`)."""
     import argparse
     import shlex
 

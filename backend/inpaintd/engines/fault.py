@@ -137,7 +137,7 @@ class FaultInjectorEngine:
 class FaultInjectionRegistry:
     """A model registry with the fault-injector model added beside the configured ones."""
 
-    def __init__(self, inner, load_delay: float = 0.0) -> None:  # inner: backend.models.ModelRegistry
+    def __init__(self, inner, load_delay: float = 0.0) -> None:  # inner: inpaintd.models.ModelRegistry
         self.inner = inner
         self.engine = FaultInjectorEngine()
         self.load_delay = load_delay

@@ -1,9 +1,9 @@
 """inpaintd's wire protocol and client library (pyzmq + msgpack only).
 
-See PROTOCOL.md beside this file for the specification.
+The specification is protocol/PROTOCOL.md, beside this package.
 
 The names that need pyzmq or msgpack (the client, the wire format) load on first use, so
-the standard-library parts (`protocol.rect`, `protocol.messages`, `protocol.connection`)
+the standard-library parts (`inpaintd_protocol.rect`, `inpaintd_protocol.messages`, `inpaintd_protocol.connection`)
 import in an editor's Python that lacks them, and a plugin can still load and say what
 to install.
 """

@@ -5,7 +5,7 @@ layers carry x/y/width/height, and the daemon's context crop and the plug-ins' s
 crops are rectangles in the same pixel grid.  The plug-ins run inside Krita's and GIMP's
 own Python with no numpy and no backend package, but they carry a copy of protocol/, so
 this module must stay stdlib only and import nothing else from the package (the plug-ins
-load it without running protocol/__init__.py, which needs pyzmq and msgpack).
+load it without running protocol/inpaintd_protocol/__init__.py, which needs pyzmq and msgpack).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from protocol.messages import FILL_MODES  # noqa: F401  (the names, for callers)
+from inpaintd_protocol.messages import FILL_MODES  # noqa: F401  (the names, for callers)
 
 
 def blur_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from protocol.rect import Rect
+from inpaintd_protocol.rect import Rect
 
 
 def auto_padding(bbox: Rect) -> int:

@@ -7,7 +7,7 @@ kept warm, and only one at a time, since each can take most of a GPU.
 
 Model ids:
 - "patchmatch", "opencv-telea", "opencv-ns", "opencv-fsr", "opencv-shiftmap", "biharmonic":
-  the classical engines (backend/engines/classical.py), no weights; each is available where
+  the classical engines (backend/inpaintd/engines/classical.py), no weights; each is available where
   its library is installed (OpenCV's two always are).
 - "org/name": a Hugging Face repo id, looked up in the local hub cache.
 - a folder (diffusers layout, with model_index.json) or a `.safetensors` file: the id is
@@ -150,7 +150,7 @@ class ModelRegistry:
     ) -> None:
         """`configs` maps a single-file model (as given, or its id) to a diffusers config
         folder or repo id, which offline loading of a single file needs.  `compile` is a
-        torch.compile mode for diffusion engines (see `backend.engines.speedups`)."""
+        torch.compile mode for diffusion engines (see `inpaintd.engines.speedups`)."""
         self.allow_download = allow_download
         self.allow_pickle = allow_pickle
         self.device = device

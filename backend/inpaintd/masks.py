@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from protocol.rect import Rect
+from inpaintd_protocol.rect import Rect
 
 
 def bounding_box(mask: np.ndarray) -> Rect | None:

@@ -6,7 +6,7 @@ and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the kn
 latents back in under the mask at every step.
 
 Everything that is not model work (mask feathering, cropping, scaling, compositing) is done
-by the runner before and after `generate`; see `backend.engines.base`.
+by the runner before and after `generate`; see `inpaintd.engines.base`.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol.client import Client, DaemonUnavailable
+from inpaintd_protocol.client import Client, DaemonUnavailable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: backend/inpaintd/ is two levels down
 
 
 def free_port() -> int:
@@ -98,7 +98,7 @@ def start_daemon(
     log_path = workdir / "daemon.log"
     env = dict(os.environ, INPAINTD_KEY=key.decode(), INPAINTD_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
     env.pop("INPAINTD_ENDPOINT", None)
-    args = [sys.executable, "-m", "backend", "serve", "--bind", endpoint, *serve_args]
+    args = [sys.executable, "-m", "inpaintd", "serve", "--bind", endpoint, *serve_args]
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     daemon = DaemonProcess(endpoint, key, runtime, log_path, proc, args)

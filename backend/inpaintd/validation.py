@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from protocol.messages import FILL_MODES, LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
-from protocol.wire import Message
+from inpaintd_protocol.messages import FILL_MODES, LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
+from inpaintd_protocol.wire import Message
 
 
 @dataclass

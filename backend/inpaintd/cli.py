@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from protocol.client import Client, DaemonUnavailable, Job
-from protocol.connection import is_loopback, new_key, resolve_endpoint
-from protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, FILL_MODES, LIMITS, SCHEDULERS, JobOptions, ProtocolError
+from inpaintd_protocol.client import Client, DaemonUnavailable, Job
+from inpaintd_protocol.connection import is_loopback, new_key, resolve_endpoint
+from inpaintd_protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, FILL_MODES, LIMITS, SCHEDULERS, JobOptions, ProtocolError
 
 from .engines.speedups import COMPILE_MODES
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-max-mb", type=float, default=1024.0, help="memory for kept results; past it the oldest go first (default %(default)s)")
     p.add_argument("--peer-timeout", type=float, default=30.0, help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
     p.add_argument("--max-message-mb", type=float, default=None, help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
-    p.add_argument("--fault-injection", action="store_true", help="TESTS ONLY: add the 'fault-injector' model, which fails on request (see backend/engines/fault.py)")
+    p.add_argument("--fault-injection", action="store_true", help="TESTS ONLY: add the 'fault-injector' model, which fails on request (see backend/inpaintd/engines/fault.py)")
     p.add_argument("--fault-load-delay", type=float, default=0.0, metavar="S", help="TESTS ONLY, with --fault-injection: the first load of each model takes S seconds longer")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
@@ -326,7 +326,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 def _wait_for_connection_file(endpoint: str, proc: subprocess.Popen, since: float, timeout: float = 60.0) -> None:
     """A daemon we just started writes its key there; a client made earlier would sign with none."""
-    from protocol.connection import connection_file
+    from inpaintd_protocol.connection import connection_file
 
     path = connection_file(endpoint)
     deadline = time.monotonic() + timeout
@@ -350,7 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             probe.close()
             print(f"starting a daemon at {endpoint} ...")
             since = time.time() - 1.0
-            serve = [sys.executable, "-m", "backend", "serve", "--bind", endpoint]
+            serve = [sys.executable, "-m", "inpaintd", "serve", "--bind", endpoint]
             if args.test_model:
                 from .testmodel import make_test_model
 

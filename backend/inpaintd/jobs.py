@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from protocol.wire import Message
+from inpaintd_protocol.wire import Message
 
 from .validation import SubmitRequest
 

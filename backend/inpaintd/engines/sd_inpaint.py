@@ -19,7 +19,7 @@ only that, in the pipeline's order, and does no work twice:
 The scheduler gets its timestep from a CPU copy of the schedule while the UNet gets the
 device copy: indexing the scheduler's CPU tables with a GPU timestep, or building
 `torch.tensor([t])` from one, would make the host wait for the GPU every step.  Progress
-is reported through a `StepPacer` (see `backend.engines.pacing`) so that it does not
+is reported through a `StepPacer` (see `inpaintd.engines.pacing`) so that it does not
 synchronise the GPU either.  Waits that remain, as in the stock pipeline: schedulers that
 draw noise inside `step` (Euler ancestral, LCM) copy it from the CPU generators every step,
 so that a seed means the same pixels on every device; and with a 4-channel UNet the

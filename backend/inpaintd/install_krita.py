@@ -1,9 +1,9 @@
 """`inpaintd install-krita`: put the Krita plugin where Krita finds it, and check that it can run.
 
-The plugin needs the client library (protocol/) and, through it, pyzmq and msgpack in
-*Krita's* Python, which is not the Python that runs this installer.  So the installer
-copies protocol/ inside the plugin (as `inpaintd_krita._vendor.protocol`, a name no other
-plugin can clash with), enables the plugin in kritarc, then finds Krita's own Python where
+The plugin needs the client library (protocol/inpaintd_protocol) and, through it, pyzmq and
+msgpack in *Krita's* Python, which is not the Python that runs this installer.  So the
+installer copies the library inside the plugin (`inpaintd_krita/_vendor/inpaintd_protocol`,
+imported as `inpaintd_protocol`, the same name the GIMP plug-in uses), enables the plugin in kritarc, then finds Krita's own Python where
 it can (Linux packages link the system libpython3.X) and tries the imports there, printing
 the exact command to fix what is missing.
 """
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 PLUGIN_NAME = "inpaintd_krita"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: backend/inpaintd/ is two levels down
 PLUGIN_SRC = ROOT / "krita_plugin"
-PROTOCOL_SRC = ROOT / "protocol"
+PROTOCOL_SRC = ROOT / "protocol" / "inpaintd_protocol"
 
 
 def default_pykrita_dir() -> Path:
@@ -82,11 +82,10 @@ def copy_plugin(dest: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(PLUGIN_SRC / PLUGIN_NAME, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_vendor"))
-    vendor = target / "_vendor"
-    (vendor / "protocol").mkdir(parents=True)
-    (vendor / "__init__.py").write_text('"""Libraries the plugin carries with it (copied by `inpaintd install-krita`)."""\n')
+    vendor = target / "_vendor"  # put first on sys.path by the plugin's __init__
+    (vendor / "inpaintd_protocol").mkdir(parents=True)
     for f in sorted(PROTOCOL_SRC.glob("*.py")):
-        shutil.copy2(f, vendor / "protocol" / f.name)
+        shutil.copy2(f, vendor / "inpaintd_protocol" / f.name)
     if (PLUGIN_SRC / "README.md").exists():
         shutil.copy2(PLUGIN_SRC / "README.md", target / "README.md")
     shutil.copy2(PLUGIN_SRC / f"{PLUGIN_NAME}.desktop", dest / f"{PLUGIN_NAME}.desktop")
@@ -151,7 +150,7 @@ def install(dest: Path | str | None = None, enable: bool = True) -> int:
         return 1
     print(f"installed the plugin into {target}")
     print(f"wrote {dest / (PLUGIN_NAME + '.desktop')}")
-    print(f"vendored the client library as {PLUGIN_NAME}._vendor.protocol")
+    print(f"vendored the client library as inpaintd_protocol in {target / '_vendor'}")
     if enable:
         rc = kritarc_path()
         try:
