@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 from inpaintd_protocol.client import Client, DaemonUnavailable, Job
 from inpaintd_protocol.connection import is_loopback, new_key, resolve_endpoint
-from inpaintd_protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, FILL_MODES, LIMITS, SCHEDULERS, JobOptions, ProtocolError
+from inpaintd_protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS, JobOptions, ProtocolError
+from inpaintd_protocol.options import OPTIONS
 
 from .engines.speedups import COMPILE_MODES
 
@@ -30,21 +31,22 @@ def _add_connect(p: argparse.ArgumentParser) -> None:
 
 
 def _add_job_options(p: argparse.ArgumentParser) -> None:
-    d = JobOptions()
-    p.add_argument("--prompt", default=d.prompt, help="what to paint into the masked area (empty: fill from context)")
-    p.add_argument("--negative-prompt", default=d.negative_prompt, help="what to avoid")
-    p.add_argument("--variants", type=int, default=d.variants, help=f"how many results (1-{LIMITS.max_variants}; default %(default)s); a deterministic classical model (all but patchmatch) makes one and says so")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the first variant; variant i uses seed+i (-1: random)")
-    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (0: engine default)")
-    p.add_argument("--guidance", type=float, default=d.guidance_scale, dest="guidance_scale", help="classifier-free guidance scale (default %(default)s)")
-    p.add_argument("--strength", type=float, default=d.strength, help="how much of the masked area to repaint, 0.01-1 (default %(default)s)")
-    p.add_argument("--scheduler", default=d.scheduler, choices=SCHEDULERS, help="sampler (default: the model's own)")
-    p.add_argument("--model", default=d.model, help="model id from `inpaintd models` (default: the daemon's)")
-    p.add_argument("--grow", type=int, default=d.grow, help="grow the mask by this many px (default %(default)s)")
-    p.add_argument("--feather", type=int, default=d.feather, help="feather the mask edge over this many px (default %(default)s)")
-    p.add_argument("--padding", type=int, default=d.padding, help="context around the mask in px (-1: automatic)")
-    p.add_argument("--color-match", action="store_true", default=d.color_match, help="correct a colour cast of the result, measured where the model should have kept the picture")
-    p.add_argument("--fill", default=d.fill, choices=FILL_MODES, help="diffusion below strength 1: what the hole starts from (auto: keep the picture, classical fill where transparent; none; neutral grey; blur; classical). No effect at strength 1 or on classical models")
+    """One flag per job option, made from the option table (inpaintd_protocol.options)."""
+    for opt in OPTIONS:
+        low, high = opt.bounds(LIMITS)
+        kw: dict[str, Any] = {"dest": opt.name, "default": opt.default, "help": opt.help.format(low=low, high=high)}
+        if opt.kind is bool:
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = opt.kind
+            if opt.choices:
+                kw["choices"] = opt.choices
+        p.add_argument(opt.cli_flag, **kw)
+
+
+def _job_options(args: argparse.Namespace) -> JobOptions:
+    """The job options the flags of `_add_job_options` gave."""
+    return JobOptions(**{opt.name: getattr(args, opt.name) for opt in OPTIONS})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +266,7 @@ def write_variants(job: Job, image_path: Path, out: Path) -> list[Path]:
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     data, width, height, channels, mask = _load_pixels(args.image, args.mask)
-    options = JobOptions(**{k: getattr(args, k) for k in JobOptions().__dict__})
+    options = _job_options(args)
     bar = ProgressBar()
     with Client(args.connect, name="inpaintd-cli") as client:
         job = client.submit(data, width, height, channels, mask, options)

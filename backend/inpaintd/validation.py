@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from inpaintd_protocol.messages import FILL_MODES, LIMITS, OPTION_RULES, SCHEDULERS, Code, JobOptions, Limits, ProtocolError
+from inpaintd_protocol.messages import LIMITS, Code, JobOptions, Limits, ProtocolError
+from inpaintd_protocol.options import OPTIONS
 from inpaintd_protocol.wire import Message
 
 
@@ -29,26 +30,33 @@ def _field_error(code: str, name: str, message: str) -> ProtocolError:
 
 
 def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
+    """The job options of a submit, checked against the option table (options.OPTIONS).
+
+    Three passes, in the order PROTOCOL.md section 5.4 gives (the first failure is the
+    answer): each option's type and range in the table's order, then string lengths
+    (`too_large`), then names that must be one of a list (scheduler, fill)."""
     options = JobOptions()
-    for name, (types, low, high) in OPTION_RULES.items():
-        if name not in body:
+    for opt in OPTIONS:
+        if opt.name not in body:
             continue
-        value = body[name]
-        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
-            kinds = " or ".join(t.__name__ for t in types)
-            raise _field_error(Code.BAD_FIELD_TYPE, name, f"'{name}' must be {kinds}, got {type(value).__name__}")
+        value = body[opt.name]
+        if isinstance(value, bool) != (opt.kind is bool) or not isinstance(value, opt.types):
+            kinds = " or ".join(t.__name__ for t in opt.types)
+            raise _field_error(Code.BAD_FIELD_TYPE, opt.name, f"'{opt.name}' must be {kinds}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise _field_error(Code.BAD_VALUE, name, f"'{name}' is {value}; it must be a finite number")
+            raise _field_error(Code.BAD_VALUE, opt.name, f"'{opt.name}' is {value}; it must be a finite number")
+        low, high = opt.bounds(limits)
         if low is not None and value < low or high is not None and value > high:
-            raise _field_error(Code.BAD_VALUE, name, f"'{name}' is {value}; allowed range is {low} to {high}")
-        setattr(options, name, value)
-    for name in ("prompt", "negative_prompt"):
-        if len(getattr(options, name)) > limits.max_prompt_chars:
-            raise _field_error(Code.TOO_LARGE, name, f"'{name}' has {len(getattr(options, name))} characters; the limit is {limits.max_prompt_chars}")
-    if options.scheduler not in SCHEDULERS:
-        raise _field_error(Code.BAD_VALUE, "scheduler", f"unknown scheduler '{options.scheduler}'; known: {', '.join(SCHEDULERS)}")
-    if options.fill not in FILL_MODES:
-        raise _field_error(Code.BAD_VALUE, "fill", f"unknown fill '{options.fill}'; known: {', '.join(FILL_MODES)}")
+            raise _field_error(Code.BAD_VALUE, opt.name, f"'{opt.name}' is {value}; allowed range is {low} to {high}")
+        setattr(options, opt.name, value)
+    for opt in OPTIONS:
+        longest = opt.max_length(limits)
+        if longest is not None and len(getattr(options, opt.name)) > longest:
+            raise _field_error(Code.TOO_LARGE, opt.name, f"'{opt.name}' has {len(getattr(options, opt.name))} characters; the limit is {longest}")
+    for opt in OPTIONS:
+        value = getattr(options, opt.name)
+        if opt.choices and value not in opt.choices:
+            raise _field_error(Code.BAD_VALUE, opt.name, f"unknown {opt.name} '{value}'; known: {', '.join(opt.choices)}")
     return options
 
 

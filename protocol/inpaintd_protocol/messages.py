@@ -123,59 +123,14 @@ class Limits:
 
 LIMITS = Limits()
 
-SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
+# The job options live in options.py (one table for the daemon, the CLI, both editors and
+# the spec); their names are re-exported here, where clients have always found them.
+from .options import FILL_MODES, OPTIONS, SCHEDULERS, JobOptions  # noqa: E402
 
-#: What a diffusion job below strength 1 starts from inside the hole (option `fill`; see
-#: PROTOCOL.md section 9.4): auto = keep the picture, classical fill where it is transparent.
-FILL_MODES = ("auto", "none", "neutral", "blur", "classical")
-
-
-@dataclass
-class JobOptions:
-    """Everything a submit carries besides the pixels.  Defaults give a good result
-    when a client sends only image, mask and prompt.
-
-    `steps` 0 and `padding` -1 mean "the engine's / the runner's choice"; `seed` -1
-    means "pick one" (the result reports the seeds used); `model` "" means the daemon's
-    default model.
-    """
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = -1
-    variants: int = 1
-    steps: int = 0
-    guidance_scale: float = 7.5
-    strength: float = 1.0
-    scheduler: str = "default"
-    model: str = ""
-    grow: int = 8
-    feather: int = 16
-    padding: int = -1
-    color_match: bool = False
-    fill: str = "auto"
-
-    def to_wire(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-#: name -> (python types accepted, lower bound, upper bound or None); used by the daemon to
-#: validate and by clients to build requests.  Bounds are inclusive.
+#: name -> (python types accepted, lower bound, upper bound or None) under LIMITS, made from
+#: OPTIONS; bounds are inclusive.
 OPTION_RULES: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
-    "prompt": ((str,), None, None),
-    "negative_prompt": ((str,), None, None),
-    "seed": ((int,), -1, 2**32 - 1),
-    "variants": ((int,), 1, LIMITS.max_variants),
-    "steps": ((int,), 0, LIMITS.max_steps),
-    "guidance_scale": ((int, float), 0.0, 50.0),
-    "strength": ((int, float), 0.01, 1.0),
-    "scheduler": ((str,), None, None),
-    "model": ((str,), None, None),
-    "grow": ((int,), 0, LIMITS.max_grow),
-    "feather": ((int,), 0, LIMITS.max_feather),
-    "padding": ((int,), -1, LIMITS.max_padding),
-    "color_match": ((bool,), None, None),
-    "fill": ((str,), None, None),
+    o.name: (o.types, *o.bounds(LIMITS)) for o in OPTIONS
 }
 
 
