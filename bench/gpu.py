@@ -242,7 +242,7 @@ def make_sides(kind: str, tiny: bool, device: str, tokenizer_dir: Path, compile_
         speedups = Speedups.default_for(device, compile=compile_mode)
         compiled = DiffusersEngine.from_pipeline(copy.deepcopy(pipe), model_id=f"random-{kind}", device=device,
                                                  speedups=speedups)
-    side = engine.native_size or SIDE[kind]
+    side = engine.caps.native_size or SIDE[kind]
     image, mask = inputs(side)
     return Sides(pipe, engine, compiled, image, mask, TINY_STEPS if tiny else STEPS, device)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from inpaintd.engines import classical
-from inpaintd.engines.base import EngineTask
+from engine_calls import Call, call, generate, run
+from inpaintd.engines.base import CancelledFn, EngineOutput, EngineRequest, ModelCaps, ProgressFn
 from inpaintd.engines.classical import METHODS, ClassicalEngine, default_method, fill
 from inpaintd.models import BUILTIN_MODELS, FALLBACK_MODEL, ModelRegistry, fallback_model
 from inpaintd.prefill import blur_fill, prefill
@@ -36,9 +37,9 @@ def box_mask(h: int = 96, w: int = 128) -> np.ndarray:
     return mask
 
 
-def task(image: np.ndarray, mask: np.ndarray, seeds: list[int]) -> EngineTask:
-    return EngineTask(image=image, mask=mask, prompt="", negative_prompt="", seeds=seeds, steps=1,
-                      guidance_scale=7.5, strength=1.0, scheduler="default")
+def task(image: np.ndarray, mask: np.ndarray, seeds: list[int]) -> Call:
+    return call(image=image, mask=mask, prompt="", negative_prompt="", seeds=seeds, steps=1,
+                guidance_scale=7.5, strength=1.0, scheduler="default")
 
 
 def test_registry_lists_every_method_in_the_order_the_benchmark_ranked_them() -> None:
@@ -69,10 +70,11 @@ def test_each_method_fills_the_hole_and_keeps_every_other_pixel(model_id: str) -
 def test_patchmatch_variants_differ_by_seed_and_a_seed_repeats() -> None:
     engine = ClassicalEngine("patchmatch")
     image, mask = textured(), box_mask()
-    a, b, c = engine.generate(task(image, mask, [5, 6, 7]))
-    assert engine.last_notes == []
+    output = run(engine, task(image, mask, [5, 6, 7]))
+    a, b, c = output.images
+    assert output.notes == []
     assert not np.array_equal(a, b) and not np.array_equal(b, c)
-    again = engine.generate(task(image, mask, [6]))
+    again = generate(engine, task(image, mask, [6]))
     assert len(again) == 1 and np.array_equal(again[0], b)
     # and through the runner, as the daemon runs it: variant i is seed + i, each redoable alone
     out = run_job(engine, image, mask, JobOptions(seed=40, variants=2), [40, 41])
@@ -88,9 +90,9 @@ def test_a_deterministic_method_makes_one_variant_and_says_so(model_id: str) -> 
     image, mask = textured(64, 64), box_mask(64, 64)
     out = run_job(engine, image, mask, JobOptions(seed=1, variants=3), [1, 2, 3])
     assert [layer.seed for layer in out.layers] == [1]
-    assert any("made 1 variant instead of 3" in note and model_id in note for note in engine.last_notes)
+    assert any("made 1 variant instead of 3" in note and model_id in note for note in out.notes)
     single = run_job(engine, image, mask, JobOptions(seed=9), [9])
-    assert engine.last_notes == []
+    assert single.notes == []
     if model_id != "opencv-shiftmap":  # seen to pick another source region from one run to the next
         assert np.array_equal(single.layers[0].rgba, out.layers[0].rgba)
 
@@ -165,17 +167,14 @@ class RecordingEngine:
     name = "diffusers"
     device = "cpu"
     model_id = "recording"
-    native_size = None
-    size_multiple = 8
+    caps = ModelCaps(engine="diffusers", family="sd15", size_multiple=8, shape_multiple=8, prefills=True)
 
     def __init__(self) -> None:
-        self.last_notes: list[str] = []
         self.images: list[np.ndarray] = []
 
-    def generate(self, task: EngineTask) -> list[np.ndarray]:
-        self.last_notes = []
-        self.images.append(task.image.copy())
-        return [task.image.copy() for _ in task.seeds]
+    def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
+        self.images.append(request.image.copy())
+        return EngineOutput([request.image.copy() for _ in request.seeds])
 
 
 def test_runner_prefills_diffusion_jobs_below_strength_1_only() -> None:
@@ -185,16 +184,16 @@ def test_runner_prefills_diffusion_jobs_below_strength_1_only() -> None:
     mask[22:42, 22:42] = 255
     engine = RecordingEngine()
     for strength, mode, changed in ((1.0, "neutral", False), (0.6, "none", False), (0.6, "auto", False), (0.6, "neutral", True)):
-        run_job(engine, image, mask, JobOptions(strength=strength, fill=mode, grow=0, feather=0, padding=0), [1])
+        out = run_job(engine, image, mask, JobOptions(strength=strength, fill=mode, grow=0, feather=0, padding=0), [1])
         seen = engine.images[-1]
         assert (seen[8, 8] == 127).all() == changed, (strength, mode)
-        assert any("pre-filled" in n for n in engine.last_notes) == changed
+        assert any("pre-filled" in n for n in out.notes) == changed
     # a classical engine fills the hole itself: the option is not used, and the result says so
     telea = ClassicalEngine("opencv-telea")
-    run_job(telea, image, mask, JobOptions(strength=0.5, fill="neutral"), [1])
-    assert any("fill 'neutral' was not used" in n for n in telea.last_notes)
-    run_job(telea, image, mask, JobOptions(strength=0.5), [1])
-    assert telea.last_notes == []
+    out = run_job(telea, image, mask, JobOptions(strength=0.5, fill="neutral"), [1])
+    assert any("fill 'neutral' was not used" in n for n in out.notes)
+    out = run_job(telea, image, mask, JobOptions(strength=0.5), [1])
+    assert out.notes == []
 
 
 def test_transparent_pixels_are_prefilled_under_auto() -> None:
@@ -203,10 +202,10 @@ def test_transparent_pixels_are_prefilled_under_auto() -> None:
     mask = np.zeros((64, 96), np.uint8)
     mask[:, 60:] = 255
     engine = RecordingEngine()
-    run_job(engine, rgba, mask, JobOptions(strength=0.7, grow=0, feather=0, padding=0), [1])
+    out = run_job(engine, rgba, mask, JobOptions(strength=0.7, grow=0, feather=0, padding=0), [1])
     seen = engine.images[-1]
     assert np.abs(seen[:, -8:].astype(int) - (40, 120, 200)).max() <= 3  # not black any more
-    assert any("transparent" in n for n in engine.last_notes)
+    assert any("transparent" in n for n in out.notes)
 
 
 # -- the benchmark -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inpaintd.color import GAIN_RANGE, MIN_KEPT_PIXELS, match_colors
-from inpaintd.engines.base import EngineTask
+from inpaintd.engines.base import CancelledFn, EngineOutput, EngineRequest, ModelCaps, ProgressFn
 from inpaintd.engines.classical import ClassicalEngine
 from inpaintd.runner import run_job
 from inpaintd_protocol.messages import JobOptions
@@ -79,11 +79,10 @@ class TintingEngine:
     name = "tinting"
     model_id = "tinting"
     device = "cpu"
-    native_size = None
-    size_multiple = 8
+    caps = ModelCaps(engine="tinting", size_multiple=8, shape_multiple=8, prefills=True)
 
-    def generate(self, task: EngineTask) -> list[np.ndarray]:
-        return [cast(task.image) for _ in task.seeds]
+    def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
+        return EngineOutput([cast(request.image) for _ in request.seeds])
 
     def close(self) -> None:
         pass

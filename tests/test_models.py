@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inpaintd.engines.base import EngineError, EngineTask
+from engine_calls import Call, call, generate, run
+from inpaintd.engines.base import EngineError
 from inpaintd.models import BUILTIN_MODELS, DEFAULT_MODEL, FALLBACK_MODEL, ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_test_model(tmp_path_factory.mktemp("tiny-sd-inpaint"))
 
 
-def small_task(**overrides) -> EngineTask:
+def small_task(**overrides) -> Call:
     image = np.full((64, 64, 3), 90, np.uint8)
     mask = np.zeros((64, 64), np.uint8)
     mask[20:44, 20:44] = 255
@@ -46,7 +47,7 @@ def small_task(**overrides) -> EngineTask:
         steps=3, guidance_scale=5.0, strength=1.0, scheduler="default",
     )
     fields.update(overrides)
-    return EngineTask(**fields)
+    return call(**fields)
 
 
 # -- listing -------------------------------------------------------------------------
@@ -173,11 +174,11 @@ def test_classical_engines_load_and_run() -> None:
     registry = ModelRegistry()
     engine = registry.load("opencv-telea")
     assert engine is registry.load("opencv-telea")
-    out = engine.generate(small_task())  # deterministic: one image for the two seeds, and a note
-    assert len(out) == 1 and out[0].shape == (64, 64, 3) and "1 variant instead of 2" in engine.last_notes[0]
+    out = run(engine, small_task())  # deterministic: one image for the two seeds, and a note
+    assert len(out.images) == 1 and out.images[0].shape == (64, 64, 3) and "1 variant instead of 2" in out.notes[0]
     seeded = registry.load("patchmatch")
-    out = seeded.generate(small_task())
-    assert len(out) == 2 and out[0].shape == (64, 64, 3) and seeded.last_notes == []
+    out = run(seeded, small_task())
+    assert len(out.images) == 2 and out.images[0].shape == (64, 64, 3) and out.notes == []
     registry.close()
 
 
@@ -191,14 +192,15 @@ def test_folder_model_loads_and_stays_warm(tiny_model_dir: Path, monkeypatch: py
     events: list[tuple[str, int, int]] = []
     engine = registry.load(str(tiny_model_dir), progress=lambda *e: events.append(e))
     assert events == [("loading", 0, 1), ("loading", 1, 1)]
-    assert engine.name == "diffusers" and engine.model_id == model_id and engine.native_size == 64
+    assert engine.name == "diffusers" and engine.model_id == model_id and engine.caps.native_size == 64
+    assert registry.caps(model_id) == engine.caps  # the description and the loaded engine agree
     assert registry.load(model_id) is engine  # warm: no reload
 
     # A path given relative to the working directory names the same model.
     monkeypatch.chdir(tiny_model_dir.parent)
     assert registry.load(tiny_model_dir.name) is engine
 
-    out = engine.generate(small_task())
+    out = generate(engine, small_task())
     assert len(out) == 2 and out[0].shape == (64, 64, 3) and out[0].dtype == np.uint8
     registry.close()
     assert engine.pipe is None
@@ -216,12 +218,40 @@ def test_repo_id_from_hub_cache(tiny_model_dir: Path, empty_hf_cache: Path) -> N
     assert info.available and info.native_size == 64 and str(empty_hf_cache) in info.detail
 
     first = registry.load(DEFAULT_MODEL)
-    assert first.generate(small_task(seeds=[4]))[0].shape == (64, 64, 3)
+    assert generate(first, small_task(seeds=[4]))[0].shape == (64, 64, 3)
     # Only one diffusion model is kept warm: loading another frees the first.
     second = registry.load("someorg/other-inpainting")
     assert second is not first and first.pipe is None
-    assert second.generate(small_task(seeds=[4]))[0].shape == (64, 64, 3)
+    assert generate(second, small_task(seeds=[4]))[0].shape == (64, 64, 3)
     # Classical engines do not evict the diffusion model.
     registry.load("opencv-ns")
     assert registry.load("someorg/other-inpainting") is second
     registry.close()
+
+
+def test_a_folder_of_another_family_is_listed_unavailable_by_name(tmp_path: Path) -> None:
+    """No class-name guessing: an SD 3 folder is not loaded into the SD 1.5 pipeline."""
+    folder = tmp_path / "sd3"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    (folder / "transformer" / "config.json").write_text('{"sample_size": 128}')
+    registry = ModelRegistry([str(folder)], default="opencv-telea")
+    info = registry.get(str(folder))
+    assert not info.available and "StableDiffusion3Pipeline" in info.detail and info.family == ""
+    with pytest.raises(EngineError) as err:
+        registry.admit(str(folder))
+    assert err.value.code == "model_unavailable" and "StableDiffusion3Pipeline" in err.value.message
+
+
+def test_admission_and_description_come_from_the_registry(tiny_model_dir: Path) -> None:
+    registry = ModelRegistry([str(tiny_model_dir)], default="opencv-telea", compile="reduce-overhead")
+    info = registry.admit(str(tiny_model_dir))
+    assert info.family == "sd15" and info.to_wire()["family"] == "sd15"
+    caps = registry.caps(str(tiny_model_dir))  # no engine loaded: from the configs and the family row
+    assert registry._diffusion is None
+    assert (caps.engine, caps.native_size, caps.size_multiple, caps.shape_multiple) == ("diffusers", 64, 8, 64)
+    assert registry.caps("patchmatch").seeded and not registry.caps("opencv-telea").seeded
+    for bad, code in (("x" * 5000, "unknown_model"), ("a\x00b", "unknown_model"), ("nope/nope", "unknown_model")):
+        with pytest.raises(EngineError) as err:
+            registry.admit(bad)
+        assert err.value.code == code

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from inpaintd.engines.base import EngineError, EngineTask, JobCancelled
+from inpaintd.engines.base import (
+    CancelledFn, EngineError, EngineOutput, EngineRequest, JobCancelled, ModelCaps, ProgressFn, check_cancel,
+)
 from inpaintd.engines.classical import ClassicalEngine
 from inpaintd.masks import prepare_mask
-from inpaintd.runner import run_job, variant_seeds
+from inpaintd.runner import finish, prepare, run_job, variant_seeds
 from inpaintd_protocol.messages import JobOptions
 from inpaintd_protocol.rect import Rect
 
@@ -23,22 +27,23 @@ class FakeEngine:
     device = "cpu"
 
     def __init__(self, native_size: int | None = 512, size_multiple: int = 8, fill: int = 77, extra_outputs: int = 0):
-        self.native_size = native_size
-        self.size_multiple = size_multiple
+        self.caps = ModelCaps(engine="fake", native_size=native_size, size_multiple=size_multiple,
+                              shape_multiple=size_multiple, prefills=True)
         self.fill = fill
         self.extra_outputs = extra_outputs
-        self.tasks: list[EngineTask] = []
+        self.tasks: list[EngineRequest] = []
 
-    def generate(self, task: EngineTask) -> list[np.ndarray]:
-        self.tasks.append(task)
-        h, w = task.image.shape[:2]
-        return [np.full((h, w, 3), self.fill, np.uint8) for _ in range(len(task.seeds) + self.extra_outputs)]
+    def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
+        self.tasks.append(request)
+        check_cancel(cancelled)
+        h, w = request.image.shape[:2]
+        return EngineOutput([np.full((h, w, 3), self.fill, np.uint8) for _ in range(len(request.seeds) + self.extra_outputs)])
 
     def close(self) -> None:
         pass
 
     @property
-    def task(self) -> EngineTask:
+    def task(self) -> EngineRequest:
         assert len(self.tasks) == 1
         return self.tasks[0]
 
@@ -235,12 +240,29 @@ def test_engine_receives_options():
     assert t.strength == 0.5
 
 
-def test_engine_default_steps_used_when_steps_zero():
+def test_model_default_steps_used_when_steps_zero():
+    """The default comes from the model's description (caps), not from the engine object."""
     engine = FakeEngine(native_size=None)
-    engine.default_steps = 4
-    run_job(engine, photo(50, 50), rect_mask(50, 50, 20, 20, 5, 5), JobOptions(steps=0), [1])
+    caps = dataclasses.replace(engine.caps, default_steps=4)
+    run_job(engine, photo(50, 50), rect_mask(50, 50, 20, 20, 5, 5), JobOptions(steps=0), [1], caps=caps)
     assert engine.task.steps == 4
-    engine.tasks.clear()
+
+
+def test_prepare_needs_no_engine():
+    """prepare is pure CPU work from a description; finish composites what any engine made."""
+    caps = ModelCaps(engine="diffusers", family="sd15", native_size=64, size_multiple=8, shape_multiple=8, prefills=True)
+    image, mask = photo(120, 160), rect_mask(120, 160, 40, 50, 20, 30)
+    request, plan = prepare(image, mask, JobOptions(steps=0, grow=0, feather=0), caps, [3, 4])
+    assert request.steps == caps.default_steps and request.seeds == [3, 4]
+    assert request.image.shape[0] % 8 == 0 and request.image.shape[1] % 8 == 0
+    h, w = request.image.shape[:2]
+    out = finish(plan, EngineOutput([np.zeros((h, w, 3), np.uint8)] * 2, ["engine note"]))
+    assert [layer.seed for layer in out.layers] == [3, 4] and out.notes == ["engine note"]
+    assert out.region == plan.region
+
+
+def test_explicit_steps_win():
+    engine = FakeEngine(native_size=None)
     run_job(engine, photo(50, 50), rect_mask(50, 50, 20, 20, 5, 5), JobOptions(steps=9), [1])
     assert engine.task.steps == 9
 
@@ -337,13 +359,17 @@ def test_cancelled_inside_classical_engine_raises():
     assert len(calls) == 2
 
 
-def test_cancel_callable_reaches_engine_task():
+def test_cancel_callable_reaches_the_engine():
     engine = FakeEngine()
-    flag = {"cancel": False}
-    run_job(engine, photo(50, 50), rect_mask(50, 50, 20, 20, 5, 5), JobOptions(), [1], cancelled=lambda: flag["cancel"])
-    flag["cancel"] = True
+    seen = []
+
+    def cancelled() -> bool:
+        seen.append(len(engine.tasks))
+        return len(engine.tasks) > 0  # turns true once the engine has the request
+
     with pytest.raises(JobCancelled):
-        engine.task.check_cancel()
+        run_job(engine, photo(50, 50), rect_mask(50, 50, 20, 20, 5, 5), JobOptions(), [1], cancelled=cancelled)
+    assert seen[-1] == 1  # the engine itself asked, and stopped
 
 
 def test_progress_reports_preparing_then_compositing():

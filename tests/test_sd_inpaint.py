@@ -63,7 +63,7 @@ def stock(engine: DiffusersEngine, job: Inputs) -> np.ndarray:
     pipe, emb, n = engine.pipe, job.embeddings, len(job.generators)
     height, width = job.mask.shape
     kwargs: dict[str, Any] = {"prompt_embeds": emb.positive, "negative_prompt_embeds": emb.negative}
-    if engine.is_sdxl:
+    if engine.family.dual_text_encoder:
         kwargs.update(pooled_prompt_embeds=emb.pooled, negative_pooled_prompt_embeds=emb.negative_pooled)
     with torch.inference_mode():
         images = pipe(
@@ -243,5 +243,5 @@ def test_cuda_graph_mode_runs_the_same_loop(engines: dict[str, DiffusersEngine])
     engine.pipe.scheduler = engine._scheduler("dpmpp_2m")
     job = inputs(engine, [5, 6], guidance=1.0)
     plain = engine._loop(fresh(job, [5, 6]))
-    graphs = InpaintLoop(engine.pipe, "cpu", cuda_graphs=True)(fresh(job, [5, 6]))
+    graphs = InpaintLoop(engine.pipe, "cpu", dual_text_encoder=False, cuda_graphs=True)(fresh(job, [5, 6]))
     assert np.array_equal(plain, graphs)

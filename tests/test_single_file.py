@@ -23,14 +23,17 @@ pytest.importorskip("diffusers")
 pytest.importorskip("safetensors")
 torch = pytest.importorskip("torch")
 
-from inpaintd.engines.base import EngineError, EngineTask  # noqa: E402
-from inpaintd.engines.diffusers_engine import (  # noqa: E402
-    SD15_INPAINT_REPO,
-    DiffusersEngine,
-    reference_repo_for,
-    safetensors_header,
-    single_file_is_sdxl,
-)
+from engine_calls import call, generate  # noqa: E402
+from inpaintd.engines.base import EngineError  # noqa: E402
+from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
+from inpaintd.families import FAMILIES, Arch, inspect_single_file, safetensors_header  # noqa: E402
+
+SD15_INPAINT_REPO = FAMILIES[Arch.SD15].reference_repos[0]
+
+
+def reference_repo_for(path: Path) -> str | None:
+    inspected = inspect_single_file(path)
+    return inspected.reference_repo if inspected else None
 from inpaintd.testmodel import (  # noqa: E402
     TEST_NATIVE_SIZE,
     install_in_hub_cache,
@@ -72,7 +75,7 @@ def folder_engine(tiny_model_dir: Path) -> DiffusersEngine:
 @pytest.fixture(scope="module")
 def folder_pixels(folder_engine: DiffusersEngine) -> list[np.ndarray]:
     """What the diffusers folder makes of `make_task()`; computed once, jobs are the slow part."""
-    return folder_engine.generate(make_task())
+    return generate(folder_engine, make_task())
 
 
 def configs_only(model_dir: Path, dest: Path) -> Path:
@@ -102,7 +105,7 @@ def like_the_reference_repo(configs: Path, class_name: str) -> Path:
     return configs
 
 
-def make_task(**overrides) -> EngineTask:
+def make_task(**overrides) -> Call:
     rng = np.random.default_rng(3)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[16:48, 16:48] = 255
@@ -118,7 +121,7 @@ def make_task(**overrides) -> EngineTask:
         scheduler="ddim",
     )
     fields.update(overrides)
-    return EngineTask(**fields)
+    return call(**fields)
 
 
 def assert_same_weights(loaded: DiffusersEngine, source: DiffusersEngine) -> None:
@@ -131,7 +134,7 @@ def assert_same_weights(loaded: DiffusersEngine, source: DiffusersEngine) -> Non
 
 
 def assert_same_pixels(loaded: DiffusersEngine, want: list[np.ndarray], **task) -> None:
-    got = loaded.generate(make_task(**task))
+    got = generate(loaded, make_task(**task))
     assert len(got) == len(want) == 2
     assert not np.array_equal(want[0], want[1])  # the seeds matter, so equality means something
     for a, b in zip(got, want):
@@ -158,7 +161,8 @@ def test_file_has_the_original_layout(tiny_file: Path, tiny_model_dir: Path) -> 
             source += len(list(f.keys()))
     assert len(header) == source + 1
     assert reference_repo_for(tiny_file) == SD15_INPAINT_REPO
-    assert not single_file_is_sdxl(tiny_file)
+    inspected = inspect_single_file(tiny_file)
+    assert inspected is not None and inspected.family.arch == Arch.SD15 and inspected.inpainting
 
 
 def test_sdxl_is_not_written(tmp_path: Path) -> None:
@@ -180,7 +184,7 @@ def test_loads_with_a_config_folder(
     config = configs_only(tiny_model_dir, tmp_path / "configs")
     eng = DiffusersEngine(tiny_file, device="cpu", config=config)
     try:
-        assert eng.unet_in_channels == 9 and not eng.is_sdxl and eng.native_size == SIZE
+        assert eng.unet_in_channels == 9 and eng.caps.family == "sd15" and eng.caps.native_size == SIZE
         assert_same_weights(eng, folder_engine)
         assert_same_pixels(eng, folder_pixels)
     finally:
@@ -200,7 +204,7 @@ def test_loads_with_the_reference_configs_from_the_hub_cache(
     install_in_hub_cache(configs, hub, reference_repo_for(tiny_file))
     eng = DiffusersEngine(tiny_file, device="cpu", cache_dir=hub)
     try:
-        assert eng.unet_in_channels == 9 and not eng.is_sdxl
+        assert eng.unet_in_channels == 9 and eng.caps.family == "sd15"
         assert_same_weights(eng, folder_engine)
         assert_same_pixels(eng, folder_pixels)
     finally:
@@ -220,7 +224,7 @@ def test_four_channel_single_file(tmp_path: Path) -> None:
         try:
             assert eng.unet_in_channels == 4
             assert_same_weights(eng, source)
-            assert_same_pixels(eng, source.generate(make_task(strength=0.5)), strength=0.5)
+            assert_same_pixels(eng, generate(source, make_task(strength=0.5)), strength=0.5)
         finally:
             eng.close()
     finally:
@@ -243,7 +247,7 @@ def test_registry_loads_a_single_file_from_the_hub_cache(
         info = registry.get(str(tiny_file))
         assert info.available and info.kind == "single_file", info.detail
         engine = registry.load(str(tiny_file))
-        assert engine.unet_in_channels == 9 and engine.native_size == SIZE
+        assert engine.unet_in_channels == 9 and engine.caps.native_size == SIZE
     finally:
         registry.close()
 

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from inpaintd.engines.base import EngineTask  # noqa: E402
+from engine_calls import Call, call, generate  # noqa: E402
 from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
 from inpaintd.engines.speedups import Speedups  # noqa: E402
 from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
@@ -24,11 +24,11 @@ from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
 SIZE = TEST_NATIVE_SIZE
 
 
-def task(seeds: list[int]) -> EngineTask:
+def task(seeds: list[int]) -> Call:
     rng = np.random.default_rng(5)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[16:48, 8:56] = 255
-    return EngineTask(
+    return call(
         image=rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), mask=mask, prompt="a tiled roof",
         negative_prompt="", seeds=seeds, steps=3, guidance_scale=7.5, strength=1.0, scheduler="default",
     )
@@ -65,13 +65,13 @@ def test_plain_cpu_engine_uses_none(plain: DiffusersEngine) -> None:
 
 
 def test_fused_qkv_and_channels_last_keep_the_pictures(tiny_model_dir: Path, plain: DiffusersEngine) -> None:
-    reference = plain.generate(task([1, 2]))
+    reference = generate(plain, task([1, 2]))
     fast = DiffusersEngine(tiny_model_dir, device="cpu", speedups=Speedups(fuse_qkv=True, channels_last=True))
     try:
         assert fast.speed_notes == ["speed-ups in use: fused QKV, channels-last"]
         assert "FusedAttnProcessor2_0" in processors(fast)
         assert fast.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-        out = fast.generate(task([1, 2]))
+        out = generate(fast, task([1, 2]))
     finally:
         fast.close()
     for a, b in zip(out, reference):
@@ -87,15 +87,15 @@ def test_compile_is_warmed_up_at_load_and_keeps_the_pictures(tiny_model_dir: Pat
     )
     try:
         assert compiled.pipe.unet._compiled_call_impl is not None
-        assert compiled.shape_multiple == 64 and plain.shape_multiple == 8  # few shapes to compile
+        assert compiled.caps.shape_multiple == 64 and plain.caps.shape_multiple == 8  # few shapes to compile
         assert torch._dynamo.config.recompile_limit >= 256 and torch._dynamo.config.accumulated_recompile_limit >= 1024
         assert compiled.warmup_seconds > 0
         assert "torch.compile (default, eager)" in compiled.speed_notes[0]
         assert compiled.speed_notes[-1].startswith(f"compiled for {SIZE}x{SIZE} with 1 variant(s) in ")
-        out = compiled.generate(task([3]))
+        out = generate(compiled, task([3]))
     finally:
         compiled.close()
-    assert np.array_equal(out[0], plain.generate(task([3]))[0])
+    assert np.array_equal(out[0], generate(plain, task([3]))[0])
 
 
 def _crashing_backend(graph_module, example_inputs):  # a compiler that fails at the first call
@@ -117,10 +117,10 @@ def test_a_compiler_that_fails_leaves_a_working_engine(
         assert any(note.startswith(expected) for note in broken.speed_notes), broken.speed_notes
         assert getattr(broken.pipe.unet, "_compiled_call_impl", None) is None
         assert broken.warmup_seconds == 0.0
-        out = broken.generate(task([4]))
+        out = generate(broken, task([4]))
     finally:
         broken.close()
-    assert np.array_equal(out[0], plain.generate(task([4]))[0])
+    assert np.array_equal(out[0], generate(plain, task([4]))[0])
 
 
 def test_oom_retry_gives_back_the_fused_attention(tiny_model_dir: Path) -> None:
@@ -137,7 +137,7 @@ def test_oom_retry_gives_back_the_fused_attention(tiny_model_dir: Path) -> None:
             return real(job, **kwargs)
 
         engine._loop = once_oom
-        assert len(engine.generate(task([1, 2]))) == 2
+        assert len(generate(engine, task([1, 2]))) == 2
         assert calls == [2, 1, 1]
         assert processors(engine) == before == ["FusedAttnProcessor2_0"]
     finally:

@@ -18,7 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from inpaintd.engines.base import EngineError, EngineTask  # noqa: E402
+from engine_calls import Call, call, generate, run  # noqa: E402
+from inpaintd.engines.base import EngineError  # noqa: E402
 from inpaintd.engines.diffusers_engine import LOW_MEMORY_SETTINGS, DiffusersEngine  # noqa: E402
 from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
 
@@ -41,12 +42,12 @@ class OomLoop:
         return self.loop(job, **kwargs)
 
 
-def task(seeds: list[int], events: list) -> EngineTask:
+def task(seeds: list[int], events: list) -> Call:
     size = TEST_NATIVE_SIZE
     rng = np.random.default_rng(3)
     mask = np.zeros((size, size), np.uint8)
     mask[16:48, 16:48] = 255
-    return EngineTask(
+    return call(
         image=rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mask=mask, prompt="a wall",
         negative_prompt="", seeds=seeds, steps=3, guidance_scale=7.5, strength=1.0, scheduler="ddim",
         progress=lambda stage, step, total: events.append((stage, step, total)),
@@ -61,24 +62,25 @@ def engine(tiny_model_dir: Path) -> DiffusersEngine:
 
 
 def test_oom_is_retried_once_with_low_memory_settings_and_reported(engine: DiffusersEngine) -> None:
-    clean = engine.generate(task([11, 12, 13], []))
+    clean = run(engine, task([11, 12, 13], [])).images
     real = engine._loop
     fake = OomLoop(real, fail_calls={1})
     engine._loop = fake
     events: list = []
     try:
-        out = engine.generate(task([11, 12, 13], events))
+        output = run(engine, task([11, 12, 13], events))
     finally:
         engine._loop = real
     # first the whole batch, then one variant per call with slicing and tiling on
     assert fake.calls == [(3, False, False), (1, True, True), (1, True, True), (1, True, True)]
+    out = output.images
     assert len(out) == 3 and all(o.shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3) for o in out)
     # each variant still follows its own seed (batched vs. one at a time: float noise only)
     for a, b in zip(out, clean):
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
-    assert len(engine.last_notes) == 1 and LOW_MEMORY_SETTINGS in engine.last_notes[0]
-    assert "out of memory" in engine.last_notes[0]
-    note = engine.last_notes[0]
+    assert len(output.notes) == 1 and LOW_MEMORY_SETTINGS in output.notes[0]
+    assert "out of memory" in output.notes[0]
+    note = output.notes[0]
     # progress after the retry runs over all three calls, ending at the total
     denoise = [(s, t) for stage, s, t in events if stage == "denoising"]
     assert denoise[-1][0] == denoise[-1][1] and denoise[-1][1] >= 9
@@ -86,10 +88,10 @@ def test_oom_is_retried_once_with_low_memory_settings_and_reported(engine: Diffu
     nxt = OomLoop(real, fail_calls=set())
     engine._loop = nxt
     try:
-        engine.generate(task([5], []))
+        after = run(engine, task([5], []))
     finally:
         engine._loop = real
-    assert nxt.calls == [(1, False, False)] and engine.last_notes == []
+    assert nxt.calls == [(1, False, False)] and after.notes == []
     print(f"\n[trust] OOM retry: 1 injected OOM, {len(fake.calls) - 1} low-memory calls, note: {note}", file=sys.stderr)
 
 
@@ -99,14 +101,14 @@ def test_oom_twice_gives_up_with_out_of_memory_naming_the_retry(engine: Diffuser
     engine._loop = fake
     try:
         with pytest.raises(EngineError) as err:
-            engine.generate(task([1, 2], []))
+            generate(engine, task([1, 2], []))
     finally:
         engine._loop = real
     assert err.value.code == "out_of_memory"
     assert "again after retrying with" in err.value.message and LOW_MEMORY_SETTINGS in err.value.message
     assert len(fake.calls) == 2  # one batch call, one low-memory call, then it gave up
     # and the engine works for the next job, with normal settings
-    assert len(engine.generate(task([4], []))) == 1
+    assert len(generate(engine, task([4], []))) == 1
     assert type(next(iter(real.pipe.unet.attn_processors.values()))).__name__.find("Sliced") < 0
 
 
@@ -121,7 +123,7 @@ def test_non_oom_failures_are_not_retried(engine: DiffusersEngine) -> None:
     engine._loop = fake
     try:
         with pytest.raises(ValueError):
-            engine.generate(task([1], []))
+            generate(engine, task([1], []))
     finally:
         engine._loop = real
     assert fake.calls == [1]

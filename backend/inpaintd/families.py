@@ -54,6 +54,14 @@ class Family:
     reference_repos: tuple[str, str]
     #: True when a single file's tensor names (safetensors header) are of this family.
     single_file_match: Callable[[dict[str, Any]], bool]
+    #: Two text encoders (SDXL): `encode_prompt` takes keyword arguments and returns pooled
+    #: embeddings too.
+    dual_text_encoder: bool = False
+    #: The VAE overflows in float16 (its config says `force_upcast`, and the pipeline
+    #: honours it): keep it in float32 on GPUs.
+    vae_upcast: bool = False
+    #: The pipeline has a safety checker to switch off (it would black out artists' work).
+    safety_checker: bool = True
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -80,6 +88,9 @@ FAMILIES: dict[Arch, Family] = {
         reference_repos=("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "stabilityai/stable-diffusion-xl-base-1.0"),
         # SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`.
         single_file_match=_has_prefix("conditioner.embedders.1."),
+        dual_text_encoder=True,
+        vae_upcast=True,
+        safety_checker=False,
     ),
     Arch.SD2: Family(
         arch=Arch.SD2,
@@ -134,6 +145,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UnsupportedModel(f"{path}: not a JSON object")
     return data
+
+
+def family_of_pipeline(pipeline_class_name: str) -> Family:
+    """The family a pipeline object belongs to, from its class name (an exact match in the
+    table; SD 2.x pipelines are SD 1.x's classes and run the same code)."""
+    for fam in FAMILIES.values():
+        if pipeline_class_name in fam.pipeline_classes:
+            return fam
+    raise UnsupportedModel(f"{pipeline_class_name} is not a pipeline of any family inpaintd knows")
 
 
 def family_of_folder(folder: Path) -> Family:

@@ -25,7 +25,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engines.base import Engine, EngineError, ModelInfo, ProgressFn
+from .engines.base import Engine, EngineError, ModelCaps, ModelInfo, ProgressFn
+from .families import Family, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
+from .policy import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal  # noqa: F401  (PICKLE_SUFFIXES: old import path)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 #: The embedded default, where no diffusion model is available: the best classical fill by
@@ -39,9 +41,8 @@ def fallback_model() -> str:
 
     return FALLBACK_MODEL if METHODS[FALLBACK_MODEL].available else default_method()
 
-#: Checkpoint formats that unpickle on load, and so can run code hidden in the file.
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+#: Longest model name looked up: a model id is a repo id or a configured path, never more.
+MAX_MODEL_CHARS = 4096
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -72,10 +73,11 @@ def cached_snapshot(
 
     Layout: <cache>/models--org--name/refs/main holds a commit hash, and
     snapshots/<hash>/ holds the files.  The snapshot `refs/main` names is preferred; any
-    snapshot with a model_index.json and a UNet will do otherwise.  `need_weights`: the
-    UNet's weights must be there too (safetensors, or pickles where allowed); without it,
-    configs suffice, which is all a single-file checkpoint needs from its reference repo,
-    and all `hf download REPO --include '*.json' '*.txt'` leaves.
+    snapshot with a model_index.json and its family's denoiser (`unet/` or `transformer/`,
+    by the families table) will do otherwise.  `need_weights`: the denoiser's weights must
+    be there too (safetensors, or pickles where allowed); without it, configs suffice, which
+    is all a single-file checkpoint needs from its reference repo, and all `hf download REPO
+    --include '*.json' '*.txt'` leaves.
     """
     patterns = ["diffusion_pytorch_model*.safetensors"] + (["diffusion_pytorch_model*.bin"] if allow_pickle else [])
     repo_dir = (cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
@@ -88,22 +90,32 @@ def cached_snapshot(
         candidates.append(snapshots / ref.read_text(encoding="utf-8").strip())
     candidates += sorted(p for p in snapshots.iterdir() if p not in candidates)
     for snapshot in candidates:
-        unet = snapshot / "unet"
-        if not ((snapshot / "model_index.json").is_file() and (unet / "config.json").is_file()):
+        if not (snapshot / "model_index.json").is_file():
             continue
-        if not need_weights or any(f.is_file() for pattern in patterns for f in unet.glob(pattern)):
+        denoiser = snapshot / _denoiser_folder(snapshot)
+        if not (denoiser / "config.json").is_file():
+            continue
+        if not need_weights or any(f.is_file() for pattern in patterns for f in denoiser.glob(pattern)):
             return snapshot
     return None
 
 
-def _native_size_of_folder(folder: Path) -> int | None:
-    """UNet sample size times the VAE's downscale, from the configs alone."""
+def _denoiser_folder(folder: Path) -> str:
+    """The family's denoiser folder; `unet` where the family is not one inpaintd knows (the
+    folder still counts as cached, and `_describe` then says what it is)."""
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return family_of_folder(folder).denoiser
+    except UnsupportedModel:
+        return "unet"
+
+
+def _describe(folder: Path) -> tuple[Family | None, int | None, str]:
+    """(family, native size, problem) of a diffusers folder, from its configs alone."""
+    try:
+        fam = family_of_folder(folder)
+    except UnsupportedModel as exc:
+        return None, None, str(exc)
+    return fam, native_size_of_folder(folder, fam), ""
 
 
 def _get_weights_hint(repo_id: str) -> str:
@@ -209,9 +221,7 @@ class ModelRegistry:
         if spec.kind == "hub":
             snapshot = cached_snapshot(spec.source, allow_pickle=self.allow_pickle)
             if snapshot is not None:
-                return ModelInfo(
-                    spec.id, "diffusers", "hub", True, _native_size_of_folder(snapshot), str(snapshot)
-                )
+                return self._folder_info(spec, snapshot)
             if self.allow_download:
                 return ModelInfo(
                     spec.id, "diffusers", "hub", True, None,
@@ -224,36 +234,87 @@ class ModelRegistry:
         path = Path(spec.source)
         if spec.kind == "folder":
             if (path / "model_index.json").is_file():
-                return ModelInfo(spec.id, "diffusers", "folder", True, _native_size_of_folder(path), str(path))
+                return self._folder_info(spec, path)
             reason = "no model_index.json in it" if path.is_dir() else "no such folder"
             return ModelInfo(
                 spec.id, "diffusers", "folder", False, None,
                 f"{path}: {reason}; expected a diffusers pipeline folder (save_pretrained layout)",
             )
-        if path.suffix.lower() in PICKLE_SUFFIXES and not self.allow_pickle:
-            return ModelInfo(
-                spec.id, "diffusers", "single_file", False, None,
-                f"{path}: refused, pickle checkpoints can run code when loaded; convert it to "
-                ".safetensors or start the daemon with --allow-pickle",
-            )
+        if is_pickle(path) and not self.allow_pickle:
+            return ModelInfo(spec.id, "diffusers", "single_file", False, None, pickle_refusal(path))
         if not path.is_file():
             return ModelInfo(spec.id, "diffusers", "single_file", False, None, f"{path}: no such file")
-        # numpy only, no torch
-        from .engines.diffusers_engine import reference_repo_for, single_file_is_sdxl
-
-        native = 1024 if single_file_is_sdxl(path) else 512
-        if spec.id not in self._configs and not self.allow_download:
+        inspected = inspect_single_file(path)  # the safetensors header only: no torch
+        if inspected is None and spec.id not in self._configs and not is_pickle(path):
+            return ModelInfo(
+                spec.id, "diffusers", "single_file", False, None,
+                f"{path}: not a checkpoint of a family inpaintd knows (SD 1.x/2.x or SDXL in the original "
+                "layout), or a pickle, which is not inspected; name a diffusers config folder for it",
+            )
+        family = inspected.family.arch.value if inspected else ""
+        native = inspected.family.native_size if inspected else None
+        if inspected and spec.id not in self._configs and not self.allow_download:
             # diffusers needs the configs of the matching reference repo to lay the weights out.
-            repo = reference_repo_for(path)
-            if repo is not None and cached_snapshot(repo, need_weights=False) is None:
+            repo = inspected.reference_repo
+            if cached_snapshot(repo, need_weights=False) is None:
                 return ModelInfo(
                     spec.id, "diffusers", "single_file", False, native,
                     f"{path}: a single-file checkpoint needs the diffusers configs of {repo}, which are "
                     f"not in the Hugging Face cache at {hub_cache_dir()}; run `hf download {repo} "
                     "--include '*.json' '*.txt'` on a machine with network access and copy the cache "
                     "here, name a config folder for it, or start the daemon with --allow-download",
+                    family,
                 )
-        return ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path))
+        return ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path), family)
+
+    def _folder_info(self, spec: _Spec, folder: Path) -> ModelInfo:
+        family, native, problem = _describe(folder)
+        if family is None:
+            return ModelInfo(spec.id, "diffusers", spec.kind, False, None, problem)
+        return ModelInfo(spec.id, "diffusers", spec.kind, True, native, str(folder), family.arch.value)
+
+    # -- admission and description ---------------------------------------------------
+
+    def admit(self, model_id: str) -> ModelInfo:
+        """The model a job may use, or a refusal with the protocol's code: the one place the
+        allow-list and the pickle rule are applied to what a client names.  Only models the
+        daemon was started with (and the built-in ones) are accepted: a path sent over the
+        wire is never opened unless it names one of those."""
+        if len(model_id) > MAX_MODEL_CHARS:
+            raise EngineError("unknown_model", f"model name is {len(model_id)} characters; no configured model is that long",
+                              {"field": "model"})
+        try:
+            info = self.get(model_id)
+        except (ValueError, OSError) as exc:  # e.g. a NUL byte or an over-long path component
+            raise EngineError("unknown_model", f"unknown model {model_id!r:.200}: {exc}", {"field": "model"}) from None
+        if not info.available:
+            if info.kind == "single_file" and is_pickle(info.id) and not self.allow_pickle:
+                raise EngineError("model_refused", f"model '{info.id}' is refused: {info.detail}", {"model": info.id})
+            raise EngineError("model_unavailable", f"model '{model_id}' is not available: {info.detail}", {"model": model_id})
+        return info
+
+    def caps(self, model_id: str) -> ModelCaps:
+        """What preparing a job for `model_id` needs, from its description: the family's row
+        and the sizes its configs give, never a live engine.  (One exception: a model the
+        daemon downloads on first use has no description before that load; its loaded
+        engine's, built the same way, stands in.)"""
+        spec = self._spec(model_id)
+        if spec.kind == "builtin":
+            from .engines.classical import caps_of
+
+            return caps_of(spec.id)
+        from .engines.diffusers_engine import COMPILED_SHAPE_MULTIPLE, caps_for
+        from .families import FAMILIES, Arch
+
+        info = self._info(spec)
+        if not info.family:
+            loaded = self._diffusion
+            if loaded is not None and loaded.model_id == spec.id:
+                return loaded.caps
+            raise EngineError("model_unavailable", f"model '{spec.id}': its family is not known yet ({info.detail})")
+        family = FAMILIES[Arch(info.family)]
+        grid = COMPILED_SHAPE_MULTIPLE if self.compile != "off" else family.size_multiple
+        return caps_for(family, info.native_size, family.size_multiple, grid)
 
     # -- loading -------------------------------------------------------------------
 
@@ -267,10 +328,7 @@ class ModelRegistry:
                 if engine is None:
                     from .engines.classical import ClassicalEngine
 
-                    info = self._info(spec)
-                    if not info.available:
-                        raise EngineError("model_unavailable", f"model '{spec.id}' is not available: {info.detail}")
-
+                    self.admit(spec.id)
                     report("loading", 0, 1)
                     engine = self._classical[spec.id] = ClassicalEngine(spec.id)
                     report("loading", 1, 1)
@@ -279,12 +337,7 @@ class ModelRegistry:
             if self._diffusion is not None and self._diffusion.model_id == spec.id:
                 return self._diffusion
 
-            if spec.kind == "single_file" and Path(spec.source).suffix.lower() in PICKLE_SUFFIXES:
-                if not self.allow_pickle:
-                    raise EngineError("model_refused", self._info(spec).detail)
-            info = self._info(spec)
-            if not info.available:
-                raise EngineError("model_unavailable", f"model '{spec.id}' is not available: {info.detail}")
+            self.admit(spec.id)
 
             # Free the warm model first: two pipelines rarely fit in GPU memory together.
             if self._diffusion is not None:

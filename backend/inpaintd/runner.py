@@ -1,9 +1,13 @@
-"""One inpaint job, start to finish, for any engine.
+"""One inpaint job, start to finish, for any engine: prepare -> generate -> finish.
 
-The steps, in order: grow and feather the mask, find the context region, crop and scale
-it to the engine's native size, let the engine fill it, scale back, and composite into
-the source region through the mask.  The daemon calls this from its worker thread;
-benchmarks and tests call it in-process.
+`prepare` is pure CPU work on the client's pixels: grow and feather the mask, find the
+context region, crop and scale it to the model's native size, pre-fill the hole where the
+job asks.  It needs only the model's `ModelCaps` (its description), never a loaded engine,
+and yields a plain `EngineRequest` (what the engine needs, serialisable) and a `Plan` (what
+`finish` needs, kept where the pixels are).  The engine's `generate` turns the request into
+an `EngineOutput`: images and notes.  `finish` scales the images back, matches colours if
+asked, and composites them into the source region through the mask.  The daemon's executor
+runs the three steps; `run_job` chains them for benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -19,13 +23,10 @@ from inpaintd_protocol.rect import Rect
 
 from .color import match_colors
 from .compositing import composite
-from .engines.base import Engine, EngineError, EngineTask, ProgressFn
+from .engines.base import CancelledFn, Engine, EngineError, EngineOutput, EngineRequest, ModelCaps, ProgressFn, check_cancel
 from .geometry import auto_padding, context_region, processing_size
 from .masks import bounding_box, prepare_mask
 from .prefill import prefill
-
-DEFAULT_DIFFUSION_STEPS = 20
-
 
 @dataclass
 class LayerResult:
@@ -42,9 +43,26 @@ class JobOutput:
     region: Rect
     processing_size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)
-    #: What the runner did that the client should hear (also handed to the engine's
-    #: `last_notes`, which the daemon puts in the result).
+    #: What the artist should hear about how the job was done (the runner's and the
+    #: engine's); the daemon puts them in the result.
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """What `finish` needs of a prepared job: where the crop came from and how to put the
+    engine's images back.  It holds views of the client's pixels, so it stays with them."""
+
+    source: np.ndarray  # the context region of the client's image, H x W x 3|4 uint8 (a view)
+    region: Rect  # where that is in the image
+    region_mask: np.ndarray  # the grown, feathered selection over the region (the blend)
+    keep: np.ndarray  # at the processing size: where the engine was to keep the picture
+    engine_image: np.ndarray  # the crop the engine saw, for colour matching
+    seeds: list[int]
+    processing_size: tuple[int, int]
+    color_match: bool
+    notes: list[str] = field(default_factory=list)
+    prepare_seconds: float = 0.0
 
 
 def variant_seeds(seed: int, variants: int, rng: np.random.Generator | None = None) -> list[int]:
@@ -73,19 +91,13 @@ def _engine_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.maximum(scaled, covered.astype(np.uint8))
 
 
-def run_job(
-    engine: Engine,
-    image: np.ndarray,
-    mask: np.ndarray,
-    options: JobOptions,
-    seeds: list[int],
-    progress: ProgressFn | None = None,
-    cancelled=lambda: False,
-) -> JobOutput:
-    """Inpaint `image` (H x W x 3|4 uint8) where `mask` (H x W uint8) selects."""
-    report = progress or (lambda stage, step, total: None)
+def prepare(
+    image: np.ndarray, mask: np.ndarray, options: JobOptions, caps: ModelCaps, seeds: list[int]
+) -> tuple[EngineRequest, Plan]:
+    """Turn the client's image (H x W x 3|4 uint8) and mask (H x W uint8) into the engine's
+    request and the plan to put its output back.  CPU only; raises EngineError on a mask
+    that selects nothing."""
     t0 = time.perf_counter()
-    report("preparing", 0, 1)
     prepared = prepare_mask(mask, options.grow, options.feather)
     if prepared is None:
         raise EngineError("empty_mask", "the mask selects nothing (every value is 0); select the area to inpaint")
@@ -96,7 +108,7 @@ def run_job(
 
     height, width = mask.shape
     padding = options.padding if options.padding >= 0 else auto_padding(bbox)
-    region = context_region(bbox, width, height, padding, engine.native_size, engine.size_multiple)
+    region = context_region(bbox, width, height, padding, caps.native_size, caps.size_multiple)
     rows, cols = region.slices()
     source = image[rows, cols]
     region_mask = np.zeros((region.height, region.width), dtype=np.uint8)
@@ -118,54 +130,83 @@ def run_job(
         else:
             empty = None
 
-    size = processing_size(region, engine.native_size, getattr(engine, "shape_multiple", engine.size_multiple))
+    size = processing_size(region, caps.native_size, caps.shape_multiple)
     engine_image = _resize(np.ascontiguousarray(source[:, :, :3]), size)
     engine_mask = _engine_mask(engine_region_mask, size)
     notes: list[str] = []
-    fill = getattr(options, "fill", "auto")
-    if getattr(engine, "name", "") == "classical":
+    fill = options.fill
+    if not caps.prefills:
         if fill not in ("auto", "none"):
             notes.append(f"fill '{fill}' was not used: a classical engine fills the hole itself")
     elif options.strength < 1.0:
         # Below strength 1 the engine starts from the encoded picture: what it starts from in
-        # the hole is the `fill` option's choice (backend/inpaintd/prefill.py).
+        # the hole is the `fill` option's choice (prefill.py).
         empty_at_size = None if empty is None else _engine_mask(empty.astype(np.uint8) * 255, size) > 0
         engine_image, done = prefill(engine_image, engine_mask, empty_at_size, fill, seeds[0] if seeds else 0)
         if done:
             notes.append(f"pre-filled the hole before encoding: {done}")
-    task = EngineTask(
+    request = EngineRequest(
         image=engine_image,
         mask=engine_mask,
         prompt=options.prompt,
         negative_prompt=options.negative_prompt,
-        seeds=seeds,
-        steps=options.steps or getattr(engine, "default_steps", DEFAULT_DIFFUSION_STEPS),
+        seeds=list(seeds),
+        steps=options.steps or caps.default_steps,
         guidance_scale=float(options.guidance_scale),
         strength=float(options.strength),
         scheduler=options.scheduler,
-        progress=report,
-        cancelled=cancelled,
     )
-    t1 = time.perf_counter()
-    task.check_cancel()
-    outputs = engine.generate(task)
-    t2 = time.perf_counter()
-    # A deterministic engine (`seeded` False: the same pixels for every seed) makes one.
-    one_for_all = len(outputs) == 1 and not getattr(engine, "seeded", True)
-    if len(outputs) != len(seeds) and not one_for_all:
-        raise EngineError("engine_failure", f"engine returned {len(outputs)} images for {len(seeds)} seeds")
-    if notes:
-        engine_notes = getattr(engine, "last_notes", None)
-        if isinstance(engine_notes, list):
-            engine_notes.extend(notes)
-    if options.color_match:
-        keep = task.mask == 0
-        outputs = [match_colors(out, task.image, keep) for out in outputs]
-    report("compositing", 0, 1)
+    plan = Plan(
+        source=source, region=region, region_mask=region_mask, keep=engine_mask == 0, engine_image=engine_image,
+        seeds=list(seeds), processing_size=size, color_match=bool(options.color_match), notes=notes,
+        prepare_seconds=time.perf_counter() - t0,
+    )
+    return request, plan
+
+
+def finish(plan: Plan, output: EngineOutput, on_progress: ProgressFn | None = None) -> JobOutput:
+    """Composite the engine's images into the source region: one layer per variant."""
+    t0 = time.perf_counter()
+    images = output.images
+    # A deterministic engine (the same pixels for every seed) makes one image for all: one
+    # layer, with the first seed; its note says so.
+    if len(images) != len(plan.seeds) and not (len(images) == 1 and plan.seeds):
+        raise EngineError("engine_failure", f"engine returned {len(images)} images for {len(plan.seeds)} seeds")
+    if plan.color_match:
+        images = [match_colors(out, plan.engine_image, plan.keep) for out in images]
+    if on_progress:
+        on_progress("compositing", 0, 1)
+    region = plan.region
     layers = [
-        LayerResult(i, seed, region.x, region.y, composite(source, _resize(out, (region.width, region.height)), region_mask))
-        for i, (seed, out) in enumerate(zip(seeds, outputs))
+        LayerResult(i, seed, region.x, region.y, composite(plan.source, _resize(out, (region.width, region.height)), plan.region_mask))
+        for i, (seed, out) in enumerate(zip(plan.seeds, images))
     ]
-    t3 = time.perf_counter()
-    timings = {"prepare": t1 - t0, "generate": t2 - t1, "composite": t3 - t2, "total": t3 - t0}
-    return JobOutput(layers=layers, region=region, processing_size=size, timings=timings, notes=notes)
+    timings = {"prepare": plan.prepare_seconds, "composite": time.perf_counter() - t0}
+    return JobOutput(layers=layers, region=region, processing_size=plan.processing_size, timings=timings,
+                     notes=[*plan.notes, *output.notes])
+
+
+def run_job(
+    engine: Engine,
+    image: np.ndarray,
+    mask: np.ndarray,
+    options: JobOptions,
+    seeds: list[int],
+    progress: ProgressFn | None = None,
+    cancelled: CancelledFn = lambda: False,
+    caps: ModelCaps | None = None,
+) -> JobOutput:
+    """prepare -> generate -> finish in this process.  `caps`: the model's description (the
+    daemon passes the registry's); by default the engine's own, for benchmarks and tests."""
+    report = progress or (lambda stage, step, total: None)
+    t0 = time.perf_counter()
+    report("preparing", 0, 1)
+    request, plan = prepare(image, mask, options, caps or engine.caps, seeds)
+    check_cancel(cancelled)
+    t1 = time.perf_counter()
+    output = engine.generate(request, report, cancelled)
+    t2 = time.perf_counter()
+    result = finish(plan, output, report)
+    result.timings = {"prepare": t1 - t0, "generate": t2 - t1, "composite": time.perf_counter() - t2,
+                      "total": time.perf_counter() - t0}
+    return result

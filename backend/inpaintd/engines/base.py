@@ -1,9 +1,10 @@
 """The contract between the job runner and an inpainting engine.
 
-The runner does everything that is the same for every engine (mask grow and feather,
-context crop, scaling to the engine's native size, compositing back); an engine only
-turns one prepared crop into pixels.  That keeps each engine small and lets the
-geometry be tested without any model.
+A job is prepare -> generate -> finish.  The runner prepares (mask grow and feather,
+context crop, scaling to the model's native size: pure CPU work, from the model's `ModelCaps`)
+and finishes (scaling back, compositing); an engine only turns one `EngineRequest` into an
+`EngineOutput`.  That keeps each engine small, lets the geometry be tested without any
+model, and lets the middle step run somewhere else (an executor on another machine).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import numpy as np
 
 
 class JobCancelled(Exception):
-    """Raised from inside an engine (through `EngineTask.check_cancel`) to stop a job."""
+    """Raised from inside an engine (see `check_cancel`) to stop a job."""
 
 
 class EngineError(Exception):
     """An engine failed in a way the client should hear about; `code` is a protocol error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = details or {}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -40,15 +42,47 @@ def is_out_of_memory(exc: BaseException) -> bool:
 #: Called by engines as work advances: (stage, step, total_steps).
 #: Stages: "loading", "encoding", "denoising", "decoding".
 ProgressFn = Callable[[str, int, int], None]
+#: True once the job is to stop; engines check it between steps.
+CancelledFn = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ModelCaps:
+    """What preparing a job needs to know of a model, read from the model's description
+    (the registry: its family row and its configs), never from a live engine, so that a job
+    can be prepared before its engine is loaded, or for an engine on another machine."""
+
+    engine: str  # "classical" or "diffusers"
+    #: The model family (`families.Arch` value); "" for classical engines.
+    family: str = ""
+    #: Side length the model was trained at; crops are scaled to about this many pixels.
+    #: None: the engine works at the crop's own resolution.
+    native_size: int | None = None
+    #: Processing sizes are multiples of this (the VAE's downscale; 1 for classical fills).
+    size_multiple: int = 1
+    #: The grid processing sizes are actually rounded to: a compiled engine uses a coarser
+    #: one (64 px), so that jobs meet a few shapes (each new one compiles), at the price of a
+    #: slightly uneven scale (up to ~6% at 512).
+    shape_multiple: int = 1
+    #: Denoising steps when the job says 0.
+    default_steps: int = 20
+    schedulers: tuple[str, ...] = ("default",)
+    #: Whether variants differ by seed; a deterministic engine makes one image for all.
+    seeded: bool = True
+    #: Whether the job option `fill` applies (diffusion below strength 1 starts from the
+    #: picture; classical engines fill the hole themselves).
+    prefills: bool = False
 
 
 @dataclass
-class EngineTask:
-    """One prepared crop to inpaint.
+class EngineRequest:
+    """One prepared crop to inpaint: plain arrays and values, nothing live, so it can be
+    handed to an engine in this process or sent to one elsewhere.
 
-    `image` is H x W x 3 uint8 RGB at the processing size (a multiple of 8 on both sides
-    for diffusion engines); `mask` is H x W uint8, 0 = keep, 255 = regenerate, soft in
-    between.  One output is wanted per entry of `seeds`, in that order.
+    `image` is H x W x 3 uint8 RGB at the processing size (a multiple of the model's size
+    multiple on both sides); `mask` is H x W uint8, 0 = keep, 255 = regenerate, soft in
+    between.  One output is wanted per entry of `seeds`, in that order (a deterministic
+    engine may return one for all).
     """
 
     image: np.ndarray
@@ -60,12 +94,20 @@ class EngineTask:
     guidance_scale: float
     strength: float
     scheduler: str
-    progress: ProgressFn = field(default=lambda stage, step, total: None)
-    cancelled: Callable[[], bool] = field(default=lambda: False)
 
-    def check_cancel(self) -> None:
-        if self.cancelled():
-            raise JobCancelled()
+
+@dataclass
+class EngineOutput:
+    """What an engine made: one H x W x 3 uint8 RGB image per seed (or one for all from a
+    deterministic engine), and what the artist should hear about how it was made."""
+
+    images: list[np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+def check_cancel(cancelled: CancelledFn) -> None:
+    if cancelled():
+        raise JobCancelled()
 
 
 @dataclass(frozen=True)
@@ -76,8 +118,9 @@ class ModelInfo:
     engine: str
     kind: str  # "builtin", "hub", "folder", "single_file"
     available: bool
-    native_size: int | None  # None: the engine works at the crop's own resolution
+    native_size: int | None  # None: the crop's own resolution (classical), or not known yet
     detail: str = ""  # where it lives, or why it is not available
+    family: str = ""  # `families.Arch` value, "" for classical engines or when not known
 
     def to_wire(self) -> dict:
         return {
@@ -86,6 +129,7 @@ class ModelInfo:
             "kind": self.kind,
             "available": self.available,
             "native_size": self.native_size,
+            "family": self.family,
             "detail": self.detail,
         }
 
@@ -93,20 +137,19 @@ class ModelInfo:
 class Engine(Protocol):
     """A loaded model, kept warm by the daemon between jobs."""
 
-    name: str  # engine family: "diffusers" or "classical"
+    name: str  # engine kind: "diffusers" or "classical"
     model_id: str
     device: str  # "cuda", "mps", "cpu"
-    #: Side length the model was trained at (512 for SD 1.5, 1024 for SDXL); the runner
-    #: scales crops to about this many pixels.  None: use the crop as it is.
-    native_size: int | None
-    #: Processing sizes are rounded to multiples of this.  An engine may also set
-    #: `shape_multiple`, a coarser grid used for the processing size instead: a compiled
-    #: engine does, so that jobs meet a few shapes (each new one compiles), at the price of
-    #: a slightly uneven scale (up to ~6% with 64 px at 512).
-    size_multiple: int
+    #: The loaded model as a job is prepared for it.  The daemon prepares from the
+    #: registry's description instead (the same values); this serves in-process use.
+    caps: ModelCaps
 
-    def generate(self, task: EngineTask) -> list[np.ndarray]:
-        """Return one H x W x 3 uint8 RGB array per seed, at the task's size."""
+    def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
+        """Inpaint one prepared crop; raise JobCancelled when `cancelled()` turns true."""
+        ...
+
+    def free_memory(self) -> None:
+        """Give back caches and device memory after a failed job (the model stays loaded)."""
         ...
 
     def close(self) -> None:

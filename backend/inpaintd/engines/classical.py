@@ -8,8 +8,8 @@ around the hole, where OpenCV's Telea and Navier-Stokes fills smear colour acros
 
 Seeds: PatchMatch's search is random, so each seed gives its own fill and the same seed
 the same fill again: variants differ.  The other methods are deterministic; for them the
-engine makes one variant, whatever was asked, and says so in `last_notes` (the daemon
-copies those into the result).
+engine makes one variant, whatever was asked, and says so in its output's notes (the daemon
+puts those in the result).
 
 Each method is also a plain function (`fill`), used by the runner's pre-fill of diffusion
 jobs (`fill: classical`) and by the benchmark.
@@ -24,7 +24,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .base import EngineTask
+from .base import CancelledFn, EngineOutput, EngineRequest, ModelCaps, ProgressFn, check_cancel
 
 #: The radius OpenCV's two fills look around each pixel.
 OPENCV_RADIUS = 5
@@ -144,11 +144,14 @@ def fill(method_id: str, rgb: np.ndarray, hole: np.ndarray, seed: int = 0) -> np
     return np.where(hole[:, :, None] > 0, out, rgb)
 
 
+def caps_of(method_id: str) -> ModelCaps:
+    """A classical method as a job is prepared for it: the crop at its own resolution."""
+    return ModelCaps(engine="classical", seeded=METHODS[method_id].seeded, prefills=False)
+
+
 class ClassicalEngine:
     name = "classical"
     device = "cpu"
-    native_size: int | None = None
-    size_multiple = 1
 
     def __init__(self, model_id: str = "patchmatch") -> None:
         if model_id not in METHODS:
@@ -158,29 +161,30 @@ class ClassicalEngine:
             raise ValueError(f"classical model {model_id!r} cannot run here: {missing}")
         self.model_id = model_id
         self.method = METHODS[model_id]
-        #: Whether variants differ by seed; when False, `generate` returns one image.
-        self.seeded = self.method.seeded
-        self.last_notes: list[str] = []  # the daemon copies these into the result
+        self.caps = caps_of(model_id)
 
-    def generate(self, task: EngineTask) -> list[np.ndarray]:
-        self.last_notes = []
+    def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
         # Every pixel that the runner will blend in (mask > 0) must be filled, so the
         # hole is the whole non-zero part of the soft mask.
-        hole = task.mask > 0
-        seeds = task.seeds if self.seeded else task.seeds[:1]
-        outputs = []
+        hole = request.mask > 0
+        seeds = request.seeds if self.method.seeded else request.seeds[:1]
+        images = []
         for i, seed in enumerate(seeds):
-            task.progress("denoising", i, len(seeds))
-            task.check_cancel()
-            outputs.append(fill(self.model_id, task.image, hole, seed))
-        task.progress("denoising", len(seeds), len(seeds))
-        if len(seeds) < len(task.seeds):
+            on_progress("denoising", i, len(seeds))
+            check_cancel(cancelled)
+            images.append(fill(self.model_id, request.image, hole, seed))
+        on_progress("denoising", len(seeds), len(seeds))
+        notes = []
+        if len(seeds) < len(request.seeds):
             hint = " (the seeded classical model 'patchmatch' makes variants)" if METHODS["patchmatch"].available else ""
-            self.last_notes.append(
-                f"made 1 variant instead of {len(task.seeds)}: '{self.model_id}' fills the same way "
+            notes.append(
+                f"made 1 variant instead of {len(request.seeds)}: '{self.model_id}' fills the same way "
                 f"for every seed{hint}"
             )
-        return outputs
+        return EngineOutput(images, notes)
+
+    def free_memory(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -12,15 +12,17 @@ by the runner before and after `generate`; see `inpaintd.engines.base`.
 from __future__ import annotations
 
 import gc
-import json
-import struct
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import EngineError, EngineTask, ProgressFn, is_out_of_memory
+from ..families import Family, UnsupportedModel, family_of_folder, family_of_pipeline, inspect_single_file
+from ..policy import is_pickle, pickle_refusal
+from .base import (
+    CancelledFn, EngineError, EngineOutput, EngineRequest, ModelCaps, ProgressFn, check_cancel, is_out_of_memory,
+)
 from .pacing import StepPacer
 from .sd_inpaint import Embeddings, InpaintLoop, Inputs, scheduler_settings
 from .speedups import Speedups, apply, uncompile
@@ -57,10 +59,6 @@ COMPILED_SHAPE_MULTIPLE = 64
 #: Prompt embeddings kept across jobs: users re-run the same prompt with new seeds a lot.
 PROMPT_CACHE_SIZE = 8
 
-_PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-
-SD15_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
-XL_INPAINT_REPO = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -83,73 +81,32 @@ def _dtype_for(device: str) -> "torch.dtype":
     return torch.float32 if device.split(":")[0] == "cpu" else torch.float16
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """Tensor names -> dtype/shape of a .safetensors file, from its JSON header (no torch)."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > 100_000_000:
-            raise ValueError(f"{path}: implausible safetensors header")
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header
+def _pipeline_class(family: Family) -> type:
+    import diffusers
+
+    return getattr(diffusers, family.inpaint_pipeline)
 
 
-def single_file_is_sdxl(path: Path) -> bool:
-    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`."""
-    if path.suffix.lower() != ".safetensors":
-        return False
+def _family_of_folder(folder: Path, model_id: str) -> Family:
+    """The family of a diffusers folder by the families table, or a refusal that names it."""
     try:
-        return any(k.startswith("conditioner.embedders.1.") for k in safetensors_header(path))
-    except (OSError, ValueError, struct.error):
-        return False
+        return family_of_folder(folder)
+    except UnsupportedModel as exc:
+        raise EngineError("model_refused", f"model '{model_id}': {exc}") from None
 
 
-def reference_repo_for(path: Path) -> str | None:
-    """The diffusers repo whose configs describe a single-file checkpoint's architecture.
-
-    diffusers guesses the same thing, but then fetches the configs from the Hub even when
-    told to stay offline; knowing the repo lets us look in the cache first, or say exactly
-    what to download.  None: not a layout we recognise (pickles are not inspected).
-    """
-    if path.suffix.lower() != ".safetensors":
-        return None
-    try:
-        header = safetensors_header(path)
-    except (OSError, ValueError, struct.error):
-        return None
-    first_conv = header.get("model.diffusion_model.input_blocks.0.0.weight", {})
-    shape = first_conv.get("shape") or [0, 4]
-    inpainting = len(shape) > 1 and shape[1] == 9
-    if any(k.startswith("conditioner.embedders.1.") for k in header):
-        return XL_INPAINT_REPO if inpainting else "stabilityai/stable-diffusion-xl-base-1.0"
-    if any(k.startswith("cond_stage_model.model.") for k in header):  # OpenCLIP: SD 2.x
-        return "stabilityai/stable-diffusion-2-inpainting" if inpainting else "stabilityai/stable-diffusion-2-1-base"
-    if inpainting:
-        return SD15_INPAINT_REPO
-    return "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
-
-def _pipeline_class(sdxl: bool) -> type:
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
-
-    return StableDiffusionXLInpaintPipeline if sdxl else StableDiffusionInpaintPipeline
-
-
-def _class_from_model_index(model_index: Path, model_id: str) -> type:
-    """Choose the inpaint pipeline for a diffusers folder from the class it was saved as.
-
-    Text-to-image and img2img checkpoints of the same family share their components with
-    the inpaint pipeline, so they load into it unchanged (4-channel UNet, latent blending).
-    """
-    name = json.loads(model_index.read_text(encoding="utf-8")).get("_class_name", "")
-    if name.startswith("StableDiffusionXL"):
-        return _pipeline_class(sdxl=True)
-    if name.startswith("StableDiffusion") and "Upscale" not in name and "Depth" not in name:
-        return _pipeline_class(sdxl=False)
-    raise EngineError(
-        "model_refused",
-        f"model '{model_id}' is a {name or 'unknown'} pipeline; only Stable Diffusion 1.x/2.x "
-        "and SDXL checkpoints can be used for inpainting",
+def caps_for(family: Family, native_size: int | None, size_multiple: int, shape_multiple: int) -> ModelCaps:
+    """A diffusion model's capabilities: its family row, with the sizes its configs give."""
+    return ModelCaps(
+        engine="diffusers",
+        family=family.arch.value,
+        native_size=native_size or family.native_size,
+        size_multiple=size_multiple,
+        shape_multiple=shape_multiple,
+        default_steps=family.default_steps,
+        schedulers=family.schedulers,
+        seeded=True,
+        prefills=True,
     )
 
 
@@ -157,8 +114,6 @@ class DiffusersEngine:
     """A Stable Diffusion (XL) inpaint pipeline, loaded once and reused for every job."""
 
     name = "diffusers"
-    #: Processing sizes are rounded to this: the VAE downsamples by 8.
-    size_multiple = 8
 
     def __init__(
         self,
@@ -213,14 +168,13 @@ class DiffusersEngine:
         self.pipe = pipe
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.is_sdxl = pipe.__class__.__name__.startswith("StableDiffusionXL")
-        if self.is_sdxl and self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        self.family = family_of_pipeline(pipe.__class__.__name__)
+        if self.family.vae_upcast and self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; the stock pipeline casts it to float32 and
             # back for every encode and decode.  Keep it in float32 once (~160 MB more).
             pipe.vae.to(torch.float32)
         self.vae_scale_factor: int = int(self.pipe.vae_scale_factor)
-        self.size_multiple = self.vae_scale_factor
-        self.native_size: int | None = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+        native_size = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
         self.unet_in_channels: int = int(self.pipe.unet.config.in_channels)
         self._default_scheduler = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
@@ -229,9 +183,16 @@ class DiffusersEngine:
         self.speedups = speedups or Speedups.default_for(self.device)
         # Compiled code is specialised to each shape it meets: round processing sizes to
         # 64 px (8 latent pixels) so that jobs meet about a dozen shapes, not hundreds.
-        self.shape_multiple = COMPILED_SHAPE_MULTIPLE if self.speedups.compile != "off" else self.size_multiple
+        compiled_grid = COMPILED_SHAPE_MULTIPLE if self.speedups.compile != "off" else self.vae_scale_factor
+        #: This engine's model as a job is prepared for it; the daemon takes the same from
+        #: the registry's description (`ModelRegistry.caps`), this one serves in-process use
+        #: (benchmarks, tests) where no registry describes the pipeline.
+        self.caps = caps_for(self.family, native_size, self.vae_scale_factor, compiled_grid)
         applied = apply(self.pipe, self.speedups)
-        self._loop = InpaintLoop(self.pipe, self.device, cuda_graphs=self.speedups.uses_cuda_graphs(self.device))
+        self._loop = InpaintLoop(
+            self.pipe, self.device, dual_text_encoder=self.family.dual_text_encoder,
+            cuda_graphs=self.speedups.uses_cuda_graphs(self.device),
+        )
         #: What the daemon logs and shows clients as notices about this engine's speed settings.
         self.speed_notes: list[str] = [f"speed-ups in use: {', '.join(applied.used) or 'none'}"]
         self.speed_notes += [f"speed-up not applied: {why}" for why in applied.skipped]
@@ -247,17 +208,17 @@ class DiffusersEngine:
         """
         import time
 
-        side = self.native_size or 512
+        side = self.caps.native_size or 512
         image = np.zeros((side, side, 3), np.uint8)
         mask = np.zeros((side, side), np.uint8)
         mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
         start = time.perf_counter()
         try:
             for n in self.speedups.warmup_variants:
-                self.generate(EngineTask(
+                self.generate(EngineRequest(
                     image=image, mask=mask, prompt="", negative_prompt="", seeds=list(range(n)),
                     steps=2, guidance_scale=7.5, strength=1.0, scheduler="default",
-                ))
+                ), lambda stage, step, total: None, lambda: False)
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise
@@ -294,14 +255,14 @@ class DiffusersEngine:
                     "model_unavailable",
                     f"'{source}' is not a diffusers folder (no model_index.json in it)",
                 )
-            cls = _class_from_model_index(index, self.model_id)
-            return self._from_pretrained(cls, str(path), path, common)
+            return self._from_pretrained(_family_of_folder(path, self.model_id), str(path), path, common)
         return self._load_from_hub(source, common)
 
-    def _from_pretrained(self, cls: type, source: str, folder: Path, common: dict[str, Any]) -> Any:
-        """`cls.from_pretrained`, with a missing or refused weights file named as such."""
+    def _from_pretrained(self, family: Family, source: str, folder: Path, common: dict[str, Any]) -> Any:
+        """The family's inpaint pipeline `from_pretrained`, with a missing or refused weights
+        file named as such."""
         try:
-            return cls.from_pretrained(source, **self._no_safety_checker(cls), **common)
+            return _pipeline_class(family).from_pretrained(source, **self._no_safety_checker(family), **common)
         except OSError as exc:  # diffusers: "no file named diffusion_pytorch_model.safetensors ..."
             pickles = sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.bin"))
             if common.get("use_safetensors") and pickles:
@@ -330,38 +291,38 @@ class DiffusersEngine:
                 f"model '{repo_id}' is not in the Hugging Face cache; run `hf download {repo_id}` on a "
                 "machine with network access, or start the daemon with --allow-download",
             ) from exc
-        cls = _class_from_model_index(Path(index), self.model_id)
-        return self._from_pretrained(cls, repo_id, Path(index).parent, common)
+        folder = Path(index).parent
+        return self._from_pretrained(_family_of_folder(folder, self.model_id), repo_id, folder, common)
 
     def _load_single_file(
         self, path: Path, config: str | Path | None, allow_pickle: bool, common: dict[str, Any]
     ) -> Any:
-        suffix = path.suffix.lower()
-        if suffix in _PICKLE_SUFFIXES and not allow_pickle:
-            raise EngineError(
-                "model_refused",
-                f"'{path}' is a pickle checkpoint, which can run arbitrary code when loaded; "
-                "convert it to .safetensors or start the daemon with --allow-pickle",
-            )
+        if is_pickle(path) and not allow_pickle:
+            raise EngineError("model_refused", pickle_refusal(path))
         if config is None and self._local_files_only:
             config = self._cached_reference_config(path)
-        if config is not None:
-            config_path = Path(config).expanduser()
-            if (config_path / "model_index.json").is_file():
-                cls = _class_from_model_index(config_path / "model_index.json", self.model_id)
-                config = str(config_path)
-            else:
-                cls = _pipeline_class(single_file_is_sdxl(path))
-                config = str(config)
+        config_path = Path(config).expanduser() if config is not None else None
+        if config_path is not None and (config_path / "model_index.json").is_file():
+            family = _family_of_folder(config_path, self.model_id)
+            config = str(config_path)
         else:
-            cls = _pipeline_class(single_file_is_sdxl(path))
-        return cls.from_single_file(str(path), config=config, **self._no_safety_checker(cls), **common)
+            inspected = inspect_single_file(path)
+            if inspected is None:
+                raise EngineError(
+                    "model_refused",
+                    f"'{path}' is not a checkpoint of a family inpaintd knows (SD 1.x/2.x, SDXL in the original "
+                    "layout); give a config folder for it",
+                )
+            family = inspected.family
+        cls = _pipeline_class(family)
+        return cls.from_single_file(str(path), config=config, **self._no_safety_checker(family), **common)
 
     def _cached_reference_config(self, path: Path) -> str:
         """A cached diffusers folder to lay out `path` with, or a clear error saying what to get."""
         from huggingface_hub import try_to_load_from_cache
 
-        repo = reference_repo_for(path)
+        inspected = inspect_single_file(path)
+        repo = inspected.reference_repo if inspected else None
         if repo is not None:
             found = try_to_load_from_cache(repo, "model_index.json", cache_dir=self._cache_dir)
             if isinstance(found, str):
@@ -377,59 +338,59 @@ class DiffusersEngine:
         )
 
     @staticmethod
-    def _no_safety_checker(cls: type) -> dict[str, Any]:
+    def _no_safety_checker(family: Family) -> dict[str, Any]:
         # The plugin user paints on their own images; a checker that blacks out results
-        # would only cost memory and time.  SDXL pipelines have none to disable.
-        if cls.__name__.startswith("StableDiffusionXL"):
+        # would only cost memory and time.  Some families have none to disable.
+        if not family.safety_checker:
             return {}
         return {"safety_checker": None, "requires_safety_checker": False}
 
     # -- generation ----------------------------------------------------------------
 
-    def generate(self, task: EngineTask) -> list[np.ndarray]:
+    def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
         import torch
 
-        height, width = task.mask.shape[:2]
-        if task.image.shape[:2] != (height, width):
+        height, width = request.mask.shape[:2]
+        if request.image.shape[:2] != (height, width):
             raise EngineError("size_mismatch", "image and mask sizes differ")
-        if height % self.size_multiple or width % self.size_multiple:
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise EngineError(
-                "bad_value", f"size {width}x{height} is not a multiple of {self.size_multiple}"
+                "bad_value", f"size {width}x{height} is not a multiple of {self.vae_scale_factor}"
             )
-        self.last_notes: list[str] = []  # the daemon copies these into the result
-        if not task.seeds:
-            return []
-        if task.steps < 1 or not 0.0 < task.strength <= 1.0:
+        notes: list[str] = []
+        if not request.seeds:
+            return EngineOutput([], notes)
+        if request.steps < 1 or not 0.0 < request.strength <= 1.0:
             raise EngineError("bad_value", "steps must be >= 1 and strength in (0, 1]")
-        if int(task.steps * task.strength) < 1:
+        if int(request.steps * request.strength) < 1:
             raise EngineError(
                 "bad_value",
-                f"strength {task.strength} leaves no denoising step out of {task.steps}; raise either",
+                f"strength {request.strength} leaves no denoising step out of {request.steps}; raise either",
             )
-        self.pipe.scheduler = self._scheduler(task.scheduler)
+        self.pipe.scheduler = self._scheduler(request.scheduler)
         # `steps` x `strength` UNet calls, whatever the scheduler (PNDM would run one more).
-        steps, strength = scheduler_settings(self.pipe.scheduler, task.steps, task.strength)
+        steps, strength = scheduler_settings(self.pipe.scheduler, request.steps, request.strength)
 
-        task.progress("encoding", 0, 1)
-        task.check_cancel()
-        embeds = self._prompt_embeds(task.prompt, task.negative_prompt)
-        task.progress("encoding", 1, 1)
-        task.check_cancel()
+        on_progress("encoding", 0, 1)
+        check_cancel(cancelled)
+        embeds = self._prompt_embeds(request.prompt, request.negative_prompt)
+        on_progress("encoding", 1, 1)
+        check_cancel(cancelled)
 
         # One generator per variant, on the CPU, so that a seed gives the same noise on
         # every device and whatever its place in the batch.
-        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in task.seeds]
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in request.seeds]
 
         def call(gens: list[Any], part: int, parts: int) -> np.ndarray:
             def on_step(step: int, total: int) -> None:
-                task.progress("denoising", part * total + step + 1, parts * total)
-                task.check_cancel()  # JobCancelled propagates out of the loop
+                on_progress("denoising", part * total + step + 1, parts * total)
+                check_cancel(cancelled)  # JobCancelled propagates out of the loop
                 if part + 1 == parts and step + 1 == total:
-                    task.progress("decoding", 0, 1)
+                    on_progress("decoding", 0, 1)
 
             job = Inputs(
-                image=task.image, mask=task.mask, embeddings=embeds, generators=gens,
-                steps=steps, guidance_scale=task.guidance_scale, strength=strength,
+                image=request.image, mask=request.mask, embeddings=embeds, generators=gens,
+                steps=steps, guidance_scale=request.guidance_scale, strength=strength,
             )
             return self._loop(job, pacer=StepPacer.for_device(self.device, on_step))
 
@@ -438,21 +399,22 @@ class DiffusersEngine:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            images = self._retry_low_memory(call, task, generators, exc, width, height)
-        task.progress("decoding", 1, 1)
-        return [np.ascontiguousarray(p[:height, :width, :3]) for p in images]
+            check_cancel(cancelled)
+            images = self._retry_low_memory(call, generators, exc, f"{len(request.seeds)} variant(s) at {width}x{height}")
+            notes.append(
+                f"{self.device} ran out of memory inpainting {len(request.seeds)} variant(s) at {width}x{height}; "
+                f"retried once with {LOW_MEMORY_SETTINGS}, which worked"
+            )
+        on_progress("decoding", 1, 1)
+        return EngineOutput([np.ascontiguousarray(p[:height, :width, :3]) for p in images], notes)
 
-    def _retry_low_memory(
-        self, call: Any, task: EngineTask, generators: list[Any], first: BaseException, width: int, height: int
-    ) -> np.ndarray:
+    def _retry_low_memory(self, call: Any, generators: list[Any], first: BaseException, what: str) -> np.ndarray:
         """Out of memory: free what the failed call held, then try once more with attention
         slicing, VAE tiling and one variant per pipeline call (each with its own seed's
         generator, so the seeds still mean the same pixels).  Slower, far smaller peak.
         Gives up with `out_of_memory` if that fails too; either way the result says so."""
         del first
         self._free_cache()
-        task.check_cancel()
-        what = f"{len(task.seeds)} variant(s) at {width}x{height}"
         self._set_low_memory(True)
         try:
             parts = [call([g], i, len(generators)) for i, g in enumerate(generators)]
@@ -467,9 +429,6 @@ class DiffusersEngine:
             ) from None
         finally:
             self._set_low_memory(False)
-        self.last_notes.append(
-            f"{self.device} ran out of memory inpainting {what}; retried once with {LOW_MEMORY_SETTINGS}, which worked"
-        )
         return np.concatenate(parts, axis=0)
 
     def _set_low_memory(self, on: bool) -> None:
@@ -525,7 +484,7 @@ class DiffusersEngine:
         with torch.inference_mode():
             # Always encode the negative side too, so that one cache entry serves any
             # guidance scale; the pipeline ignores it when guidance is off.
-            if self.is_sdxl:
+            if self.family.dual_text_encoder:
                 embeds = self.pipe.encode_prompt(
                     prompt=key[0],
                     device=self.pipe._execution_device,

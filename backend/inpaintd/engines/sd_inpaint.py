@@ -131,13 +131,15 @@ def scheduler_settings(scheduler: Any, steps: int, strength: float) -> tuple[int
 class InpaintLoop:
     """The denoising loop for one loaded pipeline (SD 1.x/2.x or SDXL, 9- or 4-channel UNet)."""
 
-    def __init__(self, pipe: Any, device: str, *, cuda_graphs: bool = False) -> None:
-        """`cuda_graphs`: the UNet was compiled in a mode that replays CUDA graphs, whose
-        outputs live in memory the next replay overwrites."""
+    def __init__(self, pipe: Any, device: str, *, dual_text_encoder: bool, cuda_graphs: bool = False) -> None:
+        """`dual_text_encoder`: the family conditions the UNet on pooled text embeddings and
+        size ids too (SDXL; `families.Family.dual_text_encoder`).  `cuda_graphs`: the UNet
+        was compiled in a mode that replays CUDA graphs, whose outputs live in memory the
+        next replay overwrites."""
         self.pipe = pipe
         self.device = device
         self.cuda_graphs = cuda_graphs
-        self.is_sdxl = pipe.__class__.__name__.startswith("StableDiffusionXL")
+        self.dual_text_encoder = dual_text_encoder
         self.vae_scale_factor = int(pipe.vae_scale_factor)
 
     # -- the steps of a job, in order ---------------------------------------------------
@@ -268,7 +270,7 @@ class InpaintLoop:
             kwargs["timestep_cond"] = pipe.get_guidance_scale_embedding(
                 scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
             ).to(device=self.device, dtype=dtype)
-        if self.is_sdxl:
+        if self.dual_text_encoder:
             projection = (
                 int(emb.pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
             )
