@@ -6,7 +6,9 @@ need=()
 command -v kritarunner >/dev/null 2>&1 || need+=(krita)
 command -v xvfb-run >/dev/null 2>&1 || need+=(xvfb)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
-python3 -c 'import zmq, msgpack' >/dev/null 2>&1 || need+=(python3-zmq python3-msgpack)
+# Krita embeds the system Python (/usr/bin/python3), not whichever python3 is first on PATH
+# (pyenv, a venv): ask that one, or every run would reinstall and re-download the lists.
+/usr/bin/python3 -c 'import zmq, msgpack' >/dev/null 2>&1 || need+=(python3-zmq python3-msgpack)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "editors: missing ${need[*]}; install them with apt-get as root to run the in-editor tests" >&2
