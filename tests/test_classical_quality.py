@@ -253,7 +253,11 @@ def test_both_plugins_send_fill_and_know_the_protocols_values() -> None:
     import inpaintd_logic as gimp
     from inpaintd_krita import logic as krita
 
-    assert krita.FILL_MODES == gimp.FILL_MODES == FILL_MODES and set(krita.FILL_LABELS) == set(FILL_MODES)
+    from inpaintd_protocol import editor
+    from inpaintd_protocol.options import BY_NAME
+
+    # both plugins offer fill from the protocol's option table (tests/test_option_table.py)
+    assert BY_NAME["fill"].choices == FILL_MODES and [v for v, _ in editor.choices(BY_NAME["fill"])] == list(FILL_MODES)
     assert krita.Settings().job_options()["fill"] == "auto"
     assert krita.Settings(fill="classical").job_options()["fill"] == "classical"
     assert krita.Settings(fill="bogus").job_options()["fill"] == "auto"  # an old or edited settings file
@@ -262,5 +266,5 @@ def test_both_plugins_send_fill_and_know_the_protocols_values() -> None:
     assert gimp.Options.from_mapping({"fill": "neutral"}).job_options()["fill"] == "neutral"
     assert gimp.Options.from_mapping({"fill": None}).job_options()["fill"] == "auto"  # GIMP's empty string
     problems = gimp.Options(fill="lama").validate()
-    assert problems and "Hole pre-fill 'lama'" in problems[0]
+    assert problems and "Start with 'lama' is not one of" in problems[0]
     assert [a.name for a in gimp.ARGS][-1] == "fill"  # added last: positional scripts keep working

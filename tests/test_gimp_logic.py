@@ -33,28 +33,18 @@ def test_rect_is_the_protocol_rect():
     assert Rect is ProtocolRect
 
 
-def test_plan_crop_respects_layer_offsets():
+def test_plan_crop_respects_layer_offsets_and_bounds():
+    """GIMP's layers have fixed bounds: the crop stays on the layer (and the canvas), and
+    is also given in the layer's own pixels (the rule itself: tests/test_editor.py)."""
     opts = Options(grow=4, feather=8, padding=20)
-    layer = Rect(100, 50, 400, 300)  # layer at offset (100, 50)
-    plan = logic.plan_crop(Rect(200, 120, 40, 30), layer, opts)
-    assert plan.crop_in_image == Rect(168, 88, 104, 94)  # selection grown by 4 + 8 + 20
-    assert plan.crop == Rect(68, 38, 104, 94)  # the same in layer pixels
-    assert logic.result_offset(plan, 10, 5) == (178, 93)
-
-
-def test_plan_crop_clips_to_layer_and_misses():
-    opts = Options(grow=0, feather=0, padding=50)
-    layer = Rect(10, 10, 100, 100)
-    plan = logic.plan_crop(Rect(0, 0, 30, 30), layer, opts)
-    assert plan.crop_in_image == Rect(10, 10, 70, 70)  # (10,10,20,20) grown by 50, clipped
-    assert plan.crop == Rect(0, 0, 70, 70)
-    assert logic.plan_crop(Rect(200, 200, 5, 5), layer, opts) is None
-
-
-def test_auto_padding_keeps_generous_context():
-    opts = Options(grow=8, feather=16, padding=-1)
-    assert logic.context_margin(opts, Rect(0, 0, 50, 40)) == 8 + 16 + 512
-    assert logic.context_margin(opts, Rect(0, 0, 900, 40)) == 8 + 16 + 900
+    layer = Rect(100, 50, 400, 300)  # layer at offset (100, 50), smaller than the image
+    plan = logic.plan_crop(Rect(200, 120, 40, 30), 640, 480, layer, opts)
+    assert plan.crop == layer  # at least 1024 a side where the pixels allow: all of the layer
+    assert plan.crop_from(layer.x, layer.y) == Rect(0, 0, 400, 300)
+    assert plan.place(10, 5, 20, 20) == Rect(110, 55, 20, 20)
+    assert logic.plan_crop(Rect(600, 400, 5, 5), 640, 480, layer, opts) is None
+    past_canvas = Rect(-50, -50, 300, 300)  # a layer partly off the canvas: no selection there
+    assert logic.plan_crop(Rect(0, 0, 30, 30), 640, 480, past_canvas, opts).crop == Rect(0, 0, 250, 250)
 
 
 def test_options_defaults_validate_and_map_to_job_options():
@@ -67,53 +57,34 @@ def test_options_defaults_validate_and_map_to_job_options():
     assert set(job) <= {"prompt", "negative_prompt", "seed", "variants", "steps", "guidance_scale", "strength",
                         "scheduler", "model", "grow", "feather", "padding", "color_match", "fill"}
     assert job["color_match"] is False and Options.from_mapping({"color-match": True}).job_options()["color_match"] is True
+    assert Options(fill=" ").validate() == [] and Options(fill=" ").job_options()["fill"] == "auto"
 
 
 @pytest.mark.parametrize("field,value,needle", [
     ("variants", 0, "at least 1"), ("variants", 9, "at most 8"), ("strength", 0.0, "at least 0.01"),
-    ("steps", 151, "at most 150"), ("seed", -2, "at least -1"), ("feather", True, "must be a int"),
-    ("endpoint", "localhost:7415", "not a ZeroMQ address"),
+    ("steps", 151, "at most 150"), ("seed", -2, "at least -1"), ("feather", True, "must be a whole number"),
+    ("fill", "lama", "not one of auto, none"), ("endpoint", "localhost:7415", "not a ZeroMQ endpoint"),
+    ("sample_merged", "yes", "must be a bool"),
 ])
 def test_options_reject_bad_values(field, value, needle):
     problems = Options(**{field: value}).validate()
     assert problems and needle in problems[0]
 
 
-def test_arg_table_matches_protocol_bounds():
-    from inpaintd_protocol.messages import OPTION_RULES
-
-    for spec in ARGS:
-        rule = OPTION_RULES.get(spec.field)
-        if rule and spec.kind in ("int", "float"):
-            assert spec.minimum >= rule[1] and spec.maximum <= rule[2], spec.name
+def test_arg_labels_have_distinct_mnemonics():
     labels = [a.label for a in ARGS]
     mnemonics = [lbl[lbl.index("_") + 1].lower() for lbl in labels]
     assert len(set(mnemonics)) == len(mnemonics) and not set(mnemonics) & set("ocrhsl")
 
 
-def test_names_and_progress_text():
-    assert logic.group_name("  a  red\nsaucer ") == "Inpaint: a red saucer"
-    assert logic.group_name("") == "Inpaint: (no prompt)"
-    assert logic.layer_name("a red saucer", 1, 77) == "a red saucer #2 (seed 77)"
-    assert len(logic.short_prompt("x" * 100)) == 40
-    assert logic.progress_text("denoising", 3, 20) == "Inpainting: denoising step 3/20"
-    assert logic.progress_text("queued", 0, 0, 2) == "Inpainting: waiting in the daemon's queue (2 jobs ahead)"
-    assert logic.progress_text("queued", 0, 0, 1) == "Inpainting: waiting in the daemon's queue (1 job ahead)"
-    fractions = [logic.progress_fraction("denoising", s, 10) for s in range(11)]
-    assert fractions == sorted(fractions) and 0 < fractions[0] < fractions[-1] < 1
-
-
-def test_daemon_advice_and_local_endpoints():
+def test_daemon_advice():
     text = logic.how_to_start("tcp://127.0.0.1:7415")
     assert "inpaintd serve --bind tcp://127.0.0.1:7415" in text
-    assert logic.is_local_endpoint("tcp://127.0.0.1:7415") and logic.is_local_endpoint("ipc:///tmp/x")
-    assert not logic.is_local_endpoint("tcp://10.0.0.2:7415")
     assert logic.serve_command(["py", "-m", "inpaintd"], "tcp://127.0.0.1:1") == [
         "py", "-m", "inpaintd", "serve", "--bind", "tcp://127.0.0.1:1"]
 
 
-def test_mask_and_precision_helpers():
-    assert not logic.mask_has_pixels(bytes(10)) and logic.mask_has_pixels(b"\0\0\1")
+def test_precision_note():
     assert logic.precision_note(8, False) is None
     assert "16-bit" in logic.precision_note(16, True)
 
@@ -191,13 +162,15 @@ def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path):
 
     target = copy_plugin(tmp_path)
     assert (target / "inpaintd_protocol" / "rect.py").is_file()
+    assert (target / "inpaintd_protocol" / "editor.py").is_file() and (target / "inpaintd_protocol" / "options.py").is_file()
     code = (
         f"import sys; sys.path.insert(0, {str(target)!r}); import inpaintd_logic as l; "
-        "print(l.Rect.__module__, l.Rect(1, 2, 3, 4).expand(1).as_tuple(), 'zmq' in sys.modules)"
+        f"print(l.Rect.__module__, l.editor.__file__.startswith({str(target)!r}), "
+        "l.Rect(1, 2, 3, 4).expand(1).as_tuple(), 'zmq' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["inpaintd_protocol.rect", "(0,", "1,", "5,", "6)", "False"]
+    assert proc.stdout.split() == ["inpaintd_protocol.rect", "True", "(0,", "1,", "5,", "6)", "False"]
 
 
 def test_install_explains_missing_modules(tmp_path: Path, capsys):

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "krita_plugin"))
 from inpaintd_krita import logic  # noqa: E402
 from inpaintd_krita.logic import Rect, Settings, UserError  # noqa: E402
 
+from inpaintd_protocol import editor  # noqa: E402
+
 
 # -- Rect -------------------------------------------------------------------------------
 
@@ -39,72 +41,23 @@ def test_rect_is_the_protocol_rect() -> None:
     assert Rect is ProtocolRect
 
 
-# -- selection and context --------------------------------------------------------------
+# -- the crop (the rule itself is tested in tests/test_editor.py) ------------------------
 
 
-def test_selection_clipped_to_canvas() -> None:
-    assert logic.selection_on_canvas(Rect(-10, -20, 50, 50), 100, 80) == Rect(0, 0, 40, 30)
-    assert logic.selection_on_canvas(Rect(90, 70, 50, 50), 100, 80) == Rect(90, 70, 10, 10)
+def test_plan_crop_is_limited_by_the_canvas_only() -> None:
+    """Krita's layers have no fixed bounds: only the canvas limits the crop."""
+    plan = logic.plan_crop(Rect(-10, -20, 50, 50), 100, 80, Settings(grow=0, feather=0, padding=0))
+    assert plan.selection == Rect(0, 0, 40, 30) and plan.crop == Rect(0, 0, 100, 80)
+    sel = Rect(3000, 2000, 300, 200)
+    plan = logic.plan_crop(sel, 6000, 4000, Settings(grow=8, feather=16, padding=-1))
+    assert plan.crop.contains(sel.expand(8 + 16 + 300)) and plan.crop.width >= editor.MIN_CONTEXT_SIDE
 
 
 def test_selection_outside_canvas_is_user_error() -> None:
     with pytest.raises(UserError, match="outside the canvas"):
-        logic.selection_on_canvas(Rect(200, 0, 10, 10), 100, 80)
+        logic.plan_crop(Rect(200, 0, 10, 10), 100, 80, Settings())
     with pytest.raises(UserError):
-        logic.selection_on_canvas(Rect(-30, -30, 30, 30), 100, 80)
-
-
-def test_context_region_small_canvas_is_whole_canvas() -> None:
-    assert logic.context_region(Rect(10, 10, 20, 20), 300, 200) == Rect(0, 0, 300, 200)
-
-
-def test_context_region_large_canvas_is_a_crop_around_selection() -> None:
-    sel = Rect(3000, 2000, 300, 200)
-    reg = logic.context_region(sel, 6000, 4000, grow=8, feather=16, padding=-1)
-    assert reg.contains(sel.expand(8 + 16 + 300))
-    assert reg.width >= logic.MIN_CONTEXT_SIDE and reg.height >= logic.MIN_CONTEXT_SIDE
-    assert reg.width * reg.height * 4 < 6000 * 4000 * 4 / 10  # far less than the whole layer
-    assert Rect(0, 0, 6000, 4000).contains(reg)
-
-
-def test_context_region_min_side_is_centred_and_kept_inside() -> None:
-    reg = logic.context_region(Rect(0, 0, 10, 10), 5000, 5000, grow=0, feather=0, padding=0, min_side=1024)
-    assert reg == Rect(0, 0, 1024, 1024)
-    reg = logic.context_region(Rect(4990, 4990, 10, 10), 5000, 5000, grow=0, feather=0, padding=0, min_side=1024)
-    assert reg == Rect(5000 - 1024, 5000 - 1024, 1024, 1024)
-    reg = logic.context_region(Rect(2500, 2500, 10, 10), 5000, 5000, grow=0, feather=0, padding=0, min_side=100)
-    assert reg == Rect(2455, 2455, 100, 100)
-
-
-def test_context_region_explicit_padding_is_honoured() -> None:
-    sel = Rect(2000, 2000, 100, 100)
-    reg = logic.context_region(sel, 8000, 8000, grow=0, feather=0, padding=1500, min_side=0)
-    assert reg == sel.expand(1500)
-
-
-def test_context_region_clips_selection_past_canvas() -> None:
-    reg = logic.context_region(Rect(-500, -500, 700, 700), 4000, 4000, grow=0, feather=0, padding=0, min_side=0)
-    assert reg == Rect(0, 0, 200, 200)
-
-
-def test_context_region_selection_outside_raises() -> None:
-    with pytest.raises(UserError):
-        logic.context_region(Rect(5000, 0, 10, 10), 4000, 4000)
-
-
-# -- result placement --------------------------------------------------------------------
-
-
-def test_place_result_maps_to_document() -> None:
-    region = Rect(1000, 2000, 800, 600)
-    assert logic.place_result(region, 10, 20, 100, 50) == Rect(1010, 2020, 100, 50)
-    assert logic.place_result(region, 0, 0, 800, 600) == region
-
-
-@pytest.mark.parametrize("x,y,w,h", [(-1, 0, 10, 10), (0, -1, 10, 10), (795, 0, 10, 10), (0, 0, 800, 601)])
-def test_place_result_refuses_layers_outside_sent_image(x: int, y: int, w: int, h: int) -> None:
-    with pytest.raises(ValueError):
-        logic.place_result(Rect(0, 0, 800, 600), x, y, w, h)
+        logic.plan_crop(Rect(-30, -30, 30, 30), 100, 80, Settings())
 
 
 # -- pixels -----------------------------------------------------------------------------
@@ -133,12 +86,6 @@ def test_swap_red_blue_large_is_fast() -> None:
     assert out[0] == 2 and out[2] == 0 and out[4 * 1000 + 1] == data[4 * 1000 + 1]
 
 
-def test_mask_is_empty() -> None:
-    assert logic.mask_is_empty(b"")
-    assert logic.mask_is_empty(bytes(100))
-    assert not logic.mask_is_empty(bytes(99) + b"\x01")
-
-
 # -- checks -----------------------------------------------------------------------------
 
 
@@ -163,40 +110,7 @@ def test_source_layer_check() -> None:
         logic.check_source_layer(None, False)
 
 
-# -- naming -------------------------------------------------------------------------------
-
-
-def test_group_name() -> None:
-    assert logic.group_name("a red  barn\n at dusk") == "[inpaint] a red barn at dusk"
-    assert logic.group_name("   ") == "[inpaint] (fill from context)"
-    long = logic.group_name("x" * 200, limit=20)
-    assert long.endswith("…") and len(long) == len("[inpaint] ") + 20
-
-
-def test_variant_name_carries_seed() -> None:
-    assert logic.variant_name(0, 3, 123456) == "Variant 1/3 (seed 123456)"
-    assert "seed 7" in logic.variant_name(2, 3, 7)
-
-
-# -- progress ---------------------------------------------------------------------------
-
-
-def test_progress_percent_is_monotonic_over_a_job() -> None:
-    seq = [("submitting", 0, 0), ("queued", 0, 0), ("loading", 0, 0), ("preparing", 0, 0)]
-    seq += [("denoising", s, 20) for s in range(21)] + [("decoding", 0, 0), ("compositing", 0, 0), ("done", 0, 0)]
-    values = [logic.progress_percent(*s) for s in seq]
-    assert values == sorted(values)
-    assert values[-1] == 100 and values[0] == 0
-    assert logic.progress_percent("denoising", 10, 20) == 15 + (90 - 15) // 2
-
-
-def test_progress_text() -> None:
-    assert logic.progress_text("denoising", 3, 20) == "Denoising 3/20"
-    assert logic.progress_text("queued", position=2) == "Queued: 2 jobs ahead"
-    assert logic.progress_text("queued", position=1) == "Queued: 1 job ahead"
-    assert logic.progress_text("preparing") == "Preparing…"
-    assert logic.progress_text("compositing", 0, 1) == "Compositing…"  # steps only mean something while denoising
-    assert logic.progress_text("submitting") == "Sending…"
+# -- messages ---------------------------------------------------------------------------
 
 
 def test_error_text_gives_advice() -> None:
@@ -244,22 +158,31 @@ def test_daemon_command_args() -> None:
 
 
 def test_settings_round_trip_through_strings() -> None:
-    s = Settings(prompt="a cat", variants=3, strength=0.75, seed=42, random_seed=False, padding=64, use_composite=True)
+    s = Settings(prompt="a cat", variants=3, strength=0.75, seed=42, padding=64, use_composite=True, fill="blur")
     back = Settings.from_strings(s.to_strings())
     assert back == s
 
 
+def test_settings_carry_the_old_random_box_over() -> None:
+    """The docker once had a 'Random' box beside the seed; a seed saved with it ticked is
+    random (-1) now, and saving again empties the old key so it is read only once."""
+    assert Settings.from_strings({"seed": "42", "random_seed": "true"}).seed == -1
+    assert Settings.from_strings({"seed": "42", "random_seed": "false"}).seed == 42
+    assert Settings().to_strings()["random_seed"] == ""
+
+
 def test_settings_from_bad_strings_keep_defaults() -> None:
-    s = Settings.from_strings({"variants": "many", "strength": "nan", "random_seed": "no", "prompt": "x"})
+    s = Settings.from_strings({"variants": "many", "strength": "nan", "color_match": "no", "prompt": "x"})
     assert s.variants == Settings().variants and s.strength == Settings().strength
-    assert s.random_seed is False and s.prompt == "x"
+    assert s.color_match is False and s.prompt == "x"
 
 
 def test_job_options_seed_and_clamps() -> None:
-    s = Settings(seed=99, random_seed=True, variants=20, strength=0.0, steps=-3, padding=-7)
+    s = Settings(seed=-1, variants=20, strength=0.0, steps=-3, padding=-7, fill="lama")
     o = s.job_options()
     assert o["seed"] == -1 and o["variants"] == 8 and o["strength"] == 0.01 and o["steps"] == 0 and o["padding"] == -1
-    s.random_seed = False
+    assert o["fill"] == "auto"
+    s.seed = 99
     assert s.job_options()["seed"] == 99
 
 
@@ -315,7 +238,7 @@ def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: 
     assert (dest / "inpaintd_krita.desktop").read_text().count("X-KDE-Library=inpaintd_krita") == 1
     assert (dest / "inpaintd_krita" / "logic.py").is_file() and not (dest / "inpaintd_krita" / "stale.py").exists()
     vendored = dest / "inpaintd_krita" / "_vendor" / "inpaintd_protocol"
-    assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py", "rect.py"}
+    assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py", "rect.py", "options.py", "editor.py"}
     assert "enable_inpaintd_krita=true" in (tmp_path / "config" / "kritarc").read_text()
 
 
@@ -327,13 +250,14 @@ def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path) -> N
     install_krita.copy_plugin(tmp_path)
     code = (
         f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from inpaintd_krita import logic; "
-        "import inpaintd_protocol.rect as r; "
+        "import inpaintd_protocol.rect as r, inpaintd_protocol.editor as e; "
         "print(r.__file__.startswith(" + repr(str(tmp_path / "inpaintd_krita" / "_vendor")) + "), "
-        "logic.Rect(1, 2, 3, 4).expand(1).as_tuple())"
+        "e.__file__.startswith(" + repr(str(tmp_path / "inpaintd_krita" / "_vendor")) + "), "
+        "logic.Rect(1, 2, 3, 4).expand(1).as_tuple(), 'zmq' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "(0,", "1,", "5,", "6)"]
+    assert proc.stdout.split() == ["True", "True", "(0,", "1,", "5,", "6)", "False"]
 
 
 def test_install_reports_missing_modules_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

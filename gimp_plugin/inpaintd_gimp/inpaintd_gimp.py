@@ -4,7 +4,8 @@
 Thin glue only: it registers the procedure, shows the dialog, moves pixels between GIMP
 and the daemon, drives GIMP's progress bar and adds the result layers in one undo group.
 Every decision that needs no GIMP (geometry, names, validation, messages) lives in
-inpaintd_logic.py beside this file, where it is unit-tested outside GIMP.
+inpaintd_logic.py beside this file, or, where the Krita plug-in decides the same, in
+inpaintd_protocol/editor.py; both are unit-tested outside GIMP.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ if os.path.isdir(os.path.join(HERE, "vendor")):  # pyzmq/msgpack installed with 
 
 import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402
+from inpaintd_protocol import editor  # noqa: E402
+from inpaintd_protocol.options import BY_NAME  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 RGB = "R'G'B' u8"
@@ -50,8 +53,10 @@ def run(procedure, run_mode, image, drawables, config, data):
             if a.kind == "str" and config.get_property(a.name) is None:
                 config.set_property(a.name, "")
         dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Inpaint Selection")
-        strength = dialog.get_spin_scale("strength", 1.0)
-        strength.set_increments(0.01, 0.1)  # GIMP's default step (1.0) exceeds the 0.01..1 range
+        for a in ARGS:  # GIMP's default step (1.0) would exceed e.g. strength's 0.01..1 range
+            if a.kind == "float":
+                step = BY_NAME[a.field].step
+                dialog.get_spin_scale(a.name, 1.0).set_increments(step, 4 * step)
         dialog.fill(list(DIALOG_ORDER))
         ok = dialog.run()
         dialog.destroy()
@@ -76,14 +81,14 @@ def inpaint(image, drawables, opts: Options) -> None:
     if not nonempty or Gimp.Selection.is_empty(image):
         raise UserError(logic.NO_SELECTION)
     source_rect, pixels_from = source_of(image, layer, opts)
-    plan = logic.plan_crop(Rect(x1, y1, x2 - x1, y2 - y1), source_rect, opts)
+    plan = logic.plan_crop(Rect(x1, y1, x2 - x1, y2 - y1), image.get_width(), image.get_height(), source_rect, opts)
     if plan is None:
         raise UserError("The selection does not overlap the layer '%s'; select inside it." % layer.get_name())
-    mask = read(image.get_selection(), plan.crop_in_image, MASK)
-    if not logic.mask_has_pixels(mask):
+    mask = read(image.get_selection(), plan.crop, MASK)
+    if not editor.mask_selects(mask):
         raise UserError("The selection is empty where it meets the layer; nothing to inpaint.")
     channels = 4 if pixels_from.has_alpha() else 3
-    pixels = read(pixels_from, plan.crop, RGBA if channels == 4 else RGB)
+    pixels = read(pixels_from, plan.crop_from(source_rect.x, source_rect.y), RGBA if channels == 4 else RGB)
     if pixels_from is not layer:
         pixels_from.get_image().delete()  # the duplicate made for 'Use visible image'
 
@@ -166,7 +171,7 @@ def import_protocol():
 def connect(opts: Options):
     """A Client that got a hello from the daemon, starting a local daemon if allowed."""
     proto = import_protocol()
-    client = proto.Client(opts.endpoint.strip() or None, name="inpaintd-gimp")
+    client = proto.Client(editor.daemon_endpoint(opts.endpoint), name="inpaintd-gimp")
     try:
         client.hello(timeout=3.0)
         return client
@@ -177,7 +182,7 @@ def connect(opts: Options):
         raise UserError(f"inpaintd at {client.endpoint} refused the connection: {exc}") from None
     endpoint = client.endpoint
     command = recorded_command()
-    if not (opts.start_daemon and command and logic.is_local_endpoint(endpoint)):
+    if not (opts.start_daemon and command and editor.can_start_daemon(endpoint)):
         raise UserError(logic.how_to_start(endpoint))
     argv = logic.serve_command(command, endpoint)
     Gimp.progress_set_text("Inpainting: starting inpaintd (%s)" % logic.quote_command(argv))
@@ -220,11 +225,11 @@ def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask:
         shown = None
         while not job.finished:
             client.pump(0.1)
-            now = (job.stage, job.step, job.total_steps, job.position)
+            now = (editor.shown_stage(job.state, job.stage), job.step, job.total_steps, job.position)
             if now != shown:
                 shown = now
-                Gimp.progress_set_text(logic.progress_text(*now))
-                Gimp.progress_update(logic.progress_fraction(job.stage, job.step, job.total_steps))
+                Gimp.progress_set_text(editor.progress_text(*now))
+                Gimp.progress_update(editor.progress_fraction(*now[:3]))
     finally:
         stop_watchdog(watchdog)
     try:
@@ -267,16 +272,19 @@ def stop_watchdog(watchdog) -> None:
 def add_results(image, source, plan, layers, opts: Options) -> None:
     """One layer per variant, in a group above the source, as one undo step."""
     layer_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY else Gimp.ImageType.RGBA_IMAGE
+    try:
+        places = [plan.place(v.x, v.y, v.width, v.height) for v in layers]
+    except ValueError as exc:
+        raise UserError(f"inpaintd sent a result that does not fit: {exc}") from None
     image.undo_group_start()
     try:
-        group = Gimp.GroupLayer.new(image, logic.group_name(opts.prompt))
+        group = Gimp.GroupLayer.new(image, editor.group_name(opts.prompt))
         image.insert_layer(group, source.get_parent(), image.get_item_position(source))
-        for position, variant in enumerate(layers):
-            out = Gimp.Layer.new(image, logic.layer_name(opts.prompt, variant.index, variant.seed),
+        for position, (variant, place) in enumerate(zip(layers, places)):
+            out = Gimp.Layer.new(image, editor.variant_name(variant.index, len(layers), variant.seed),
                                  variant.width, variant.height, layer_type, 100.0, Gimp.LayerMode.NORMAL)
             image.insert_layer(out, group, position)
-            x, y = logic.result_offset(plan, variant.x, variant.y)
-            out.set_offsets(x, y)
+            out.set_offsets(place.x, place.y)
             buf = out.get_buffer()
             buf.set(Gegl.Rectangle.new(0, 0, variant.width, variant.height), RGBA, variant.tight_bytes())
             buf.flush()

@@ -24,6 +24,8 @@ from typing import Any
 
 from PyQt5.QtCore import QObject, QTimer, pyqtSignal
 
+from inpaintd_protocol import editor
+
 from . import logic
 from .logic import Settings, UserError
 
@@ -92,10 +94,10 @@ class Controller(QObject):
 
     @property
     def endpoint(self) -> str:
-        if self._proto is None:
-            return self.settings.endpoint or os.environ.get("INPAINTD_ENDPOINT", "tcp://127.0.0.1:7415")
+        """The daemon's address by the editors' one rule (editor.daemon_endpoint); a
+        malformed setting is shown as typed, and connecting to it says what is wrong."""
         try:
-            return self._proto.resolve_endpoint(self.settings.endpoint or None)
+            return editor.daemon_endpoint(self.settings.endpoint)
         except ValueError:
             return self.settings.endpoint
 
@@ -152,6 +154,10 @@ class Controller(QObject):
 
     def start_daemon(self) -> bool:
         """Start a local daemon with the configured command (`{endpoint}` filled in)."""
+        if not editor.can_start_daemon(self.endpoint):
+            self.message.emit(f"The daemon at {self.endpoint} is on another computer: start it there "
+                              "(or set Connection > Address to a local one).", "error")
+            return False
         try:
             argv = logic.daemon_command_args(self.settings.daemon_command, self.endpoint)
         except UserError as exc:
@@ -252,7 +258,7 @@ class Controller(QObject):
             self.message.emit(logic.error_text(err.code, err.message) if err else "The job failed.", "error")
 
     def _emit_progress(self, stage: str, step: int, total: int, position: int | None) -> None:
-        value = (logic.progress_percent(stage, step, total), logic.progress_text(stage, step, total, position))
+        value = (editor.progress_percent(stage, step, total), editor.progress_text(stage, step, total, position))
         if value != self._last_progress:
             self._last_progress = value
             self.progress.emit(*value)

@@ -1,5 +1,8 @@
 """The docker's widgets: thin glue between Qt controls, Settings and the Controller.
 
+The job options' controls are made from the option table, so a new option shows up here
+with its range, default and tooltip without a line of Qt code.
+
 `InpaintPanel` is a plain QWidget so tests can build it without a Krita window;
 `InpaintDocker` only wraps it in Krita's DockWidget.
 """
@@ -13,6 +16,9 @@ from PyQt5.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
     QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
+
+from inpaintd_protocol import editor
+from inpaintd_protocol.options import KRITA, Option
 
 from . import logic
 from .controller import Controller
@@ -42,53 +48,23 @@ class InpaintPanel(QWidget):
         conn_row.addWidget(self.start_button)
         conn_row.addWidget(self.refresh_button)
 
-        self.prompt = QPlainTextEdit(s.prompt)
-        self.prompt.setPlaceholderText("Prompt (empty: fill from the surroundings)")
-        self.prompt.setFixedHeight(64)
-        self.negative = QLineEdit(s.negative_prompt)
-        self.negative.setPlaceholderText("Negative prompt")
-
-        self.variants = _spin(1, 8, s.variants)
-        self.strength = QDoubleSpinBox()
-        self.strength.setRange(0.01, 1.0)
-        self.strength.setSingleStep(0.05)
-        self.strength.setValue(s.strength)
-        self.fill = QComboBox()
-        for mode in logic.FILL_MODES:
-            self.fill.addItem(logic.FILL_LABELS[mode], mode)
-        self.fill.setCurrentIndex(max(0, self.fill.findData(s.fill)))
-        self.fill.setToolTip("Below strength 1 a diffusion model starts from the picture: what it starts from inside "
-                             "the selection. Auto keeps the picture and fills transparent pixels. No effect at strength 1 "
-                             "or with a classical model")
-        self.steps = _spin(0, 150, s.steps, special="auto")
-        self.seed = _spin(0, 2**31 - 1, s.seed)
-        self.random_seed = QCheckBox("Random")
-        self.random_seed.setChecked(s.random_seed)
-        self.seed.setEnabled(not s.random_seed)
-        seed_row = QHBoxLayout()
-        seed_row.addWidget(self.seed, 1)
-        seed_row.addWidget(self.random_seed)
-        self.model = QComboBox()
-        self.model.addItem("Daemon default", "")
-        self.grow = _spin(0, 512, s.grow, suffix=" px")
-        self.feather = _spin(0, 512, s.feather, suffix=" px")
-        self.padding = _spin(-1, 4096, s.padding, special="auto", suffix=" px")
+        # The job options, made from the option table (inpaintd_protocol.options): free text
+        # above the form, numbers and lists in it, switches below it.
+        texts, form, switches = QVBoxLayout(), QFormLayout(), QVBoxLayout()
+        self.option_widgets: dict[str, QWidget] = {}
+        for opt in editor.shown_in(KRITA):
+            widget = self.option_widgets[opt.name] = self._option_widget(opt, getattr(s, opt.name))
+            if not hasattr(QWidget, opt.name):  # panel.seed, panel.steps, ... (tests use them)
+                setattr(self, opt.name, widget)
+            if opt.kind is bool:
+                switches.addWidget(widget)
+            elif opt.kind is str and not opt.choices and opt.name != "model":
+                texts.addWidget(widget)
+            else:
+                form.addRow(opt.plain_label, widget)
         self.use_composite = QCheckBox("Use visible image (all layers)")
         self.use_composite.setChecked(s.use_composite)
-        self.color_match = QCheckBox("Match colors to the surroundings")
-        self.color_match.setToolTip("Remove a color cast of the result, measured where the model should have kept the picture")
-        self.color_match.setChecked(s.color_match)
-
-        form = QFormLayout()
-        form.addRow("Variants", self.variants)
-        form.addRow("Strength", self.strength)
-        form.addRow("Start from", self.fill)
-        form.addRow("Steps", self.steps)
-        form.addRow("Seed", seed_row)
-        form.addRow("Model", self.model)
-        form.addRow("Grow", self.grow)
-        form.addRow("Feather", self.feather)
-        form.addRow("Context", self.padding)
+        switches.insertWidget(0, self.use_composite)
 
         self.endpoint = QLineEdit(s.endpoint)
         self.endpoint.setPlaceholderText(controller.endpoint)
@@ -124,11 +100,9 @@ class InpaintPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.connection_label)
         layout.addLayout(conn_row)
-        layout.addWidget(self.prompt)
-        layout.addWidget(self.negative)
+        layout.addLayout(texts)
         layout.addLayout(form)
-        layout.addWidget(self.use_composite)
-        layout.addWidget(self.color_match)
+        layout.addLayout(switches)
         layout.addWidget(self.show_connection)
         layout.addWidget(conn_box)
         layout.addLayout(buttons)
@@ -136,21 +110,8 @@ class InpaintPanel(QWidget):
         layout.addWidget(self.message_label)
         layout.addStretch(1)
 
-        # widgets -> settings
-        self.prompt.textChanged.connect(lambda: self._set("prompt", self.prompt.toPlainText()))
-        self.negative.textChanged.connect(lambda t: self._set("negative_prompt", t))
-        self.variants.valueChanged.connect(lambda v: self._set("variants", v))
-        self.strength.valueChanged.connect(lambda v: self._set("strength", v))
-        self.fill.currentIndexChanged.connect(lambda _i: self._set("fill", self.fill.currentData() or "auto"))
-        self.steps.valueChanged.connect(lambda v: self._set("steps", v))
-        self.seed.valueChanged.connect(lambda v: self._set("seed", v))
-        self.random_seed.toggled.connect(self._random_toggled)
-        self.model.currentIndexChanged.connect(lambda _i: self._set("model", self.model.currentData() or ""))
-        self.grow.valueChanged.connect(lambda v: self._set("grow", v))
-        self.feather.valueChanged.connect(lambda v: self._set("feather", v))
-        self.padding.valueChanged.connect(lambda v: self._set("padding", v))
+        # widgets -> settings (the job options' widgets were connected as they were made)
         self.use_composite.toggled.connect(lambda v: self._set("use_composite", v))
-        self.color_match.toggled.connect(lambda v: self._set("color_match", v))
         self.endpoint.editingFinished.connect(self._endpoint_edited)
         self.daemon_command.textChanged.connect(lambda t: self._set("daemon_command", t))
         self.autostart.toggled.connect(lambda v: self._set("autostart", v))
@@ -168,13 +129,53 @@ class InpaintPanel(QWidget):
 
     # -- settings --------------------------------------------------------------------
 
+    def _option_widget(self, opt: Option, value: Any) -> QWidget:
+        """The control for one job option, its range and tooltip from the option table,
+        already writing its changes into the settings."""
+        def changed(v: Any) -> None:
+            self._set(opt.name, v)
+
+        widget: Any
+        if opt.name == "prompt":  # several lines; an empty prompt is a valid choice
+            widget = QPlainTextEdit(value)
+            widget.setPlaceholderText("Prompt (empty: fill from the surroundings)")
+            widget.setFixedHeight(64)
+            widget.textChanged.connect(lambda: changed(widget.toPlainText()))
+        elif opt.name == "model":  # the daemon's models, filled in by _show_models
+            widget = QComboBox()
+            widget.addItem("Daemon default", "")
+            widget.currentIndexChanged.connect(lambda _i: changed(widget.currentData() or ""))
+        elif opt.kind is bool:
+            widget = QCheckBox(opt.plain_label)
+            widget.setChecked(value)
+            widget.toggled.connect(changed)
+        elif opt.choices:
+            widget = QComboBox()
+            for choice, words in editor.choices(opt):
+                widget.addItem(words, choice)
+            widget.setCurrentIndex(max(0, widget.findData(value)))
+            widget.currentIndexChanged.connect(lambda _i: changed(widget.currentData() or opt.default))
+        elif opt.kind in (int, float):
+            low, high = editor.bounds(opt)
+            widget = QSpinBox() if opt.kind is int else QDoubleSpinBox()
+            widget.setRange(low, high)
+            widget.setSingleStep(opt.step)
+            widget.setValue(value)
+            if opt.special:
+                widget.setSpecialValueText(opt.special)
+            if opt.unit:
+                widget.setSuffix(" " + opt.unit)
+            widget.valueChanged.connect(changed)
+        else:
+            widget = QLineEdit(value)
+            widget.setPlaceholderText(opt.plain_label)
+            widget.textChanged.connect(changed)
+        widget.setToolTip(opt.tip)
+        return widget
+
     def _set(self, name: str, value: Any) -> None:
         setattr(self.controller.settings, name, value)
         self._on_settings_changed()
-
-    def _random_toggled(self, on: bool) -> None:
-        self.seed.setEnabled(not on)
-        self._set("random_seed", on)
 
     def _endpoint_edited(self) -> None:
         self.controller.set_endpoint(self.endpoint.text().strip())
@@ -212,17 +213,6 @@ class InpaintPanel(QWidget):
         self.model.blockSignals(False)
         if index < 0 and wanted:
             self._set("model", "")  # the saved model is gone from this daemon: back to its default
-
-
-def _spin(lo: int, hi: int, value: int, special: str = "", suffix: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
-    if suffix:
-        box.setSuffix(suffix)
-    return box
 
 
 try:  # the DockWidget wrapper exists only inside Krita

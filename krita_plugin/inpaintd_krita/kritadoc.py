@@ -1,7 +1,8 @@
 """The Krita side of a job: read the source pixels and the selection, write the results.
 
 Thin on purpose: every decision (what to send, where results go, names, checks) is a
-function in logic.py; this module only moves bytes between Krita and those functions.
+function in logic.py or, where the GIMP plug-in decides the same, in
+`inpaintd_protocol.editor`; this module only moves bytes between Krita and those functions.
 
 Undo, as Krita 5.1 really behaves (checked in tests/krita/test_in_krita.py): adding a
 node with `Node.addChildNode` is one undo step, while `setPixelData` is not undoable at
@@ -18,6 +19,9 @@ from typing import Any
 from krita import Krita  # type: ignore
 from PyQt5.QtCore import QByteArray, QTimer
 
+from inpaintd_protocol import editor
+from inpaintd_protocol.editor import CropPlan
+
 from . import logic
 from .logic import Rect, Settings, UserError
 
@@ -32,11 +36,15 @@ class JobInput:
     document: Any  # krita.Document
     source: Any  # krita.Node the pixels came from (None: the visible composite)
     anchor: Any  # krita.Node the results go above
-    region: Rect  # the sent crop, in document coordinates
-    selection: Rect  # the selection's bounds on the canvas
+    plan: CropPlan  # the sent crop and the selection's bounds on the canvas, in document coordinates
     rgba: bytearray
     mask: bytes
     prompt: str
+
+    @property
+    def region(self) -> Rect:
+        """The sent crop, in document coordinates."""
+        return self.plan.crop
 
 
 def capture(settings: Settings) -> JobInput:
@@ -57,12 +65,10 @@ def capture(settings: Settings) -> JobInput:
             "selections stay soft), then press Generate."
         )
     sel_rect = Rect(selection.x(), selection.y(), selection.width(), selection.height())
-    on_canvas = logic.selection_on_canvas(sel_rect, doc.width(), doc.height())
-    region = logic.context_region(
-        on_canvas, doc.width(), doc.height(), settings.grow, settings.feather, settings.padding
-    )
+    plan = logic.plan_crop(sel_rect, doc.width(), doc.height(), settings)
+    region = plan.crop
     mask = bytes(selection.pixelData(*region.as_tuple()))
-    if logic.mask_is_empty(mask):
+    if not editor.mask_selects(mask):
         raise UserError("The selection is empty inside the canvas. Select the region to inpaint.")
     if settings.use_composite:
         bgra = doc.pixelData(*region.as_tuple())  # the visible image, all layers
@@ -72,7 +78,7 @@ def capture(settings: Settings) -> JobInput:
     anchor = node
     if anchor is not None and anchor.type().endswith("mask"):
         anchor = anchor.parentNode()  # a mask's results go above the layer it belongs to
-    return JobInput(doc, None if settings.use_composite else node, anchor, region, on_canvas, rgba, mask, settings.prompt)
+    return JobInput(doc, None if settings.use_composite else node, anchor, plan, rgba, mask, settings.prompt)
 
 
 def insert_results(job: JobInput, layers: list) -> list[str]:
@@ -81,12 +87,12 @@ def insert_results(job: JobInput, layers: list) -> list[str]:
     doc = job.document
     if not any(doc == d for d in Krita.instance().documents()):
         raise UserError("The document the job came from was closed.")
-    group = doc.createGroupLayer(logic.group_name(job.prompt))
+    group = doc.createGroupLayer(editor.group_name(job.prompt))
     names: list[str] = []
     nodes = []
     for layer in layers:
-        place = logic.place_result(job.region, layer.x, layer.y, layer.width, layer.height)
-        name = logic.variant_name(layer.index, len(layers), layer.seed)
+        place = job.plan.place(layer.x, layer.y, layer.width, layer.height)
+        name = editor.variant_name(layer.index, len(layers), layer.seed)
         node = doc.createNode(name, "paintlayer")
         node.setPixelData(QByteArray(bytes(logic.swap_red_blue(layer.tight_bytes()))), *place.as_tuple())
         node.setVisible(layer.index == 0)
@@ -122,7 +128,7 @@ def _results_parent(doc: Any, anchor: Any) -> tuple[Any, Any]:
 
 def load_settings() -> Settings:
     app = Krita.instance()
-    defaults = Settings().to_strings()
+    defaults = Settings().to_strings()  # the retired keys too, read once to carry them over
     stored = {k: app.readSetting(SETTINGS_GROUP, k, v) for k, v in defaults.items()}
     return Settings.from_strings(stored)
 

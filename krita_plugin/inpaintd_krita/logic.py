@@ -1,37 +1,30 @@
-"""The plugin's pure logic: geometry, pixel byte order, naming, settings, messages.
+"""The plugin's pure logic that is Krita's own: pixel byte order, checks, messages, settings.
 
-Nothing here imports Krita, PyQt or numpy, so every rule the plugin follows is unit
-tested in the project's venv (tests/test_krita_logic.py) without an editor.  The Krita
-glue (kritadoc.py, docker.py) only reads pixels, calls these functions and writes pixels.
+What both editor plug-ins decide (the crop, progress, layer names, option limits, the
+daemon's address) is in the protocol package's `inpaintd_protocol.editor`; this module adds
+what only the Krita docker needs.  Nothing here imports Krita, PyQt or numpy, so every
+rule the plugin follows is unit tested in the project's venv (tests/test_krita_logic.py)
+without an editor.  The Krita glue (kritadoc.py, docker.py) only reads pixels, calls these
+functions and writes pixels.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, field, fields, make_dataclass
 from typing import Any, Iterable, Mapping
+
+# The standard-library parts of the protocol package (the vendored copy when installed, see
+# __init__); they need neither pyzmq nor msgpack, so this module loads where Krita's Python
+# lacks them.
+from inpaintd_protocol import editor
+from inpaintd_protocol.editor import CropPlan
+from inpaintd_protocol.options import KRITA
+from inpaintd_protocol.rect import Rect
 
 #: Krita's own names; the plugin works on 8-bit RGBA only (its pixel bytes are BGRA).
 COLOR_MODEL = "RGBA"
 COLOR_DEPTH = "U8"
-
-#: The side the sent crop reaches at least (where the canvas allows), so the daemon can
-#: still choose its own context (its auto padding, an SDXL model's 1024 px native size).
-MIN_CONTEXT_SIDE = 1024
-
-#: Stages the daemon reports, in order, with the share of the progress bar they start at.
-_STAGE_START = {
-    "submitting": 0,
-    "queued": 2,
-    "loading": 5,
-    "preparing": 10,
-    "encoding": 12,
-    "denoising": 15,
-    "decoding": 90,
-    "compositing": 95,
-}
-
 
 MISSING_DEPENDENCY_HELP = (
     "Krita's Python cannot import pyzmq and msgpack, which the plugin needs to talk to the daemon. "
@@ -44,69 +37,21 @@ class UserError(Exception):
     """Something the artist must change before a job can be sent; the text is shown as is."""
 
 
-# An axis-aligned pixel rectangle (protocol/inpaintd_protocol/rect.py, shared with the daemon and the GIMP
-# plug-in), in document coordinates unless a function says otherwise.  It needs neither
-# pyzmq nor msgpack, so this module loads where Krita's Python lacks them.
-from inpaintd_protocol.rect import Rect  # the vendored copy when installed (see __init__)
+# -- the crop --------------------------------------------------------------------------
 
 
-# -- geometry --------------------------------------------------------------------------
+def plan_crop(selection: Rect, canvas_width: int, canvas_height: int, settings: Any) -> CropPlan:
+    """The crop to send (editor.plan_crop's rule) for a selection in document coordinates.
 
-
-def selection_on_canvas(selection: Rect, canvas_width: int, canvas_height: int) -> Rect:
-    """The selection's bounds clipped to the canvas.  Krita keeps selected pixels that
-    lie past the canvas edge (a selection drawn over the border, or a moved one), but
-    there is no image there to inpaint; a selection entirely outside is a UserError."""
-    clipped = selection.intersect(Rect(0, 0, canvas_width, canvas_height))
-    if clipped.empty:
+    Krita's layers have no fixed bounds (a layer's pixels are read in document coordinates,
+    its offset applied), so only the canvas limits the crop.  Krita keeps selected pixels
+    past the canvas edge, but there is no image there to inpaint: a selection entirely
+    outside is a UserError."""
+    plan = editor.plan_crop(selection, Rect(0, 0, canvas_width, canvas_height),
+                            settings.grow, settings.feather, settings.padding)
+    if plan is None:
         raise UserError("The selection lies outside the canvas. Select a region of the image to inpaint.")
-    return clipped
-
-
-def _span(start: int, length: int, at_least: int, limit: int) -> tuple[int, int]:
-    """Grow [start, start+length) to `at_least` around its centre, kept inside [0, limit)."""
-    target = min(max(length, at_least), limit)
-    start = start - (target - length) // 2
-    start = min(max(start, 0), limit - target)
-    return start, target
-
-
-def context_region(
-    selection: Rect,
-    canvas_width: int,
-    canvas_height: int,
-    grow: int = 0,
-    feather: int = 0,
-    padding: int = -1,
-    min_side: int = MIN_CONTEXT_SIDE,
-) -> Rect:
-    """The part of the image to send: the selection plus room for the daemon's own mask
-    grow, feather and context padding, and at least `min_side` on each side where the
-    canvas allows.
-
-    Why a crop and not the whole layer: a 6000x4000 RGBA layer is 96 MB per job, while
-    the daemon only ever looks at the selection plus some context.  The margin is
-    generous (the larger selection side, or the explicit padding) so the daemon's own
-    context choice is never starved; results come back in this crop's coordinates and
-    `place_result` maps them to the document.
-    """
-    sel = selection_on_canvas(selection, canvas_width, canvas_height)
-    context = padding if padding >= 0 else max(sel.width, sel.height)
-    margin = max(0, grow) + max(0, feather) + max(0, context)
-    grown = sel.expand(margin).intersect(Rect(0, 0, canvas_width, canvas_height))
-    x, w = _span(grown.x, grown.width, min_side, canvas_width)
-    y, h = _span(grown.y, grown.height, min_side, canvas_height)
-    return Rect(x, y, w, h)
-
-
-def place_result(region: Rect, x: int, y: int, width: int, height: int) -> Rect:
-    """Where a result layer goes in the document: the daemon places it at (x, y) in the
-    image it was sent, and that image is `region` of the document."""
-    if x < 0 or y < 0 or x + width > region.width or y + height > region.height:
-        raise ValueError(
-            f"result {width}x{height} at ({x}, {y}) does not fit the {region.width}x{region.height} image that was sent"
-        )
-    return Rect(region.x + x, region.y + y, width, height)
+    return plan
 
 
 # -- pixels ----------------------------------------------------------------------------
@@ -123,12 +68,6 @@ def swap_red_blue(data: bytes | bytearray | memoryview) -> bytearray:
     out[0::4] = src[2::4]
     out[2::4] = src[0::4]
     return out
-
-
-def mask_is_empty(mask: bytes | bytearray | memoryview) -> bool:
-    """True when no pixel is selected at all (every byte 0)."""
-    m = bytes(mask)
-    return not m or m.count(0) == len(m)
 
 
 # -- checks ----------------------------------------------------------------------------
@@ -156,54 +95,7 @@ def check_source_layer(node_type: str | None, use_composite: bool) -> None:
         )
 
 
-# -- naming ----------------------------------------------------------------------------
-
-
-def group_name(prompt: str, limit: int = 48) -> str:
-    """The group holding one job's variants, named after the prompt so the Layers docker
-    tells jobs apart; an empty prompt ("fill from context") gets its own name."""
-    text = re.sub(r"\s+", " ", prompt).strip()
-    if not text:
-        return "[inpaint] (fill from context)"
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return f"[inpaint] {text}"
-
-
-def variant_name(index: int, count: int, seed: int) -> str:
-    """A variant layer's name: its number and the seed that reproduces it."""
-    return f"Variant {index + 1}/{count} (seed {seed})"
-
-
-# -- progress and messages ---------------------------------------------------------------
-
-
-def progress_percent(stage: str, step: int = 0, total: int = 0) -> int:
-    """0..100 for the progress bar: stages in order, denoising steps spread over most of it."""
-    if stage == "done":
-        return 100
-    start = _STAGE_START.get(stage, 0)
-    if stage == "denoising" and total > 0:
-        end = _STAGE_START["decoding"]
-        return start + int((end - start) * min(max(step, 0), total) / total)
-    return start
-
-
-def jobs_ahead(position: int) -> str:
-    """The daemon's `position` (jobs that start first, a running one included), in words."""
-    return f"{position} job ahead" if position == 1 else f"{position} jobs ahead"
-
-
-def progress_text(stage: str, step: int = 0, total: int = 0, position: int | None = None) -> str:
-    """The line under the progress bar: the stage, and the step where there are steps."""
-    if stage == "submitting":
-        return "Sending…"
-    if stage == "queued":
-        return f"Queued: {jobs_ahead(position)}" if position else "Queued"
-    label = stage.capitalize() if stage else "Working"
-    if stage == "denoising" and total > 0:
-        return f"{label} {min(step, total)}/{total}"
-    return label + "…"
+# -- messages ----------------------------------------------------------------------------
 
 
 _ERROR_ADVICE = {
@@ -275,70 +167,38 @@ def daemon_command_args(template: str, endpoint: str) -> list[str]:
 
 # -- settings ----------------------------------------------------------------------------
 
-
-#: The protocol's `fill` values (inpaintd_protocol.messages.FILL_MODES; this module imports no client
-#: code), with what the docker shows for each.
-FILL_MODES = ("auto", "none", "neutral", "blur", "classical")
-FILL_LABELS = {
-    "auto": "Auto (keep the picture)",
-    "none": "Keep the picture",
-    "neutral": "Neutral grey",
-    "blur": "Blurred surroundings",
-    "classical": "Classical fill",
-}
+#: The docker's settings that are not job options, with their defaults.
+EXTRA_SETTINGS: tuple[tuple[str, type, Any], ...] = (
+    ("use_composite", bool, False),
+    ("endpoint", str, ""),
+    ("daemon_command", str, "inpaintd serve --bind {endpoint}"),
+    ("autostart", bool, False),
+)
 
 
-@dataclass
-class Settings:
-    """Everything the docker edits; the action `inpaintd_inpaint_selection` runs a job
-    with the current values, so the docker and a shortcut always agree."""
+#: Settings older versions stored: read once (see from_strings), then written empty.
+RETIRED_SETTINGS = ("random_seed",)
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    variants: int = 2
-    strength: float = 1.0
-    steps: int = 0
-    seed: int = 0
-    random_seed: bool = True
-    model: str = ""
-    grow: int = 8
-    feather: int = 16
-    padding: int = -1
-    color_match: bool = False
-    fill: str = "auto"  # one of FILL_MODES
-    use_composite: bool = False
-    endpoint: str = ""
-    daemon_command: str = "inpaintd serve --bind {endpoint}"
-    autostart: bool = False
+
+class _SettingsMethods:
+    """What the docker does with its settings; the fields are made below."""
 
     def job_options(self) -> dict[str, Any]:
         """The protocol's JobOptions fields (as a dict: this module does not import the client)."""
-        return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": -1 if self.random_seed else int(self.seed),
-            "variants": int(min(max(self.variants, 1), 8)),
-            "steps": int(max(self.steps, 0)),
-            "strength": float(min(max(self.strength, 0.01), 1.0)),
-            "model": self.model,
-            "grow": int(max(self.grow, 0)),
-            "feather": int(max(self.feather, 0)),
-            "padding": int(max(self.padding, -1)),
-            "color_match": bool(self.color_match),
-            "fill": self.fill if self.fill in FILL_MODES else "auto",
-        }
+        return editor.job_options(asdict(self), KRITA)
 
     def to_strings(self) -> dict[str, str]:
-        """For Krita's settings store, which keeps strings."""
-        out: dict[str, str] = {}
+        """For Krita's settings store, which keeps strings (retired keys emptied)."""
+        out: dict[str, str] = dict.fromkeys(RETIRED_SETTINGS, "")
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = ("true" if v else "false") if isinstance(v, bool) else str(v)
         return out
 
     @classmethod
-    def from_strings(cls, stored: Mapping[str, str]) -> "Settings":
-        """Read back what `to_strings` wrote; missing or unreadable values keep defaults."""
+    def from_strings(cls, stored: Mapping[str, str]) -> Any:
+        """Read back what `to_strings` wrote; missing or unreadable values keep defaults.
+        A seed saved with the old 'Random' box ticked (random_seed) reads as -1, random."""
         s = cls()
         for f in fields(cls):
             raw = stored.get(f.name)
@@ -359,4 +219,19 @@ class Settings:
             except ValueError:
                 continue
             setattr(s, f.name, value)
+        if (stored.get("random_seed") or "").strip().lower() == "true":
+            s.seed = -1
         return s
+
+
+#: Everything the docker edits: one field per job option Krita shows (options.OPTIONS, with
+#: the editors' starting values), then EXTRA_SETTINGS.  The action
+#: `inpaintd_inpaint_selection` runs a job with the current values, so the docker and a
+#: shortcut always agree.
+Settings = make_dataclass(
+    "Settings",
+    [(o.name, o.kind, field(default=o.start_value)) for o in editor.shown_in(KRITA)]
+    + [(name, kind, field(default=default)) for name, kind, default in EXTRA_SETTINGS],
+    bases=(_SettingsMethods,),
+    namespace={"__module__": __name__, "__doc__": "The docker's settings (job options from the option table, then EXTRA_SETTINGS)."},
+)

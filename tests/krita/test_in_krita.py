@@ -26,6 +26,8 @@ from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication
 
 from inpaintd_krita import kritadoc, logic
+from inpaintd_protocol import editor
+from inpaintd_protocol.options import KRITA
 from inpaintd_krita.controller import IDLE_INTERVAL_MS, Controller
 from inpaintd_krita.docker import InpaintPanel
 from inpaintd_krita.logic import Settings
@@ -166,7 +168,7 @@ def open_doc(window: Any) -> Callable[..., Any]:
 def plugin() -> Any:
     """A controller + docker panel wired the way the installed plugin wires them."""
     spy = Spy()
-    settings = Settings(prompt="an empty saucer", variants=2, grow=4, feather=8, seed=1234, random_seed=False)
+    settings = Settings(prompt="an empty saucer", variants=2, grow=4, feather=8, seed=1234)
     controller = Controller(settings, spy)
     panel = InpaintPanel(controller)
     panel.show()
@@ -185,6 +187,28 @@ def run_job(controller: Controller, timeout: float = 60.0) -> None:
     assert wait_for(lambda: not controller.busy, timeout), "the job did not finish"
 
 
+def test_the_dockers_controls_are_made_from_the_option_table(plugin: Any) -> None:
+    """Every job option Krita shows has its control, with the table's range, choices,
+    tooltip and the settings' value; changing it changes the settings."""
+    controller, panel, _spy = plugin
+    assert list(panel.option_widgets) == [o.name for o in editor.shown_in(KRITA)]
+    for opt in editor.shown_in(KRITA):
+        widget = panel.option_widgets[opt.name]
+        assert widget.toolTip() == opt.tip, opt.name
+        if opt.kind in (int, float) and opt.name != "model":
+            assert (widget.minimum(), widget.maximum()) == pytest.approx(editor.bounds(opt)), opt.name
+            assert widget.value() == pytest.approx(getattr(controller.settings, opt.name)), opt.name
+            assert widget.specialValueText() == opt.special, opt.name
+        elif opt.choices:
+            assert [widget.itemData(i) for i in range(widget.count())] == list(opt.choices), opt.name
+    panel.seed.setValue(-1)
+    assert panel.seed.text() == "random" and controller.settings.job_options()["seed"] == -1
+    panel.option_widgets["fill"].setCurrentIndex(2)
+    assert controller.settings.fill == panel.option_widgets["fill"].itemData(2) == "neutral"
+    panel.color_match.setChecked(True)
+    assert controller.settings.job_options()["color_match"] is True
+
+
 # -- the main path ----------------------------------------------------------------------------
 
 
@@ -196,7 +220,7 @@ def check_variants(doc: Any, source: Any, spy: Spy, grow: int, feather: int) -> 
     index = [c.name() for c in siblings].index(source.name())
     group = siblings[index + 1]  # directly above the source
     assert group.type() == "grouplayer"
-    assert group.name() == logic.group_name(job_input.prompt)
+    assert group.name() == editor.group_name(job_input.prompt)
     variants = group.childNodes()[::-1]  # childNodes is bottom to top; variant 1 is on top
     assert len(variants) == len(layers) >= 1
     sel = doc.selection()
@@ -204,12 +228,12 @@ def check_variants(doc: Any, source: Any, spy: Spy, grow: int, feather: int) -> 
     keep = ~dilate(sel_mask > 0, grow + feather + 2)
     for node, (idx, seed, x, y, w, h) in zip(variants, layers):
         assert node.type() == "paintlayer"
-        assert f"seed {seed}" in node.name() and node.name() == logic.variant_name(idx, len(layers), seed)
+        assert f"seed {seed}" in node.name() and node.name() == editor.variant_name(idx, len(layers), seed)
         assert node.visible() == (idx == 0)
-        place = logic.place_result(job_input.region, x, y, w, h)
+        place = job_input.plan.place(x, y, w, h)
         b = node.bounds()
         assert (b.x(), b.y(), b.width(), b.height()) == place.as_tuple(), "result layer not at the daemon's offset/size"
-        assert place.contains(job_input.selection), "the result does not cover the selection"
+        assert place.contains(job_input.plan.selection), "the result does not cover the selection"
         got = as_array(node.pixelData(*place.as_tuple()), w, h)
         src = as_array(source.pixelData(*place.as_tuple()), w, h)
         k = keep[place.y : place.bottom, place.x : place.right]
@@ -269,7 +293,7 @@ def test_moved_layer_and_selection_past_the_canvas(open_doc: Callable[..., Any],
     run_job(controller)
     assert spy.results, panel.message_log[-3:]
     job_input = spy.results[-1][0]
-    assert job_input.selection.right == 600 and job_input.selection.y == 0  # clipped to the canvas
+    assert job_input.plan.selection.right == 600 and job_input.selection.y == 0  # clipped to the canvas
     check_variants(doc, source, spy, grow=4, feather=8)
     assert digest(source, doc) == before
 
@@ -326,7 +350,7 @@ def test_action_path_with_empty_prompt(open_doc: Callable[..., Any], plugin: Any
     soft_ellipse(doc, 200, 150, 50, 50, soft=10)
     run_job(controller)
     groups = [n for n in doc.rootNode().childNodes() if n.type() == "grouplayer"]
-    assert [g.name() for g in groups] == ["[inpaint] (fill from context)"] and len(groups[0].childNodes()) == 1
+    assert [g.name() for g in groups] == ["Inpaint: (no prompt)"] and len(groups[0].childNodes()) == 1
 
 
 # -- cancel ---------------------------------------------------------------------------------
@@ -447,7 +471,6 @@ def tiny_plugin() -> Any:
     panel.variants.setValue(2)
     panel.grow.setValue(4)
     panel.feather.setValue(8)
-    panel.random_seed.setChecked(False)
     panel.seed.setValue(777)
     assert controller.settings.job_options()["seed"] == 777 and controller.settings.variants == 2
     assert wait_for(lambda: controller.connected, 10), "the plugin did not connect to the tiny daemon"

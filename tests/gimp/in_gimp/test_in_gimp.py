@@ -108,9 +108,12 @@ def test_registered_with_menu_and_arguments():
     assert proc is not None
     assert "<Image>/Filters/AI" in proc.get_menu_paths()
     names = [a.name for a in proc.get_arguments()]
-    for wanted in ("prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
-                   "grow", "feather", "padding", "endpoint"):
-        assert wanted in names
+    # in their positions (scripts pass them by position), after GIMP's run-mode, image and drawables
+    assert names[-15:] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
+                           "grow", "feather", "padding", "endpoint", "sample-merged", "start-daemon",
+                           "color-match", "fill"], names
+    seed = next(a for a in proc.get_arguments() if a.name == "seed")
+    assert (seed.minimum, seed.maximum, seed.default_value) == (-1, 2**31 - 1, -1)  # the protocol's table, in 32 bits
 
 
 def test_inpaint_feathered_selection_adds_exact_layers():
@@ -136,8 +139,8 @@ def test_inpaint_feathered_selection_adds_exact_layers():
     variants = group.get_children()
     assert len(variants) == 2
     names = [v.get_name() for v in variants]
-    assert names[0] == "a plain wooden table #1 (seed 1234)", names
-    assert names[1].startswith("a plain wooden table #2 (seed "), names
+    assert names[0] == "Variant 1/2 (seed 1234)", names
+    assert names[1].startswith("Variant 2/2 (seed "), names
     report = {"procedure_seconds": round(elapsed, 3), "selection_bounds": [sx1, sy1, sx2, sy2], "layers": []}
 
     changed_inside = 0
@@ -199,5 +202,5 @@ def test_bad_options_are_refused(bad):
     image, photo = make_image()
     status, message = run_proc(image, [photo], prompt="x", start_daemon=False, **bad)
     assert status == Gimp.PDBStatusType.EXECUTION_ERROR
-    assert "ZeroMQ address" in message
+    assert "not a ZeroMQ endpoint" in message
     image.delete()

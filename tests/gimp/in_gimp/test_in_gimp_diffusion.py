@@ -53,7 +53,7 @@ def test_diffusion_two_variants_fixed_seed():
     assert top[0].is_group() and top[0].get_name() == "Inpaint: a red apple"
     variants = top[0].get_children()
     names = [v.get_name() for v in variants]
-    assert names == [f"a red apple #1 (seed {SEED})", f"a red apple #2 (seed {SEED + 1})"], names
+    assert names == [f"Variant 1/2 (seed {SEED})", f"Variant 2/2 (seed {SEED + 1})"], names
     changed = [check_variant(v, before, sel_mask, (sx1, sy1, sx2, sy2)) for v in variants]
     assert all(changed), f"the diffusion engine left the selection unchanged in a variant: {changed}"
     pixels = [read(v, 0, 0, v.get_width(), v.get_height(), "R'G'B'A u8") for v in variants]
@@ -71,7 +71,7 @@ def test_diffusion_two_variants_fixed_seed():
     assert top[1].is_group() and top[1].get_name().startswith("Inpaint: a red apple")  # GIMP makes it unique
     assert top[0].get_children()[0].get_name() == names[0]
     redo = top[1].get_children()[0]
-    assert redo.get_name() == f"a red apple #1 (seed {SEED + 1})"
+    assert redo.get_name() == f"Variant 1/1 (seed {SEED + 1})"
     assert tuple(redo.get_offsets()[1:]) == tuple(variants[1].get_offsets()[1:])
     # The same picture; not always the same bytes: a batch of two and a batch of one run the
     # UNet at different batch sizes, whose float sums may round one 8-bit level apart in a few
@@ -113,6 +113,6 @@ def test_killed_plugin_cancels_its_job_and_gimp_goes_on():
     REPORT["next_run_seconds"] = round(time.perf_counter() - started, 3)
     assert status == Gimp.PDBStatusType.SUCCESS, message
     assert _names(image) == ["Inpaint: after"] + layers_before
-    assert [v.get_name() for v in image.get_layers()[0].get_children()] == ["after #1 (seed 6)"]
+    assert [v.get_name() for v in image.get_layers()[0].get_children()] == ["Variant 1/1 (seed 6)"]
     _save_report()
     image.delete()

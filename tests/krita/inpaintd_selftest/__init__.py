@@ -123,7 +123,6 @@ def start() -> None:
     controller.progress.connect(lambda value, text: progress.append(text))
     panel.prompt.setPlainText(PROMPT)
     panel.variants.setValue(2)
-    panel.random_seed.setChecked(False)
     panel.seed.setValue(4242)
 
     def connected() -> None:
