@@ -293,7 +293,7 @@ def test_moved_layer_and_selection_past_the_canvas(open_doc: Callable[..., Any],
     run_job(controller)
     assert spy.results, panel.message_log[-3:]
     job_input = spy.results[-1][0]
-    assert job_input.plan.selection.right == 600 and job_input.selection.y == 0  # clipped to the canvas
+    assert job_input.plan.selection.right == 600 and job_input.plan.selection.y == 0  # clipped to the canvas
     check_variants(doc, source, spy, grow=4, feather=8)
     assert digest(source, doc) == before
 
