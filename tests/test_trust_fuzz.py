@@ -34,7 +34,7 @@ from trust_helpers import record, rss  # noqa: E402
 
 TARGET = 10_000
 BATCH = 25
-CODES = {v for k, v in vars(Code).items() if not k.startswith("_")} - {Code.INTERNAL}
+CODES = set(Code) - {Code.INTERNAL}
 W, H = 8, 6
 IMAGE = bytes(range(W * H * 3))
 MASK = bytes([0, 255] * (W * H // 2))

@@ -28,11 +28,12 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from . import wire
+from .bodies import Accepted, Cancelled, Error, Progress, Result
 from .connection import connection_file, find_curve_server_key, find_key, resolve_endpoint
-from .messages import TERMINAL_EVENTS, Code, ImageDesc, JobOptions, ProtocolError, Type
+from .messages import FINISHED_STATES, JOB_EVENTS, TERMINAL_EVENTS, Code, ImageDesc, JobOptions, JobState, ProtocolError, Stage, Type
 from .wire import Message
 
-LOST = "lost"
+LOST = JobState.LOST
 DAEMON_UNAVAILABLE = "daemon_unavailable"
 
 
@@ -64,7 +65,7 @@ class Layer:
 class Job:
     request_id: str
     id: str | None = None
-    state: str = "submitting"  # submitting, queued, running, done, failed, cancelled, lost
+    state: JobState | str = JobState.SUBMITTING
     position: int | None = None
     stage: str = ""
     step: int = 0
@@ -80,7 +81,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled", LOST)
+        return self.state in FINISHED_STATES
 
     def notes_for_user(self, prompt: str = "") -> list[str]:
         """What an artist should hear about a finished job: the daemon's notes (e.g. an
@@ -96,10 +97,10 @@ class Job:
         return notes
 
     def raise_for_error(self) -> "Job":
-        if self.state in ("failed", LOST) and self.error:
+        if self.state in (JobState.FAILED, JobState.LOST) and self.error:
             raise self.error
-        if self.state == "cancelled":
-            raise ProtocolError("cancelled", f"job {self.id} was cancelled")
+        if self.state == JobState.CANCELLED:
+            raise ProtocolError(JobState.CANCELLED, f"job {self.id} was cancelled")
         return self
 
 
@@ -287,7 +288,7 @@ class Client:
                 if msg.re in self._awaiting:
                     self._replies[msg.re] = msg
                 self._apply_reply(msg)
-            elif msg.type in (Type.PROGRESS, Type.RESULT, Type.CANCELLED, Type.ERROR) and msg.job:
+            elif msg.type in JOB_EVENTS and msg.job:
                 self._apply_event(msg)
                 events.append(msg)
         self._check_heartbeat()
@@ -374,7 +375,7 @@ class Client:
 
     def fetch(self, job_id: str, timeout: float = 30.0) -> Job:
         """Ask again for a finished job's result (kept by the daemon for a while)."""
-        job = Job(request_id="", id=job_id, state="queued")
+        job = Job(request_id="", id=job_id, state=JobState.QUEUED)
         reply = self.request(Type.FETCH, {"job": job_id}, timeout=timeout)
         self._apply_event(reply, job)
         return job
@@ -453,44 +454,41 @@ class Client:
         if job is None:
             return
         if msg.type == Type.ACCEPTED:
-            job.id = msg.job or msg.body.get("job")
-            job.position = msg.body.get("position")
-            job.state = "queued" if job.state == "submitting" else job.state
+            accepted = Accepted.from_body(msg.body)
+            job.id = msg.job or accepted.job
+            job.position = accepted.position
+            job.state = JobState.QUEUED if job.state == JobState.SUBMITTING else job.state
             if job.id:
                 self.jobs[job.id] = job
             self._note_instance(msg.body.get("instance"))
         elif msg.type == Type.ERROR:
-            job.state, job.error = "failed", _error_from(msg)
+            job.state, job.error = JobState.FAILED, _error_from(msg)
 
     def _apply_event(self, msg: Message, job: Job | None = None) -> None:
         job = job or self.jobs.get(msg.job or "")
         if job is None:
             return
         job.events += 1
-        body = msg.body
         if msg.type == Type.PROGRESS:
-            job.state = "running" if body.get("stage") != "queued" else "queued"
-            job.stage = body.get("stage", job.stage)
-            job.step = body.get("step", job.step)
-            job.total_steps = body.get("total_steps", job.total_steps)
-            job.elapsed = body.get("elapsed", job.elapsed)
-            if "position" in body:
-                job.position = body["position"]
+            progress = Progress.from_body(msg.body)
+            job.state = JobState.QUEUED if progress.stage == Stage.QUEUED else JobState.RUNNING
+            job.stage, job.step, job.total_steps, job.elapsed = progress.stage, progress.step, progress.total_steps, progress.elapsed
+            if progress.position is not None:
+                job.position = progress.position
         elif msg.type == Type.RESULT:
-            job.state = "done"
-            job.result = body
+            job.state = JobState.DONE
+            job.result = msg.body  # as sent: callers read its fields (notes, engine, timings, ...)
             job.layers = [
-                Layer(
-                    index=v["index"], seed=v["seed"], x=v["x"], y=v["y"], width=v["image"]["width"],
-                    height=v["image"]["height"], stride=v["image"]["stride"], data=msg.buffer(v["image"]["frame"]),
-                )
-                for v in body.get("variants", [])
+                Layer(index=v.index, seed=v.seed, x=v.x, y=v.y, width=v.image.width, height=v.image.height,
+                      stride=v.image.stride, data=msg.buffer(v.image.frame))
+                for v in Result.from_body(msg.body).variants
             ]
         elif msg.type == Type.CANCELLED:
-            job.state = "cancelled"
-            job.cancel_code, job.cancel_reason = str(body.get("code", "")), str(body.get("reason", ""))
+            cancelled = Cancelled.from_body(msg.body)
+            job.state = JobState.CANCELLED
+            job.cancel_code, job.cancel_reason = cancelled.code, cancelled.reason
         elif msg.type == Type.ERROR:
-            job.state, job.error = "failed", _error_from(msg)
+            job.state, job.error = JobState.FAILED, _error_from(msg)
 
     def _note_instance(self, instance: Any) -> None:
         if not isinstance(instance, str):
@@ -507,10 +505,11 @@ class Client:
             return
         if job is None or job.finished:
             return
-        if msg.type == Type.ERROR and msg.body.get("code") == Code.NOT_FOUND:
+        error = Error.from_body(msg.body) if msg.type == Type.ERROR else None
+        if error is not None and error.code == Code.NOT_FOUND:
             job.state = LOST
-            job.error = ProtocolError(LOST, f"job {job.id} lost: the daemon no longer knows it ({msg.body.get('message', '')})")
-        elif msg.type in (Type.PROGRESS, Type.RESULT, Type.CANCELLED, Type.ERROR):
+            job.error = ProtocolError(LOST, f"job {job.id} lost: the daemon no longer knows it ({error.message})")
+        elif msg.type in JOB_EVENTS:
             self._apply_event(msg, job)
 
     def _check_heartbeat(self) -> None:
@@ -551,5 +550,4 @@ def _as_bytes(value: bytes | str | None) -> bytes | None:
 
 
 def _error_from(msg: Message) -> ProtocolError:
-    body = msg.body
-    return ProtocolError(str(body.get("code", Code.INTERNAL)), str(body.get("message", "")), dict(body.get("details", {}) or {}))
+    return Error.from_body(msg.body).exception()

@@ -8,6 +8,7 @@ inside Krita's and GIMP's own Python.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -16,7 +17,21 @@ DEFAULT_ENDPOINT = f"tcp://127.0.0.1:{DEFAULT_PORT}"
 ENDPOINT_ENV = "INPAINTD_ENDPOINT"
 
 
-class Type:
+class WireEnum(str, Enum):
+    """A name the protocol sends as a plain string.
+
+    Members are `str`s: they equal, hash, print, format and msgpack-encode as their value,
+    so `Code.NOT_FOUND == "not_found"` and a dict keyed by members is read with plain
+    strings from the wire.  (Python 3.11's string enum does the same; editors may run 3.10.)"""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class Type(WireEnum):
     """Message types.  Requests go client -> daemon; each gets exactly one reply."""
 
     # requests
@@ -48,9 +63,11 @@ REQUEST_TYPES = frozenset(
 )
 #: Events after which a job sends nothing more.
 TERMINAL_EVENTS = frozenset({Type.RESULT, Type.ERROR, Type.CANCELLED})
+#: Every job event (header `job` set, no `re`).
+JOB_EVENTS = frozenset({Type.PROGRESS, *TERMINAL_EVENTS})
 
 
-class Code:
+class Code(WireEnum):
     """Error codes carried in `error` messages (`body.code`)."""
 
     BAD_FRAME = "bad_frame"  # not a message at all: undecodable header, wrong frame count
@@ -75,7 +92,9 @@ class Code:
     INTERNAL = "internal"
 
 
-class Stage:
+class Stage(WireEnum):
+    """Where a job is (`progress.body.stage`), in the order a job goes through them."""
+
     QUEUED = "queued"
     LOADING = "loading"
     PREPARING = "preparing"
@@ -85,7 +104,24 @@ class Stage:
     COMPOSITING = "compositing"
 
 
-class CancelCode:
+class JobState(WireEnum):
+    """A job's state: `state` in status job summaries (queued, running), and the state a
+    client library keeps for each of its jobs (all of them)."""
+
+    SUBMITTING = "submitting"  # client side only: sent, not accepted yet
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"  # client side only: the daemon went away or forgot the job
+
+
+#: States a job never leaves.
+FINISHED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
+
+
+class CancelCode(WireEnum):
     """Why a job was cancelled: `body.code` of a `cancelled` event.  Compare these, not the
     text in `body.reason`, which is for people and may be reworded."""
 

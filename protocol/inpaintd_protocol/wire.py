@@ -19,6 +19,7 @@ from typing import Any, Sequence, Union
 
 import msgpack
 
+from .bodies import Body, Error
 from .messages import PROTOCOL_VERSION, Code, ProtocolError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -194,10 +195,12 @@ def _as_view(frame: Any) -> memoryview:
     return memoryview(frame).cast("B")
 
 
-def error_message(code: str, message: str, *, re: str | None = None, job: str | None = None, **details: Any) -> Message:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if job is not None:
-        body["job"] = job  # as in progress, result and cancelled bodies
-    if details:
-        body["details"] = details
-    return Message(type="error", body=body, re=re, job=job)
+def message(body: Body, *, re: str | None = None, buffers: list[Buffer] | None = None) -> Message:
+    """The message that carries `body`: its type, and its job in the header as in the body.
+    The one way the daemon builds job events and typed replies (cf. jupyter_client's
+    `Session.msg`)."""
+    return Message(type=body.TYPE, body=body.to_body(), buffers=list(buffers or []), job=body.job, re=re)
+
+
+def error_message(code: str, message_text: str, *, re: str | None = None, job: str | None = None, **details: Any) -> Message:
+    return message(Error(code, message_text, details, job), re=re)
