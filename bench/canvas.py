@@ -28,7 +28,7 @@ from typing import Any
 from inpaintd.engines.base import Engine
 from inpaintd.models import ModelRegistry
 from inpaintd.runner import run_job
-from inpaintd.spawn import DaemonProcess, start_daemon
+from tests.daemons import DaemonProcess, start_daemon
 from inpaintd_protocol.messages import JobOptions
 
 from .common import Config, Pair, Row, Section, interleaved, mib, ms, pair_row

@@ -1,4 +1,4 @@
-"""Jobs through the daemon the benchmarks start with `inpaintd.spawn.start_daemon` (the same
+"""Jobs through the daemon the benchmarks start with `tests.daemons.start_daemon` (the same
 subprocess the tests start), so a benchmarked daemon is what a plugin talks to."""
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def protocol_job_times(model_dir: Path, device: str, compile_mode: str, image: n
                        steps: int, reps: int) -> tuple[float, list[float]]:
     """Start `inpaintd serve` on `model_dir` (loading, and compiling if asked, before it
     reports ready), then time warm 1-variant jobs from a client: what a plugin waits."""
-    from inpaintd.spawn import start_daemon
+    from tests.daemons import start_daemon
     from inpaintd_protocol.messages import JobOptions
 
     from .daemon_proc import daemon_job

@@ -18,7 +18,7 @@ import numpy as np
 
 from inpaintd.models import ModelRegistry
 from inpaintd.runner import run_job, variant_seeds
-from inpaintd.spawn import start_daemon
+from tests.daemons import start_daemon
 from inpaintd_protocol.messages import JobOptions
 
 from .common import Config, Pair, Section, interleaved, ms, pair_row

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from inpaintd.spawn import DaemonProcess, free_port, start_daemon  # noqa: E402,F401  (tests import these from here)
+from daemons import DaemonProcess, free_port, start_daemon  # noqa: E402,F401  (tests import these from here)
 
 # These run inside the editors (Krita's and GIMP's own Python), started by
 # test_krita_plugin.py and test_gimp_plugin.py; the venv's pytest must not collect them.

@@ -111,7 +111,7 @@ def test_start_daemon_with_curve_comes_up(tmp_path: Path) -> None:
 
 
 def test_no_daemon_at_all_is_bounded(tmp_path: Path) -> None:
-    from inpaintd.spawn import free_port
+    from daemons import free_port
 
     with Client(f"tcp://127.0.0.1:{free_port()}", key=b"k" * 32, curve_server_key=None) as c:
         for _ in range(2):

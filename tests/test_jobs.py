@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import inpaintd.jobs as jobs_mod
-from inpaintd.jobs import Finished, FairQueue, Job, ResultStore
+from inpaintd.jobs import FairQueue, Finished, QueuedJob, ResultStore
 from inpaintd.validation import SubmitRequest
 from inpaintd_protocol.messages import JobOptions
 from inpaintd_protocol.wire import Message
@@ -18,8 +18,8 @@ _REQUEST = SubmitRequest(
 )
 
 
-def job(owner: bytes, name: str) -> Job:
-    return Job(owner=owner, request=_REQUEST, model="m", seeds=[1], id=name)
+def job(owner: bytes, name: str) -> QueuedJob:
+    return QueuedJob(owner=owner, request=_REQUEST, model="m", seeds=[1], id=name)
 
 
 def pop_all(q: FairQueue) -> list[str]:
@@ -204,7 +204,7 @@ def test_prop_order_always_predicts_pops(ops):
     assert pop_all(q) == predicted
 
 
-# --- Job ---------------------------------------------------------------------------------
+# --- QueuedJob ---------------------------------------------------------------------------
 
 
 def test_job_summary_fields():
@@ -216,7 +216,7 @@ def test_job_summary_fields():
 
 
 def test_job_ids_are_unique_by_default():
-    ids = {Job(owner=A, request=_REQUEST, model="m", seeds=[1]).id for _ in range(100)}
+    ids = {QueuedJob(owner=A, request=_REQUEST, model="m", seeds=[1]).id for _ in range(100)}
     assert len(ids) == 100
 
 

@@ -151,7 +151,7 @@ def test_hello(raw: Raw) -> None:
     ids = {m["id"] for m in body["models"]}
     assert {"opencv-telea", "opencv-ns"} <= ids
     for m in body["models"]:
-        assert set(m) == {"id", "engine", "kind", "available", "native_size", "detail"}
+        assert set(m) == {"id", "engine", "kind", "available", "native_size", "family", "detail"}
     assert "classical" in body["engines"]
     assert "default" in body["schedulers"]
     assert {"progress", "cancel", "fetch", "stride", "hmac-sha256"} <= set(body["capabilities"])
@@ -394,7 +394,7 @@ def test_daemon_still_answers(raw: Raw, daemon) -> None:
     assert daemon.alive()
 
 
-# -- a daemon of their own: slow start, slow jobs (fault injection, PROTOCOL.md 12.5) ------------
+# -- a daemon of their own: slow start, slow jobs (fault injection, tests/faults.py) --------------
 
 DOC = (Path(__file__).resolve().parent.parent / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
 
@@ -438,15 +438,15 @@ def _waited_for_a_load(events: list[dict[str, Any]]) -> list[tuple[str, int, int
 
 
 @pytest.mark.slow
-def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
+def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path, tiny_model_dir) -> None:
     """Section 9.14: a daemon still loading its default model says so (`loading` in status
     and hello), accepts jobs, and the job next in line hears `loading` with its elapsed time
     about every second until the model is ready; the job behind it hears only its place,
     then, as it loads a model of its own, `loading` about every second too (6.1)."""
-    from inpaintd.spawn import start_daemon
+    from daemons import start_daemon
 
     delay = 2.2
-    with start_daemon(tmp_path, "--engine", "classical", "--fault-injection", "--fault-load-delay", str(delay), wait_loaded=False) as d:
+    with start_daemon(tmp_path, "--engine", "classical", faults=tiny_model_dir, fault_load_delay=delay, wait_loaded=False) as d:
         r = Raw(d.endpoint, d.key)
         try:
             t0 = time.monotonic()
@@ -484,14 +484,14 @@ def test_jobs_waiting_for_a_model_load_hear_loading(tmp_path) -> None:
             r.close()
 
 
-def test_cancelled_events_carry_the_documented_code_and_reason(tmp_path) -> None:
+def test_cancelled_events_carry_the_documented_code_and_reason(tmp_path, tiny_model_dir) -> None:
     """Section 6.3: `code` says why (queued, running, shutdown); `reason` is the text of the
     document's table for that code."""
-    from inpaintd.spawn import start_daemon
+    from daemons import start_daemon
 
     table = dict(re.findall(r'^\| `([a-z_]+)` \| [^|]+ \| `"([^"]+)"` \|$', DOC.split("### 6.3", 1)[1].split("###", 1)[0], re.M))
     assert set(table) == {"queued", "running", "shutdown"}, table
-    with start_daemon(tmp_path, "--engine", "classical", "--fault-injection") as d:
+    with start_daemon(tmp_path, "--engine", "classical", faults=tiny_model_dir) as d:
         r = Raw(d.endpoint, d.key)
         try:
             body, buffers = _small_submit(model="fault-injector", prompt="fault:sleep=0.05", steps=100)

@@ -1,26 +1,27 @@
 """A waiting job hears its place in the queue whenever it changes, over real sockets.
 
-The daemon runs with `--fault-injection` so that a job can be made slow on purpose
-(`fault:sleep=` in the prompt, see backend/inpaintd/engines/fault.py); everything else is the
-real daemon, queue and client.
+The daemon runs with fault injection so that a job can be made slow on purpose
+(`fault:sleep=` in the prompt, see tests/faults.py); everything else is the real daemon,
+queue and client.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from daemons import ROOT, DaemonProcess, start_daemon
 
-from inpaintd.spawn import DaemonProcess, start_daemon
 from inpaintd_protocol.client import Client, Job
 from inpaintd_protocol.messages import JobOptions, Type
 
 
 @pytest.fixture(scope="module")
-def slow_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = start_daemon(tmp_path_factory.mktemp("queue-daemon"), "--engine", "classical", "--fault-injection")
+def slow_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    d = start_daemon(tmp_path_factory.mktemp("queue-daemon"), "--engine", "classical", faults=tiny_model_dir)
     yield d
     d.stop()
 
@@ -93,7 +94,6 @@ def test_the_command_line_client_shows_its_place_in_the_queue(slow_daemon: Daemo
 
     from PIL import Image
 
-    from inpaintd.spawn import ROOT
 
     Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "in.png")
     mask = Image.new("L", (64, 48), 0)
@@ -112,3 +112,20 @@ def test_the_command_line_client_shows_its_place_in_the_queue(slow_daemon: Daemo
     assert cli.returncode == 0, cli.stderr
     assert "(queue position 2)" in cli.stderr and "queued, 1 job(s) ahead" in cli.stderr, cli.stderr
     assert (tmp_path / "out.png").is_file()
+
+
+def test_a_fetch_by_the_jobs_own_connection_keeps_its_place(slow_daemon: DaemonProcess) -> None:
+    """Re-asking for a queued job, as the client library does after 3 s of silence, moves
+    nothing (PROTOCOL.md 5.7); only another connection's fetch takes the job into its line."""
+    with slow_daemon.client() as a, slow_daemon.client() as b:
+        running = submit(a, "fault:sleep=0.05", steps=20)
+        wait_running(a, running)
+        first, second = submit(a, ""), submit(a, "")
+        a.request(Type.FETCH, {"job": first.id})
+        kept = [j["job"] for j in a.status()["queued"]]
+        b.request(Type.FETCH, {"job": first.id})
+        moved = [j["job"] for j in a.status()["queued"]]
+        a.cancel(running.id)
+        follow([a], [running, second])
+    assert kept == [first.id, second.id]
+    assert moved == [second.id, first.id]  # b's line comes after a's

@@ -1,9 +1,11 @@
 """Faults, injected for real: engine failures, out-of-memory, clients that vanish, a daemon
 killed with SIGKILL and restarted, SIGTERM and `inpaintd shutdown`.
 
-The daemon runs with `--fault-injection`, which adds the "fault-injector" model (see
-backend/inpaintd/engines/fault.py): prompt directives make it raise, run out of memory, hold
-memory or run slowly at a chosen step.  Nothing is mocked between client and daemon.
+The daemon runs with fault injection, which adds the "fault-injector" model (see
+tests/faults.py): the tiny diffusion pipeline, whose prompt directives make it raise, run out
+of memory, hold memory or run slowly at a chosen step.  The out-of-memory faults are raised
+inside the engine's denoising loop, so its real low-memory retry handles them.  Nothing is
+mocked between client and daemon.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def wait_running(c: Client, job: Job, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def fdaemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = start_daemon(tmp_path_factory.mktemp("fault-daemon"), "--engine", "classical", "--fault-injection")
+def fdaemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    d = start_daemon(tmp_path_factory.mktemp("fault-daemon"), "--engine", "classical", faults=tiny_model_dir)
     yield d
     d.stop()
 
@@ -89,6 +91,7 @@ def test_engine_exception_and_oom_mid_job_are_reported_freed_and_the_next_job_su
             job = c.wait(submit(c, "fault:oom@2 fault:hold=96"), timeout=30)
             assert job.state == "failed" and job.error.code == Code.OUT_OF_MEMORY
             assert "again after retrying with attention slicing, VAE tiling and one variant at a time" in job.error.message
+            assert "ran out of memory inpainting 1 variant(s)" in job.error.message  # the engine's own retry said so
             count("out_of_memory", 2)  # the first try and the retry
             ok = c.wait(submit(c, "", model=""), timeout=30).raise_for_error()  # the next job, default model
             assert ok.state == "done"
@@ -145,9 +148,9 @@ def test_a_reconnecting_client_is_reattached_to_its_live_job(fdaemon: DaemonProc
 
 
 @pytest.fixture
-def own_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[DaemonProcess]]:
+def own_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Iterator[list[DaemonProcess]]:
     """A daemon whose clients find the key on their own, through its connection file."""
-    daemons = [start_daemon(tmp_path / "d", "--engine", "classical", "--fault-injection")]
+    daemons = [start_daemon(tmp_path / "d", "--engine", "classical", faults=tiny_model_dir)]
     monkeypatch.setenv("INPAINTD_RUNTIME_DIR", str(daemons[0].runtime_dir))
     monkeypatch.setenv("INPAINTD_ENDPOINT", daemons[0].endpoint)
     monkeypatch.delenv("INPAINTD_KEY", raising=False)
@@ -158,7 +161,9 @@ def own_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list
             d.stop()
 
 
-def test_daemon_killed_and_restarted_plugin_style_client_reports_lost_and_reconnects(own_daemon: list[DaemonProcess], tmp_path: Path) -> None:
+def test_daemon_killed_and_restarted_plugin_style_client_reports_lost_and_reconnects(
+    own_daemon: list[DaemonProcess], tmp_path: Path, tiny_model_dir: Path,
+) -> None:
     d = own_daemon[0]
     c = Client(heartbeat=0.5, lost_after=30.0)  # endpoint, key: found by itself
     try:
@@ -169,7 +174,7 @@ def test_daemon_killed_and_restarted_plugin_style_client_reports_lost_and_reconn
         d.proc.wait()
         count("daemon_sigkill")
         t0 = time.monotonic()
-        own_daemon.append(start_daemon(tmp_path / "d", "--engine", "classical", "--fault-injection", endpoint=d.endpoint))
+        own_daemon.append(start_daemon(tmp_path / "d", "--engine", "classical", faults=tiny_model_dir, endpoint=d.endpoint))
         while not job.finished:
             c.pump(0.1)
             assert time.monotonic() - t0 < 30, "the client did not notice the restart"
@@ -203,7 +208,7 @@ def test_daemon_killed_for_good_jobs_turn_lost(own_daemon: list[DaemonProcess]) 
     FAULTS_TIMES["dead_daemon_lost_after_s"] = round(waited, 2)
 
 
-def test_cli_notices_a_restarted_daemon(own_daemon: list[DaemonProcess], tmp_path: Path) -> None:
+def test_cli_notices_a_restarted_daemon(own_daemon: list[DaemonProcess], tmp_path: Path, tiny_model_dir: Path) -> None:
     d = own_daemon[0]
     from PIL import Image
 
@@ -226,7 +231,7 @@ def test_cli_notices_a_restarted_daemon(own_daemon: list[DaemonProcess], tmp_pat
         d.proc.wait()
         count("daemon_sigkill")
         t0 = time.monotonic()
-        own_daemon.append(start_daemon(tmp_path / "d", "--engine", "classical", "--fault-injection", endpoint=d.endpoint))
+        own_daemon.append(start_daemon(tmp_path / "d", "--engine", "classical", faults=tiny_model_dir, endpoint=d.endpoint))
         out, err = cli.communicate(timeout=40)
     finally:
         if cli.poll() is None:
@@ -267,16 +272,16 @@ def _shutdown_case(d: DaemonProcess, how: str) -> dict:
     return {"exit_code": rc, "seconds": round(took, 2)}
 
 
-def test_sigterm_cancels_running_and_queued_jobs_tells_clients_and_exits_cleanly(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path / "d", "--engine", "classical", "--fault-injection")
+def test_sigterm_cancels_running_and_queued_jobs_tells_clients_and_exits_cleanly(tmp_path: Path, tiny_model_dir: Path) -> None:
+    d = start_daemon(tmp_path / "d", "--engine", "classical", faults=tiny_model_dir)
     try:
         FAULTS_TIMES["sigterm_exit_s"] = _shutdown_case(d, "sigterm")["seconds"]
     finally:
         d.stop()
 
 
-def test_inpaintd_shutdown_command_does_the_same(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path / "d", "--engine", "classical", "--fault-injection")
+def test_inpaintd_shutdown_command_does_the_same(tmp_path: Path, tiny_model_dir: Path) -> None:
+    d = start_daemon(tmp_path / "d", "--engine", "classical", faults=tiny_model_dir)
     try:
         FAULTS_TIMES["shutdown_command_exit_s"] = _shutdown_case(d, "shutdown_command")["seconds"]
     finally:

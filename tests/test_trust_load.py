@@ -5,8 +5,8 @@ Checked: every job answered exactly once (no loss, no duplicate), exact round-ro
 across clients, the slow client blocks nobody, its dropped events are counted and its
 results can still be fetched, and the daemon's memory (VmRSS) stays bounded.
 
-To make the order exact, a "gate" job (the fault-injector model, sleeping per step)
-holds the worker while all 160 jobs are queued; cancelling it starts the run.
+To make the order exact, a "gate" job (the fault-injector model of tests/faults.py,
+sleeping per step) holds the worker while all 160 jobs are queued; cancelling it starts the run.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class SlowClient:
     def submit(self, n: int) -> None:
         size = 384
         image, mask = pixels(size, 99)
-        body = JobOptions(model="fault-injector", steps=150, variants=4).to_wire()
+        body = JobOptions(model="fault-injector", steps=1, variants=4).to_wire()  # big results, little work
         body["image"] = ImageDesc(1, size, size, 3).to_wire()
         body["mask"] = ImageDesc(2, size, size, 1).to_wire()
         self.ids: list[str] = []
@@ -91,9 +91,11 @@ class SlowClient:
 
 
 def run_load(d: DaemonProcess, options: dict[str, Any], label: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    with d.client() as warm:  # warm the model and the allocator before measuring
+    with d.client() as warm:  # warm the models and the allocator before measuring
         image, mask = pixels(SIZE, 0)
         warm.wait(warm.submit(image, SIZE, SIZE, 3, mask, JobOptions(**options)), timeout=60).raise_for_error()
+        fault_job = JobOptions(model="fault-injector", steps=1, variants=4)
+        warm.wait(warm.submit(image, SIZE, SIZE, 3, mask, fault_job), timeout=60).raise_for_error()
     rss_before = rss(d.proc.pid)
     gate_client = d.client()
     image, mask = pixels(SIZE, 1)
@@ -183,15 +185,15 @@ def run_load(d: DaemonProcess, options: dict[str, Any], label: str, tmp_path_fac
 
 
 @pytest.fixture(scope="module")
-def classical_load_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = start_daemon(tmp_path_factory.mktemp("load-classical"), "--engine", "classical", "--fault-injection")
+def classical_load_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    d = start_daemon(tmp_path_factory.mktemp("load-classical"), "--engine", "classical", faults=tiny_model_dir)
     yield d
     d.stop()
 
 
 @pytest.fixture(scope="module")
 def tiny_load_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[DaemonProcess]:
-    d = start_daemon(tmp_path_factory.mktemp("load-tiny"), "--model", str(tiny_model_dir), "--device", "cpu", "--fault-injection")
+    d = start_daemon(tmp_path_factory.mktemp("load-tiny"), "--model", str(tiny_model_dir), "--device", "cpu", faults=tiny_model_dir)
     yield d
     d.stop()
 

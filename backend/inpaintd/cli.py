@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from inpaintd_protocol.client import Client, DaemonUnavailable, Job
 from inpaintd_protocol.connection import is_loopback, new_key, resolve_endpoint
@@ -69,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-max-mb", type=float, default=1024.0, help="memory for kept results; past it the oldest go first (default %(default)s)")
     p.add_argument("--peer-timeout", type=float, default=30.0, help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
     p.add_argument("--max-message-mb", type=float, default=None, help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
-    p.add_argument("--fault-injection", action="store_true", help="TESTS ONLY: add the 'fault-injector' model, which fails on request (see backend/inpaintd/engines/fault.py)")
-    p.add_argument("--fault-load-delay", type=float, default=0.0, metavar="S", help="TESTS ONLY, with --fault-injection: the first load of each model takes S seconds longer")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
     _add_connect(p)
@@ -130,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- serve ---------------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | None = None) -> int:
+    """`wrap_registry`: called with the model registry before the daemon gets it (the test
+    suite's fault injection adds its model this way, tests/faults.py)."""
     from .daemon import Daemon, install_signal_handlers
     from .models import ModelRegistry
 
@@ -165,13 +165,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     for notice in registry.notices:
         logging.getLogger("inpaintd").warning("%s", notice)
+    if wrap_registry is not None:
+        registry = wrap_registry(registry)
     key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
     try:
         limits = LIMITS if args.max_message_mb is None else dataclasses.replace(LIMITS, max_message_bytes=int(args.max_message_mb * (1 << 20)))
         daemon = Daemon(
             registry, endpoint, key=key, limits=limits, results_ttl=args.results_ttl,
-            results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve,
-            fault_injection=args.fault_injection, fault_load_delay=args.fault_load_delay, peer_timeout=args.peer_timeout,
+            results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve, peer_timeout=args.peer_timeout,
         )
     except ValueError as exc:
         print(f"inpaintd: {exc}", file=sys.stderr)

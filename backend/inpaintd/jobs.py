@@ -1,9 +1,11 @@
-"""Jobs and the queue that orders them.
+"""The daemon's record of each job, the queue that orders them, and the kept results.
 
-One job runs at a time (the GPU is the bottleneck and a model is warm for it); the queue
-takes turns between clients, so one client with twenty jobs cannot starve another with
-one.  Finished results are kept for a while so a client that lost its connection can
-fetch them again by job id.
+The daemon hands jobs to its executor as it has room (one at a time on one GPU: the GPU
+is the bottleneck and a model is warm for it); the queue takes turns between clients, so
+one client with twenty jobs cannot starve another with one.  Finished results are kept
+for a while so a client that lost its connection can fetch them again by job id.
+
+(`QueuedJob` is the daemon's bookkeeping; the client library's `Job` is the client's.)
 """
 
 from __future__ import annotations
@@ -12,35 +14,38 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any
 
+from inpaintd_protocol.messages import CancelCode, JobState, Stage
 from inpaintd_protocol.wire import Message
 
 from .validation import SubmitRequest
 
 
 @dataclass
-class Job:
-    owner: bytes  # ZeroMQ identity of the client that submitted it
+class QueuedJob:
+    """A job from accept to its terminal event: queued, then handed to the executor."""
+
+    owner: bytes  # ZeroMQ identity of the connection its events go to (the submitter, or the last to fetch it)
     request: SubmitRequest
     model: str
     seeds: list[int]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-    state: str = "queued"  # queued, running, done, failed, cancelled
+    state: JobState = JobState.QUEUED  # queued, running, then done, failed or cancelled
     submitted: float = field(default_factory=time.monotonic)
     started: float = 0.0
-    stage: str = "queued"
+    stage: Stage | str = Stage.QUEUED
     step: int = 0
     total_steps: int = 0
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-    seq: int = 0  # order in which the worker started it (1, 2, ...): fairness is checked on this
-    cancel_code: str = ""  # a CancelCode, set when a cancel of the running job is asked for
+    seq: int = 0  # order in which the executor was handed it (1, 2, ...): fairness is checked on this
+    cancel_code: CancelCode | None = None  # set when a cancel of the running job is asked for
     position: int = -1  # jobs that start before it (a running one included), as last told to the client
     clock: float = 0.0  # where its `elapsed` counts from: its start, or when it began to wait for a model load
     loading_told: float = 0.0  # when it last heard `loading` (repeated while a load lasts)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         opts = self.request.options
         h, w = self.request.mask.shape
         return {
@@ -62,7 +67,7 @@ class FairQueue:
     """FIFO per client, clients served round-robin.  Not thread-safe: the daemon guards it."""
 
     def __init__(self) -> None:
-        self._queues: OrderedDict[bytes, deque[Job]] = OrderedDict()
+        self._queues: OrderedDict[bytes, deque[QueuedJob]] = OrderedDict()
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -70,10 +75,10 @@ class FairQueue:
     def count(self, owner: bytes) -> int:
         return len(self._queues.get(owner, ()))
 
-    def push(self, job: Job) -> None:
+    def push(self, job: QueuedJob) -> None:
         self._queues.setdefault(job.owner, deque()).append(job)
 
-    def pop(self) -> Job | None:
+    def pop(self) -> QueuedJob | None:
         """Take the next job: the first client in turn gives one, then goes to the back."""
         for owner in list(self._queues):
             queue = self._queues.pop(owner)
@@ -85,7 +90,7 @@ class FairQueue:
             return job
         return None
 
-    def remove(self, job_id: str) -> Job | None:
+    def remove(self, job_id: str) -> QueuedJob | None:
         for owner, queue in self._queues.items():
             for job in queue:
                 if job.id == job_id:
@@ -95,7 +100,7 @@ class FairQueue:
                     return job
         return None
 
-    def order(self) -> Iterator[Job]:
+    def order(self) -> Iterator[QueuedJob]:
         """The jobs in the order they will run."""
         queues = [list(q) for q in self._queues.values()]
         depth = 0
@@ -111,7 +116,7 @@ class FairQueue:
                 return i
         return -1
 
-    def drain(self) -> list[Job]:
+    def drain(self) -> list[QueuedJob]:
         jobs = list(self.order())
         self._queues.clear()
         return jobs
@@ -144,7 +149,7 @@ class ResultStore:
         self._items: OrderedDict[str, Finished] = OrderedDict()
         self._bytes = 0
         self.evicted = 0  # dropped for room before their time was up
-        # The worker puts, the socket thread gets and expires: one lock keeps them apart.
+        # The daemon uses it from its socket thread only; the lock keeps it safe from any other.
         self._lock = threading.RLock()
 
     def __len__(self) -> int:

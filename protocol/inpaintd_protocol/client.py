@@ -30,7 +30,7 @@ import zmq
 from . import wire
 from .bodies import Accepted, Cancelled, Error, Progress, Result
 from .connection import connection_file, find_curve_server_key, find_key, resolve_endpoint
-from .messages import FINISHED_STATES, JOB_EVENTS, TERMINAL_EVENTS, Code, ImageDesc, JobOptions, JobState, ProtocolError, Stage, Type
+from .messages import FINISHED_STATES, JOB_EVENTS, Code, ImageDesc, JobOptions, JobState, ProtocolError, Stage, Type
 from .wire import Message
 
 LOST = JobState.LOST

@@ -14,15 +14,16 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 
 import msgpack
 
 from .bodies import Body, Error
 from .messages import PROTOCOL_VERSION, Code, ProtocolError
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 #: The header frame is metadata only (pixels travel in buffer frames), so a large one is
 #: hostile or broken.  Checked before unpacking: msgpack turns a few bytes into many
@@ -150,10 +151,12 @@ def decode(frames: Sequence[Any], key: bytes | None = None, *, version: int | No
         )
     body = header.get("body", {})
     if not isinstance(body, dict):
-        raise ProtocolError(Code.BAD_FIELD_TYPE, f"header field 'body' must be a map, got {type(body).__name__}", {"field": "body", "re": msg_id})
+        raise ProtocolError(
+            Code.BAD_FIELD_TYPE, f"header field 'body' must be a map, got {type(body).__name__}", {"field": "body", "re": msg_id})
     lengths = header.get("buffers", [])
     if not isinstance(lengths, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
-        raise ProtocolError(Code.BAD_FIELD_TYPE, "header field 'buffers' must be a list of byte lengths", {"field": "buffers", "re": msg_id})
+        raise ProtocolError(
+            Code.BAD_FIELD_TYPE, "header field 'buffers' must be a list of byte lengths", {"field": "buffers", "re": msg_id})
     buffers = parts[1:-1]
     if len(buffers) != len(lengths):
         raise ProtocolError(
@@ -161,7 +164,7 @@ def decode(frames: Sequence[Any], key: bytes | None = None, *, version: int | No
             f"header declares {len(lengths)} buffer frame(s) but {len(buffers)} arrived (plus header and signature)",
             {"re": msg_id},
         )
-    for i, (buf, n) in enumerate(zip(buffers, lengths), start=1):
+    for i, (buf, n) in enumerate(zip(buffers, lengths, strict=True), start=1):
         if len(buf) != n:
             raise ProtocolError(Code.BAD_FRAME, f"buffer frame {i} has {len(buf)} bytes, header declares {n}", {"re": msg_id})
     return Message(
@@ -170,7 +173,7 @@ def decode(frames: Sequence[Any], key: bytes | None = None, *, version: int | No
         buffers=list(buffers),
         job=header.get("job"),
         re=header.get("re"),
-        id=msg_id,
+        id=header["id"],
         ts=float(ts),
         version=header["v"],
     )

@@ -2,7 +2,8 @@
 
 Tests and benchmarks both need a daemon exactly as a plugin meets one: its own process,
 port, runtime folder and signing key, the default model loaded.  This is that one helper,
-importable without pytest.
+importable without pytest (the benchmarks import it as `tests.daemons`, from the
+checkout's root).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from inpaintd_protocol.client import Client, DaemonUnavailable
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: backend/inpaintd/ is two levels down
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: tests/ is one level down
+FAULTS = Path(__file__).resolve().with_name("faults.py")
 
 
 def free_port() -> int:
@@ -79,7 +81,7 @@ class DaemonProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,10 +89,15 @@ class DaemonProcess:
 
 
 def start_daemon(
-    workdir: Path, *serve_args: str, ready_timeout: float = 120.0, endpoint: str | None = None, wait_loaded: bool = True
+    workdir: Path, *serve_args: str, ready_timeout: float = 120.0, endpoint: str | None = None, wait_loaded: bool = True,
+    faults: Path | str | None = None, fault_load_delay: float = 0.0,
 ) -> DaemonProcess:
     """`inpaintd serve` in a subprocess, returned once it answers and (unless `wait_loaded`
-    is false) it is ready: its default model's load is over (PROTOCOL.md 9.14)."""
+    is false) it is ready: its default model's load is over (PROTOCOL.md 9.14).
+
+    `faults`: a (diffusion) model for the "fault-injector" test model to wrap, served as
+    an extra model if it is not one already (tests/faults.py); `fault_load_delay` with it:
+    each model's first load takes that many seconds longer."""
     workdir.mkdir(parents=True, exist_ok=True)
     endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     key = secrets.token_hex(16).encode("ascii")
@@ -98,7 +105,11 @@ def start_daemon(
     log_path = workdir / "daemon.log"
     env = dict(os.environ, INPAINTD_KEY=key.decode(), INPAINTD_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
     env.pop("INPAINTD_ENDPOINT", None)
-    args = [sys.executable, "-m", "inpaintd", "serve", "--bind", endpoint, *serve_args]
+    serve = ["serve", "--bind", endpoint, *serve_args]
+    if faults is None:
+        args = [sys.executable, "-m", "inpaintd", *serve]
+    else:
+        args = [sys.executable, str(FAULTS), "--fault-model", str(faults), "--fault-load-delay", str(fault_load_delay), *serve]
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     daemon = DaemonProcess(endpoint, key, runtime, log_path, proc, args)
