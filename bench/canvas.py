@@ -28,8 +28,8 @@ from typing import Any
 from inpaintd.engines.base import Engine
 from inpaintd.models import ModelRegistry
 from inpaintd.runner import run_job
-from tests.daemons import DaemonProcess, start_daemon
 from inpaintd_protocol.messages import JobOptions
+from tests.daemons import DaemonProcess, start_daemon
 
 from .common import Config, Pair, Row, Section, interleaved, mib, ms, pair_row
 from .daemon_proc import daemon_job
@@ -123,7 +123,8 @@ def run(cfg: Config) -> Section:
             tiny_registry = ModelRegistry([model_dir], default=model_dir, device="cpu")
             tiny = JobOptions(seed=7, steps=5, model=tiny_registry.default_model_id)
             pair = _inprocess(tiny_registry.load(tiny.model), sizes, sel, tiny, cfg.reps(full=5, quick=2))
-            section.rows.append(pair_row(f"canvas {sel}² selection, tiny pipeline 5 steps, in-process", f"{small}²", f"{large}²", pair, GOAL))
+            section.rows.append(pair_row(f"canvas {sel}² selection, tiny pipeline 5 steps, in-process", f"{small}²", f"{large}²",
+                                         pair, GOAL))
             section.rows += _memory_rows("tiny pipeline", sizes, sel, tiny.model, model_dir)
             tiny_registry.close()
 

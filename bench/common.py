@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Pair:
 
     @property
     def pair_ratio(self) -> float:
-        return statistics.median(b / a for a, b in zip(self.a, self.b))
+        return statistics.median(b / a for a, b in zip(self.a, self.b, strict=True))
 
 
 def interleaved(a: Callable[[], Any], b: Callable[[], Any], reps: int, warmup: int = 1) -> Pair:
@@ -134,7 +135,7 @@ def text_table(rows: list[Row]) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER) - 1)]
     out = []
     for n, line in enumerate(table):
-        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1])
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1])
         if n == 0:
             out.append("  ".join("-" * w for w in widths) + "  ----")
     return "\n".join(out)

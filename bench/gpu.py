@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -112,8 +113,14 @@ def build_pipeline(kind: str, tiny: bool, device: str, tokenizer_dir: Path) -> A
     """The inpainting pipeline of `kind` with random weights, built directly on `device`."""
     import diffusers
     import torch
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionInpaintPipeline,
-                           StableDiffusionXLInpaintPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionXLInpaintPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     diffusers.utils.logging.set_verbosity_error()  # "modules kept in float32: []" after .to(fp16)
@@ -342,8 +349,8 @@ def protocol_job_times(model_dir: Path, device: str, compile_mode: str, image: n
                        steps: int, reps: int) -> tuple[float, list[float]]:
     """Start `inpaintd serve` on `model_dir` (loading, and compiling if asked, before it
     reports ready), then time warm 1-variant jobs from a client: what a plugin waits."""
-    from tests.daemons import start_daemon
     from inpaintd_protocol.messages import JobOptions
+    from tests.daemons import start_daemon
 
     from .daemon_proc import daemon_job
 
@@ -415,7 +422,9 @@ def run(cfg: Config) -> Section:
                 with _guarded(section, f"gpu {kind} host syncs"):
                     syncs = host_syncs(sides.inpaintd(1, engine=sides.compiled or sides.engine))
                     section.rows.append(Row(f"gpu {kind} host-GPU synchronisations in one warm job", "", str(syncs), None,
-                                            status="info", note="operations torch's sync debug mode flags (the pacer's bounded event waits are not counted)"))
+                                            status="info",
+                                            note="operations torch's sync debug mode flags "
+                                                 "(the pacer's bounded event waits are not counted)"))
             if kind == "sd15":
                 with _guarded(section, "gpu sd15 through the protocol"):
                     _protocol_row(section, sides, Path(tmp), device, compile_mode, reps, cuda, tiny)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from inpaintd.models import ModelRegistry
 from inpaintd.runner import run_job, variant_seeds
-from tests.daemons import start_daemon
 from inpaintd_protocol.messages import JobOptions
+from tests.daemons import start_daemon
 
 from .common import Config, Pair, Section, interleaved, ms, pair_row
 from .daemon_proc import daemon_job
@@ -76,8 +78,8 @@ def run(cfg: Config) -> Section:
                 cpu_a: list[float] = []
                 cpu_b: list[float] = []
                 pair = interleaved(
-                    cpu_timed(lambda: run_job(engine, image, mask, options, seeds), cpu_a),
-                    cpu_timed(lambda: daemon_job(client, image, mask, options), cpu_b, daemon.proc.pid),
+                    cpu_timed(partial(run_job, engine, image, mask, options, seeds), cpu_a),
+                    cpu_timed(partial(daemon_job, client, image, mask, options), cpu_b, daemon.proc.pid),
                     cfg.reps(full=15, quick=5),
                     warmup=1,
                 )

@@ -274,7 +274,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.quality", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="photos scaled to a 256 px short side (about half the time; its large hole is 128 px, so its verdict can differ)")
+    p.add_argument("--quick", action="store_true",
+                   help="photos scaled to a 256 px short side (about half the time; its large hole is 128 px, so its verdict can differ)")
     p.add_argument("--tiny", action="store_true", help="two photos at 64 px, two holes: only proves the code runs")
     p.add_argument("--candidates", default=",".join(m.id for m in METHODS.values() if m.available),
                    help="comma-separated classical model ids (default: every one this install can run)")

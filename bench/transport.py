@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import secrets
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,8 @@ def run(cfg: Config) -> Section:
                     assert np.array_equal(check, pixels) and bytes(bare_round_trip(pair.bare, pixels)) == pixels.tobytes()
                     reps = cfg.reps(full=31 if side <= 2048 else 15, quick=9)
                     timing = interleaved(
-                        lambda: bare_round_trip(pair.bare, pixels),
-                        lambda: protocol_round_trip(pair.protocol, pixels),
+                        partial(bare_round_trip, pair.bare, pixels),
+                        partial(protocol_round_trip, pair.protocol, pixels),
                         reps,
                         warmup=3,
                     )

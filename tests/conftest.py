@@ -7,8 +7,8 @@ a Krita or GIMP user too.  Each daemon gets its own port, runtime folder and sig
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_calls import Call, call, generate, run
 
 from inpaintd.engines import classical
-from engine_calls import Call, call, generate, run
 from inpaintd.engines.base import CancelledFn, EngineOutput, EngineRequest, ModelCaps, ProgressFn
 from inpaintd.engines.classical import METHODS, ClassicalEngine, default_method, fill
 from inpaintd.models import BUILTIN_MODELS, FALLBACK_MODEL, ModelRegistry, fallback_model
@@ -231,7 +231,6 @@ def test_cli_writes_one_file_for_a_deterministic_model_and_two_for_patchmatch(da
     """`inpaintd inpaint --variants 2` used to write two byte-identical files with a
     classical model; now a deterministic one makes one file and a note, patchmatch two."""
     from PIL import Image
-
     from test_cli import inpaintd
 
     Image.fromarray(textured()).save(tmp_path / "in.png")
@@ -251,8 +250,8 @@ def test_both_plugins_send_fill_and_know_the_protocols_values() -> None:
     sys.path.insert(0, str(ROOT / "krita_plugin"))
     sys.path.insert(0, str(ROOT / "gimp_plugin" / "inpaintd_gimp"))
     import inpaintd_logic as gimp
-    from inpaintd_krita import logic as krita
 
+    from inpaintd_krita import logic as krita
     from inpaintd_protocol import editor
     from inpaintd_protocol.options import BY_NAME
 

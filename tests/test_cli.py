@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, free_port
+from PIL import Image
 from test_daemon import ellipse_mask, final_mask, photo
 
 
@@ -19,7 +18,8 @@ def inpaintd(*args: str, env: dict[str, str] | None = None, timeout: float = 120
     full_env = dict(os.environ)
     full_env.pop("INPAINTD_ENDPOINT", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "inpaintd", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "inpaintd", *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +70,12 @@ def test_errors_exit_non_zero_with_the_daemons_message(daemon, files, tmp_path):
     assert r.returncode == 1
     assert "unknown_model" in r.stderr and "no/such-model" in r.stderr
     Image.fromarray(np.zeros((200, 300), np.uint8)).save(tmp_path / "empty.png")
-    r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(tmp_path / "empty.png"), "--out", str(tmp_path / "o.png"), env=daemon.env)
+    r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(tmp_path / "empty.png"), "--out", str(tmp_path / "o.png"),
+                 env=daemon.env)
     assert r.returncode == 1 and "empty_mask" in r.stderr
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "small.png")
-    r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(tmp_path / "small.png"), "--out", str(tmp_path / "o.png"), env=daemon.env)
+    r = inpaintd("inpaint", "--image", str(image_path), "--mask", str(tmp_path / "small.png"), "--out", str(tmp_path / "o.png"),
+                 env=daemon.env)
     assert r.returncode == 1 and "30x20" in r.stderr and "300x200" in r.stderr
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zmq
+from conftest import DaemonProcess, start_daemon
 
 from inpaintd_protocol.client import Client, DaemonUnavailable
 from inpaintd_protocol.messages import JobOptions
-
-from conftest import DaemonProcess, start_daemon
 
 pytestmark = [
     pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE (built without libsodium)"),

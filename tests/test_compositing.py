@@ -147,7 +147,7 @@ def test_inputs_not_modified_and_output_is_new():
     src, gen, m = rand((6, 6, 4)), rand((6, 6, 3)), rand((6, 6))
     copies = src.copy(), gen.copy(), m.copy()
     out = composite(src, gen, m)
-    assert all(np.array_equal(a, b) for a, b in zip((src, gen, m), copies))
+    assert all(np.array_equal(a, b) for a, b in zip((src, gen, m), copies, strict=True))
     assert not np.shares_memory(out, src)
     assert out.flags.c_contiguous
 

@@ -164,7 +164,7 @@ def test_two_clients_each_get_only_their_own_events(daemon):
                 c.wait(job, timeout=60, on_event=lambda j, m: None)
             # every event this client read belongs to one of its own jobs
             events = [j.events for j in jobs]
-            results[name] = [(j.id, j.state, e) for j, e in zip(jobs, events)] + [set(c.jobs) == {j.id for j in jobs}]
+            results[name] = [(j.id, j.state, e) for j, e in zip(jobs, events, strict=True)] + [set(c.jobs) == {j.id for j in jobs}]
 
     threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
     for t in threads:
@@ -172,7 +172,7 @@ def test_two_clients_each_get_only_their_own_events(daemon):
     for t in threads:
         t.join(90)
     assert set(results) == {"a", "b"}
-    for name, rows in results.items():
+    for rows in results.values():
         assert rows[-1] is True
         assert all(state == "done" and events >= 2 for _, state, events in rows[:-1])
     ids_a = {r[0] for r in results["a"][:-1]}
@@ -199,7 +199,7 @@ def test_fetch_returns_a_finished_result_again_from_a_new_connection(daemon):
     with daemon.client() as other:
         again = other.fetch(job.id)
     assert again.state == "done"
-    assert [bytes(l.data) for l in again.layers] == [bytes(l.data) for l in job.layers]
+    assert [bytes(layer.data) for layer in again.layers] == [bytes(layer.data) for layer in job.layers]
 
 
 def test_status_and_cancel_answer_while_a_job_runs(daemon):
@@ -357,16 +357,17 @@ def test_tiny_pipeline_job_with_progress_every_step(tiny_daemon):
     steps_seen: list[tuple[int, int]] = []
     with tiny_daemon.client() as c:
         job = submit(c, image, mask, steps=6, variants=2, seed=42, prompt="a red apple")
-        c.wait(job, timeout=120, on_event=lambda j, m: m.body.get("stage") == "denoising" and steps_seen.append((m.body["step"], m.body["total_steps"])))
+        c.wait(job, timeout=120,
+               on_event=lambda j, m: m.body.get("stage") == "denoising" and steps_seen.append((m.body["step"], m.body["total_steps"])))
         job.raise_for_error()
     assert job.result["engine"] == "diffusers"
-    assert [l.seed for l in job.layers] == [42, 43]
+    assert [layer.seed for layer in job.layers] == [42, 43]
     # one event per denoising step, in order, as many as asked: also with the model's own
     # scheduler, PNDM (SD 1.5's), which would run one more (PROTOCOL.md 9.8)
     assert steps_seen == [(i, 6) for i in range(1, 7)]
     for layer in job.layers:
         assert_outside_identical(image, mask, layer, 8, 16)
-    a, b = (layer_array(l) for l in job.layers)
+    a, b = (layer_array(layer) for layer in job.layers)
     assert not np.array_equal(a, b), "variants of one job must differ"
 
 

@@ -15,9 +15,10 @@ pytest.importorskip("diffusers")
 pytest.importorskip("torch")
 
 from engine_calls import Call, call, generate  # noqa: E402
+
 from inpaintd.engines.base import EngineError, JobCancelled  # noqa: E402
-from inpaintd.families import Arch  # noqa: E402
 from inpaintd.engines.diffusers_engine import KNOWN_SCHEDULERS, DiffusersEngine  # noqa: E402
+from inpaintd.families import Arch  # noqa: E402
 from inpaintd.testmodel import TEST_NATIVE_SIZE, make_test_model  # noqa: E402
 
 SIZE = TEST_NATIVE_SIZE
@@ -84,7 +85,7 @@ def test_same_seeds_give_identical_pixels(engine: DiffusersEngine) -> None:
     first = generate(engine, make_task(seeds=[5, 6]))
     generate(engine, make_task(seeds=[9], prompt="something else"))  # disturb any state
     second = generate(engine, make_task(seeds=[5, 6]))
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -155,10 +156,11 @@ def test_steps_are_the_unet_calls_for_every_scheduler(engine: DiffusersEngine, n
     calls: list[int] = []
     forward = unet.forward
     monkeypatch.setattr(unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    events: list[tuple[str, int, int]] = []
     pndm = name in ("default", "pndm")
     for steps, strength in [(1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (10, 0.5), (7, 0.3), (20, 0.75), (3, 0.5)]:
         calls.clear()
-        events: list[tuple[str, int, int]] = []
+        events.clear()
         generate(engine, make_task(scheduler=name, steps=steps, strength=strength, seeds=[5], progress=lambda *e: events.append(e)))
         wanted = int(steps * strength) + (1 if pndm and steps == 2 else 0)
         assert len(calls) == wanted, (name, steps, strength, len(calls))
@@ -228,7 +230,7 @@ def test_four_channel_checkpoint(tmp_path: Path) -> None:
         assert [o.shape for o in first] == [(SIZE, SIZE, 3)] * 2
         assert not np.array_equal(first[0], first[1])
         again = generate(eng, make_task(seeds=[1, 2], strength=0.75))
-        for a, b in zip(first, again):
+        for a, b in zip(first, again, strict=True):
             np.testing.assert_array_equal(a, b)
     finally:
         eng.close()

@@ -11,7 +11,7 @@ import pytest
 
 from inpaintd_protocol import editor
 from inpaintd_protocol.editor import CropPlan, plan_crop
-from inpaintd_protocol.messages import LIMITS, ENDPOINT_ENV, DEFAULT_ENDPOINT
+from inpaintd_protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS
 from inpaintd_protocol.options import BY_NAME, GIMP, KRITA, OPTIONS
 from inpaintd_protocol.rect import Rect
 

@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITOR_SIDE = sorted(
-    [*ROOT.joinpath("protocol", "inpaintd_protocol").glob("*.py"), *ROOT.joinpath("krita_plugin").rglob("*.py"), *ROOT.joinpath("gimp_plugin").rglob("*.py")]
+    [*ROOT.joinpath("protocol", "inpaintd_protocol").glob("*.py"), *ROOT.joinpath("krita_plugin").rglob("*.py"),
+     *ROOT.joinpath("gimp_plugin").rglob("*.py")]
 )
 
 

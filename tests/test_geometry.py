@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inpaintd import geometry
 from inpaintd.geometry import auto_padding, context_region, processing_size
 from inpaintd_protocol.rect import Rect
 
@@ -85,7 +85,7 @@ def test_rect_slices_index_rows_then_columns():
 
 
 def test_rect_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Rect(0, 0, 1, 1).x = 5  # type: ignore[misc]
 
 

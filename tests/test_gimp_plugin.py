@@ -10,16 +10,16 @@ host; the root shares the network namespace, so GIMP reaches it on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -91,7 +91,8 @@ def test_plugin_inside_gimp(gimp_root: Path, ci_dir: Path, daemon) -> None:
     out = proc.stdout + proc.stderr
     junit = ci_dir / "junit.xml"
     assert junit.exists(), f"the in-GIMP tests did not run (exit {proc.returncode}):\n{out[-4000:]}"
-    assert proc.returncode == 0, f"in-GIMP tests failed (exit {proc.returncode}):\n{out[-6000:]}\n--- daemon log ---\n{daemon.log()[-2000:]}"
+    assert proc.returncode == 0, (f"in-GIMP tests failed (exit {proc.returncode}):\n{out[-6000:]}\n"
+                                  f"--- daemon log ---\n{daemon.log()[-2000:]}")
     assert 'failures="0"' in junit.read_text() and 'errors="0"' in junit.read_text()
     print("in GIMP:", (ci_dir / "report.json").read_text())
 

@@ -12,9 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "krita_plugin"))
 
 from inpaintd_krita import logic  # noqa: E402
 from inpaintd_krita.logic import Rect, Settings, UserError  # noqa: E402
-
 from inpaintd_protocol import editor  # noqa: E402
-
 
 # -- Rect -------------------------------------------------------------------------------
 
@@ -140,7 +138,8 @@ def test_connection_text_shows_the_daemons_first_notice() -> None:
 
 
 def test_model_choices() -> None:
-    models = [{"id": "opencv-telea", "engine": "classical", "available": True}, {"id": "sd15", "engine": "diffusers", "available": False}, {"engine": "x"}]
+    models = [{"id": "opencv-telea", "engine": "classical", "available": True},
+              {"id": "sd15", "engine": "diffusers", "available": False}, {"engine": "x"}]
     choices = logic.model_choices(models)
     assert choices[0] == ("", "Daemon default")
     assert [c[0] for c in choices] == ["", "opencv-telea", "sd15"]
@@ -223,7 +222,9 @@ def test_enable_in_kritarc_keeps_other_settings(tmp_path: Path) -> None:
     assert other.read_text() == "[General]\na=1\n\n[python]\nenable_inpaintd_krita=true\n"
 
 
-def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_copies_plugin_and_vendored_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from inpaintd import install_krita
 
@@ -238,7 +239,9 @@ def test_install_copies_plugin_and_vendored_client(tmp_path: Path, monkeypatch: 
     assert (dest / "inpaintd_krita.desktop").read_text().count("X-KDE-Library=inpaintd_krita") == 1
     assert (dest / "inpaintd_krita" / "logic.py").is_file() and not (dest / "inpaintd_krita" / "stale.py").exists()
     vendored = dest / "inpaintd_krita" / "_vendor" / "inpaintd_protocol"
-    assert {p.name for p in vendored.glob("*.py")} >= {"__init__.py", "client.py", "messages.py", "wire.py", "connection.py", "rect.py", "options.py", "editor.py"}
+    assert {p.name for p in vendored.glob("*.py")} >= {
+        "__init__.py", "client.py", "messages.py", "wire.py", "connection.py", "rect.py", "options.py", "editor.py"
+    }
     assert "enable_inpaintd_krita=true" in (tmp_path / "config" / "kritarc").read_text()
 
 
@@ -260,7 +263,9 @@ def test_installed_logic_uses_the_vendored_rect_without_zmq(tmp_path: Path) -> N
     assert proc.stdout.split() == ["True", "True", "(0,", "1,", "5,", "6)", "False"]
 
 
-def test_install_reports_missing_modules_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_reports_missing_modules_with_a_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from inpaintd import install_krita
 

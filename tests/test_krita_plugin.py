@@ -72,7 +72,7 @@ def krita_env(daemon_env: dict[str, str], tmp: Path, *paths: Path) -> dict[str, 
 
 
 def _tail(text: str, n: int = 60) -> str:
-    keep = [l for l in text.splitlines() if "SAFE ASSERT" not in l and "krita.lib.resources" not in l]
+    keep = [line for line in text.splitlines() if "SAFE ASSERT" not in line and "krita.lib.resources" not in line]
     return "\n".join(keep[-n:])
 
 
@@ -111,7 +111,7 @@ def test_diffusion_inside_krita(tiny_daemon, tmp_path: Path) -> None:
         INPAINTD_TEST_DIFFUSION="1", INPAINTD_TEST_DAEMON_LOG=str(tiny_daemon.log_path),
     )
     print(f"[timing] in-Krita diffusion run: {elapsed:.1f} s")
-    summary = [l for l in out.splitlines() if " passed" in l or " failed" in l or " skipped" in l]
+    summary = [line for line in out.splitlines() if " passed" in line or " failed" in line or " skipped" in line]
     assert summary and re.search(r"\b2 passed\b", summary[-1]) and "skipped" not in summary[-1], summary[-1:]
     assert "job " in tiny_daemon.log() and "cancelled after" in tiny_daemon.log()
 

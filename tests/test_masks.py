@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inpaintd_protocol.rect import Rect
 from inpaintd.masks import bounding_box, feather_mask, grow_mask, prepare_mask, reach
+from inpaintd_protocol.rect import Rect
 
 
 def blank(h=64, w=64):

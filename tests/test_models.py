@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from engine_calls import Call, call, generate, run
+
 from inpaintd.engines.base import EngineError
 from inpaintd.models import BUILTIN_MODELS, DEFAULT_MODEL, FALLBACK_MODEL, ModelRegistry
 

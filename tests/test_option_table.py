@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "krita_plugin"))
 sys.path.insert(0, str(ROOT / "gimp_plugin" / "inpaintd_gimp"))
 
 import inpaintd_logic as gimp  # noqa: E402
+
 from inpaintd_krita import logic as krita  # noqa: E402
 
 DOC = (ROOT / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")

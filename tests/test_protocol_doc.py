@@ -132,7 +132,7 @@ def _section(heading: str) -> str:
     start = DOC.index(f"\n{heading}")
     level = heading.split(" ", 1)[0]
     rest = DOC[start + 1:]
-    ends = [m.start() for m in re.finditer(r"^#{2,%d} " % len(level), rest, re.M) if m.start() > 0]
+    ends = [m.start() for m in re.finditer(rf"^#{{2,{len(level)}}} ", rest, re.M) if m.start() > 0]
     return rest[: ends[0]] if ends else rest
 
 

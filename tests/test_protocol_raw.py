@@ -100,7 +100,9 @@ class Raw:
             if header.get("re") == msg_id:
                 return header, buffers
 
-    def request(self, type: str, body: dict[str, Any] | None = None, buffers: list[bytes] | None = None, **kw: Any) -> tuple[dict[str, Any], list[bytes]]:
+    def request(
+        self, type: str, body: dict[str, Any] | None = None, buffers: list[bytes] | None = None, **kw: Any
+    ) -> tuple[dict[str, Any], list[bytes]]:
         return self.reply_to(self.send(type, body, buffers, **kw))
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import time
-
 import dataclasses
+import time
 
 import numpy as np
 import pytest
 
 from inpaintd.engines.base import (
-    CancelledFn, EngineError, EngineOutput, EngineRequest, JobCancelled, ModelCaps, ProgressFn, check_cancel,
+    CancelledFn,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    JobCancelled,
+    ModelCaps,
+    ProgressFn,
+    check_cancel,
 )
 from inpaintd.engines.classical import ClassicalEngine
 from inpaintd.masks import prepare_mask

@@ -162,7 +162,7 @@ def test_steps_reported_in_order_and_schedule_length(engines: dict[str, Diffuser
 class FakeEvent:
     """A device event whose completion the test controls through a shared clock."""
 
-    def __init__(self, device: "FakeDevice") -> None:
+    def __init__(self, device: FakeDevice) -> None:
         self.device = device
         self.index = -1
 

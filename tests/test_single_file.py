@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -23,7 +23,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("safetensors")
 torch = pytest.importorskip("torch")
 
-from engine_calls import call, generate  # noqa: E402
+from engine_calls import Call, call, generate  # noqa: E402
+
 from inpaintd.engines.base import EngineError  # noqa: E402
 from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
 from inpaintd.families import FAMILIES, Arch, inspect_single_file, safetensors_header  # noqa: E402
@@ -137,7 +138,7 @@ def assert_same_pixels(loaded: DiffusersEngine, want: list[np.ndarray], **task) 
     got = generate(loaded, make_task(**task))
     assert len(got) == len(want) == 2
     assert not np.array_equal(want[0], want[1])  # the seeds matter, so equality means something
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from engine_calls import Call, call, generate  # noqa: E402
+
 from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
 from inpaintd.engines.speedups import Speedups  # noqa: E402
 from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
@@ -74,7 +75,7 @@ def test_fused_qkv_and_channels_last_keep_the_pictures(tiny_model_dir: Path, pla
         out = generate(fast, task([1, 2]))
     finally:
         fast.close()
-    for a, b in zip(out, reference):
+    for a, b in zip(out, reference, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # float summation order only
 
 

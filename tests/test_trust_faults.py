@@ -15,17 +15,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, DaemonProcess, start_daemon
+from trust_helpers import record, rss
+
 from inpaintd_protocol.client import LOST, Client, Job
 from inpaintd_protocol.connection import connection_file
 from inpaintd_protocol.messages import Code, JobOptions
-from trust_helpers import record, rss
 
 FAULTS: dict[str, int] = {}
 SIZE = 64

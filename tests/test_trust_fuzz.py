@@ -15,8 +15,8 @@ import hashlib
 import hmac
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -24,13 +24,12 @@ import pytest
 import zmq
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import DaemonProcess, start_daemon  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from conftest import DaemonProcess, start_daemon  # noqa: E402
-from inpaintd_protocol.client import Client  # noqa: E402
-from inpaintd_protocol.messages import LIMITS, OPTION_RULES, Code, JobOptions  # noqa: E402
 from trust_helpers import record, rss  # noqa: E402
+
+from inpaintd_protocol.messages import LIMITS, OPTION_RULES, Code, JobOptions  # noqa: E402
 
 TARGET = 10_000
 BATCH = 25
@@ -230,7 +229,8 @@ def junk_requests(draw: Any, key: bytes) -> Case:
     """Well-signed requests of other types with missing, wrong or unknown parts."""
     kind = draw(st.sampled_from(["unknown_type", "cancel_missing", "cancel_unknown", "fetch_unknown", "fetch_wrong", "version"]))
     if kind == "unknown_type":
-        t = draw(st.text(min_size=1, max_size=20).filter(lambda x: x not in ("hello", "ping", "list_models", "submit", "cancel", "status", "fetch", "shutdown")))
+        known = ("hello", "ping", "list_models", "submit", "cancel", "status", "fetch", "shutdown")
+        t = draw(st.text(min_size=1, max_size=20).filter(lambda x: x not in known))
         header = base_header(t, body={}, buffers=[])
         return Case(packed(key, header, []), re=header["id"], codes={Code.UNKNOWN_TYPE})
     if kind == "version":

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
-
 from conftest import DaemonProcess, start_daemon
+from trust_helpers import record, rss
+
 from inpaintd_protocol import wire
-from inpaintd_protocol.client import Client
 from inpaintd_protocol.messages import TERMINAL_EVENTS, ImageDesc, JobOptions, Type
 from inpaintd_protocol.wire import Message
-from trust_helpers import record, rss
 
 CLIENTS = 16
 JOBS = 10

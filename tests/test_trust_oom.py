@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from engine_calls import Call, call, generate, run  # noqa: E402
+
 from inpaintd.engines.base import EngineError  # noqa: E402
 from inpaintd.engines.diffusers_engine import LOW_MEMORY_SETTINGS, DiffusersEngine  # noqa: E402
 from inpaintd.testmodel import TEST_NATIVE_SIZE  # noqa: E402
@@ -76,7 +77,7 @@ def test_oom_is_retried_once_with_low_memory_settings_and_reported(engine: Diffu
     out = output.images
     assert len(out) == 3 and all(o.shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3) for o in out)
     # each variant still follows its own seed (batched vs. one at a time: float noise only)
-    for a, b in zip(out, clean):
+    for a, b in zip(out, clean, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
     assert len(output.notes) == 1 and LOW_MEMORY_SETTINGS in output.notes[0]
     assert "out of memory" in output.notes[0]

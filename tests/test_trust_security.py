@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-
 from conftest import ROOT, DaemonProcess, free_port, start_daemon
+
 from inpaintd_protocol import wire
 from inpaintd_protocol.client import Client, DaemonUnavailable
 from inpaintd_protocol.messages import Code, JobOptions, ProtocolError, Type

@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from inpaintd_protocol.client import Client, DaemonUnavailable, Job
 from inpaintd_protocol.connection import is_loopback, new_key, resolve_endpoint
@@ -55,20 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="start the daemon")
-    p.add_argument("--bind", default=None, metavar="ENDPOINT", help=f"where to listen (default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}; ipc:///path works too)")
-    p.add_argument("--model", default=None, help="default model: HF repo id, diffusers folder, .safetensors file, or a classical one (patchmatch, opencv-telea, opencv-ns, opencv-fsr, opencv-shiftmap, biharmonic)")
+    p.add_argument("--bind", default=None, metavar="ENDPOINT",
+                   help=f"where to listen (default: ${ENDPOINT_ENV}, else {DEFAULT_ENDPOINT}; ipc:///path works too)")
+    p.add_argument("--model", default=None,
+                   help="default model: HF repo id, diffusers folder, .safetensors file, or a classical one "
+                        "(patchmatch, opencv-telea, opencv-ns, opencv-fsr, opencv-shiftmap, biharmonic)")
     p.add_argument("--extra-model", action="append", default=[], metavar="M", help="another model clients may choose (repeatable)")
-    p.add_argument("--engine", choices=["diffusers", "classical"], default=None, help="classical: no weights, the best classical fill installed (--model patchmatch where pypatchmatch is)")
+    p.add_argument("--engine", choices=["diffusers", "classical"], default=None,
+                   help="classical: no weights, the best classical fill installed (--model patchmatch where pypatchmatch is)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
-    p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the diffusion model (GPU; e.g. reduce-overhead = CUDA graphs): compiles at load for the native size, then each new size or variant count compiles on first use (default %(default)s)")
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                   help="torch.compile the diffusion model (GPU; e.g. reduce-overhead = CUDA graphs): compiles at load for "
+                        "the native size, then each new size or variant count compiles on first use (default %(default)s)")
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
     p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
-    p.add_argument("--curve", action="store_true", help="encrypt with ZeroMQ CURVE; the public key goes in the connection file (for a daemon on another machine)")
+    p.add_argument("--curve", action="store_true",
+                   help="encrypt with ZeroMQ CURVE; the public key goes in the connection file (for a daemon on another machine)")
     p.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished results stay fetchable (default %(default)s)")
-    p.add_argument("--results-max-mb", type=float, default=1024.0, help="memory for kept results; past it the oldest go first (default %(default)s)")
-    p.add_argument("--peer-timeout", type=float, default=30.0, help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
-    p.add_argument("--max-message-mb", type=float, default=None, help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
+    p.add_argument("--results-max-mb", type=float, default=1024.0,
+                   help="memory for kept results; past it the oldest go first (default %(default)s)")
+    p.add_argument("--peer-timeout", type=float, default=30.0,
+                   help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
+    p.add_argument("--max-message-mb", type=float, default=None,
+                   help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
     _add_connect(p)
@@ -78,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     _add_job_options(p)
 
-    for name, help_ in (("status", "show running and queued jobs"), ("models", "list the daemon's models"), ("shutdown", "stop the daemon")):
+    for name, help_ in (("status", "show running and queued jobs"), ("models", "list the daemon's models"),
+                        ("shutdown", "stop the daemon")):
         _add_connect(sub.add_parser(name, help=help_))
     p = sub.add_parser("cancel", help="cancel a queued or running job")
     _add_connect(p)
@@ -93,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="model to use (default: the daemon's default)")
     p.add_argument("--variants", type=int, default=2)
     p.add_argument("--prompt", default="an empty red saucer on a wooden table")
-    p.add_argument("--test-model", action="store_true", help="run the diffusion path on the tiny random pipeline (no weights needed; the pixels are noise)")
+    p.add_argument("--test-model", action="store_true",
+                   help="run the diffusion path on the tiny random pipeline (no weights needed; the pixels are noise)")
 
     p = sub.add_parser("install-krita", help="install the Krita plugin")
     p.add_argument("--dest", type=Path, default=None, help="pykrita folder (default: Krita's own for this user)")
@@ -169,7 +182,8 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         registry = wrap_registry(registry)
     key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
     try:
-        limits = LIMITS if args.max_message_mb is None else dataclasses.replace(LIMITS, max_message_bytes=int(args.max_message_mb * (1 << 20)))
+        limits = (LIMITS if args.max_message_mb is None
+                  else dataclasses.replace(LIMITS, max_message_bytes=int(args.max_message_mb * (1 << 20))))
         daemon = Daemon(
             registry, endpoint, key=key, limits=limits, results_ttl=args.results_ttl,
             results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve, peer_timeout=args.peer_timeout,
@@ -256,7 +270,7 @@ def write_variants(job: Job, image_path: Path, out: Path) -> list[Path]:
         base = im.convert("RGBA") if "A" in im.getbands() else im.convert("RGB")
     paths = _out_paths(out, len(job.layers))
     out.parent.mkdir(parents=True, exist_ok=True)
-    for layer, path in zip(job.layers, paths):
+    for layer, path in zip(job.layers, paths, strict=True):
         tile = Image.frombuffer("RGBA", (layer.width, layer.height), layer.data, "raw", "RGBA", layer.stride, 1)
         full = base.copy()
         # The layer already holds source pixels outside the mask, alpha included: replace, do not blend.
@@ -283,7 +297,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         job.raise_for_error()
     paths = write_variants(job, args.image, args.out)
     timings = job.result.get("timings", {})
-    for layer, path in zip(job.layers, paths):
+    for layer, path in zip(job.layers, paths, strict=True):
         print(f"{path}  seed {layer.seed}  region {layer.width}x{layer.height} at ({layer.x}, {layer.y})")
     print(f"model {job.result.get('model')} on {job.result.get('device')}: {timings.get('elapsed', 0):.2f} s", file=sys.stderr)
     for note in job.notes_for_user(options.prompt):
@@ -294,10 +308,12 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with Client(args.connect, name="inpaintd-cli") as client:
         st = client.status(timeout=3.0)
-    print(f"inpaintd {st['daemon_version']} at {client.endpoint}: up {st['uptime']:.0f} s, device {st['device']}, default model {st['default_model']}")
+    print(f"inpaintd {st['daemon_version']} at {client.endpoint}: up {st['uptime']:.0f} s, device {st['device']}, "
+          f"default model {st['default_model']}")
     for kind in ("running", "queued"):
         for j in st[kind]:
-            print(f"  {kind:<8} {j['job']}  {j['width']}x{j['height']}  {j['model']}  {j['stage']} {j['step']}/{j['total_steps']}  {j['prompt'][:40]!r}")
+            print(f"  {kind:<8} {j['job']}  {j['width']}x{j['height']}  {j['model']}  {j['stage']} {j['step']}/{j['total_steps']}  "
+                  f"{j['prompt'][:40]!r}")
     if not st["running"] and not st["queued"]:
         print("  idle")
     return 0
@@ -382,7 +398,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             photo = ASSETS / "coffee.jpg"
             shown = os.path.relpath(photo) if photo.is_relative_to(Path.cwd()) else photo
             print(f"inpainted the spoon out of {shown} with {job.result['model']} in {time.perf_counter() - t0:.2f} s:")
-            for layer, path in zip(job.layers, paths):
+            for layer, path in zip(job.layers, paths, strict=True):
                 print(f"  {path}  (seed {layer.seed}, region {layer.width}x{layer.height} at {layer.x},{layer.y})")
             for note in job.notes_for_user(args.prompt):
                 print(f"note: {note}")

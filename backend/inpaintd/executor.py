@@ -19,13 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from inpaintd_protocol.messages import Code, JobOptions, ProtocolError, Stage
 
-from .engines.base import EngineError, JobCancelled, is_out_of_memory
+from .engines.base import Engine, EngineError, JobCancelled, ModelCaps, ProgressFn, check_cancel, is_out_of_memory
 from .runner import JobOutput, run_job
 
 log = logging.getLogger("inpaintd")
@@ -149,11 +149,19 @@ def failure(exc: BaseException) -> tuple[Code | str, str]:
     return Code.ENGINE_FAILURE, f"engine failure: {type(exc).__name__}: {exc}"
 
 
+class Models(Protocol):
+    """What an executor needs of the model registry (`inpaintd.models.ModelRegistry`)."""
+
+    def load(self, model_id: str, progress: ProgressFn | None = None) -> Engine: ...
+
+    def caps(self, model_id: str) -> ModelCaps: ...
+
+
 class LocalExecutor:
     """One job at a time on a worker thread, on the warm model of a ModelRegistry."""
 
-    def __init__(self, registry: Any, *, preload: str | None = None) -> None:
-        """`registry`: an inpaintd.models.ModelRegistry or anything with its `load`.
+    def __init__(self, registry: Models, *, preload: str | None = None) -> None:
+        """`registry`: an inpaintd.models.ModelRegistry (or a test's stand-in for it).
         `preload`: a model to load before the first job (the daemon is ready after it)."""
         self.registry = registry
         self.preload = preload
@@ -243,7 +251,7 @@ class LocalExecutor:
         self._ready.set()
         self._post(LoadEnded(job_id=None, model=engine.model_id if engine else self.preload, device=device))
 
-    def _load(self, request: JobRequest, progress: Callable[[str, int, int], None]) -> Any:
+    def _load(self, request: JobRequest, progress: ProgressFn) -> Engine:
         """The job's engine, with `LoadStarted` / `LoadEnded` around a load."""
         job_id = request.job_id
 
@@ -267,12 +275,15 @@ class LocalExecutor:
         def progress(stage: str, step: int, total: int) -> None:
             self._post(Progressed(job_id=job_id, stage=stage, step=step, total=total))
 
-        engine: Any = None
+        engine: Engine | None = None
         try:
-            if cancelled():
-                raise JobCancelled()
+            check_cancel(cancelled)
             engine = self._load(request, progress)
-            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled)
+            # prepare -> generate -> finish (runner.run_job), prepared from the model's
+            # description (registry.caps), not from the loaded engine: an executor for a
+            # cluster prepares here and sends the request to a replica's engine.
+            caps = self.registry.caps(request.model)
+            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps)
         except JobCancelled:
             self._post(Cancelled(job_id=job_id))
             return
@@ -289,16 +300,14 @@ class LocalExecutor:
             self._free_memory(engine)
             self._post(Failed(job_id=job_id, code=code, message=text))
             return
-        notes = [str(n) for n in getattr(output, "notes", [])]
-        self._post(Succeeded(job_id=job_id, output=output, engine=engine.name, device=engine.device, notes=notes))
+        self._post(Succeeded(job_id=job_id, output=output, engine=engine.name, device=engine.device, notes=output.notes))
 
     @staticmethod
-    def _free_memory(engine: Any) -> None:
+    def _free_memory(engine: Engine | None) -> None:
         """After a failure, give back what the engine held (caches, CUDA blocks)."""
         gc.collect()
-        free = getattr(engine, "free_memory", None)
-        if callable(free):
+        if engine is not None:
             try:
-                free()
+                engine.free_memory()
             except Exception:
                 log.exception("engine could not free its memory")

@@ -15,8 +15,8 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: backend/inpaintd/ is two levels down
 PLUGIN_SRC = REPO / "gimp_plugin" / "inpaintd_gimp"

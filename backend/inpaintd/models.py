@@ -17,7 +17,6 @@ Model ids:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

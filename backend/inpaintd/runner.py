@@ -28,6 +28,7 @@ from .geometry import auto_padding, context_region, processing_size
 from .masks import bounding_box, prepare_mask
 from .prefill import prefill
 
+
 @dataclass
 class LayerResult:
     index: int
@@ -179,7 +180,7 @@ def finish(plan: Plan, output: EngineOutput, on_progress: ProgressFn | None = No
     region = plan.region
     layers = [
         LayerResult(i, seed, region.x, region.y, composite(plan.source, _resize(out, (region.width, region.height)), plan.region_mask))
-        for i, (seed, out) in enumerate(zip(plan.seeds, images))
+        for i, (seed, out) in enumerate(zip(plan.seeds, images, strict=False))
     ]
     timings = {"prepare": plan.prepare_seconds, "composite": time.perf_counter() - t0}
     return JobOutput(layers=layers, region=region, processing_size=plan.processing_size, timings=timings,

@@ -52,7 +52,8 @@ def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
     for opt in OPTIONS:
         longest = opt.max_length(limits)
         if longest is not None and len(getattr(options, opt.name)) > longest:
-            raise _field_error(Code.TOO_LARGE, opt.name, f"'{opt.name}' has {len(getattr(options, opt.name))} characters; the limit is {longest}")
+            raise _field_error(Code.TOO_LARGE, opt.name,
+                               f"'{opt.name}' has {len(getattr(options, opt.name))} characters; the limit is {longest}")
     for opt in OPTIONS:
         value = getattr(options, opt.name)
         if opt.choices and value not in opt.choices:
@@ -65,7 +66,8 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -
     if desc is None:
         raise _field_error(Code.MISSING_FIELD, name, f"'{name}' is missing: a submit carries an image and a mask descriptor")
     if not isinstance(desc, dict):
-        raise _field_error(Code.BAD_FIELD_TYPE, name, f"'{name}' must be a map (frame, width, height, channels, stride), got {type(desc).__name__}")
+        raise _field_error(Code.BAD_FIELD_TYPE, name,
+                           f"'{name}' must be a map (frame, width, height, channels, stride), got {type(desc).__name__}")
     values: dict[str, int] = {}
     for key in ("frame", "width", "height", "channels"):
         if key not in desc:
@@ -90,7 +92,8 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -
         raise _field_error(Code.BAD_FIELD_TYPE, f"{name}.stride", f"'{name}.stride' must be an integer")
     stride = stride or w * c  # absent, nil or 0: tightly packed rows
     if stride < w * c:
-        raise _field_error(Code.BAD_VALUE, f"{name}.stride", f"'{name}.stride' is {stride}; a row of {w} pixels x {c} channels needs at least {w * c}")
+        raise _field_error(Code.BAD_VALUE, f"{name}.stride",
+                           f"'{name}.stride' is {stride}; a row of {w} pixels x {c} channels needs at least {w * c}")
     try:
         buf = msg.buffer(values["frame"])
     except ProtocolError as exc:

@@ -30,6 +30,7 @@ if os.path.isdir(os.path.join(HERE, "vendor")):  # pyzmq/msgpack installed with 
 
 import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402
+
 from inpaintd_protocol import editor  # noqa: E402
 from inpaintd_protocol.options import BY_NAME  # noqa: E402
 
@@ -83,7 +84,7 @@ def inpaint(image, drawables, opts: Options) -> None:
     source_rect, pixels_from = source_of(image, layer, opts)
     plan = logic.plan_crop(Rect(x1, y1, x2 - x1, y2 - y1), image.get_width(), image.get_height(), source_rect, opts)
     if plan is None:
-        raise UserError("The selection does not overlap the layer '%s'; select inside it." % layer.get_name())
+        raise UserError(f"The selection does not overlap the layer '{layer.get_name()}'; select inside it.")
     mask = read(image.get_selection(), plan.crop, MASK)
     if not editor.mask_selects(mask):
         raise UserError("The selection is empty where it meets the layer; nothing to inpaint.")
@@ -106,13 +107,13 @@ def inpaint(image, drawables, opts: Options) -> None:
 def check_target(image, drawables, opts: Options):
     """The one pixel layer to work on, or a UserError saying what to pick instead."""
     if len(drawables) != 1:
-        raise UserError("Select exactly one layer in the Layers dialog (%d are selected)." % len(drawables))
+        raise UserError(f"Select exactly one layer in the Layers dialog ({len(drawables)} are selected).")
     item = drawables[0]
     if not isinstance(item, Gimp.Layer) or isinstance(item, Gimp.LayerMask):
         raise UserError("Inpaint Selection works on a layer, not on a channel or layer mask: select a layer.")
     if item.is_group() and not opts.sample_merged:
         raise UserError(
-            "'%s' is a layer group: select a pixel layer inside it, or enable 'Use visible image'." % item.get_name()
+            f"'{item.get_name()}' is a layer group: select a pixel layer inside it, or enable 'Use visible image'."
         )
     base = image.get_base_type()
     if base == Gimp.ImageBaseType.INDEXED:
@@ -156,9 +157,7 @@ def read(drawable, rect: Rect, fmt: str) -> bytes:
 
 def import_protocol():
     try:
-        import inpaintd_protocol
-
-        inpaintd_protocol.Client  # loads the parts that need pyzmq and msgpack
+        import inpaintd_protocol.client  # the parts that need pyzmq and msgpack
     except ImportError as exc:
         raise UserError(
             f"GIMP's Python ({sys.executable}, {sys.version.split()[0]}) cannot load the inpaintd client: {exc}.\n"
@@ -185,7 +184,7 @@ def connect(opts: Options):
     if not (opts.start_daemon and command and editor.can_start_daemon(endpoint)):
         raise UserError(logic.how_to_start(endpoint))
     argv = logic.serve_command(command, endpoint)
-    Gimp.progress_set_text("Inpainting: starting inpaintd (%s)" % logic.quote_command(argv))
+    Gimp.progress_set_text(f"Inpainting: starting inpaintd ({logic.quote_command(argv)})")
     log = open(os.path.join(GLib.get_user_cache_dir(), "inpaintd-gimp-daemon.log"), "ab")
     try:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -280,7 +279,7 @@ def add_results(image, source, plan, layers, opts: Options) -> None:
     try:
         group = Gimp.GroupLayer.new(image, editor.group_name(opts.prompt))
         image.insert_layer(group, source.get_parent(), image.get_item_position(source))
-        for position, (variant, place) in enumerate(zip(layers, places)):
+        for position, (variant, place) in enumerate(zip(layers, places, strict=True)):
             out = Gimp.Layer.new(image, editor.variant_name(variant.index, len(layers), variant.seed),
                                  variant.width, variant.height, layer_type, 100.0, Gimp.LayerMode.NORMAL)
             image.insert_layer(out, group, position)

@@ -11,8 +11,9 @@ between GIMP and these functions.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, make_dataclass
-from typing import Any, Iterable
+from typing import Any
 
 # The standard-library parts of the protocol package: they need neither pyzmq nor msgpack,
 # so this module loads where GIMP's Python lacks them (and the plug-in says what to install).

@@ -76,7 +76,7 @@ class Controller(QObject):
         self.hello: dict[str, Any] | None = None
         self.models: list[dict[str, Any]] = []
         self._instance: str | None = None
-        self._probe_results: "queue.Queue[tuple[str, dict | None, list, str]]" = queue.Queue()
+        self._probe_results: queue.Queue[tuple[str, dict | None, list, str]] = queue.Queue()
         self._probe_running = False
         self._next_probe = 0.0
         self._daemon_proc: subprocess.Popen | None = None

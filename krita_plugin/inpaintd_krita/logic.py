@@ -11,8 +11,9 @@ functions and writes pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, field, fields, make_dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 # The standard-library parts of the protocol package (the vendored copy when installed, see
 # __init__); they need neither pyzmq nor msgpack, so this module loads where Krita's Python

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import zmq
 
@@ -96,7 +97,7 @@ class Job:
             )
         return notes
 
-    def raise_for_error(self) -> "Job":
+    def raise_for_error(self) -> Job:
         if self.state in (JobState.FAILED, JobState.LOST) and self.error:
             raise self.error
         if self.state == JobState.CANCELLED:
@@ -230,7 +231,7 @@ class Client:
     def close(self) -> None:
         self._close_socket()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -299,7 +300,8 @@ class Client:
         msg = Message(type=type, body=body or {}, buffers=buffers or [])
         start = time.monotonic()
         msg_id = self.send(msg, timeout)
-        reply = self._await_reply(msg_id, max(timeout - (time.monotonic() - start), 0.0), resend=msg, waited_before=time.monotonic() - start)
+        reply = self._await_reply(msg_id, max(timeout - (time.monotonic() - start), 0.0), resend=msg,
+                                  waited_before=time.monotonic() - start)
         if reply.type == Type.ERROR:
             raise _error_from(reply)
         return reply

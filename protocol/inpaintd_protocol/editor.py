@@ -10,8 +10,9 @@ Krita's Python 3.10/3.11 and GIMP's 3.12/3.13, and loads where pyzmq is missing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .connection import is_loopback, resolve_endpoint
 from .messages import LIMITS, Limits
@@ -45,7 +46,7 @@ def bounds(option: Option, limits: Limits = LIMITS) -> tuple[Any, Any]:
 
 def choices(option: Option) -> list[tuple[str, str]]:
     """(value, words) for a list of choices, for a combo box."""
-    return list(zip(option.choices, option.choice_labels or option.choices))
+    return list(zip(option.choices, option.choice_labels or option.choices, strict=True))
 
 
 _KIND_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "on or off"}

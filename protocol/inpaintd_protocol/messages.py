@@ -161,7 +161,7 @@ LIMITS = Limits()
 
 # The job options live in options.py (one table for the daemon, the CLI, both editors and
 # the spec); their names are re-exported here, where clients have always found them.
-from .options import FILL_MODES, OPTIONS, SCHEDULERS, JobOptions  # noqa: E402
+from .options import FILL_MODES, OPTIONS, SCHEDULERS, JobOptions  # noqa: E402, F401  (re-exported for clients)
 
 #: name -> (python types accepted, lower bound, upper bound or None) under LIMITS, made from
 #: OPTIONS; bounds are inclusive.

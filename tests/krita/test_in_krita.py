@@ -15,8 +15,9 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,17 +27,16 @@ from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication
 
 from inpaintd_krita import kritadoc, logic
-from inpaintd_protocol import editor
-from inpaintd_protocol.options import KRITA
 from inpaintd_krita.controller import IDLE_INTERVAL_MS, Controller
 from inpaintd_krita.docker import InpaintPanel
 from inpaintd_krita.logic import Settings
+from inpaintd_protocol import editor
+from inpaintd_protocol.options import KRITA
 
 ROOT = Path(os.environ.get("INPAINTD_TEST_ROOT", Path(__file__).resolve().parents[2]))
 PHOTO = ROOT / "backend" / "inpaintd" / "assets" / "coffee.jpg"
 sys.path.insert(0, str(ROOT))
 from inpaintd_protocol import Client, Type  # noqa: E402
-
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -72,7 +72,8 @@ def photo_bgra(width: int, height: int) -> bytes:
 
 
 def as_array(data: Any, w: int, h: int, channels: int = 4) -> np.ndarray:
-    return np.frombuffer(bytes(data), np.uint8).reshape(h, w, channels) if channels > 1 else np.frombuffer(bytes(data), np.uint8).reshape(h, w)
+    pixels = np.frombuffer(bytes(data), np.uint8)
+    return pixels.reshape(h, w, channels) if channels > 1 else pixels.reshape(h, w)
 
 
 def soft_ellipse(doc: Any, cx: int, cy: int, rx: int, ry: int, soft: int) -> None:
@@ -124,7 +125,7 @@ class Spy:
         return job_input
 
     def insert_results(self, job_input: Any, layers: list) -> list[str]:
-        self.results.append((job_input, [(l.index, l.seed, l.x, l.y, l.width, l.height) for l in layers]))
+        self.results.append((job_input, [(layer.index, layer.seed, layer.x, layer.y, layer.width, layer.height) for layer in layers]))
         return kritadoc.insert_results(job_input, layers)
 
 
@@ -226,7 +227,7 @@ def check_variants(doc: Any, source: Any, spy: Spy, grow: int, feather: int) -> 
     sel = doc.selection()
     sel_mask = as_array(sel.pixelData(0, 0, doc.width(), doc.height()), doc.width(), doc.height(), 1)
     keep = ~dilate(sel_mask > 0, grow + feather + 2)
-    for node, (idx, seed, x, y, w, h) in zip(variants, layers):
+    for node, (idx, seed, x, y, w, h) in zip(variants, layers, strict=True):
         assert node.type() == "paintlayer"
         assert f"seed {seed}" in node.name() and node.name() == editor.variant_name(idx, len(layers), seed)
         assert node.visible() == (idx == 0)
@@ -598,4 +599,5 @@ def test_diffusion_cancel_a_running_job(open_doc: Callable[..., Any], tiny_plugi
     check_variants(doc, source, spy, grow=4, feather=8)
     assert "Added 2 variant" in panel.message_label.text()
     assert digest(source, doc) == before
-    print(f"\n[timing] cancel at step {step_at_cancel}/{total}: GUI free at once, daemon confirmed after {confirm:.2f} s (job stopped at step {job.step})")
+    print(f"\n[timing] cancel at step {step_at_cancel}/{total}: GUI free at once, daemon confirmed after {confirm:.2f} s "
+          f"(job stopped at step {job.step})")

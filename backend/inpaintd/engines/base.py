@@ -9,8 +9,9 @@ model, and lets the middle step run somewhere else (an executor on another machi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 

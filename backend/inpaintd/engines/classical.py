@@ -18,8 +18,8 @@ jobs (`fill: classical`) and by the benchmark.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -124,7 +124,8 @@ METHODS: dict[str, Method] = {
         # Best PSNR, SSIM and edge continuity, but 3-4x PatchMatch's time on large holes.
         Method("opencv-fsr", "OpenCV xphoto FSR (fast): frequency-selective reconstruction, slow; deterministic",
                False, _xphoto("INPAINT_FSR_FAST"), _missing_xphoto),
-        Method("opencv-shiftmap", "OpenCV xphoto shift-map: copies one shifted region, slow; deterministic (no seed), though its source region was seen to change between runs", False,
+        Method("opencv-shiftmap", "OpenCV xphoto shift-map: copies one shifted region, slow; deterministic (no seed), "
+                                  "though its source region was seen to change between runs", False,
                _xphoto("INPAINT_SHIFTMAP"), _missing_xphoto),
     )
 }

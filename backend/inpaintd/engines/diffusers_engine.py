@@ -21,7 +21,14 @@ import numpy as np
 from ..families import Family, UnsupportedModel, family_of_folder, family_of_pipeline, inspect_single_file
 from ..policy import is_pickle, pickle_refusal
 from .base import (
-    CancelledFn, EngineError, EngineOutput, EngineRequest, ModelCaps, ProgressFn, check_cancel, is_out_of_memory,
+    CancelledFn,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    ModelCaps,
+    ProgressFn,
+    check_cancel,
+    is_out_of_memory,
 )
 from .pacing import StepPacer
 from .sd_inpaint import Embeddings, InpaintLoop, Inputs, scheduler_settings
@@ -74,7 +81,7 @@ def pick_device(requested: str | None = None) -> str:
     return "cpu"
 
 
-def _dtype_for(device: str) -> "torch.dtype":
+def _dtype_for(device: str) -> torch.dtype:
     import torch
 
     # Half precision halves memory and is fast on GPUs; CPUs have no fast float16 path.
@@ -148,7 +155,7 @@ class DiffusersEngine:
     @classmethod
     def from_pipeline(
         cls, pipe: Any, model_id: str, device: str | None = None, speedups: Speedups | None = None
-    ) -> "DiffusersEngine":
+    ) -> DiffusersEngine:
         """Wrap a pipeline already built in memory (benchmarks build the full-size
         architectures from configs with random weights; nothing is read from disk).
         The pipeline keeps its dtype; it is moved to `device`."""

@@ -16,7 +16,8 @@ when its call returns, and is reported at once.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Steps the host may run ahead of the GPU.  Two keeps the GPU fed (the next step is
 #: always queued) while a Cancel lands within about two steps of device time.
@@ -43,7 +44,7 @@ class StepPacer:
         self._pending: deque[tuple[int, int, Any]] = deque()
 
     @classmethod
-    def for_device(cls, device: str, report: Callable[[int, int], None], lead: int = DEFAULT_LEAD) -> "StepPacer":
+    def for_device(cls, device: str, report: Callable[[int, int], None], lead: int = DEFAULT_LEAD) -> StepPacer:
         if device.split(":")[0] == "cuda":
             import torch
 

@@ -23,14 +23,15 @@ is reported through a `StepPacer` (see `inpaintd.engines.pacing`) so that it doe
 synchronise the GPU either.  Waits that remain, as in the stock pipeline: schedulers that
 draw noise inside `step` (Euler ancestral, LCM) copy it from the CPU generators every step,
 so that a seed means the same pixels on every device; and with a 4-channel UNet the
-sigma-based schedulers (Euler, DPM++) copy their CPU sigma table in `add_noise` each step.  On the CPU, where tests run, the results equal the stock
-pipeline's (`tests/test_sd_inpaint.py`).
+sigma-based schedulers (Euler, DPM++) copy their CPU sigma table in `add_noise` each step.
+On the CPU, where tests run, the results equal the stock pipeline's (`tests/test_sd_inpaint.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
 class Embeddings:
     """A prompt pair encoded once: SD uses the first two, SDXL all four."""
 
-    positive: "torch.Tensor"
-    negative: "torch.Tensor"
-    pooled: "torch.Tensor | None" = None
-    negative_pooled: "torch.Tensor | None" = None
+    positive: torch.Tensor
+    negative: torch.Tensor
+    pooled: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,18 +62,18 @@ class Inputs:
     strength: float
 
 
-def _retrieve(dist_output: Any, generator: Any) -> "torch.Tensor":
+def _retrieve(dist_output: Any, generator: Any) -> torch.Tensor:
     """A latent from a VAE encoding, drawn with `generator` where the VAE is a distribution."""
     if hasattr(dist_output, "latent_dist"):
         return dist_output.latent_dist.sample(generator)
     return dist_output.latents
 
 
-def _vae_dtype(vae: Any) -> "torch.dtype":
+def _vae_dtype(vae: Any) -> torch.dtype:
     return next(vae.parameters()).dtype
 
 
-def encode_per_variant(vae: Any, image: "torch.Tensor", generators: list[Any]) -> list["torch.Tensor"]:
+def encode_per_variant(vae: Any, image: torch.Tensor, generators: list[Any]) -> list[torch.Tensor]:
     """One VAE encode of `image` (batch 1), one latent draw per generator.
 
     The image comes in the UNet's dtype, as the stock pipeline casts it; a VAE kept in
@@ -89,7 +90,7 @@ def encode_per_variant(vae: Any, image: "torch.Tensor", generators: list[Any]) -
 DECODE_PIXELS = 1 << 20
 
 
-def schedule(scheduler: Any, steps: int, strength: float) -> tuple["torch.Tensor", int]:
+def schedule(scheduler: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
     """The timesteps a job runs, one UNet call each, and where they start in the full
     schedule: the stock pipeline's rule (`get_timesteps`), on the CPU.
 
@@ -255,10 +256,10 @@ class InpaintLoop:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _scale(self, latents: "torch.Tensor") -> "torch.Tensor":
+    def _scale(self, latents: torch.Tensor) -> torch.Tensor:
         return self.pipe.vae.config.scaling_factor * latents
 
-    def _conditioning(self, job: Inputs, n: int, cfg: bool, height: int, width: int, dtype: "torch.dtype") -> dict[str, Any]:
+    def _conditioning(self, job: Inputs, n: int, cfg: bool, height: int, width: int, dtype: torch.dtype) -> dict[str, Any]:
         import torch
 
         pipe, emb = self.pipe, job.embeddings
@@ -287,7 +288,7 @@ class InpaintLoop:
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
         return kwargs
 
-    def _decode(self, latents: "torch.Tensor") -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
         import torch
 
         vae = self.pipe.vae

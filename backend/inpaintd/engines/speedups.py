@@ -48,7 +48,7 @@ class Speedups:
             raise ValueError(f"unknown compile mode '{self.compile}'; known: {', '.join(COMPILE_MODES)}")
 
     @classmethod
-    def default_for(cls, device: str, compile: str = "off") -> "Speedups":
+    def default_for(cls, device: str, compile: str = "off") -> Speedups:
         cuda = device.split(":")[0] == "cuda"
         return cls(channels_last=cuda, fuse_qkv=cuda, cudnn_benchmark=cuda, compile=compile)
 

@@ -20,8 +20,7 @@ import gi
 
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp  # noqa: E402
-
-from test_in_gimp import FEATHER, GROW, LH, LW, PADDING, W, H, check_variant, make_image, read, run_proc  # noqa: E402
+from test_in_gimp import FEATHER, GROW, LH, LW, PADDING, H, W, check_variant, make_image, read, run_proc  # noqa: E402
 
 CI = os.environ.get("INPAINTD_CI_DIR", "/ci")
 SEED = 2024
@@ -78,7 +77,7 @@ def test_diffusion_two_variants_fixed_seed():
     # values (seen: 1 value of ~120,000).  A different seed changes most of them.
     again = read(redo, 0, 0, redo.get_width(), redo.get_height(), "R'G'B'A u8")
     assert len(again) == len(pixels[1])
-    diffs = [abs(a - b) for a, b in zip(again, pixels[1]) if a != b]
+    diffs = [abs(a - b) for a, b in zip(again, pixels[1], strict=True) if a != b]
     REPORT["redo_differing_values"] = len(diffs)
     assert (max(diffs) if diffs else 0) <= 1 and len(diffs) <= len(again) // 1000, \
         f"the same seed did not give the same result: {len(diffs)} values differ, by up to {max(diffs)}"

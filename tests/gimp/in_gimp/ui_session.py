@@ -11,9 +11,8 @@ import time
 
 _ci = os.environ["INPAINTD_CI_DIR"]
 sys.path.insert(0, _ci)
-from test_in_gimp import LH, LW, make_image, read, run_proc  # noqa: E402
-
 import gi  # noqa: E402
+from test_in_gimp import LH, LW, make_image, read, run_proc  # noqa: E402
 
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, Gio  # noqa: E402

@@ -16,8 +16,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from krita import Extension, Krita  # type: ignore
 from PyQt5.QtCore import QByteArray, QTimer
@@ -106,7 +107,8 @@ def start() -> None:
     report["plugin_module"] = inpaintd_krita.__file__
     import inpaintd_protocol
 
-    report["vendored_protocol"] = "inpaintd_krita" in Path(inpaintd_protocol.__file__).parts and _protocol.Client is inpaintd_protocol.Client
+    report["vendored_protocol"] = ("inpaintd_krita" in Path(inpaintd_protocol.__file__).parts
+                                   and _protocol.Client is inpaintd_protocol.Client)
     action = app.action(plugin.ACTION_ID)
     report["action_found"] = action is not None
     dockers = [d for d in app.dockers() if d.objectName() == plugin.DOCKER_ID]
