@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from inpaintd.cli import _job_options, build_parser
 from inpaintd.validation import parse_options
 from inpaintd_protocol import editor
 from inpaintd_protocol.messages import LIMITS, OPTION_RULES, JobOptions, ProtocolError
-from inpaintd_protocol.options import BY_NAME, GIMP, KRITA, OPTIONS, Option
+from inpaintd_protocol.options import BY_NAME, GIMP, KRITA, OPTIONS, Option, check_record
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "krita_plugin"))
@@ -47,6 +48,22 @@ def test_the_table_itself() -> None:
     assert [f.name for f in dataclasses.fields(JobOptions)] == names
     assert JobOptions().to_wire() == {o.name: o.default for o in OPTIONS}
     assert OPTION_RULES == {o.name: (o.types, *o.bounds(LIMITS)) for o in OPTIONS}
+
+
+def test_a_written_out_record_must_match_its_table() -> None:
+    """JobOptions, Krita's Settings and GIMP's Options are written out for readers and type
+    checkers; check_record (called at their import) stops the import when one drifts."""
+
+    @dataclasses.dataclass
+    class Record:
+        a: int = 1
+        b: str = ""
+
+    check_record(Record, [("a", int, 1), ("b", str, "")])
+    for rows in ([("a", int, 2), ("b", str, "")], [("a", float, 1), ("b", str, "")], [("b", str, ""), ("a", int, 1)],
+                 [("a", int, 1)], [("a", int, 1), ("b", str, ""), ("c", bool, False)]):
+        with pytest.raises(AssertionError, match="Record and its table disagree"):
+            check_record(Record, rows)
 
 
 # -- 1. the CLI's flags -------------------------------------------------------------------------
@@ -114,10 +131,11 @@ def test_gimp_arguments_keep_their_positions() -> None:
 
 def test_krita_settings_are_the_tables() -> None:
     fields = {f.name: f for f in dataclasses.fields(krita.Settings)}
+    types = typing.get_type_hints(krita.Settings)  # the annotations are strings (PEP 563)
     shown = editor.shown_in(KRITA)
     assert {o.name for o in shown} == set(fields) - {name for name, _, _ in krita.EXTRA_SETTINGS}
     for o in shown:
-        assert fields[o.name].type is o.kind and fields[o.name].default == o.start_value, o.name
+        assert types[o.name] is o.kind and fields[o.name].default == o.start_value, o.name
     assert krita.Settings().job_options() == {o.name: o.start_value for o in shown}
     # the docker makes a control per shown option from the same table (checked inside Krita:
     # tests/krita/test_in_krita.py, test_the_dockers_controls_are_made_from_the_option_table)

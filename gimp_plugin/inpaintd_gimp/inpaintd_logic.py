@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 # The standard-library parts of the protocol package: they need neither pyzmq nor msgpack,
@@ -20,7 +20,7 @@ from typing import Any
 from inpaintd_protocol import editor
 from inpaintd_protocol.editor import CropPlan
 from inpaintd_protocol.messages import DEFAULT_ENDPOINT
-from inpaintd_protocol.options import GIMP, Option
+from inpaintd_protocol.options import GIMP, Option, check_record
 from inpaintd_protocol.rect import Rect
 
 PROCEDURE_NAME = "python-fu-inpaintd-inpaint-selection"
@@ -81,11 +81,33 @@ DIALOG_ORDER: tuple[str, ...] = tuple(o.name.replace("_", "-") for o in editor.s
 _PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-class _OptionsMethods:
-    """What the plug-in does with one run's values; the fields are made below."""
+@dataclass
+class Options:
+    """The values of one run, as the dialog or a script gave them: one field per argument,
+    in argument order (the job options GIMP shows, with the editors' starting values, and
+    EXTRA_ARGS).  GIMP hands over whatever a script passed, so `validate` checks the types.
+
+    Written out (not generated) so that type checkers and readers see the fields;
+    `check_record` below stops the import if it ever differs from ARGS."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    variants: int = 2
+    strength: float = 1.0
+    steps: int = 0
+    seed: int = -1
+    model: str = ""
+    grow: int = 8
+    feather: int = 16
+    padding: int = -1
+    endpoint: str = ""
+    sample_merged: bool = False
+    start_daemon: bool = True
+    color_match: bool = False
+    fill: str = "auto"
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> Any:
+    def from_mapping(cls, values: dict[str, Any]) -> Options:
         """Build from GIMP argument names or field names; unknown keys are ignored."""
         by_name = {a.name: a.field for a in ARGS}
         strings = {a.field for a in ARGS if a.kind == "str"}
@@ -116,13 +138,7 @@ class _OptionsMethods:
         return editor.job_options(asdict(self), GIMP)
 
 
-#: The values of one run, as the dialog or a script gave them: one field per argument.
-Options = make_dataclass(
-    "Options",
-    [(a.field, _PY_TYPES[a.kind], field(default=a.default)) for a in ARGS],
-    bases=(_OptionsMethods,),
-    namespace={"__module__": __name__, "__doc__": "The values of one run (one field per procedure argument)."},
-)
+check_record(Options, [(a.field, _PY_TYPES[a.kind], a.default) for a in ARGS])
 
 
 def plain(label: str) -> str:
@@ -133,7 +149,7 @@ def plain(label: str) -> str:
 # -- geometry ------------------------------------------------------------------------
 
 
-def plan_crop(selection: Rect, image_width: int, image_height: int, source: Rect, opts: Any) -> CropPlan | None:
+def plan_crop(selection: Rect, image_width: int, image_height: int, source: Rect, opts: Options) -> CropPlan | None:
     """The crop to send (editor.plan_crop's rule), or None when the selection misses the source.
 
     `selection` is the selection's bounds and `source` the bounds of what pixels are read

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 # The standard-library parts of the protocol package (the vendored copy when installed, see
@@ -20,7 +20,7 @@ from typing import Any
 # lacks them.
 from inpaintd_protocol import editor
 from inpaintd_protocol.editor import CropPlan
-from inpaintd_protocol.options import KRITA
+from inpaintd_protocol.options import KRITA, check_record
 from inpaintd_protocol.rect import Rect
 
 #: Krita's own names; the plugin works on 8-bit RGBA only (its pixel bytes are BGRA).
@@ -41,7 +41,7 @@ class UserError(Exception):
 # -- the crop --------------------------------------------------------------------------
 
 
-def plan_crop(selection: Rect, canvas_width: int, canvas_height: int, settings: Any) -> CropPlan:
+def plan_crop(selection: Rect, canvas_width: int, canvas_height: int, settings: Settings) -> CropPlan:
     """The crop to send (editor.plan_crop's rule) for a selection in document coordinates.
 
     Krita's layers have no fixed bounds (a layer's pixels are read in document coordinates,
@@ -181,8 +181,33 @@ EXTRA_SETTINGS: tuple[tuple[str, type, Any], ...] = (
 RETIRED_SETTINGS = ("random_seed",)
 
 
-class _SettingsMethods:
-    """What the docker does with its settings; the fields are made below."""
+@dataclass
+class Settings:
+    """Everything the docker edits: one field per job option Krita shows (options.OPTIONS,
+    in form order, with the editors' starting values), then EXTRA_SETTINGS.  The action
+    `inpaintd_inpaint_selection` runs a job with the current values, so the docker and a
+    shortcut always agree.
+
+    Written out (not generated) so that type checkers and readers see the fields;
+    `check_record` below stops the import if it ever differs from the option table."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    variants: int = 2
+    strength: float = 1.0
+    fill: str = "auto"
+    steps: int = 0
+    seed: int = -1
+    model: str = ""
+    grow: int = 8
+    feather: int = 16
+    padding: int = -1
+    color_match: bool = False
+    # EXTRA_SETTINGS
+    use_composite: bool = False
+    endpoint: str = ""
+    daemon_command: str = "inpaintd serve --bind {endpoint}"
+    autostart: bool = False
 
     def job_options(self) -> dict[str, Any]:
         """The protocol's JobOptions fields (as a dict: this module does not import the client)."""
@@ -197,7 +222,7 @@ class _SettingsMethods:
         return out
 
     @classmethod
-    def from_strings(cls, stored: Mapping[str, str]) -> Any:
+    def from_strings(cls, stored: Mapping[str, str]) -> Settings:
         """Read back what `to_strings` wrote; missing or unreadable values keep defaults.
         A seed saved with the old 'Random' box ticked (random_seed) reads as -1, random."""
         s = cls()
@@ -225,14 +250,4 @@ class _SettingsMethods:
         return s
 
 
-#: Everything the docker edits: one field per job option Krita shows (options.OPTIONS, with
-#: the editors' starting values), then EXTRA_SETTINGS.  The action
-#: `inpaintd_inpaint_selection` runs a job with the current values, so the docker and a
-#: shortcut always agree.
-Settings = make_dataclass(
-    "Settings",
-    [(o.name, o.kind, field(default=o.start_value)) for o in editor.shown_in(KRITA)]
-    + [(name, kind, field(default=default)) for name, kind, default in EXTRA_SETTINGS],
-    bases=(_SettingsMethods,),
-    namespace={"__module__": __name__, "__doc__": "The docker's settings (job options from the option table, then EXTRA_SETTINGS)."},
-)
+check_record(Settings, [(o.name, o.kind, o.start_value) for o in editor.shown_in(KRITA)] + list(EXTRA_SETTINGS))

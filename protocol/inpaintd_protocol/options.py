@@ -4,15 +4,19 @@ A job option is named in five places: the daemon's validation, the `inpaintd inp
 the GIMP procedure's arguments, the Krita docker's settings and PROTOCOL.md section 5.4.
 Each of them is built from `OPTIONS` (the spec is checked against it by
 tests/test_option_table.py), so adding an option is one `Option` here plus its use in the
-engine.  `JobOptions`, the record a submit carries, is made from the table too.
+engine.  `JobOptions`, the record a submit carries, is checked against the table at import.
 
 Standard library only and no imports from this package: the editors' Pythons load it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 KRITA = "krita"
 GIMP = "gimp"
@@ -141,17 +145,44 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 
-def _to_wire(self: Any) -> dict[str, Any]:
-    return dict(self.__dict__)
+@dataclass
+class JobOptions:
+    """Everything a submit carries besides the pixels, one field per row of OPTIONS with its
+    default: a client that sends only image, mask and prompt gets a good result.  `steps` 0
+    and `padding` -1 mean "the engine's / the runner's choice"; `seed` -1 "pick one" (the
+    result reports the seeds used); `model` "" the daemon's default model.
+
+    Written out (not generated) so that type checkers and readers see the fields;
+    `check_record` below stops the import if it ever differs from OPTIONS.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    variants: int = 1
+    steps: int = 0
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    scheduler: str = "default"
+    model: str = ""
+    grow: int = 8
+    feather: int = 16
+    padding: int = -1
+    color_match: bool = False
+    fill: str = "auto"
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
-#: Everything a submit carries besides the pixels, one field per row of OPTIONS with its
-#: default: a client that sends only image, mask and prompt gets a good result.  `steps` 0
-#: and `padding` -1 mean "the engine's / the runner's choice"; `seed` -1 "pick one" (the
-#: result reports the seeds used); `model` "" the daemon's default model.
-JobOptions = make_dataclass(
-    "JobOptions",
-    [(o.name, o.kind, field(default=o.default)) for o in OPTIONS],
-    namespace={"to_wire": _to_wire, "__module__": __name__,
-               "__doc__": "A submit's job options (inpaintd_protocol.options.OPTIONS)."},
-)
+def check_record(record: type[DataclassInstance], rows: Iterable[tuple[str, type, Any]]) -> None:
+    """Stop an import when `record`, a dataclass written out for readers and type checkers,
+    differs from the table it mirrors: `rows` gives each field's (name, type, default), in
+    order.  JobOptions mirrors OPTIONS; the editors' settings mirror the options they show."""
+    declared = [(f.name, f.type if isinstance(f.type, str) else f.type.__name__, f.default) for f in fields(record)]
+    table = [(name, kind.__name__, default) for name, kind, default in rows]
+    if declared != table:
+        raise AssertionError(f"{record.__name__} and its table disagree: {declared} != {table}")
+
+
+check_record(JobOptions, [(o.name, o.kind, o.default) for o in OPTIONS])
