@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inpaintd.engines.base import EngineError, EngineOutput, EngineRequest
+from inpaintd.engines.base import ModelCaps, EngineError, EngineOutput, EngineRequest
 from inpaintd.engines.classical import caps_of
 from inpaintd.executor import (
     Cancelled,
@@ -72,6 +72,9 @@ class StubRegistry:
             if progress:
                 progress("loading", 1, 1)
         return self.engine
+
+    def caps(self, model_id: str) -> ModelCaps:
+        return self.engine.caps  # the stub's description; a real registry reads the model's
 
 
 def request(job_id: str = "j1") -> JobRequest:
