@@ -6,6 +6,7 @@ validation, and PROTOCOL.md's submit options table (section 5.4)."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import re
 import sys
@@ -141,6 +142,11 @@ def test_krita_settings_are_the_tables() -> None:
     # tests/krita/test_in_krita.py, test_the_dockers_controls_are_made_from_the_option_table)
     docker = (ROOT / "krita_plugin" / "inpaintd_krita" / "docker.py").read_text(encoding="utf-8")
     assert "editor.shown_in(KRITA)" in docker and "editor.bounds(opt)" in docker
+    # ... and declares one attribute per control for type checkers (their classes are
+    # checked when a panel is made, inside Krita)
+    panel = next(n for n in ast.parse(docker).body if isinstance(n, ast.ClassDef) and n.name == "InpaintPanel")
+    declared = [n.target.id for n in panel.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    assert declared == [o.name for o in shown]
 
 
 @pytest.mark.parametrize("editor_name", [KRITA, GIMP])

@@ -18,9 +18,9 @@ if _os.path.isdir(_VENDOR) and _VENDOR not in _sys.path:
     _sys.path.insert(0, _VENDOR)
 
 try:
-    from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita  # type: ignore
+    from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita
 except ImportError:  # imported outside Krita
-    Krita = None
+    Krita = None  # type: ignore[misc, assignment]  # the class, or None outside Krita
 
 if Krita is not None and Krita.instance() is not None:
     from .docker import InpaintDocker

@@ -41,6 +41,23 @@ _LEVEL_STYLE = {"error": "color: #e05050;", "ok": "color: #50b050;", "busy": "",
 class InpaintPanel(QWidget):
     """Prompt, options, Generate/Cancel, progress and messages for one Controller."""
 
+    # The job options' controls, one per option Krita shows, made from the option table by
+    # _option_widget and kept in `option_widgets`; each is also an attribute by its name
+    # (panel.seed, panel.steps, ...).  Written out here, and only these, so that type
+    # checkers and readers see them; __init__ stops if they differ from what the table made.
+    prompt: QPlainTextEdit
+    negative_prompt: QLineEdit
+    variants: QSpinBox
+    strength: QDoubleSpinBox
+    fill: QComboBox
+    steps: QSpinBox
+    seed: QSpinBox
+    model: QComboBox
+    grow: QSpinBox
+    feather: QSpinBox
+    padding: QSpinBox
+    color_match: QCheckBox
+
     def __init__(self, controller: Controller, on_settings_changed: Callable[[], None] | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -66,7 +83,7 @@ class InpaintPanel(QWidget):
         self.option_widgets: dict[str, QWidget] = {}
         for opt in editor.shown_in(KRITA):
             widget = self.option_widgets[opt.name] = self._option_widget(opt, getattr(s, opt.name))
-            if not hasattr(QWidget, opt.name):  # panel.seed, panel.steps, ... (tests use them)
+            if not hasattr(QWidget, opt.name):  # panel.seed, panel.steps, ... (declared above)
                 setattr(self, opt.name, widget)
             if opt.kind is bool:
                 switches.addWidget(widget)
@@ -74,6 +91,7 @@ class InpaintPanel(QWidget):
                 texts.addWidget(widget)
             else:
                 form.addRow(opt.plain_label, widget)
+        self._check_declared_controls()
         self.use_composite = QCheckBox("Use visible image (all layers)")
         self.use_composite.setChecked(s.use_composite)
         switches.insertWidget(0, self.use_composite)
@@ -139,6 +157,15 @@ class InpaintPanel(QWidget):
         controller.connection_changed.connect(self._show_connection)
         controller.models_changed.connect(self._show_models)
 
+    def _check_declared_controls(self) -> None:
+        """The controls written out in the class body are the ones the option table made:
+        the same names, each of the declared class."""
+        made = {name: type(w).__name__ for name, w in self.option_widgets.items() if not hasattr(QWidget, name)}
+        declared = {name: kind if isinstance(kind, str) else kind.__name__
+                    for name, kind in InpaintPanel.__annotations__.items()}
+        if made != declared:
+            raise AssertionError(f"InpaintPanel's declared controls and the option table disagree: {declared} != {made}")
+
     # -- settings --------------------------------------------------------------------
 
     def _option_widget(self, opt: Option, value: Any) -> QWidget:
@@ -147,7 +174,7 @@ class InpaintPanel(QWidget):
         def changed(v: Any) -> None:
             self._set(opt.name, v)
 
-        widget: Any
+        widget: Any  # a different Qt class in each branch, each used through its own methods
         if opt.name == "prompt":  # several lines; an empty prompt is a valid choice
             widget = QPlainTextEdit(value)
             widget.setPlaceholderText("Prompt (empty: fill from the surroundings)")
@@ -228,7 +255,7 @@ class InpaintPanel(QWidget):
 
 
 try:  # the DockWidget wrapper exists only inside Krita
-    from krita import DockWidget  # type: ignore
+    from krita import DockWidget
 
     class InpaintDocker(DockWidget):
         """The 'inpaintd' docker: an InpaintPanel on the plugin's shared controller."""
@@ -245,4 +272,4 @@ try:  # the DockWidget wrapper exists only inside Krita
             pass
 
 except ImportError:  # pragma: no cover - outside Krita
-    InpaintDocker = None  # type: ignore
+    InpaintDocker = None  # type: ignore[misc, assignment]  # no docker class outside Krita

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from krita import Krita  # type: ignore
+from krita import Krita
 from PyQt5.QtCore import QByteArray, QTimer
 
 from inpaintd_protocol import editor
@@ -56,8 +56,9 @@ def capture(settings: Settings) -> JobInput:
     logic.check_color_space(doc.colorModel(), doc.colorDepth())
     node = doc.activeNode()
     logic.check_source_layer(node.type() if node is not None else None, settings.use_composite)
-    if not settings.use_composite:
-        logic.check_color_space(node.colorModel(), node.colorDepth(), "active layer")
+    source = None if settings.use_composite else node  # None: the visible composite (a missing layer was refused)
+    if source is not None:
+        logic.check_color_space(source.colorModel(), source.colorDepth(), "active layer")
     selection = doc.selection()
     if selection is None or selection.width() <= 0 or selection.height() <= 0:
         raise UserError(
@@ -70,15 +71,15 @@ def capture(settings: Settings) -> JobInput:
     mask = bytes(selection.pixelData(*region.as_tuple()))
     if not editor.mask_selects(mask):
         raise UserError("The selection is empty inside the canvas. Select the region to inpaint.")
-    if settings.use_composite:
+    if source is None:
         bgra = doc.pixelData(*region.as_tuple())  # the visible image, all layers
     else:
-        bgra = node.pixelData(*region.as_tuple())  # image coordinates: the layer's offset is applied
+        bgra = source.pixelData(*region.as_tuple())  # image coordinates: the layer's offset is applied
     rgba = logic.swap_red_blue(bytes(bgra))
     anchor = node
     if anchor is not None and anchor.type().endswith("mask"):
         anchor = anchor.parentNode()  # a mask's results go above the layer it belongs to
-    return JobInput(doc, None if settings.use_composite else node, anchor, plan, rgba, mask, settings.prompt)
+    return JobInput(doc, source, anchor, plan, rgba, mask, settings.prompt)
 
 
 def insert_results(job: JobInput, layers: list) -> list[str]:

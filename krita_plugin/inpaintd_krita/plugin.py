@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from krita import Extension  # type: ignore
+from krita import Extension
 
 from . import kritadoc
 from .controller import Controller
