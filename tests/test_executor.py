@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inpaintd.engines.base import ModelCaps, EngineError, EngineOutput, EngineRequest
+from inpaintd.engines.base import EngineError, EngineOutput, EngineRequest, ModelCaps
 from inpaintd.engines.classical import caps_of
 from inpaintd.executor import (
     Cancelled,

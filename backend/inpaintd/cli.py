@@ -271,7 +271,8 @@ def write_variants(job: Job, image_path: Path, out: Path) -> list[Path]:
     paths = _out_paths(out, len(job.layers))
     out.parent.mkdir(parents=True, exist_ok=True)
     for layer, path in zip(job.layers, paths, strict=True):
-        tile = Image.frombuffer("RGBA", (layer.width, layer.height), layer.data, "raw", "RGBA", layer.stride, 1)
+        # PIL reads any buffer (a memoryview here, no copy); its annotation names bytes only
+        tile = Image.frombuffer("RGBA", (layer.width, layer.height), layer.data, "raw", "RGBA", layer.stride, 1)  # type: ignore[arg-type]
         full = base.copy()
         # The layer already holds source pixels outside the mask, alpha included: replace, do not blend.
         full.paste(tile.convert(full.mode), (layer.x, layer.y))

@@ -45,8 +45,8 @@ def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
             raise _field_error(Code.BAD_FIELD_TYPE, opt.name, f"'{opt.name}' must be {kinds}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise _field_error(Code.BAD_VALUE, opt.name, f"'{opt.name}' is {value}; it must be a finite number")
-        low, high = opt.bounds(limits)
-        if low is not None and value < low or high is not None and value > high:
+        low, high = opt.bounds(limits)  # (None, None) unless a number
+        if isinstance(value, (int, float)) and (low is not None and value < low or high is not None and value > high):
             raise _field_error(Code.BAD_VALUE, opt.name, f"'{opt.name}' is {value}; allowed range is {low} to {high}")
         setattr(options, opt.name, value)
     for opt in OPTIONS:

@@ -321,6 +321,7 @@ class InpaintdPlugIn(Gimp.PlugIn):
             if a.kind == "str":
                 procedure.add_string_argument(a.name, a.label, a.blurb, a.default, _PARAM)
             elif a.kind == "int":
+                assert a.minimum is not None and a.maximum is not None  # every number has bounds (the option table's rule)
                 procedure.add_int_argument(a.name, a.label, a.blurb, int(a.minimum), int(a.maximum), a.default, _PARAM)
             elif a.kind == "float":
                 procedure.add_double_argument(a.name, a.label, a.blurb, a.minimum, a.maximum, a.default, _PARAM)

@@ -67,11 +67,12 @@ def check(values: Mapping[str, Any], editor: str, limits: Limits = LIMITS) -> li
             problems.append(f"{label} must be at least {low:g}, got {value}")
         if high is not None and value > high:
             problems.append(f"{label} must be at most {high:g}, got {value}")
-        if opt.choices and (value.strip() or opt.default) not in opt.choices:
-            problems.append(f"{label} '{value}' is not one of {', '.join(opt.choices)}")
-        longest = opt.max_length(limits)
-        if longest is not None and len(value) > longest:
-            problems.append(f"{label} has {len(value)} characters; at most {longest} are allowed")
+        if isinstance(value, str):  # choices and lengths: string options only
+            if opt.choices and (value.strip() or opt.default) not in opt.choices:
+                problems.append(f"{label} '{value}' is not one of {', '.join(opt.choices)}")
+            longest = opt.max_length(limits)
+            if longest is not None and len(value) > longest:
+                problems.append(f"{label} has {len(value)} characters; at most {longest} are allowed")
     return problems
 
 

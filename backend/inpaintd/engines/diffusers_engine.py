@@ -88,7 +88,8 @@ def _dtype_for(device: str) -> torch.dtype:
     return torch.float32 if device.split(":")[0] == "cpu" else torch.float16
 
 
-def _pipeline_class(family: Family) -> type:
+def _pipeline_class(family: Family) -> Any:
+    """The family's diffusers pipeline class (Any: diffusers is untyped here, see pyproject.toml)."""
     import diffusers
 
     return getattr(diffusers, family.inpaint_pipeline)

@@ -272,6 +272,7 @@ class InpaintLoop:
                 scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
             ).to(device=self.device, dtype=dtype)
         if self.dual_text_encoder:
+            assert emb.pooled is not None  # a dual-encoder family's prompts are encoded with pooled embeddings
             projection = (
                 int(emb.pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
             )
@@ -283,6 +284,7 @@ class InpaintLoop:
             pooled = emb.pooled.repeat(n, 1)
             time_ids = time_ids.repeat(n, 1)
             if cfg:
+                assert emb.negative_pooled is not None
                 pooled = torch.cat([emb.negative_pooled.repeat(n, 1), pooled])
                 time_ids = torch.cat([negative_time_ids.repeat(n, 1), time_ids])
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
