@@ -430,3 +430,39 @@ def test_single_faint_pixel_mask_is_not_empty():
     m[h - 1, w - 1] = 1
     req = parse_submit(submit(w=w, h=h, buffers=[bytes(w * h * 3), m.tobytes()]))
     assert req.mask[h - 1, w - 1] == 1
+
+
+# -- admission: the fields, then the model -------------------------------------------------
+
+
+class _Models:
+    """A registry stand-in that admits one model and records what it was asked."""
+
+    default_model_id = "patchmatch"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def admit(self, model_id: str):
+        from inpaintd.engines.base import EngineError, ModelInfo
+
+        self.asked.append(model_id)
+        if model_id != "patchmatch":
+            raise EngineError("unknown_model", f"unknown model '{model_id}'", {"field": "model"})
+        return ModelInfo(model_id, "classical", "builtin", True, None)
+
+
+def test_admit_checks_the_fields_before_the_model() -> None:
+    from inpaintd.engines.base import EngineError
+    from inpaintd.validation import admit
+
+    models = _Models()
+    request, model = admit(submit(), models)
+    assert model == "patchmatch" and models.asked == ["patchmatch"] and request.mask.shape == (6, 8)
+    # a NaN is refused by the field rules (once, in one place), and the model is not even asked
+    err = error_of(admit, submit(body={"guidance_scale": math.nan, "model": "other"}), models)
+    assert err.code == Code.BAD_VALUE and err.details["field"] == "guidance_scale"
+    assert models.asked == ["patchmatch"]
+    with pytest.raises(EngineError) as refused:
+        admit(submit(body={"model": "other"}), models)
+    assert refused.value.code == "unknown_model" and models.asked[-1] == "other"

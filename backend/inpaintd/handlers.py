@@ -10,7 +10,6 @@ a handler reads and checks the message and builds the reply.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from inpaintd_protocol.wire import Message
 from . import __version__
 from .engines.base import EngineError
 from .runner import variant_seeds
-from .validation import parse_submit
+from .validation import admit
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -88,14 +87,7 @@ def list_models(d: Daemon, identity: bytes, msg: Message) -> Message:
 def submit(d: Daemon, identity: bytes, msg: Message) -> Message:
     if d.stopping:
         raise ProtocolError(Code.SHUTTING_DOWN, "the daemon is shutting down and takes no new jobs")
-    for name in ("guidance_scale", "strength"):  # NaN passes any range test
-        value = msg.body.get(name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ProtocolError(Code.BAD_VALUE, f"'{name}' is {value}; it must be a finite number", {"field": name})
-    request = parse_submit(msg, d.limits)
-    # Only models the daemon was started with: a path sent over the wire is never opened
-    # unless it names one of those (the registry's allow-list and pickle policy).
-    model_id = d.registry.admit(request.options.model or d.registry.default_model_id).id
+    request, model_id = admit(msg, d.registry, d.limits)  # fields, pixels, then the model
     seeds = variant_seeds(request.options.seed, request.options.variants)
     job = d.enqueue(identity, request, model_id, seeds)
     return wire.message(Accepted(job.id, job.position, seeds, model_id, d.instance), re=msg.id)

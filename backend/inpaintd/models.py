@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .engines.base import Engine, EngineError, ModelCaps, ModelInfo, ProgressFn
 from .families import Family, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
-from .policy import PICKLE_SUFFIXES, SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal  # noqa: F401  (PICKLE_SUFFIXES: old import path)
+from .policy import SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 #: The embedded default, where no diffusion model is available: the best classical fill by

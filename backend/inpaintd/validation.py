@@ -1,4 +1,4 @@
-"""Checking a submit before any work is done.
+"""Admission: checking a submit before any work is done, in one place.
 
 Everything a client can get wrong is caught here and answered with an error that names
 the field and the rule, so a plugin author can fix their side from the message alone.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -126,3 +126,20 @@ def _any_nonzero(mask: np.ndarray) -> bool:
     if mask.flags.c_contiguous:
         return bool(mask.view(np.uint8).reshape(-1).any())
     return bool(mask.any())
+
+
+class ModelAdmission(Protocol):
+    """The registry's side of admission (`inpaintd.models.ModelRegistry`)."""
+
+    default_model_id: str
+
+    def admit(self, model_id: str) -> Any: ...
+
+
+def admit(msg: Message, models: ModelAdmission, limits: Limits = LIMITS) -> tuple[SubmitRequest, str]:
+    """Everything a submit must pass before it is queued: every field and the pixels
+    (`parse_submit`: types, ranges, NaN, sizes), then the model it names (the registry's
+    allow-list, pickle rule and availability).  Returns the request and the model's id."""
+    request = parse_submit(msg, limits)
+    info = models.admit(request.options.model or models.default_model_id)
+    return request, info.id
