@@ -146,7 +146,7 @@ def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:
                INPAINTD_SELFTEST_SHOTS=str(tmp_path / "shots"))
     t = time.monotonic()
     proc = subprocess.run(
-        ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "krita", "--nosplash"],
+        ["xvfb-run", "-a", "-s", "-screen 0 1600x1200x24", "krita", "--nosplash"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )
     elapsed = time.monotonic() - t
@@ -161,7 +161,7 @@ def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:
     assert result["plugin_module"].startswith(str(pykrita)), "Krita did not load the installed copy"
     assert result["vendored_protocol"], "the plugin did not use its vendored client library"
     assert result["connected"], result
-    assert result["group"] == "Inpaint: a ceramic saucer" and len(result["variants"]) == 2
+    assert result["group"] == "Inpaint: a ceramic saucer" and len(result["variants"]) == 2, result
     assert result["variants"][0]["visible"] and not result["variants"][1]["visible"]
     assert all("seed" in v["name"] for v in result["variants"])
     assert result["progress_seen"], result

@@ -228,7 +228,14 @@ class Controller(QObject):
     def _finish(self, job: Any) -> None:
         job_input = self._job_input
         self._job, self._job_input = None, None
-        self._set_busy(False)
+        try:
+            self._report_end(job, job_input)
+        finally:
+            # Busy until the layers are in: adding them can run Krita's event loop
+            # (waitForDone), and whatever waits for `busy` must then see them.
+            self._set_busy(False)
+
+    def _report_end(self, job: Any, job_input: Any) -> None:
         if job.state == "done":
             try:
                 names = self.doc_access.insert_results(job_input, job.layers)

@@ -20,6 +20,7 @@ from PyQt5.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
@@ -139,6 +140,9 @@ class InpaintPanel(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.message_label)
         layout.addStretch(1)
+        # Never squash the controls below the height their text needs (a long message made
+        # Qt shrink every row): the dock area gives the panel room, other dockers yield.
+        layout.setSizeConstraint(QLayout.SetMinimumSize)
 
         # widgets -> settings (the job options' widgets were connected as they were made)
         self.use_composite.toggled.connect(lambda v: self._set("use_composite", v))
@@ -210,6 +214,8 @@ class InpaintPanel(QWidget):
             widget.setPlaceholderText(opt.plain_label)
             widget.textChanged.connect(changed)
         widget.setToolTip(opt.tip)
+        if isinstance(widget, (QSpinBox, QDoubleSpinBox, QComboBox)):
+            widget.setMinimumHeight(widget.sizeHint().height())  # a row never shorter than its text
         return widget
 
     def _set(self, name: str, value: Any) -> None:

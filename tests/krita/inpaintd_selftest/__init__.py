@@ -81,7 +81,7 @@ def start() -> None:
     win = app.activeWindow() or (app.windows() or [None])[0]
     if win is None:
         return poll(lambda: bool(app.windows()), start, 60, "Krita's main window")
-    win.qwindow().resize(1400, 900)
+    win.qwindow().resize(1400, 1080)  # a common screen height: room for the docker
     img = QImage(str(PHOTO)).convertToFormat(QImage.Format_ARGB32)
     w, h = img.width(), img.height()
     ptr = img.constBits()
@@ -119,7 +119,7 @@ def start() -> None:
     docker = dockers[0]
     docker.show()
     docker.raise_()
-    panel = docker.widget()
+    panel = docker.panel
     controller = plugin.controller()
     progress: list[str] = []
     controller.progress.connect(lambda value, text: progress.append(text))
