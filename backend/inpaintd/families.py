@@ -20,6 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .engines.base import ModelCaps
+
 
 class Arch(str, Enum):
     """A model architecture family.  The value is what `list_models` reports."""
@@ -236,6 +238,28 @@ def inspect_single_file(path: Path) -> SingleFile | None:
         if FAMILIES[arch].single_file_match(header):
             return SingleFile(FAMILIES[arch], inpainting)
     return None
+
+
+#: Processing sizes of a compiled engine are multiples of this: compiled code is specialised
+#: to each shape it meets, and 64 px (8 latent pixels) keeps jobs to about a dozen shapes.
+COMPILED_SHAPE_MULTIPLE = 64
+
+
+def caps_for(family: Family, native_size: int | None, compile: str, size_multiple: int | None = None) -> ModelCaps:
+    """A diffusion model as a job is prepared for it: its family row, the native size its
+    configs give, and the shape grid its compile setting implies."""
+    multiple = size_multiple or family.size_multiple
+    return ModelCaps(
+        engine="diffusers",
+        family=family.arch.value,
+        native_size=native_size or family.native_size,
+        size_multiple=multiple,
+        shape_multiple=COMPILED_SHAPE_MULTIPLE if compile != "off" else multiple,
+        default_steps=family.default_steps,
+        schedulers=family.schedulers,
+        seeded=True,
+        prefills=True,
+    )
 
 
 def all_schedulers() -> tuple[str, ...]:

@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .engines.base import Engine, EngineError, ModelCaps, ModelInfo, ProgressFn
-from .families import Family, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
+from .families import (
+    FAMILIES,
+    Arch,
+    Family,
+    UnsupportedModel,
+    caps_for,
+    family_of_folder,
+    inspect_single_file,
+    native_size_of_folder,
+)
 from .policy import SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -302,18 +311,13 @@ class ModelRegistry:
             from .engines.classical import caps_of
 
             return caps_of(spec.id)
-        from .engines.diffusers_engine import COMPILED_SHAPE_MULTIPLE, caps_for
-        from .families import FAMILIES, Arch
-
         info = self._info(spec)
         if not info.family:
             loaded = self._diffusion
             if loaded is not None and loaded.model_id == spec.id:
                 return loaded.caps
             raise EngineError("model_unavailable", f"model '{spec.id}': its family is not known yet ({info.detail})")
-        family = FAMILIES[Arch(info.family)]
-        grid = COMPILED_SHAPE_MULTIPLE if self.compile != "off" else family.size_multiple
-        return caps_for(family, info.native_size, family.size_multiple, grid)
+        return caps_for(FAMILIES[Arch(info.family)], info.native_size, self.compile)
 
     # -- loading -------------------------------------------------------------------
 

@@ -63,7 +63,6 @@ class Plan:
     processing_size: tuple[int, int]
     color_match: bool
     notes: list[str] = field(default_factory=list)
-    prepare_seconds: float = 0.0
 
 
 def variant_seeds(seed: int, variants: int, rng: np.random.Generator | None = None) -> list[int]:
@@ -98,7 +97,6 @@ def prepare(
     """Turn the client's image (H x W x 3|4 uint8) and mask (H x W uint8) into the engine's
     request and the plan to put its output back.  CPU only; raises EngineError on a mask
     that selects nothing."""
-    t0 = time.perf_counter()
     prepared = prepare_mask(mask, options.grow, options.feather)
     if prepared is None:
         raise EngineError("empty_mask", "the mask selects nothing (every value is 0); select the area to inpaint")
@@ -160,14 +158,13 @@ def prepare(
     plan = Plan(
         source=source, region=region, region_mask=region_mask, keep=engine_mask == 0, engine_image=engine_image,
         seeds=list(seeds), processing_size=size, color_match=bool(options.color_match), notes=notes,
-        prepare_seconds=time.perf_counter() - t0,
     )
     return request, plan
 
 
 def finish(plan: Plan, output: EngineOutput, on_progress: ProgressFn | None = None) -> JobOutput:
-    """Composite the engine's images into the source region: one layer per variant."""
-    t0 = time.perf_counter()
+    """Composite the engine's images into the source region: one layer per variant.
+    Timings are the caller's (run_job measures the three steps)."""
     images = output.images
     # A deterministic engine (the same pixels for every seed) makes one image for all: one
     # layer, with the first seed; its note says so.
@@ -182,8 +179,7 @@ def finish(plan: Plan, output: EngineOutput, on_progress: ProgressFn | None = No
         LayerResult(i, seed, region.x, region.y, composite(plan.source, _resize(out, (region.width, region.height)), plan.region_mask))
         for i, (seed, out) in enumerate(zip(plan.seeds, images, strict=False))
     ]
-    timings = {"prepare": plan.prepare_seconds, "composite": time.perf_counter() - t0}
-    return JobOutput(layers=layers, region=region, processing_size=plan.processing_size, timings=timings,
+    return JobOutput(layers=layers, region=region, processing_size=plan.processing_size,
                      notes=[*plan.notes, *output.notes])
 
 

@@ -248,7 +248,7 @@ class Client:
         """
         deadline = time.monotonic() + timeout
         while True:
-            if self._sock.poll(0, zmq.POLLOUT) or self._sock.poll(int(min(max(deadline - time.monotonic(), 0), 1.0) * 1000), zmq.POLLOUT):
+            if self._sock.poll(int(min(max(deadline - time.monotonic(), 0), 1.0) * 1000), zmq.POLLOUT):
                 try:
                     self._sock.send_multipart(wire.encode(msg, self.key), flags=zmq.NOBLOCK, copy=False)
                     return msg.id

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..families import Family, UnsupportedModel, family_of_folder, family_of_pipeline, inspect_single_file
+from ..families import Family, UnsupportedModel, caps_for, family_of_folder, family_of_pipeline, inspect_single_file
 from ..policy import is_pickle, pickle_refusal
 from .base import (
     CancelledFn,
     EngineError,
     EngineOutput,
     EngineRequest,
-    ModelCaps,
     ProgressFn,
     check_cancel,
     is_out_of_memory,
@@ -60,8 +59,6 @@ _SCHEDULER_OVERRIDES: dict[str, dict[str, Any]] = {
 #: What the one retry after running out of memory changes (see `generate`).
 LOW_MEMORY_SETTINGS = "attention slicing, VAE tiling and one variant at a time"
 
-#: Processing sizes of a compiled engine are multiples of this (see `_adopt`).
-COMPILED_SHAPE_MULTIPLE = 64
 
 #: Prompt embeddings kept across jobs: users re-run the same prompt with new seeds a lot.
 PROMPT_CACHE_SIZE = 8
@@ -101,21 +98,6 @@ def _family_of_folder(folder: Path, model_id: str) -> Family:
         return family_of_folder(folder)
     except UnsupportedModel as exc:
         raise EngineError("model_refused", f"model '{model_id}': {exc}") from None
-
-
-def caps_for(family: Family, native_size: int | None, size_multiple: int, shape_multiple: int) -> ModelCaps:
-    """A diffusion model's capabilities: its family row, with the sizes its configs give."""
-    return ModelCaps(
-        engine="diffusers",
-        family=family.arch.value,
-        native_size=native_size or family.native_size,
-        size_multiple=size_multiple,
-        shape_multiple=shape_multiple,
-        default_steps=family.default_steps,
-        schedulers=family.schedulers,
-        seeded=True,
-        prefills=True,
-    )
 
 
 class DiffusersEngine:
@@ -189,13 +171,10 @@ class DiffusersEngine:
         self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
         self._saved_processors: dict[str, Any] | None = None  # while the low-memory retry runs
         self.speedups = speedups or Speedups.default_for(self.device)
-        # Compiled code is specialised to each shape it meets: round processing sizes to
-        # 64 px (8 latent pixels) so that jobs meet about a dozen shapes, not hundreds.
-        compiled_grid = COMPILED_SHAPE_MULTIPLE if self.speedups.compile != "off" else self.vae_scale_factor
         #: This engine's model as a job is prepared for it; the daemon takes the same from
         #: the registry's description (`ModelRegistry.caps`), this one serves in-process use
         #: (benchmarks, tests) where no registry describes the pipeline.
-        self.caps = caps_for(self.family, native_size, self.vae_scale_factor, compiled_grid)
+        self.caps = caps_for(self.family, native_size, self.speedups.compile, self.vae_scale_factor)
         applied = apply(self.pipe, self.speedups)
         self._loop = InpaintLoop(
             self.pipe, self.device, dual_text_encoder=self.family.dual_text_encoder,
