@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any
 
 from inpaintd_protocol import wire
 from inpaintd_protocol.bodies import Cancelled, CancelOutcome, Progress, Result, Variant
@@ -32,6 +31,7 @@ from . import __version__
 from . import executor as ex
 from .handlers import CAPABILITIES, dispatch  # noqa: F401  (CAPABILITIES: documented in PROTOCOL.md)
 from .jobs import FairQueue, Finished, QueuedJob, ResultStore
+from .models import ModelRegistry
 from .server import REPLAY_WINDOW, Server, short  # noqa: F401  (REPLAY_WINDOW: documented in PROTOCOL.md)
 from .validation import SubmitRequest
 
@@ -49,7 +49,7 @@ _COUNTERS = {JobState.DONE: "jobs_done", JobState.FAILED: "jobs_failed", JobStat
 class Daemon:
     def __init__(
         self,
-        registry: Any,  # inpaintd.models.ModelRegistry, or anything with its interface
+        registry: ModelRegistry,  # or a test's wrapper with its interface
         bind: str,
         *,
         key: bytes | None = None,
