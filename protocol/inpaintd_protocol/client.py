@@ -248,7 +248,7 @@ class Client:
         """
         deadline = time.monotonic() + timeout
         while True:
-            if self._sock.poll(int(min(max(deadline - time.monotonic(), 0), 1.0) * 1000), zmq.POLLOUT):
+            if self._can_send(int(min(max(deadline - time.monotonic(), 0), 1.0) * 1000)):
                 try:
                     self._sock.send_multipart(wire.encode(msg, self.key), flags=zmq.NOBLOCK, copy=False)
                     return msg.id
@@ -258,6 +258,19 @@ class Client:
                 continue  # a new key and a new socket: try it at once
             if time.monotonic() >= deadline:
                 raise self._unavailable(timeout)
+
+    def _can_send(self, wait_ms: int) -> bool:
+        """Whether a message can go out now, waiting up to `wait_ms` for it.
+
+        POLLOUT alone flickers on a connection whose handshake keeps failing: libzmq makes
+        the connection's queue again at each reconnect, before the handshake fails again.
+        So a failed handshake, not followed by a successful one, counts as "cannot send"."""
+        self._watch_handshakes()
+        if self._handshake_failed is None:
+            return bool(self._sock.poll(wait_ms, zmq.POLLOUT))
+        if self._monitor.poll(wait_ms, zmq.POLLIN):  # wait for the next handshake's outcome
+            self._watch_handshakes()
+        return self._handshake_failed is None and bool(self._sock.poll(0, zmq.POLLOUT))
 
     def pump(self, timeout: float = 0.0) -> list[Message]:
         """Read everything that has arrived (waiting up to `timeout` s for the first
