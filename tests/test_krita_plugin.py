@@ -161,6 +161,7 @@ def test_installed_plugin_in_a_krita_window(daemon, tmp_path: Path) -> None:
     assert result["plugin_module"].startswith(str(pykrita)), "Krita did not load the installed copy"
     assert result["vendored_protocol"], "the plugin did not use its vendored client library"
     assert result["connected"], result
+    assert result["busy_after_adding"] == [True], "the plugin looked idle before its layers were in"
     assert result["group"] == "Inpaint: a ceramic saucer" and len(result["variants"]) == 2, result
     assert result["variants"][0]["visible"] and not result["variants"][1]["visible"]
     assert all("seed" in v["name"] for v in result["variants"])

@@ -70,6 +70,7 @@ class Controller(QObject):
         self._client_endpoint = ""
         self._job: Any = None
         self._job_input: Any = None
+        self._adding = False  # the finished job's layers are being added (Krita's event loop may run meanwhile)
         self._orphans: list[tuple[Any, float, bool]] = []  # (job, give-up time, cancel sent)
         self.cancelled_final_states: list[str] = []  # what cancelled jobs ended as (tests read it)
         self.connected: bool | None = None  # None: not checked yet
@@ -90,7 +91,7 @@ class Controller(QObject):
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self._job is not None or self._adding
 
     @property
     def endpoint(self) -> str:
@@ -106,7 +107,7 @@ class Controller(QObject):
         if self._proto is None:
             self.message.emit(self.import_error, "error")
             return False
-        if self._job is not None:
+        if self.busy:
             self.message.emit("A job is already running; wait for it or press Cancel.", "error")
             return False
         try:
@@ -200,6 +201,8 @@ class Controller(QObject):
     # -- the timer -------------------------------------------------------------------
 
     def _tick(self) -> None:
+        if self._adding:  # re-entered from the event loop that adding layers runs (waitForDone)
+            return
         try:
             self._drain_probes()
             events = []
@@ -228,11 +231,14 @@ class Controller(QObject):
     def _finish(self, job: Any) -> None:
         job_input = self._job_input
         self._job, self._job_input = None, None
+        # Busy until the layers are in: adding them runs Krita's event loop (waitForDone),
+        # and whatever checks `busy` from a timer meanwhile must not see an idle plugin
+        # with no layers yet (a CI run caught the self-test reading the document then).
+        self._adding = True
         try:
             self._report_end(job, job_input)
         finally:
-            # Busy until the layers are in: adding them can run Krita's event loop
-            # (waitForDone), and whatever waits for `busy` must then see them.
+            self._adding = False
             self._set_busy(False)
 
     def _report_end(self, job: Any, job_input: Any) -> None:

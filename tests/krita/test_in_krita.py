@@ -118,6 +118,8 @@ class Spy:
     def __init__(self) -> None:
         self.inputs: list[Any] = []
         self.results: list[tuple[Any, list[tuple[int, int, int, int, int, int]]]] = []
+        self.controller: Any = None  # set by the fixture: what `busy` said once the layers were in
+        self.busy_after_adding: list[bool] = []
 
     def capture(self, settings: Settings) -> Any:
         job_input = kritadoc.capture(settings)
@@ -126,7 +128,10 @@ class Spy:
 
     def insert_results(self, job_input: Any, layers: list) -> list[str]:
         self.results.append((job_input, [(layer.index, layer.seed, layer.x, layer.y, layer.width, layer.height) for layer in layers]))
-        return kritadoc.insert_results(job_input, layers)
+        names = kritadoc.insert_results(job_input, layers)  # runs Krita's event loop (waitForDone)
+        if self.controller is not None:
+            self.busy_after_adding.append(self.controller.busy)
+        return names
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -171,6 +176,7 @@ def plugin() -> Any:
     spy = Spy()
     settings = Settings(prompt="an empty saucer", variants=2, grow=4, feather=8, seed=1234)
     controller = Controller(settings, spy)
+    spy.controller = controller
     panel = InpaintPanel(controller)
     panel.show()
     assert wait_for(lambda: controller.connected, 10), "the plugin did not connect to the test daemon"
@@ -257,6 +263,9 @@ def test_generate_puts_variants_over_the_selection(open_doc: Callable[..., Any],
     run_job(controller)
     elapsed = time.perf_counter() - t
     assert spy.results, f"no results; messages: {panel.message_log[-3:]}"
+    # whatever polls `busy` while the layers go in (Krita's event loop runs then) must not
+    # see an idle plugin before they are there
+    assert spy.busy_after_adding == [True]
     job_input = spy.results[-1][0]
     assert job_input.region != logic.Rect(0, 0, 1800, 1200) and job_input.region.x > 0 and job_input.region.y > 0
     check_variants(doc, source, spy, grow=4, feather=8)

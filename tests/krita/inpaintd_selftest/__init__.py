@@ -123,6 +123,16 @@ def start() -> None:
     controller = plugin.controller()
     progress: list[str] = []
     controller.progress.connect(lambda value, text: progress.append(text))
+    busy_after_adding: list[bool] = []
+    doc_access = controller.doc_access
+    insert_results = doc_access.insert_results
+
+    def insert_and_look(job_input: Any, layers: list) -> list[str]:
+        names = insert_results(job_input, layers)  # runs Krita's event loop, where poll() below can fire
+        busy_after_adding.append(controller.busy)
+        return names
+
+    doc_access.insert_results = insert_and_look
     panel.prompt.setPlainText(PROMPT)
     panel.variants.setValue(2)
     panel.seed.setValue(4242)
@@ -137,6 +147,7 @@ def start() -> None:
     def done() -> None:
         report["message"] = panel.message_label.text()
         report["progress"] = progress
+        report["busy_after_adding"] = busy_after_adding
         report["progress_seen"] = any(t not in ("Sending…",) and not t.startswith("Done") for t in progress)
         groups = [n for n in doc.rootNode().childNodes() if n.type() == "grouplayer"]
         report["group"] = groups[0].name() if groups else None
