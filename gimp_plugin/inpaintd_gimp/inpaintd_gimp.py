@@ -28,6 +28,12 @@ sys.path.insert(0, HERE)
 if os.path.isdir(os.path.join(HERE, "vendor")):  # pyzmq/msgpack installed with pip --target
     sys.path.insert(1, os.path.join(HERE, "vendor"))
 
+from inpaintd_protocol import bundled  # noqa: E402  (standard library only)
+
+# A package from `inpaintd package-gimp` (Windows, macOS, Flatpak GIMP) carries pyzmq for
+# several Pythons in _deps/; the one built for this GIMP goes first on the path.
+DEPS = bundled.activate(os.path.join(HERE, "_deps")) if os.path.isdir(os.path.join(HERE, "_deps")) else None
+
 import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402
 
@@ -161,8 +167,9 @@ def import_protocol():
     except ImportError as exc:
         raise UserError(
             f"GIMP's Python ({sys.executable}, {sys.version.split()[0]}) cannot load the inpaintd client: {exc}.\n"
-            "Install pyzmq and msgpack for it (Debian/Ubuntu: sudo apt install python3-zmq python3-msgpack), "
-            "or run `inpaintd install-gimp` again, which says how for your system."
+            + (DEPS.problem if DEPS is not None and DEPS.problem else
+               "Install pyzmq and msgpack for it (Debian/Ubuntu: sudo apt install python3-zmq python3-msgpack), "
+               "or run `inpaintd install-gimp` again, which says how for your system.")
         ) from None
     return inpaintd_protocol
 

@@ -17,6 +17,16 @@ _VENDOR = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_vendor")
 if _os.path.isdir(_VENDOR) and _VENDOR not in _sys.path:
     _sys.path.insert(0, _VENDOR)
 
+# A package from `inpaintd package-krita` (official Windows/macOS builds, the AppImage)
+# carries pyzmq for several Pythons in `_deps/`; the one built for this Krita goes first
+# on the path.  `deps.problem` names the missing wheel if none fits.
+_DEPS = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "_deps")
+deps = None
+if _os.path.isdir(_DEPS):
+    from inpaintd_protocol import bundled as _bundled
+
+    deps = _bundled.activate(_DEPS)
+
 try:
     from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita
 except ImportError:  # imported outside Krita

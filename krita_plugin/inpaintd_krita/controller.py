@@ -39,6 +39,13 @@ PROBE_EVERY_DISCONNECTED = 2.0
 ORPHAN_TIMEOUT = 30.0
 
 
+def _bundled_problem() -> str | None:
+    """Why the package's own pyzmq did not fit this Krita, if it carries any (see __init__)."""
+    from . import deps
+
+    return deps.problem if deps is not None else None
+
+
 class Controller(QObject):
     """One per Krita session, shared by the docker and the action."""
 
@@ -65,7 +72,7 @@ class Controller(QObject):
             self._proto: Any = _protocol
         except ImportError as exc:
             self._proto = None
-            self.import_error = f"{exc}. {logic.MISSING_DEPENDENCY_HELP}"
+            self.import_error = logic.missing_dependency_text(exc, _bundled_problem())
         self._client: Any = None
         self._client_endpoint = ""
         self._job: Any = None

@@ -34,6 +34,12 @@ MISSING_DEPENDENCY_HELP = (
 )
 
 
+def missing_dependency_text(exc: Exception, bundled_problem: str | None = None) -> str:
+    """What the docker says when the client library cannot import: the package's own
+    account of its missing wheel when it carries wheels, the install advice otherwise."""
+    return f"{exc}. {bundled_problem or MISSING_DEPENDENCY_HELP}"
+
+
 class UserError(Exception):
     """Something the artist must change before a job can be sent; the text is shown as is."""
 

@@ -1,0 +1,260 @@
+"""`inpaintd package-krita` / `package-gimp`: plugin packages for editors that bring their own Python.
+
+The official Krita and GIMP builds for Windows and macOS, the Krita AppImage and the
+Flatpaks run plugins with a Python of their own that has no pip and no pyzmq.  A package
+therefore carries, beside the plugin and the client library:
+
+- `_deps/<wheel>/`: one pyzmq wheel per (platform, Python) of the table below, fetched from
+  the package registry as a binary wheel (`pip download --only-binary=:all:`, never built
+  here) and unpacked whole (pyzmq's bundled libzmq sits beside `zmq/` in `pyzmq.libs`);
+- `_deps/manifest.json`: the wheels' file names, from whose tags the plugin picks its own at
+  import time (inpaintd_protocol/bundled.py);
+- msgpack's pure-Python fallback in the vendored folder, so only one compiled dependency
+  has to match the editor.
+
+The Krita package is a zip that Krita's *Tools > Scripts > Import Python Plugin from
+File...* accepts (a `.desktop` file and the plugin folder with its directory entries).
+The GIMP package is a zip holding the plug-in folder `inpaintd_gimp/`, to unpack into
+GIMP's plug-ins folder.  Where each editor's Python version comes from is in
+docs/editor-pythons.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from inpaintd_protocol.bundled import MANIFEST, Wheel
+
+#: pyzmq 26 is the first with abi3 wheels for CPython 3.12+; 27 the current line.
+PYZMQ_SPEC = "pyzmq>=26,<28"
+
+#: pip's platform tag per platform (pip also accepts the older tags these imply:
+#: universal2 for macOS, older manylinux for Linux).
+PIP_PLATFORM = {
+    "windows-x86_64": "win_amd64",
+    "macos-arm64": "macosx_11_0_arm64",
+    "macos-x86_64": "macosx_10_15_x86_64",
+    "linux-x86_64": "manylinux_2_28_x86_64",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One editor build whose plugins run on `python` on `platform`; `note` says where that is from."""
+
+    editor: str
+    build: str
+    platform: str
+    python: str
+    note: str = ""
+
+
+# The builds and their Pythons, as docs/editor-pythons.md finds them (with sources).
+KRITA_TARGETS: tuple[Target, ...] = (
+    Target("krita", "5.2 Windows installer", "windows-x86_64", "3.10"),
+    Target("krita", "5.2 macOS (universal)", "macos-arm64", "3.10"),
+    Target("krita", "5.2 macOS (universal)", "macos-x86_64", "3.10"),
+    Target("krita", "5.2 AppImage", "linux-x86_64", "3.10"),
+    Target("krita", "Linux distribution packages (Debian 12, Ubuntu 24.04)", "linux-x86_64", "3.11"),
+    Target("krita", "Linux distribution packages (3.12 and later, abi3)", "linux-x86_64", "3.12"),
+)
+
+GIMP_TARGETS: tuple[Target, ...] = (
+    Target("gimp", "3.0 Windows installer", "windows-x86_64", "3.12"),
+    Target("gimp", "3.0 macOS", "macos-arm64", "3.10"),
+    Target("gimp", "3.0 macOS", "macos-x86_64", "3.10"),
+    Target("gimp", "3.0 Flatpak (GNOME runtime)", "linux-x86_64", "3.12"),
+    Target("gimp", "Linux distribution packages (Debian 13: 3.13, abi3)", "linux-x86_64", "3.12"),
+)
+
+
+class PackagingError(Exception):
+    """A package could not be built; the message says which wheel or file and why."""
+
+
+def select_targets(targets: Iterable[Target], pythons: Sequence[str] = (), platforms: Sequence[str] = ()) -> list[Target]:
+    """The table's rows, narrowed to some Pythons/platforms, plus any extra Python asked for
+    (`--python 3.13` adds that version on every platform of the table)."""
+    rows = list(targets)
+    if platforms:
+        unknown = sorted(set(platforms) - set(PIP_PLATFORM))
+        if unknown:
+            raise PackagingError(f"unknown platform(s) {', '.join(unknown)}; known: {', '.join(PIP_PLATFORM)}")
+        rows = [t for t in rows if t.platform in platforms]
+    for py in pythons:
+        if not py.count(".") == 1 or not all(p.isdigit() for p in py.split(".")):
+            raise PackagingError(f"--python wants a version like 3.11, not {py!r}")
+        for plat in sorted({t.platform for t in rows} or set(PIP_PLATFORM)):
+            if not any(t.platform == plat and t.python == py for t in rows):
+                rows.append(Target(rows[0].editor if rows else "", "asked for with --python", plat, py))
+    return rows
+
+
+def fetch_wheel(target: Target, cache: Path, pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Path:
+    """The pyzmq wheel for one target, from the cache or downloaded into it."""
+    folder = cache / f"{target.platform}-py{target.python}"
+    found = sorted(folder.glob("pyzmq-*.whl"))
+    if found:
+        return found[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [*pip, "download", PYZMQ_SPEC, "--no-deps", "--only-binary=:all:", "--implementation", "cp",
+           "--python-version", target.python, "--platform", PIP_PLATFORM[target.platform], "-d", str(folder)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PackagingError(f"could not run {' '.join(cmd)}: {exc}") from exc
+    found = sorted(folder.glob("pyzmq-*.whl"))
+    if proc.returncode != 0 or not found:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise PackagingError(f"no pyzmq wheel for Python {target.python} on {target.platform} "
+                             f"(pip download ... --platform {PIP_PLATFORM[target.platform]}):\n{tail}")
+    return found[-1]
+
+
+def unpack_wheels(wheels: Iterable[Path], deps: Path) -> list[dict[str, str]]:
+    """Unpack each distinct wheel into deps/<name>/ and write deps/manifest.json."""
+    entries: list[dict[str, str]] = []
+    for whl in sorted(set(wheels), key=lambda p: p.name):
+        if any(e["wheel"] == whl.name for e in entries):
+            continue
+        info = Wheel.from_filename(whl.name)
+        # A short folder name: Windows paths inside %APPDATA% stay far below MAX_PATH.
+        info = Wheel.from_filename(whl.name, "-".join([*whl.name[:-4].split("-")[-3:-1], info.platform_tags[0]]))
+        with zipfile.ZipFile(whl) as zf:
+            zf.extractall(deps / info.folder)
+        entries.append({"wheel": whl.name, "folder": info.folder, "runs_on": info.describe()})
+    (deps / MANIFEST).write_text(json.dumps({"wheels": entries}, indent=1) + "\n", encoding="utf-8")
+    return entries
+
+
+def vendor_pure_msgpack(dest: Path) -> str:
+    """Copy msgpack's Python sources (no compiled module: its fallback takes over) to dest/msgpack."""
+    import msgpack
+
+    src = Path(msgpack.__file__).parent
+    target = dest / "msgpack"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for f in sorted(src.glob("*.py")):
+        shutil.copy2(f, target / f.name)
+    version = metadata.version("msgpack")
+    try:
+        dist = metadata.distribution("msgpack")
+        for rel in dist.files or []:
+            if Path(str(rel)).name.upper().startswith(("COPYING", "LICENSE")):
+                shutil.copy2(Path(str(dist.locate_file(rel))), target / Path(str(rel)).name)
+    except (OSError, metadata.PackageNotFoundError):
+        pass
+    return version
+
+
+def zip_tree(root: Path, out: Path) -> None:
+    """Zip every file under root with a directory entry for every folder (Krita's importer
+    finds a plugin by the entry `name/`)."""
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(root)
+            if rel != Path("."):
+                zf.write(dirpath, rel.as_posix() + "/")
+            for name in sorted(filenames):
+                if name.endswith(".pyc") or "__pycache__" in Path(dirpath).parts:
+                    continue
+                zf.write(Path(dirpath) / name, (rel / name).as_posix())
+
+
+@dataclass
+class Built:
+    """A built package and what it carries (printed by the CLI, read by tests)."""
+
+    path: Path
+    wheels: list[dict[str, str]]
+    targets: list[Target]
+    msgpack: str
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB)", "  build | platform | Python | pyzmq wheel"]
+        for t in self.targets:
+            wheel = next((w["wheel"] for w in self.wheels if _fits(w["wheel"], t)), "MISSING")
+            lines.append(f"  {t.editor} {t.build} | {t.platform} | {t.python} | {wheel}")
+        lines.append(f"  msgpack {self.msgpack} (pure Python)")
+        return "\n".join(lines)
+
+
+def _fits(wheel: str, t: Target) -> bool:
+    w = Wheel.from_filename(wheel)
+    major, minor = t.python.split(".")
+    return t.platform in w.platforms and w.fits_python((int(major), int(minor)))
+
+
+def _deps_for(targets: list[Target], cache: Path, deps: Path, pip: Sequence[str]) -> list[dict[str, str]]:
+    wheels = [fetch_wheel(t, cache, pip) for t in targets]
+    entries = unpack_wheels(wheels, deps)
+    missing = [t for t in targets if not any(_fits(e["wheel"], t) for e in entries)]
+    if missing:
+        raise PackagingError("downloaded wheels fit none of: " + ", ".join(f"{t.platform} {t.python}" for t in missing))
+    return entries
+
+
+def default_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "inpaintd" / "wheels"
+
+
+def build_krita(out_dir: Path, targets: Sequence[Target] = KRITA_TARGETS, cache: Path | None = None,
+                pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Built:
+    """inpaintd_krita-<version>.zip for Krita's Import Python Plugin from File."""
+    from . import __version__
+    from .install_krita import PLUGIN_NAME, copy_plugin
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        target = copy_plugin(stage)
+        version = vendor_pure_msgpack(target / "_vendor")
+        entries = _deps_for(list(targets), cache or default_cache(), target / "_deps", pip)
+        _write_stamp(target / "_deps", "krita", targets)
+        out = out_dir / f"{PLUGIN_NAME}-{__version__}.zip"
+        zip_tree(stage, out)
+    return Built(out, entries, list(targets), version)
+
+
+def build_gimp(out_dir: Path, targets: Sequence[Target] = GIMP_TARGETS, cache: Path | None = None,
+               pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Built:
+    """inpaintd_gimp-<version>.zip: the plug-in folder to unpack into GIMP's plug-ins folder."""
+    from . import __version__
+    from .install_gimp import PLUGIN_NAME, copy_plugin
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        target = copy_plugin(stage)
+        (target / "inpaintd_install.json").unlink(missing_ok=True)  # names this machine's Python: not for others
+        version = vendor_pure_msgpack(target / "vendor")
+        entries = _deps_for(list(targets), cache or default_cache(), target / "_deps", pip)
+        _write_stamp(target / "_deps", "gimp", targets)
+        out = out_dir / f"{PLUGIN_NAME}-{__version__}.zip"
+        zip_tree(stage, out)
+    return Built(out, entries, list(targets), version)
+
+
+def _write_stamp(deps: Path, editor: str, targets: Sequence[Target]) -> None:
+    """Add to the manifest which builds the package was made for (for `doctor` and bug reports)."""
+    data = json.loads((deps / MANIFEST).read_text(encoding="utf-8"))
+    data["editor"] = editor
+    data["built"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data["pyzmq_spec"] = PYZMQ_SPEC
+    data["targets"] = [{"build": t.build, "platform": t.platform, "python": t.python} for t in targets]
+    (deps / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
