@@ -21,7 +21,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "setup: installing inpaintd and its dependencies into .venv (first time: a few minutes)" >&2
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test,bench]'
+.venv/bin/python -m pip install -q -e '.[test,bench,ray]'
 # opencv-contrib-python-headless replaced opencv-python-headless; both own cv2/, so drop the
 # old one and lay the contrib files down again (uninstalling took the shared ones with it).
 if .venv/bin/python -m pip show -q opencv-python-headless >/dev/null 2>&1; then
