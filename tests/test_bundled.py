@@ -7,6 +7,7 @@ The file names are the ones the registry serves for pyzmq 27 (what `package-krit
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,22 @@ def test_activate_names_the_missing_wheel(tmp_path: Path) -> None:
 def test_activate_without_a_manifest(tmp_path: Path) -> None:
     act = bundled.activate(str(tmp_path / "nowhere"), "linux-x86_64", (3, 11), [])
     assert act.folder is None and act.problem is not None and "manifest.json" in act.problem
+
+
+def test_prepare_plugin_folder(tmp_path: Path) -> None:
+    """GIMP's layout: vendor/ right after the plug-in's folder, the fitting wheel first."""
+    folder = tmp_path / "inpaintd_gimp"
+    (folder / "vendor").mkdir(parents=True)
+    write_manifest(folder / "_deps", WHEELS)
+    path = [str(folder), "/usr/lib/python3/dist-packages"]
+    act = bundled.prepare_plugin_folder(str(folder), path)
+    assert act is not None and act.folder is not None
+    wanted = bundled.choose([Wheel.from_filename(n) for n in WHEELS], bundled.this_platform(), (sys.version_info[0], sys.version_info[1]))
+    if wanted is None:  # a machine the table has no wheel for: only the vendor folder goes in
+        assert act.problem and path == [str(folder), str(folder / "vendor"), "/usr/lib/python3/dist-packages"]
+    else:
+        assert path == [act.folder, str(folder), str(folder / "vendor"), "/usr/lib/python3/dist-packages"]
+    bare = tmp_path / "installed"  # `install-gimp`: no _deps, no vendor
+    bare.mkdir()
+    path = [str(bare)]
+    assert bundled.prepare_plugin_folder(str(bare), path) is None and path == [str(bare)]

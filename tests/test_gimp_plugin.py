@@ -362,9 +362,6 @@ def test_flatpak_like_connection_file(packaged_gimp: PackagedGimp, daemon) -> No
     _check_package_imports(gimp)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="inpaintd_watchdog.py does not activate the package's _deps/ and vendor/: "
-                   "with no system pyzmq it cannot import the client, so a job cancelled from GIMP's progress bar "
-                   "runs on in the daemon (reported with #16)")
 def test_packaged_watchdog_finds_bundled_pyzmq(packaged_gimp: PackagedGimp, daemon) -> None:
     """The plug-in's watchdog (started with GIMP's Python when a job is submitted) must load
     pyzmq and msgpack from the package too: its stdin closing without "done" -- the plug-in

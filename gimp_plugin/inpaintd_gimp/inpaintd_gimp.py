@@ -25,14 +25,12 @@ from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-if os.path.isdir(os.path.join(HERE, "vendor")):  # pyzmq/msgpack installed with pip --target
-    sys.path.insert(1, os.path.join(HERE, "vendor"))
 
 from inpaintd_protocol import bundled  # noqa: E402  (standard library only)
 
 # A package from `inpaintd package-gimp` (Windows, macOS, Flatpak GIMP) carries pyzmq for
-# several Pythons in _deps/; the one built for this GIMP goes first on the path.
-DEPS = bundled.activate(os.path.join(HERE, "_deps")) if os.path.isdir(os.path.join(HERE, "_deps")) else None
+# several Pythons in _deps/ and msgpack in vendor/; the ones for this GIMP go on the path.
+DEPS = bundled.prepare_plugin_folder(HERE)
 
 import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402

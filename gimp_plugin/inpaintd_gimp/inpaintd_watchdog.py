@@ -19,7 +19,15 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def _prepare_paths() -> None:
+    """The plug-in's own pyzmq and msgpack (vendor/, _deps/), as inpaintd_gimp.py sets them up."""
+    from inpaintd_protocol import bundled
+
+    bundled.prepare_plugin_folder(HERE)
 
 
 def watch(endpoint: str, job_id: str, stream=None) -> bool:
@@ -33,6 +41,7 @@ def watch(endpoint: str, job_id: str, stream=None) -> bool:
         seen += chunk
         if b"done" in seen:
             return False
+    _prepare_paths()
     from inpaintd_protocol import Client  # imported late: most runs end in "done"
 
     with Client(endpoint, name="inpaintd-gimp-watchdog") as client:

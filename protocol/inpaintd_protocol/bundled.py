@@ -154,3 +154,17 @@ def activate(deps: str, plat: str | None = None, version: tuple[int, int] | None
     path.insert(0, folder)
     result.folder, result.wheel = folder, wheel.filename
     return result
+
+
+def prepare_plugin_folder(folder: str, path: list[str] | None = None) -> Activation | None:
+    """The paths a GIMP plug-in process needs, from its own folder (already first on `path`):
+    `vendor/` (msgpack's pure-Python code in a package, or `pip install --target` there)
+    right after it, and the fitting wheel of `_deps/` first.  Every process the plug-in
+    starts with GIMP's Python (the watchdog too) calls this before importing the client.
+    Returns what `activate` did, or None when the folder carries no wheels."""
+    path = sys.path if path is None else path
+    vendor = os.path.join(folder, "vendor")
+    if os.path.isdir(vendor) and vendor not in path:
+        path.insert(1 if path and path[0] == folder else 0, vendor)
+    deps = os.path.join(folder, "_deps")
+    return activate(deps, path=path) if os.path.isdir(deps) else None
