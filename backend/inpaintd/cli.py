@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=None, help="pykrita folder (default: Krita's own for this user)")
     p = sub.add_parser("install-gimp", help="install the GIMP 3 plug-in")
     p.add_argument("--dest", type=Path, default=None, help="plug-ins folder (default: GIMP 3's own for this user)")
+    for editor in ("krita", "gimp"):
+        p = sub.add_parser(f"package-{editor}", help=f"build the {editor.capitalize()} plugin zip for official builds "
+                           "(carries pyzmq for each platform's bundled Python)")
+        p.add_argument("--out", type=Path, default=Path("dist"), help="folder for the zip (default: dist)")
+        p.add_argument("--python", action="append", default=[], metavar="X.Y",
+                       help="also carry pyzmq for this Python on every platform (repeatable)")
+        p.add_argument("--platform", action="append", default=[], metavar="OS-ARCH",
+                       help="only these platforms: windows-x86_64, macos-arm64, macos-x86_64, linux-x86_64 (repeatable)")
+        p.add_argument("--wheel-cache", type=Path, default=None,
+                       help="where downloaded wheels are kept (default: ~/.cache/inpaintd/wheels)")
     return parser
 
 
@@ -424,6 +434,31 @@ def cmd_install_gimp(args: argparse.Namespace) -> int:
     from .install_gimp import install
 
     return install(args.dest)
+
+
+
+def cmd_package_krita(args: argparse.Namespace) -> int:
+    return _package(args, "krita")
+
+
+def cmd_package_gimp(args: argparse.Namespace) -> int:
+    return _package(args, "gimp")
+
+
+def _package(args: argparse.Namespace, editor: str) -> int:
+    from . import packaging
+
+    table = packaging.KRITA_TARGETS if editor == "krita" else packaging.GIMP_TARGETS
+    build = packaging.build_krita if editor == "krita" else packaging.build_gimp
+    try:
+        targets = packaging.select_targets(table, args.python, args.platform)
+        print(f"fetching pyzmq wheels for {len(targets)} editor builds ({packaging.PYZMQ_SPEC})...", file=sys.stderr)
+        built = build(args.out, targets, cache=args.wheel_cache)
+    except packaging.PackagingError as exc:
+        print(f"inpaintd: {exc}", file=sys.stderr)
+        return 1
+    print(built.summary())
+    return 0
 
 
 if __name__ == "__main__":
