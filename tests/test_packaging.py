@@ -27,9 +27,14 @@ MAGIC = {"windows": (b"MZ",), "macos": (b"\xca\xfe\xba\xbe", b"\xcf\xfa\xed\xfe"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[packaging.Built, Path]]]:
+def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("wheels")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, wheel_cache: Path) -> Iterator[dict[str, tuple[packaging.Built, Path]]]:
     root = tmp_path_factory.mktemp("packages")
-    cache = root / "wheels"
+    cache = wheel_cache
     out: dict[str, tuple[packaging.Built, Path]] = {}
     for editor, build in (("krita", packaging.build_krita), ("gimp", packaging.build_gimp)):
         b = build(root / "out", cache=cache)
@@ -148,3 +153,18 @@ def test_a_wheel_the_registry_does_not_have_is_named(tmp_path: Path) -> None:
     """A Python no pyzmq release supports: the error names the platform and Python asked for."""
     with pytest.raises(packaging.PackagingError, match=r"Python 3\.5 on windows-x86_64"):
         packaging.fetch_wheel(Target("krita", "test", "windows-x86_64", "3.5"), tmp_path)
+
+
+def test_cli(built: dict[str, tuple[packaging.Built, Path]], wheel_cache: Path, tmp_path: Path,
+             capsys: pytest.CaptureFixture[str]) -> None:
+    from inpaintd import cli
+
+    rc = cli.main(["package-krita", "--out", str(tmp_path), "--platform", "windows-x86_64", "--python", "3.13",
+                   "--wheel-cache", str(wheel_cache)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "windows-x86_64 | 3.13 | pyzmq-" in out and "cp312-abi3-win_amd64.whl" in out
+    names = zipfile.ZipFile(next(tmp_path.glob("inpaintd_krita-*.zip"))).namelist()
+    assert not [n for n in names if "manylinux" in n or "macosx" in n]  # only the platform asked for
+    assert cli.main(["package-gimp", "--out", str(tmp_path), "--platform", "amiga-68k"]) == 1
+    assert "unknown platform(s) amiga-68k" in capsys.readouterr().err
