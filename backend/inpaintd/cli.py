@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
     p.add_argument("--max-message-mb", type=float, default=None,
                    help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where jobs run: local (this process, one at a time) or ray (replicas of a Ray Serve deployment, "
+                        "this daemon staying the gateway; needs pip install 'inpaintd[ray]'; docs/studio.md)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: the Ray cluster to join, its head's HOST:PORT (default: start a local one)")
+    p.add_argument("--replicas", default="1", metavar="MIN:MAX",
+                   help="with --executor ray: engine replicas, N or autoscaled between MIN and MAX on ongoing jobs (default %(default)s)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, metavar="F",
+                   help="with --executor ray: GPUs each replica reserves; a fraction shares a card (default: 1 where the cluster "
+                        "has GPUs, else 0)")
 
     p = sub.add_parser("inpaint", help="inpaint an image through a running daemon")
     _add_connect(p)
@@ -190,6 +200,13 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         logging.getLogger("inpaintd").warning("%s", notice)
     if wrap_registry is not None:
         registry = wrap_registry(registry)
+    executor = None
+    if args.executor == "ray":
+        try:
+            executor = _ray_executor(args, default, registry.default_model_id)
+        except (ImportError, ValueError) as exc:
+            print(f"inpaintd: {exc}", file=sys.stderr)
+            return 2
     key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
     try:
         limits = (LIMITS if args.max_message_mb is None
@@ -197,6 +214,7 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         daemon = Daemon(
             registry, endpoint, key=key, limits=limits, results_ttl=args.results_ttl,
             results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve, peer_timeout=args.peer_timeout,
+            executor=executor,
         )
     except ValueError as exc:
         print(f"inpaintd: {exc}", file=sys.stderr)
@@ -204,6 +222,21 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
     install_signal_handlers(daemon)
     daemon.serve_forever()
     return 0
+
+
+def _ray_executor(args: argparse.Namespace, default: str | None, preload: str) -> Any:
+    """The executor `--executor ray` asks for: replicas built from the same model arguments
+    as this daemon's registry.  Ray is imported only here, only for it."""
+    from .ray_executor import RayExecutor, RayOptions, parse_replicas, require_ray
+
+    require_ray()
+    low, high = parse_replicas(args.replicas)
+    registry_args = {
+        "models": [m for m in [args.model, *args.extra_model] if m], "default": default, "allow_download": args.allow_download,
+        "device": args.device, "allow_pickle": args.allow_pickle, "compile": args.compile,
+    }
+    options = RayOptions(address=args.ray_address, min_replicas=low, max_replicas=high, gpus_per_replica=args.gpus_per_replica)
+    return RayExecutor(registry_args, options, preload=preload)
 
 
 def cmd_make_test_model(args: argparse.Namespace) -> int:
