@@ -5,6 +5,11 @@ elliptical selection, opens the inpaintd docker, types a prompt, triggers the
 `inpaintd_inpaint_selection` action, waits for the variants, takes screenshots, writes a
 JSON report to $INPAINTD_SELFTEST_REPORT and quits Krita (os._exit: Krita may crash on
 a normal exit under xvfb).
+
+Also reported: where `zmq` and `msgpack` came from, the package's wheel choice
+(`inpaintd_krita.deps`) and, when tests/krita/hide_system is on PYTHONPATH, what it hid.
+With $INPAINTD_SELFTEST_EXPECT=import_error (a package with no wheel for this Python) it
+records what the docker says instead of running a job.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ REPORT = Path(os.environ.get("INPAINTD_SELFTEST_REPORT", "/tmp/inpaintd-selftest
 SHOTS = Path(os.environ.get("INPAINTD_SELFTEST_SHOTS", "/tmp/inpaintd-selftest"))
 PHOTO = Path(os.environ.get("INPAINTD_TEST_ROOT", ".")) / "backend" / "inpaintd" / "assets" / "coffee.jpg"
 PROMPT = "a ceramic saucer"
+EXPECT = os.environ.get("INPAINTD_SELFTEST_EXPECT", "job")
 
 report: dict[str, Any] = {"error": None}
 
@@ -102,13 +108,14 @@ def start() -> None:
     before = hashlib.sha256(bytes(source.pixelData(0, 0, w, h))).hexdigest()
 
     import inpaintd_krita
-    from inpaintd_krita import _protocol, plugin
+    from inpaintd_krita import plugin
 
     report["plugin_module"] = inpaintd_krita.__file__
-    import inpaintd_protocol
-
-    report["vendored_protocol"] = ("inpaintd_krita" in Path(inpaintd_protocol.__file__).parts
-                                   and _protocol.Client is inpaintd_protocol.Client)
+    deps = inpaintd_krita.deps
+    report["deps"] = None if deps is None else {"folder": deps.folder, "wheel": deps.wheel, "problem": deps.problem}
+    hide = sys.modules.get("sitecustomize")
+    report["hide_system"] = ({"module": hide.__file__, "startup_probe": hide.startup_probe, "refused": list(hide.refused)}
+                             if getattr(hide, "ACTIVE", False) else None)
     action = app.action(plugin.ACTION_ID)
     report["action_found"] = action is not None
     dockers = [d for d in app.dockers() if d.objectName() == plugin.DOCKER_ID]
@@ -121,6 +128,19 @@ def start() -> None:
     docker.raise_()
     panel = docker.panel
     controller = plugin.controller()
+    if EXPECT == "import_error":
+        report["import_error"] = controller.import_error
+        report["message_shown"] = panel.message_label.text()
+        action.trigger()  # Generate without a client library: the docker repeats why
+        report["message_after_trigger"] = panel.message_label.text()
+        report["zmq_file"] = getattr(sys.modules.get("zmq"), "__file__", None)
+        return finish(0)
+
+    import inpaintd_protocol
+    from inpaintd_krita import _protocol
+
+    report["vendored_protocol"] = ("inpaintd_krita" in Path(inpaintd_protocol.__file__).parts
+                                   and _protocol.Client is inpaintd_protocol.Client)
     progress: list[str] = []
     controller.progress.connect(lambda value, text: progress.append(text))
     busy_after_adding: list[bool] = []
@@ -153,6 +173,10 @@ def start() -> None:
         report["group"] = groups[0].name() if groups else None
         report["variants"] = [{"name": n.name(), "visible": n.visible()} for n in (groups[0].childNodes()[::-1] if groups else [])]
         report["source_unchanged"] = hashlib.sha256(bytes(source.pixelData(0, 0, w, h))).hexdigest() == before
+        report["zmq_file"] = getattr(sys.modules.get("zmq"), "__file__", None)
+        report["msgpack_file"] = getattr(sys.modules.get("msgpack"), "__file__", None)
+        if hide is not None and getattr(hide, "ACTIVE", False):
+            report["hide_system"]["refused"] = list(hide.refused)
         later(700, shoot)  # let the canvas and the docker repaint
 
     def shoot() -> None:
