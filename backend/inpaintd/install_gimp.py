@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,16 +65,56 @@ def copy_plugin(dest: Path) -> Path:
     return target
 
 
+def gimp_python(gimp: Path | str | None = None) -> tuple[list[str] | None, str]:
+    """(command running GIMP's Python, how it was found), or (None, why not).
+
+    GIMP 3 names the interpreter it runs .py plug-ins with in lib/gimp/3.0/interpreters/
+    (`python3=/usr/bin/python3`): that one, not whatever python3 comes first on PATH (pyenv,
+    conda, a venv), is the Python that must import zmq, msgpack and gi."""
+    exe = gimp or shutil.which("gimp-3.0") or shutil.which("gimp")
+    if not exe:
+        return None, "no `gimp` on PATH (Flatpak, Windows and macOS builds carry their own Python)"
+    prefix = Path(exe).resolve().parent.parent
+    folders = [prefix / "lib" / "gimp" / "3.0" / "interpreters", *sorted(prefix.glob("lib/*/gimp/3.0/interpreters"))]
+    for folder in folders:
+        for interp in sorted(folder.glob("*.interp")):
+            try:
+                lines = interp.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                key, _, value = line.partition("=")
+                if key.strip() in ("python3", "python") and Path(value.strip()).is_file():
+                    return [value.strip()], f"named by {interp}"
+    if Path("/usr/bin/python3").is_file():
+        return ["/usr/bin/python3"], f"no GIMP 3 interpreter file under {prefix}; assumed the system Python"
+    return None, f"found {exe} but not the Python it runs plug-ins with"
+
+
 def check_python(python: Sequence[str]) -> str | None:
     """None when `python` can import zmq and msgpack, else what went wrong."""
-    try:
-        proc = subprocess.run([*python, "-c", "import zmq, msgpack"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"could not run {' '.join(python)}: {exc}"
-    if proc.returncode == 0:
-        return None
-    lines = (proc.stderr or proc.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit status {proc.returncode}"
+    from .doctor import CLIENT_IMPORTS, python_can_import
+
+    ok, detail = python_can_import(python, CLIENT_IMPORTS)
+    return None if ok else detail
+
+
+def warn_bindings(python: Sequence[str]) -> bool:
+    """Warn (stderr) when `python` cannot import GIMP 3's bindings; True when it can.
+
+    A warning only, not a failed install: the Python checked may be a guess (python3 on
+    PATH) rather than the one GIMP runs, and the copy itself is sound either way."""
+    from .doctor import GIMP_BINDINGS, python_can_import
+
+    ok, detail = python_can_import(python, GIMP_BINDINGS)
+    if ok:
+        print(f"GIMP's Python ({' '.join(python)}) imports gi with Gimp 3.0 ({detail}).")
+        return True
+    print(f"install-gimp: warning: {' '.join(python)} cannot import GIMP 3's bindings (gi, Gimp 3.0): {detail}\n"
+          "  If this is the Python GIMP runs plug-ins with, the plug-in will not load: install them\n"
+          "  (Debian/Ubuntu: sudo apt install python3-gi gir1.2-gimp-3.0), or pass the right one with --python.",
+          file=sys.stderr)
+    return False
 
 
 def advice(target: Path) -> str:
@@ -97,7 +136,8 @@ def install(dest: Path | None = None, python: Sequence[str] | None = None) -> in
 
     `python` is the command that runs GIMP's Python (default: `python3` on PATH, which is
     what GIMP 3 from a Linux distribution uses).  Returns 0 when installed and usable,
-    1 when the copy failed, 2 when installed but GIMP's Python lacks pyzmq or msgpack."""
+    1 when the copy failed, 2 when installed but GIMP's Python lacks pyzmq or msgpack.  A Python
+    without GIMP's own bindings (gi) is a warning only (`warn_bindings` says why)."""
     dest = Path(dest) if dest else default_plugins_dir()
     try:
         target = copy_plugin(dest)
@@ -107,11 +147,12 @@ def install(dest: Path | None = None, python: Sequence[str] | None = None) -> in
     print(f"Installed the GIMP plug-in into {target}")
     print("Restart GIMP; the command is Filters > AI > Inpaint Selection...")
     if python is None:
-        found = shutil.which("python3") if sys.platform != "win32" else None
-        if not found:
+        cmd, _how = gimp_python() if sys.platform != "win32" else (None, "")
+        found = shutil.which("python3") if sys.platform != "win32" and cmd is None else None
+        if cmd is None and not found:
             print("install-gimp: no python3 on PATH to check; " + advice(target), file=sys.stderr)
             return 2
-        python = [found]
+        python = cmd or [str(found)]
     problem = check_python(python)
     if problem:
         print(f"install-gimp: GIMP's Python ({' '.join(python)}) cannot import zmq and msgpack: {problem}",
@@ -119,6 +160,7 @@ def install(dest: Path | None = None, python: Sequence[str] | None = None) -> in
         print(advice(target), file=sys.stderr)
         return 2
     print(f"GIMP's Python ({' '.join(python)}) can import zmq and msgpack.")
+    warn_bindings(python)
     return 0
 
 
