@@ -22,6 +22,7 @@ from inpaintd_protocol.connection import is_loopback, new_key, resolve_endpoint
 from inpaintd_protocol.messages import DEFAULT_ENDPOINT, ENDPOINT_ENV, LIMITS, JobOptions, ProtocolError
 from inpaintd_protocol.options import OPTIONS
 
+from . import doctor
 from .engines.speedups import COMPILE_MODES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=None, help="pykrita folder (default: Krita's own for this user)")
     p = sub.add_parser("install-gimp", help="install the GIMP 3 plug-in")
     p.add_argument("--dest", type=Path, default=None, help="plug-ins folder (default: GIMP 3's own for this user)")
+    p = sub.add_parser("doctor", help="check torch, models, editors, plugins and the daemon; say how to fix each problem")
+    doctor.add_arguments(p)
     for editor in ("krita", "gimp"):
         p = sub.add_parser(f"package-{editor}", help=f"build the {editor.capitalize()} plugin zip for official builds "
                            "(carries pyzmq for each platform's bundled Python)")
@@ -468,6 +471,9 @@ def cmd_install_gimp(args: argparse.Namespace) -> int:
 
     return install(args.dest)
 
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    return doctor.main(args)
 
 
 def cmd_package_krita(args: argparse.Namespace) -> int:
