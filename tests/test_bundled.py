@@ -123,3 +123,24 @@ def test_prepare_plugin_folder(tmp_path: Path) -> None:
     bare.mkdir()
     path = [str(bare)]
     assert bundled.prepare_plugin_folder(str(bare), path) is None and path == [str(bare)]
+
+
+def test_mingw_python_is_its_own_platform() -> None:
+    """GIMP for Windows runs MSYS2's MinGW CPython: the MSVC wheels must not be chosen."""
+    assert bundled.this_platform("win32", "AMD64", "mingw_x86_64_clang") == "windows-mingw-x86_64"
+    assert bundled.this_platform("win32", "AMD64", "win-amd64") == "windows-x86_64"
+    wheels = [Wheel.from_filename(n) for n in WHEELS]
+    assert bundled.choose(wheels, "windows-mingw-x86_64", (3, 12)) is None
+    text = bundled.missing_text("windows-mingw-x86_64", (3, 13), wheels)
+    assert "MinGW" in text and "mingw-w64-clang-x86_64-python-pyzmq" in text
+
+
+def test_macos_version_and_newest_release() -> None:
+    """Krita 5.2 still runs on macOS 10.14; pyzmq 27's universal2 wheels need 10.15."""
+    old = Wheel.from_filename("pyzmq-26.2.1-cp310-cp310-macosx_10_9_x86_64.whl")
+    new = Wheel.from_filename(WHEELS[1])
+    assert old.min_macos == (10, 9) and new.min_macos == (10, 15) and new.version == (27, 3, 0)
+    assert bundled.choose([old, new], "macos-x86_64", (3, 10)) is new  # the newest release when the OS is unknown
+    assert bundled.choose([old, new], "macos-x86_64", (3, 10), macos=(10, 14)) is old
+    assert bundled.choose([old, new], "macos-x86_64", (3, 10), macos=(14, 5)) is new
+    assert bundled.choose([new], "macos-x86_64", (3, 10), macos=(10, 14)) is None

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from inpaintd_protocol.bundled import MANIFEST, Wheel
+from inpaintd_protocol.bundled import MANIFEST, Wheel, choose
 
 #: pyzmq 26 is the first with abi3 wheels for CPython 3.12+; 27 the current line.
 PYZMQ_SPEC = "pyzmq>=26,<28"
 
 #: pip's platform tag per platform (pip also accepts the older tags these imply:
-#: universal2 for macOS, older manylinux for Linux).
+#: universal2 for macOS, older manylinux for Linux).  Krita 5.2 for macOS still runs on
+#: 10.14, which pyzmq 27's universal2 wheels (10.15) do not: a row may name its own tag.
 PIP_PLATFORM = {
     "windows-x86_64": "win_amd64",
     "macos-arm64": "macosx_11_0_arm64",
@@ -51,31 +52,56 @@ PIP_PLATFORM = {
 
 @dataclass(frozen=True)
 class Target:
-    """One editor build whose plugins run on `python` on `platform`; `note` says where that is from."""
+    """One editor build whose plugins run on `python` on `platform` (docs/editor-pythons.md
+    has the source of each); `pip_platform` overrides PIP_PLATFORM for an older OS."""
 
     editor: str
     build: str
     platform: str
     python: str
-    note: str = ""
+    pip_platform: str = ""
+
+    @property
+    def pip_tag(self) -> str:
+        return self.pip_platform or PIP_PLATFORM[self.platform]
+
+    @property
+    def oldest_macos(self) -> tuple[int, int] | None:
+        """The oldest macOS this row must run on, when it names one (macosx_10_14_...)."""
+        if not self.pip_platform.startswith("macosx_"):
+            return None
+        major, minor = self.pip_platform.split("_")[1:3]
+        return int(major), int(minor)
+
+    @property
+    def python_version(self) -> tuple[int, int]:
+        major, minor = self.python.split(".")
+        return int(major), int(minor)
 
 
-# The builds and their Pythons, as docs/editor-pythons.md finds them (with sources).
+# The builds and their Pythons, as docs/editor-pythons.md found them (with sources).  Krita
+# 6.0 (PyQt6) is not in the table: the plugin is written for PyQt5 (Krita 5).  GIMP for
+# Windows is not either: it runs MSYS2's MinGW Python, for which PyPI has no pyzmq wheel
+# (the plug-in recognises that Python and says what to do).
 KRITA_TARGETS: tuple[Target, ...] = (
     Target("krita", "5.2 Windows installer", "windows-x86_64", "3.10"),
-    Target("krita", "5.2 macOS (universal)", "macos-arm64", "3.10"),
-    Target("krita", "5.2 macOS (universal)", "macos-x86_64", "3.10"),
-    Target("krita", "5.2 AppImage", "linux-x86_64", "3.10"),
-    Target("krita", "Linux distribution packages (Debian 12, Ubuntu 24.04)", "linux-x86_64", "3.11"),
-    Target("krita", "Linux distribution packages (3.12 and later, abi3)", "linux-x86_64", "3.12"),
+    Target("krita", "5.2 macOS (universal2, macOS 10.14+)", "macos-x86_64", "3.10", "macosx_10_14_x86_64"),
+    Target("krita", "5.2 macOS (universal2)", "macos-arm64", "3.10"),
+    Target("krita", "5.2 AppImage and Flatpak", "linux-x86_64", "3.10"),
+    Target("krita", "5.3, and 5.2.13-14 built on 3.13: Windows installer", "windows-x86_64", "3.13"),
+    Target("krita", "5.3, and 5.2.13-14 built on 3.13: macOS (universal2)", "macos-x86_64", "3.13"),
+    Target("krita", "5.3, and 5.2.13-14 built on 3.13: macOS (universal2)", "macos-arm64", "3.13"),
+    Target("krita", "5.3 AppImage and Flatpak", "linux-x86_64", "3.13"),
+    Target("krita", "Linux distribution packages: Debian 12 (3.11)", "linux-x86_64", "3.11"),
+    Target("krita", "Linux distribution packages: 3.12 and later", "linux-x86_64", "3.12"),
 )
 
 GIMP_TARGETS: tuple[Target, ...] = (
-    Target("gimp", "3.0 Windows installer", "windows-x86_64", "3.12"),
-    Target("gimp", "3.0 macOS", "macos-arm64", "3.10"),
-    Target("gimp", "3.0 macOS", "macos-x86_64", "3.10"),
-    Target("gimp", "3.0 Flatpak (GNOME runtime)", "linux-x86_64", "3.12"),
-    Target("gimp", "Linux distribution packages (Debian 13: 3.13, abi3)", "linux-x86_64", "3.12"),
+    Target("gimp", "3.0-3.2 macOS (arm64 DMG)", "macos-arm64", "3.10"),
+    Target("gimp", "3.0-3.2 macOS (x86_64 DMG)", "macos-x86_64", "3.10"),
+    Target("gimp", "3.0.0-3.0.4 Flatpak (GNOME 48)", "linux-x86_64", "3.12"),
+    Target("gimp", "3.0.6-3.2 Flatpak (GNOME 49/50)", "linux-x86_64", "3.13"),
+    Target("gimp", "Linux distribution packages: 3.11", "linux-x86_64", "3.11"),
 )
 
 
@@ -103,13 +129,13 @@ def select_targets(targets: Iterable[Target], pythons: Sequence[str] = (), platf
 
 def fetch_wheel(target: Target, cache: Path, pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Path:
     """The pyzmq wheel for one target, from the cache or downloaded into it."""
-    folder = cache / f"{target.platform}-py{target.python}"
+    folder = cache / f"{target.pip_tag}-py{target.python}"
     found = sorted(folder.glob("pyzmq-*.whl"))
     if found:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [*pip, "download", PYZMQ_SPEC, "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-           "--python-version", target.python, "--platform", PIP_PLATFORM[target.platform], "-d", str(folder)]
+           "--python-version", target.python, "--platform", target.pip_tag, "-d", str(folder)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -118,7 +144,7 @@ def fetch_wheel(target: Target, cache: Path, pip: Sequence[str] = (sys.executabl
     if proc.returncode != 0 or not found:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise PackagingError(f"no pyzmq wheel for Python {target.python} on {target.platform} "
-                             f"(pip download ... --platform {PIP_PLATFORM[target.platform]}):\n{tail}")
+                             f"(pip download ... --platform {target.pip_tag}):\n{tail}")
     return found[-1]
 
 
@@ -187,22 +213,21 @@ class Built:
     def summary(self) -> str:
         lines = [f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB)", "  build | platform | Python | pyzmq wheel"]
         for t in self.targets:
-            wheel = next((w["wheel"] for w in self.wheels if _fits(w["wheel"], t)), "MISSING")
-            lines.append(f"  {t.editor} {t.build} | {t.platform} | {t.python} | {wheel}")
+            lines.append(f"  {t.editor} {t.build} | {t.platform} | {t.python} | {_wheel_for(self.wheels, t) or 'MISSING'}")
         lines.append(f"  msgpack {self.msgpack} (pure Python)")
         return "\n".join(lines)
 
 
-def _fits(wheel: str, t: Target) -> bool:
-    w = Wheel.from_filename(wheel)
-    major, minor = t.python.split(".")
-    return t.platform in w.platforms and w.fits_python((int(major), int(minor)))
+def _wheel_for(entries: list[dict[str, str]], t: Target) -> str | None:
+    """The wheel the plugin will pick on this row's platform, Python and oldest macOS."""
+    chosen = choose([Wheel.from_filename(e["wheel"]) for e in entries], t.platform, t.python_version, t.oldest_macos)
+    return chosen.filename if chosen else None
 
 
 def _deps_for(targets: list[Target], cache: Path, deps: Path, pip: Sequence[str]) -> list[dict[str, str]]:
     wheels = [fetch_wheel(t, cache, pip) for t in targets]
     entries = unpack_wheels(wheels, deps)
-    missing = [t for t in targets if not any(_fits(e["wheel"], t) for e in entries)]
+    missing = [t for t in targets if _wheel_for(entries, t) is None]
     if missing:
         raise PackagingError("downloaded wheels fit none of: " + ", ".join(f"{t.platform} {t.python}" for t in missing))
     return entries

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 
 MANIFEST = "manifest.json"
@@ -28,13 +29,30 @@ MANIFEST = "manifest.json"
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
 
 
-def this_platform(sys_platform: str | None = None, machine: str | None = None) -> str:
-    """'windows-x86_64', 'macos-arm64', 'linux-x86_64', ... for the running interpreter."""
+def this_platform(sys_platform: str | None = None, machine: str | None = None, build_platform: str | None = None) -> str:
+    """'windows-x86_64', 'macos-arm64', 'linux-x86_64', ... for the running interpreter.
+
+    GIMP for Windows runs MSYS2's MinGW build of CPython (sysconfig says 'mingw_...'),
+    which cannot load the MSVC-built win_amd64 wheels: it is 'windows-mingw-<arch>'."""
     sys_platform = sys.platform if sys_platform is None else sys_platform
     machine = (platform.machine() if machine is None else machine).lower()
+    build_platform = sysconfig.get_platform() if build_platform is None else build_platform
     os_name = "windows" if sys_platform.startswith("win") else "macos" if sys_platform == "darwin" else \
         "linux" if sys_platform.startswith("linux") else sys_platform
+    if os_name == "windows" and build_platform.startswith("mingw"):
+        os_name = "windows-mingw"
     return f"{os_name}-{_ARCHES.get(machine, machine)}"
+
+
+def this_macos() -> tuple[int, int] | None:
+    """The running macOS version, or None elsewhere (or when unknown)."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        parts = [int(p) for p in platform.mac_ver()[0].split(".")[:2]]
+    except ValueError:
+        return None
+    return (parts[0], parts[1] if len(parts) > 1 else 0) if parts else None
 
 
 def platforms_of_tag(tag: str) -> set[str]:
@@ -83,6 +101,20 @@ class Wheel:
             out |= platforms_of_tag(tag)
         return out
 
+    @property
+    def version(self) -> tuple[int, ...]:
+        """The project's version from the file name (27.3.0 -> (27, 3, 0))."""
+        try:
+            return tuple(int(p) for p in self.filename.split("-")[1].split(".") if p.isdigit())
+        except IndexError:
+            return ()
+
+    @property
+    def min_macos(self) -> tuple[int, int] | None:
+        """The oldest macOS a macosx_X_Y_* tag runs on (None for other platforms)."""
+        found = [tuple(int(p) for p in t.split("_")[1:3]) for t in self.platform_tags if t.startswith("macosx_")]
+        return (found[0][0], found[0][1]) if found else None
+
     def fits_python(self, version: tuple[int, int]) -> bool:
         """A cpXY-cpXY wheel fits CPython X.Y only; cpXY-abi3 fits X.Y and later."""
         here = f"cp{version[0]}{version[1]}"
@@ -109,10 +141,12 @@ def read_manifest(deps: str) -> list[Wheel]:
     return [Wheel.from_filename(w["wheel"], w["folder"]) for w in data.get("wheels", [])]
 
 
-def choose(wheels: list[Wheel], plat: str, version: tuple[int, int]) -> Wheel | None:
-    """The wheel for this platform and Python: an exact cpXY build before an abi3 one."""
-    fitting = [w for w in wheels if plat in w.platforms and w.fits_python(version)]
-    fitting.sort(key=lambda w: "abi3" in w.abi_tags)
+def choose(wheels: list[Wheel], plat: str, version: tuple[int, int], macos: tuple[int, int] | None = None) -> Wheel | None:
+    """The wheel for this platform and Python: an exact cpXY build before an abi3 one, then
+    the newest release; on a known macOS, none that needs a newer one."""
+    fitting = [w for w in wheels if plat in w.platforms and w.fits_python(version)
+               and not (macos and w.min_macos and w.min_macos > macos)]
+    fitting.sort(key=lambda w: ("abi3" in w.abi_tags, tuple(-v for v in w.version)))
     return fitting[0] if fitting else None
 
 
@@ -128,13 +162,19 @@ class Activation:
 
 def missing_text(plat: str, version: tuple[int, int], wheels: list[Wheel], what: str = "pyzmq") -> str:
     have = "; ".join(w.describe() for w in wheels) or "none"
+    if plat.startswith("windows-mingw"):
+        return (f"This editor runs MSYS2's MinGW build of Python {version[0]}.{version[1]} (GIMP for Windows does), "
+                f"which cannot load the Windows wheels on PyPI, so the package carries no {what} for it.  Put MSYS2's "
+                f"own build into the plug-in's vendor folder: the zmq folder of the package "
+                f"mingw-w64-clang-x86_64-python-pyzmq (packages.msys2.org) and libzmq.dll from mingw-w64-clang-x86_64-zeromq "
+                f"beside it; or use GIMP from WSL/Linux.")
     return (f"This editor runs Python {version[0]}.{version[1]} on {plat}, and this inpaintd package carries no {what} "
             f"wheel for it (it has: {have}).  Rebuild the package with `inpaintd package-krita --python "
             f"{version[0]}.{version[1]}` (or package-gimp), or install {what} into this editor's Python.")
 
 
 def activate(deps: str, plat: str | None = None, version: tuple[int, int] | None = None,
-             path: list[str] | None = None) -> Activation:
+             path: list[str] | None = None, macos: tuple[int, int] | None = None) -> Activation:
     """Put the fitting wheel's folder first on `path` (sys.path); never raises."""
     plat = this_platform() if plat is None else plat
     version = (sys.version_info[0], sys.version_info[1]) if version is None else version
@@ -144,7 +184,7 @@ def activate(deps: str, plat: str | None = None, version: tuple[int, int] | None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Activation(problem=f"no usable {os.path.join(deps, MANIFEST)} ({exc})")
     result = Activation(available=[w.describe() for w in wheels])
-    wheel = choose(wheels, plat, version)
+    wheel = choose(wheels, plat, version, this_macos() if plat.startswith("macos") and macos is None else macos)
     if wheel is None:
         result.problem = missing_text(plat, version, wheels)
         return result
