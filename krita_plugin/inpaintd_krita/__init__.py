@@ -33,6 +33,11 @@ except ImportError:  # imported outside Krita
     Krita = None  # type: ignore[misc, assignment]  # the class, or None outside Krita
 
 if Krita is not None and Krita.instance() is not None:
+    try:
+        import PyQt5.QtCore  # noqa: F401
+    except ImportError as _exc:  # Krita 6 offers PyQt6 only; its Python Plugin Manager shows this text
+        raise ImportError("inpaintd's Krita plugin is written for Krita 5 (PyQt5) and does not run in Krita 6 "
+                          "(PyQt6) yet; use Krita 5.2 or 5.3.") from _exc
     from .docker import InpaintDocker
     from .plugin import DOCKER_ID, InpaintExtension
 
