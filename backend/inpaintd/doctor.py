@@ -169,6 +169,10 @@ def _import_torch() -> Any:
 # -- models -------------------------------------------------------------------------------------
 
 
+#: Components the engine loads without (it passes safety_checker=None).
+OPTIONAL_COMPONENTS = frozenset({"safety_checker"})
+
+
 def missing_components(folder: Path) -> list[str]:
     """The component folders a diffusers pipeline's model_index.json names that are not in
     `folder` (an interrupted download, or a partial copy)."""
@@ -177,8 +181,8 @@ def missing_components(folder: Path) -> list[str]:
     except (OSError, ValueError):
         return ["model_index.json"]
     return sorted(name for name, value in index.items()
-                  if not name.startswith("_") and isinstance(value, list) and len(value) == 2
-                  and value[0] is not None and not (folder / name).is_dir())
+                  if not name.startswith("_") and name not in OPTIONAL_COMPONENTS and isinstance(value, list)
+                  and len(value) == 2 and value[0] is not None and not (folder / name).is_dir())
 
 
 def _partial_snapshot(repo_id: str, cache: Path) -> Path | None:
@@ -205,7 +209,17 @@ def check_models(models: Iterable[Any], default_id: str, cache: Path) -> list[Ch
         if m.available:
             family = m.family or "family known after the first load"
             size = f", native {m.native_size}px" if m.native_size else ""
-            checks.append(Check(name, OK, f"{family}{size}, {m.kind}: {m.detail}"))
+            where = Path(m.detail)
+            # The registry reads configs only: a folder whose model_index.json is there but a
+            # component folder is not is listed as available, and its first load fails.
+            missing = missing_components(where) if m.kind in ("hub", "folder") and where.is_dir() else []
+            if missing:
+                checks.append(Check(name, WARN, f"{family}, {m.kind}: {where} lacks the component folders "
+                                    f"{', '.join(missing)}: loading it will fail",
+                                    f"`hf download {m.id}` again (it resumes)" if m.kind == "hub" else
+                                    "copy the whole pipeline folder again (save_pretrained layout)"))
+            else:
+                checks.append(Check(name, OK, f"{family}{size}, {m.kind}: {m.detail}"))
             continue
         detail = m.detail
         if m.kind == "hub":

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 PLUGIN_NAME = "inpaintd_krita"
@@ -121,26 +122,57 @@ def krita_python() -> tuple[str | None, str]:
     return None, f"found {krita} but not its Python plugin library (kritapykrita.so)"
 
 
-def check_imports(python: str, extra_path: Path | None = None) -> tuple[bool, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.pop("PYTHONHOME", None)
+def _menu_env(extra_path: Path | None = None) -> dict[str, str]:
+    """The environment of Krita started from the desktop menu: no virtualenv, PYTHONPATH
+    only `extra_path`."""
+    from .doctor import clean_env
+
+    env = clean_env(os.environ)
     if extra_path is not None:
         env["PYTHONPATH"] = str(extra_path)
-    code = "import zmq, msgpack; print(zmq.zmq_version(), msgpack.version)"
-    try:
-        r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, str(exc)
-    if r.returncode == 0:
-        return True, r.stdout.strip()
-    lines = r.stderr.strip().splitlines()
-    return False, lines[-1] if lines else f"exit code {r.returncode}"
+    return env
+
+
+def check_imports(python: str, extra_path: Path | None = None) -> tuple[bool, str]:
+    """Whether Krita's Python imports pyzmq and msgpack, as Krita started from the menu would."""
+    from .doctor import CLIENT_IMPORTS, python_can_import
+
+    return python_can_import([python], CLIENT_IMPORTS, env=_menu_env(extra_path))
+
+
+def warn_bindings(python: str | None, env: Mapping[str, str] | None = None) -> bool:
+    """Warn (stderr) about what keeps Krita's own Python plugins from loading; True when
+    nothing does.  Warnings only: the copy is sound, and the fix is outside inpaintd.
+
+    Two traps: Krita's Python lacks PyQt5 (a distribution package left out), and this shell
+    has a virtualenv on PATH, which the embedded Python takes for its home when Krita is
+    started from here (then PyQt5 is missing only for that start)."""
+    from .doctor import KRITA_BINDINGS, TRAP_FIX, python_can_import, virtualenv_trap
+
+    good = True
+    if python is not None:
+        ok, detail = python_can_import([python], KRITA_BINDINGS, env=_menu_env())
+        if ok:
+            print(f"Krita's Python imports PyQt5 {detail}.")
+        else:
+            good = False
+            print(f"warning: Krita's Python ({python}) cannot import PyQt5: {detail}\n"
+                  "  Krita loads no Python plugin without it: sudo apt install python3-pyqt5 (Debian/Ubuntu), "
+                  "sudo dnf install python3-qt5 (Fedora), or use Krita's AppImage.", file=sys.stderr)
+    trap = virtualenv_trap(os.environ if env is None else env) if sys.platform.startswith("linux") else None
+    if trap:
+        good = False
+        print(f"warning: {trap}. Krita started from this shell runs its Python in that environment, cannot "
+              f"import PyQt5, and loads no Python plugin (the Python Plugin Manager is empty).\n  Fix: {TRAP_FIX}.",
+              file=sys.stderr)
+    return good
 
 
 def install(dest: Path | str | None = None, enable: bool = True) -> int:
     """Install the plugin; print what was done.  0: ready to use; 2: installed, but Krita's
-    Python cannot import pyzmq/msgpack (the message says how to fix it); 1: failed."""
+    Python cannot import pyzmq/msgpack (the message says how to fix it); 1: failed.  What
+    would keep Krita's own Python plugins from loading (no PyQt5, a virtualenv in this shell)
+    is a warning that leaves the status as it is (`warn_bindings`)."""
     dest = Path(dest).expanduser() if dest else default_pykrita_dir()
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -166,7 +198,9 @@ def install(dest: Path | str | None = None, enable: bool = True) -> int:
         print("  If the docker says pyzmq/msgpack are missing, install them for Krita's Python version X.Y:")
         print(f"    python -m pip install --target \"{vendor}\" --python-version X.Y --only-binary=:all: pyzmq msgpack")
         print("  (Krita > Help > System Information shows its Python version.)")
+        warn_bindings(None)
         return 0
+    warn_bindings(python)
     ok, detail = check_imports(python)
     if ok:
         print(f"Krita's Python ({python}; {how}) imports pyzmq and msgpack ({detail}). Restart Krita, then open "
