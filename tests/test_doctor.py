@@ -317,3 +317,15 @@ def test_cli_json_and_exit_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "[fail] x: broken" in out and "fix: mend it" in out and "1 fail" in out
     monkeypatch.setattr(doctor, "run_checks", lambda args: doctor.Report([Check("x", WARN, "meh", "m")]))
     assert cli.main(["doctor"]) == 0
+
+
+def test_curve_daemon_without_its_key_is_a_refused_handshake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon that encrypts (--curve) but whose connection file this client cannot read:
+    the handshake fails, which is named, not taken for "nothing listens"."""
+    from conftest import start_daemon
+
+    with start_daemon(tmp_path / "curve", "--engine", "classical", "--curve") as d:
+        monkeypatch.setenv("INPAINTD_RUNTIME_DIR", str(tmp_path / "elsewhere"))  # no connection file: no CURVE key
+        monkeypatch.setenv("INPAINTD_KEY", d.key.decode())
+        line = doctor.check_daemon(d.endpoint, timeout=1.5)
+    assert line.status == FAIL and "refused the connection's handshake" in line.detail and "connection file" in line.fix

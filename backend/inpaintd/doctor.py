@@ -286,6 +286,8 @@ def find_editors(env: Mapping[str, str], home: Path, platform: str = sys.platfor
     for kind, names in (("krita", ("krita",)), ("gimp", ("gimp-3.0", "gimp-3", "gimp"))):
         for name in names:
             exe = which(name)
+            if exe and Path(exe).resolve().name.startswith("gimp-2"):
+                continue  # `gimp` -> gimp-2.10: no GIMP 3, which the plug-in needs
             if exe:
                 found.append(Editor(kind, f"{name} on PATH", Path(exe)))
                 break
