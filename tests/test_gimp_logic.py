@@ -205,3 +205,20 @@ def test_arguments_keep_their_positions_and_the_dialog_shows_them_all():
                           "feather", "padding", "endpoint", "sample-merged", "start-daemon"]
     assert names[13:] == ["color-match", "fill"]
     assert sorted(DIALOG_ORDER) == sorted(names) and len(DIALOG_ORDER) == len(names)
+
+
+def test_plugins_folder_follows_the_newest_gimp_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIMP 3.2 keeps its own profile (GIMP/3.2, copied from 3.0 at its first start)."""
+    from inpaintd import install_gimp
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert install_gimp.default_plugins_dir() == tmp_path / "config" / "GIMP" / "3.0" / "plug-ins"  # none yet
+    for version in ("3.0", "3.2", "3.x-backup"):
+        (tmp_path / "config" / "GIMP" / version).mkdir(parents=True)
+    assert install_gimp.default_plugins_dir() == tmp_path / "config" / "GIMP" / "3.2" / "plug-ins"
+    flatpak = tmp_path / "home" / ".var" / "app" / "org.gimp.GIMP" / "config"
+    assert install_gimp.profile_version(flatpak) == "3.0"
+    (flatpak / "GIMP" / "3.2").mkdir(parents=True)
+    assert install_gimp.profile_version(flatpak) == "3.2"

@@ -317,14 +317,15 @@ def find_editors(env: Mapping[str, str], home: Path, platform: str = sys.platfor
 def plugin_folder(editor: Editor, home: Path) -> Path:
     """Where that editor looks for our plugin (the installers' folders; a Flatpak's own)."""
     from .install_gimp import PLUGIN_NAME as GIMP_PLUGIN
-    from .install_gimp import default_plugins_dir
+    from .install_gimp import default_plugins_dir, profile_version
     from .install_krita import PLUGIN_NAME as KRITA_PLUGIN
     from .install_krita import default_pykrita_dir
 
     if editor.kind == "krita":
         base = home / ".var/app/org.kde.krita/data/krita/pykrita" if editor.flatpak else default_pykrita_dir()
         return base / KRITA_PLUGIN
-    base = home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins" if editor.flatpak else default_plugins_dir()
+    flatpak = home / ".var/app/org.gimp.GIMP/config"
+    base = flatpak / "GIMP" / profile_version(flatpak) / "plug-ins" if editor.flatpak else default_plugins_dir()
     return base / GIMP_PLUGIN
 
 

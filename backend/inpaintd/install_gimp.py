@@ -24,18 +24,31 @@ PLUGIN_NAME = "inpaintd_gimp"  # GIMP requires folder name == file name (without
 PLUGIN_FILES = ("inpaintd_gimp.py", "inpaintd_logic.py", "inpaintd_watchdog.py")
 
 
+def profile_version(base: Path) -> str:
+    """The newest GIMP 3 profile under `base/GIMP` ("3.2" once GIMP 3.2 ran: each minor
+    release keeps its own folder and copies the previous one at first start), "3.0" if none."""
+    found = []
+    for d in base.glob("GIMP/3.*"):
+        minor = d.name.split(".", 1)[1]
+        if d.is_dir() and minor.isdigit():
+            found.append(int(minor))
+    return f"3.{max(found)}" if found else "3.0"
+
+
 def default_plugins_dir() -> Path:
-    """GIMP 3.0's per-user plug-ins folder on this system."""
+    """GIMP 3's per-user plug-ins folder on this system (the newest profile's)."""
     home = Path.home()
     if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", home / "AppData" / "Roaming")) / "GIMP" / "3.0" / "plug-ins"
+        base = Path(os.environ.get("APPDATA", home / "AppData" / "Roaming"))
+        return base / "GIMP" / profile_version(base) / "plug-ins"
     if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "GIMP" / "3.0" / "plug-ins"
-    flatpak = home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / "3.0"
+        base = home / "Library" / "Application Support"
+        return base / "GIMP" / profile_version(base) / "plug-ins"
+    flatpak = home / ".var" / "app" / "org.gimp.GIMP" / "config"
     config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    if flatpak.is_dir() and not (config / "GIMP" / "3.0").is_dir():
-        return flatpak / "plug-ins"
-    return config / "GIMP" / "3.0" / "plug-ins"
+    if not list(config.glob("GIMP/3.*")) and list(flatpak.glob("GIMP/3.*")):
+        return flatpak / "GIMP" / profile_version(flatpak) / "plug-ins"
+    return config / "GIMP" / profile_version(config) / "plug-ins"
 
 
 def copy_plugin(dest: Path) -> Path:
