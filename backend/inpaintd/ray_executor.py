@@ -75,7 +75,7 @@ def require_ray() -> None:
 class InpaintReplica:
     """One replica of the engine deployment (wrapped by `serve.deployment` at start).
 
-    Items it yields from `run`, in order: ("started", replica), ("load_started", model),
+    Items it yields from `run`, in order: ("started", replica, stats), ("load_started", model),
     ("progress", stage, step, total), ("load_ended", model, device | None), then exactly one
     of ("succeeded", dict), ("failed", code, message), ("cancelled",)."""
 
@@ -89,7 +89,9 @@ class InpaintReplica:
         self.identity = f"{context.replica_id.unique_id} on {socket.gethostname()} (pid {os.getpid()})"
         self._listeners: dict[str, list[Callable[[str, int, int], None]]] = {}
         self._lock = threading.Lock()
-        self.stats: dict[str, int] = {"jobs": 0, "running": 0, "cancelled": 0, "steps_after_cancel": 0}
+        #: What this replica did: jobs streamed, job threads still running (a cancelled job's
+        #: thread ends at its next step), jobs cancelled, and steps reported after a cancel.
+        self.stats: dict[str, int] = {"jobs": 0, "threads": 0, "cancelled": 0, "steps_after_cancel": 0}
 
         async def load(model_id: str) -> str:
             # The registry does the loading (one diffusion model warm per registry); the
@@ -110,16 +112,15 @@ class InpaintReplica:
         for fn in listeners:
             fn(stage, step, total)
 
-    def info(self) -> dict[str, Any]:
-        """Who this replica is and what it did (tests ask it through the handle)."""
-        return {"identity": self.identity, **self.stats}
+    def _count(self, key: str, delta: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += delta
 
     async def run(self, request: JobRequest) -> AsyncIterator[tuple]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple | None] = asyncio.Queue()
         cancel = threading.Event()
-        self.stats["jobs"] += 1
-        self.stats["running"] += 1
+        self._count("jobs")
 
         def push(item: tuple | None) -> None:
             loop.call_soon_threadsafe(items.put_nowait, item)
@@ -128,12 +129,14 @@ class InpaintReplica:
             try:
                 push(self._work(request, push, cancel, loop))
             finally:
+                self._count("threads", -1)
                 push(None)
 
-        thread = threading.Thread(target=work, name=f"inpaintd-job-{request.job_id}", daemon=True)
-        thread.start()
-        yield ("started", self.identity)
         try:
+            # Where it runs, and what this replica did before (the gateway logs both).
+            yield ("started", self.identity, dict(self.stats))
+            self._count("threads")
+            threading.Thread(target=work, name=f"inpaintd-job-{request.job_id}", daemon=True).start()
             while True:
                 item = await items.get()
                 if item is None:
@@ -142,7 +145,6 @@ class InpaintReplica:
         finally:
             # The caller cancelled the stream (or went away): the engine stops at its next step.
             cancel.set()
-            self.stats["running"] -= 1
 
     def _work(self, request: JobRequest, push: Callable[[tuple], None], cancel: threading.Event,
               loop: asyncio.AbstractEventLoop) -> tuple:
@@ -152,7 +154,7 @@ class InpaintReplica:
 
         def progress(stage: str, step: int, total: int) -> None:
             if cancel.is_set():
-                self.stats["steps_after_cancel"] += 1
+                self._count("steps_after_cancel")
             push(("progress", str(stage), step, total))
 
         def report_load(stage: str, step: int, total: int) -> None:
@@ -177,7 +179,7 @@ class InpaintReplica:
             caps = self.registry.caps(model)
             output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps)
         except JobCancelled:
-            self.stats["cancelled"] += 1
+            self._count("cancelled")
             return ("cancelled",)
         except Exception as exc:
             code, text = failure(exc)
@@ -484,6 +486,7 @@ class _Driver:
         self._close_timeout = 30.0
         self._down: str | None = None
         self._started_cluster = False
+        self._orphaned = False  # the daemon went away without closing
         self._handle: Any = None
         self._jobs: dict[str, _Job] = {}  # the loop thread's
 
@@ -521,7 +524,8 @@ class _Driver:
             try:
                 message = self.conn.recv()
             except (EOFError, OSError):
-                message = ("close", 5.0)
+                message = ("close", 5.0)  # the daemon died: its jobs end; a restarted one takes the app over
+                self._orphaned = True
             kind = message[0]
             if kind == "submit":
                 self._loop.call_soon_threadsafe(self._launch, message[1])
@@ -631,7 +635,9 @@ class _Driver:
 
     def _tear_down(self) -> None:
         """Take down what this bridge started: the app on a cluster it joined; Serve and the
-        cluster itself if it started them."""
+        cluster itself if it started them.  (When the daemon died rather than closed, the app
+        on a joined cluster stays, warm, for the daemon restarted in its place, which deploys
+        it again under the same name: deleting it here would race with that.)"""
         try:
             import ray
             from ray import serve
@@ -639,7 +645,7 @@ class _Driver:
             if self._handle is not None and self._down is None:
                 if self._started_cluster:
                     serve.shutdown()
-                else:
+                elif not self._orphaned:
                     serve.delete(self.options.app_name)
             if ray.is_initialized():
                 ray.shutdown()
@@ -724,7 +730,10 @@ class _Driver:
         job_id = job.request.job_id
         kind = item[0]
         if kind == "started":
-            log.info("job %s runs on Ray replica %s", job_id, item[1])
+            stats = item[2]
+            log.info("job %s runs on Ray replica %s; before it: %d job(s), %d still running, %d cancelled, "
+                     "%d step(s) run after a cancel", job_id, item[1], stats["jobs"], stats["threads"], stats["cancelled"],
+                     stats["steps_after_cancel"])
         elif kind == "progress":
             self.post(Progressed(job_id=job_id, stage=item[1], step=item[2], total=item[3]))
         elif kind == "load_started":
