@@ -9,6 +9,7 @@ job is in its result's notes (`REPLICA_NOTE`) and in the daemon's log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -72,21 +73,25 @@ def wait_denoising(c: Client, job: Job, step: int = 1, timeout: float = 60.0) ->
 # -- the cluster and the gateway -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """A Ray head in its own process group (`ray start --block`: ending it ends the
-    cluster), 4 CPUs and 2 fake GPUs, token authentication on; its address."""
+HEADS: dict[str, subprocess.Popen] = {}  # address -> its `ray start --block`
+
+
+@contextlib.contextmanager
+def ray_head(num_gpus: int = 2) -> Iterator[str]:
+    """A Ray head in its own session (`ray start --block`; ending the session ends the
+    cluster), 4 CPUs and `num_gpus` fake GPUs, token authentication on; its address."""
     token = secrets.token_hex(32)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # the gateways started here inherit it
     temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Unix socket paths live under it
     port = free_port()
     head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--num-gpus=2", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={temp}"],
+        [str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=4", f"--num-gpus={num_gpus}",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
+    HEADS[address] = head
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -98,21 +103,32 @@ def cluster() -> Iterator[str]:
             time.sleep(0.2)
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head and the processes it started: its own session
-        try:
-            head.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        head.wait()
+        end_session(head)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def end_session(head: subprocess.Popen) -> None:
+    """End the head and every process of its session (all started by it, for this test)."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(5)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    with ray_head() as address:
+        yield address
 
 
 def gateway_args(tiny_model_dir: Path, address: str) -> list[str]:
@@ -311,4 +327,26 @@ def test_the_gateway_killed_and_restarted_a_client_reconnects(
         c.close()
         if restarted is not None:
             restarted.stop()
+
+
+
+def test_the_cluster_going_away_fails_its_jobs_and_the_gateway_keeps_answering(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Its own head: this one is ended mid-job.
+    with ray_head(num_gpus=0) as address:
+        args = ["--model", str(tiny_model_dir), "--device", "cpu", "--executor", "ray", "--ray-address", address]
+        with start_daemon(tmp_path / "g", *args, ready_timeout=180) as d, d.client(heartbeat=0.5) as c:
+            # A few jobs of ~1.5 s each, one at a time on the one replica: the cluster goes
+            # during the first; what is running or next fails with the reason.
+            jobs = [submit(c, str(tiny_model_dir), steps=150, seed=i, block=False) for i in range(4)]
+            wait_denoising(c, jobs[0])
+            os.killpg(HEADS[address].pid, signal.SIGKILL)  # the whole cluster at once: its session
+            for job in jobs:
+                c.wait(job, timeout=60)
+            assert {j.state for j in jobs} <= {"done", "failed"}, jobs
+            failed = [j for j in jobs if j.state == "failed"]
+            assert len(failed) >= 2 and all("Ray cluster" in j.error.message for j in failed), [j.error for j in failed]
+            assert c.ping(timeout=5) and c.status()["loading"] is None
+            again = c.wait(submit(c, str(tiny_model_dir)), timeout=30)
+            assert again.state == "failed" and "Ray cluster" in again.error.message, again.error
+            assert d.alive()
 
