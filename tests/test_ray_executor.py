@@ -157,6 +157,13 @@ def test_replicas_flag() -> None:
             parse_replicas(bad)
 
 
+def test_a_local_daemon_never_imports_ray() -> None:
+    code = ("import sys; from inpaintd import cli, daemon, executor; "
+            "a = cli.build_parser().parse_args(['serve', '--engine', 'classical']); "
+            "assert a.executor == 'local' and 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_executor_ray_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
     # A Python where `import ray` fails: a stub package that raises, first on the path.
     stub = tmp_path / "ray"
