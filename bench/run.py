@@ -1,6 +1,6 @@
 """Run every benchmark this machine can run and print one table.
 
-    .venv/bin/python -m bench.run [--quick] [--only transport,overhead,canvas,gpu] [--out FILE]
+    .venv/bin/python -m bench.run [--quick] [--only transport,overhead,canvas,gpu,ray_bench] [--out FILE]
 
 Benchmarks are not tests: they assert nothing about time.  Each figure is a ratio of two
 things measured side by side in the same run (see bench/common.py), except the GPU
@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
 
 from bench.common import Config, Row, Section, markdown_table, text_table  # noqa: E402
 
-BENCHMARKS = ("transport", "overhead", "canvas", "gpu")
+BENCHMARKS = ("transport", "overhead", "canvas", "gpu", "ray_bench")
 
 
 def machine() -> str:

@@ -75,7 +75,7 @@ def require_ray() -> None:
 class InpaintReplica:
     """One replica of the engine deployment (wrapped by `serve.deployment` at start).
 
-    Items it yields from `run`, in order: ("started", replica, stats), ("load_started", model),
+    `run` yields lists of items, in order: ("started", replica, stats), ("load_started", model),
     ("progress", stage, step, total), ("load_ended", model, device | None), then exactly one
     of ("succeeded", dict), ("failed", code, message), ("cancelled",)."""
 
@@ -116,7 +116,7 @@ class InpaintReplica:
         with self._lock:
             self.stats[key] += delta
 
-    async def run(self, request: JobRequest) -> AsyncIterator[tuple]:
+    async def run(self, request: JobRequest) -> AsyncIterator[list[tuple]]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple | None] = asyncio.Queue()
         cancel = threading.Event()
@@ -134,14 +134,20 @@ class InpaintReplica:
 
         try:
             # Where it runs, and what this replica did before (the gateway logs both).
-            yield ("started", self.identity, dict(self.stats))
+            yield [("started", self.identity, dict(self.stats))]
             self._count("threads")
             threading.Thread(target=work, name=f"inpaintd-job-{request.job_id}", daemon=True).start()
+            # Items ready together go as one batch: each streamed object costs Ray an object
+            # and a round of messages, more than a tiny model's step.
             while True:
-                item = await items.get()
-                if item is None:
+                ready = [await items.get()]
+                while not items.empty():
+                    ready.append(items.get_nowait())
+                batch = [item for item in ready if item is not None]
+                if batch:
+                    yield batch
+                if len(batch) < len(ready):  # the end (None) was among them
                     return
-                yield item
         finally:
             # The caller cancelled the stream (or went away): the engine stops at its next step.
             cancel.set()
@@ -698,8 +704,9 @@ class _Driver:
                 job.response = response
                 if job.cancelled:
                     response.cancel()
-                async for item in response:
-                    self._item(job, item)
+                async for batch in response:
+                    for item in batch:
+                        self._item(job, item)
                 if not job.ended:
                     why = "the Ray replica ended the job without a result"
                     self._end(job, Failed(job_id=job_id, code=Code.ENGINE_FAILURE, message=why))
