@@ -55,6 +55,8 @@ REPLICA_NOTE = "ran on Ray replica "
 #: before the cluster counts as gone.
 WATCH_INTERVAL = 1.0
 WATCH_TIMEOUT = 10.0
+#: How long a replica lets progress items gather before it streams them as one batch (s).
+BATCH_WINDOW = 0.02
 #: The Serve deployment's name (in the app named by RayOptions.app_name).
 DEPLOYMENT = "InpaintReplica"
 
@@ -133,14 +135,20 @@ class InpaintReplica:
                 push(None)
 
         try:
-            # Where it runs, and what this replica did before (the gateway logs both).
-            yield [("started", self.identity, dict(self.stats))]
+            # Where it runs, and what this replica did before (the gateway logs both): the
+            # first item of the first batch, streamed with what the job says first.
+            items.put_nowait(("started", self.identity, dict(self.stats)))
             self._count("threads")
             threading.Thread(target=work, name=f"inpaintd-job-{request.job_id}", daemon=True).start()
             # Items ready together go as one batch: each streamed object costs Ray an object
             # and a round of messages, more than a tiny model's step.
             while True:
                 ready = [await items.get()]
+                if ready[0] is not None and ready[0][0] in ("started", "progress"):
+                    # Let the next steps of a fast model gather for a moment: every streamed
+                    # object costs a round of messages between three processes, more than a
+                    # tiny step; the artist cannot see 20 ms, and cancel still lands here.
+                    await asyncio.sleep(BATCH_WINDOW)
                 while not items.empty():
                     ready.append(items.get_nowait())
                 batch = [item for item in ready if item is not None]
