@@ -357,3 +357,22 @@ def test_the_cluster_going_away_fails_its_jobs_and_the_gateway_keeps_answering(t
             assert again.state == "failed" and "Ray cluster" in again.error.message, again.error
             assert d.alive()
 
+
+
+def test_autoscaling_adds_a_replica_while_jobs_queue(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`--replicas 1:2`: one replica at first; while jobs keep queueing, Serve's autoscaler
+    (upscale delay 2 s) starts the second, and jobs then run on both."""
+    with ray_head(num_gpus=0) as address:
+        args = ["--model", str(tiny_model_dir), "--device", "cpu", "--executor", "ray", "--ray-address", address,
+                "--replicas", "1:2"]
+        with start_daemon(tmp_path / "g", *args, ready_timeout=180) as d, d.client(heartbeat=0.5) as c:
+            assert re.search(r"1 replica\(s\) of InpaintReplica up", d.log()), d.log()[-2000:]  # MIN at start
+            first = c.wait(submit(c, str(tiny_model_dir)), timeout=120).raise_for_error()
+            seen = {replica_of(first)}
+            deadline = time.monotonic() + 120
+            while len(seen) < 2:
+                assert time.monotonic() < deadline, f"no second replica after 120 s of queued jobs (seen {seen})"
+                batch = [submit(c, str(tiny_model_dir), steps=20, seed=i, block=False) for i in range(6)]
+                for job in batch:
+                    seen.add(replica_of(c.wait(job, timeout=120).raise_for_error()))
+            print(f"[ray] replicas that ran jobs: {sorted(seen)}")
