@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inpaintd.families import FAMILIES, Arch, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
+from inpaintd.families import FAMILIES, Arch, Loop, UnsupportedModel, family_of_folder, inspect_single_file, native_size_of_folder
 
 
 def _folder(tmp: Path, class_name: str, *, text_width: int = 768, denoiser: str = "unet", sample: int = 64) -> Path:
@@ -38,15 +38,21 @@ def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
         ("StableDiffusionInpaintPipeline", 1024, Arch.SD2),
         ("StableDiffusionXLInpaintPipeline", 1280, Arch.SDXL),
         ("StableDiffusionXLPipeline", 1280, Arch.SDXL),
+        ("StableDiffusion3Pipeline", 768, Arch.SD3),
+        ("StableDiffusion3InpaintPipeline", 768, Arch.SD3),
+        ("FluxFillPipeline", 768, Arch.FLUX_FILL),
     ],
 )
 def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
     assert family_of_folder(_folder(tmp_path, class_name, text_width=width)).arch == arch
 
 
-@pytest.mark.parametrize("class_name", ["StableDiffusion3Pipeline", "StableDiffusionUpscalePipeline", "FluxPipeline", ""])
+@pytest.mark.parametrize(
+    "class_name", ["StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextPipeline", "StableDiffusion3ControlNetPipeline", ""]
+)
 def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) -> None:
-    """`startswith("StableDiffusion")` once let an SD3 folder into the SD 1.5 class."""
+    """`startswith("StableDiffusion")` once let an SD3 folder into the SD 1.5 class; SD 3 is
+    served now, by its own row, and FLUX text-to-image is still not a Fill model."""
     with pytest.raises(UnsupportedModel) as err:
         family_of_folder(_folder(tmp_path, class_name, denoiser="transformer"))
     assert (class_name or "unknown class") in str(err.value) and "supported:" in str(err.value)
@@ -87,4 +93,38 @@ def test_every_row_is_complete() -> None:
         assert fam.denoiser in ("unet", "transformer")
         assert fam.native_size % fam.size_multiple == 0
         assert "default" in fam.schedulers and fam.default_steps > 0
-        assert fam.inpaint_pipeline.endswith("InpaintPipeline")
+        assert fam.inpaint_pipeline.endswith(("InpaintPipeline", "FillPipeline"))
+        assert fam.inpaint_pipeline in fam.pipeline_classes or fam.arch == Arch.SD2
+
+
+def test_flow_families_rows() -> None:
+    sd3, flux = FAMILIES[Arch.SD3], FAMILIES[Arch.FLUX_FILL]
+    assert sd3.denoiser == flux.denoiser == "transformer"
+    assert sd3.size_multiple == flux.size_multiple == 16 and sd3.native_size == flux.native_size == 1024
+    assert sd3.default_steps == 28 and sd3.negative_prompt and "text_encoder_3" in sd3.optional_components
+    assert flux.default_steps == 50 and not flux.negative_prompt and flux.default_guidance == 30.0
+    for fam in (sd3, flux):
+        assert fam.loop == Loop.FLOW and fam.schedulers == ("default", "euler")
+
+
+def test_flow_folders_by_class_name_and_native_size(tmp_path: Path) -> None:
+    sd3 = _folder(tmp_path / "sd3", "StableDiffusion3Pipeline", denoiser="transformer", sample=128)
+    fam = family_of_folder(sd3)
+    assert fam.arch == Arch.SD3 and native_size_of_folder(sd3, fam) == 1024
+    flux = _folder(tmp_path / "flux", "FluxFillPipeline", denoiser="transformer")
+    (flux / "transformer" / "config.json").write_text(json.dumps({"in_channels": 384}))  # no sample_size in FLUX
+    fam = family_of_folder(flux)
+    assert fam.arch == Arch.FLUX_FILL and native_size_of_folder(flux, fam) == 1024
+
+
+def test_flow_snapshots_in_the_hub_cache(tmp_path: Path) -> None:
+    """A cache snapshot counts once its `transformer/` (not `unet/`) holds weights."""
+    from inpaintd.models import cached_snapshot
+    from inpaintd.testmodel import install_in_hub_cache
+
+    folder = _folder(tmp_path / "src", "FluxFillPipeline", denoiser="transformer")
+    snapshot = install_in_hub_cache(folder, tmp_path / "hub", "black-forest-labs/FLUX.1-Fill-dev")
+    assert cached_snapshot("black-forest-labs/FLUX.1-Fill-dev", tmp_path / "hub") is None
+    assert cached_snapshot("black-forest-labs/FLUX.1-Fill-dev", tmp_path / "hub", need_weights=False) == snapshot
+    (snapshot / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert cached_snapshot("black-forest-labs/FLUX.1-Fill-dev", tmp_path / "hub") == snapshot

@@ -29,6 +29,17 @@ class Arch(str, Enum):
     SD15 = "sd15"
     SD2 = "sd2"
     SDXL = "sdxl"
+    SD3 = "sd3"
+    FLUX_FILL = "flux-fill"
+
+
+class Loop(str, Enum):
+    """Which sampler runs a family (`DiffusersEngine` branches on this, never on a class name)."""
+
+    #: inpaintd's own loop over a UNet pipeline's parts (`engines/sd_inpaint.py`).
+    SD = "sd"
+    #: The stock flow-matching transformer pipeline, stepped by callbacks (`engines/flow_inpaint.py`).
+    FLOW = "flow"
 
 
 @dataclass(frozen=True)
@@ -65,16 +76,78 @@ class Family:
     vae_upcast: bool = False
     #: The pipeline has a safety checker to switch off (it would black out artists' work).
     safety_checker: bool = True
+    #: The sampler that runs the family.
+    loop: Loop = Loop.SD
+    #: The family takes a negative prompt (guidance-distilled ones such as FLUX do not).
+    negative_prompt: bool = True
+    #: The guidance its makers recommend (for FLUX, the distilled guidance embedding, not
+    #: classifier-free guidance); what editors should default to for it.
+    default_guidance: float = 7.5
+    #: Pipeline components a folder may lack (the pipeline then runs without them), e.g.
+    #: SD 3's T5 encoder, which holds most of its memory and adds little for short prompts.
+    optional_components: tuple[str, ...] = ()
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
+#: Flow-matching families: their own (FlowMatchEulerDiscreteScheduler), or "euler", which
+#: names the same flow-matching Euler sampler for them (the wire's scheduler names are shared).
+_FLOW_SCHEDULERS = ("default", "euler")
 
 
 def _has_prefix(prefix: str) -> Callable[[dict[str, Any]], bool]:
     return lambda header: any(k.startswith(prefix) for k in header)
 
 
+def _never(header: dict[str, Any]) -> bool:
+    """Single files of this family are not loaded yet (they need their own layout rules)."""
+    return False
+
+
 FAMILIES: dict[Arch, Family] = {
+    Arch.SD3: Family(
+        arch=Arch.SD3,
+        label="Stable Diffusion 3.5",
+        inpaint_pipeline="StableDiffusion3InpaintPipeline",
+        # Large, Large Turbo and Medium are saved as the text-to-image class and share
+        # everything but their weights; Turbo wants 4 steps and guidance 0, which nothing
+        # in its folder tells apart from Large's.  No dedicated SD 3 inpainting checkpoint
+        # exists: the pipeline blends the known latents back in under the mask.
+        pipeline_classes=frozenset(
+            {"StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"}
+        ),
+        denoiser="transformer",
+        native_size=1024,
+        size_multiple=16,  # VAE downscale 8 x transformer patch 2
+        default_steps=28,
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large"),
+        single_file_match=_never,
+        safety_checker=False,
+        loop=Loop.FLOW,
+        default_guidance=3.5,  # Large 3.5, Medium about 4.5, Turbo 0
+        optional_components=("text_encoder_3", "tokenizer_3"),
+    ),
+    Arch.FLUX_FILL: Family(
+        arch=Arch.FLUX_FILL,
+        label="FLUX.1 Fill",
+        inpaint_pipeline="FluxFillPipeline",
+        # A dedicated in/outpainting transformer: its input is the packed latents, the
+        # packed masked-image latents and the packed pixel mask (64 + 64 + 256 channels).
+        pipeline_classes=frozenset({"FluxFillPipeline"}),
+        denoiser="transformer",
+        native_size=1024,  # the pipeline's default_sample_size 128 x VAE downscale 8
+        size_multiple=16,  # VAE downscale 8 x 2x2 latent packing
+        default_steps=50,  # diffusers' default and BFL's model card (guidance 30, 50 steps)
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("black-forest-labs/FLUX.1-Fill-dev", "black-forest-labs/FLUX.1-Fill-dev"),
+        single_file_match=_never,
+        safety_checker=False,
+        loop=Loop.FLOW,
+        negative_prompt=False,  # guidance-distilled: no classifier-free guidance
+        default_guidance=30.0,
+    ),
     Arch.SDXL: Family(
         arch=Arch.SDXL,
         label="Stable Diffusion XL",
@@ -129,7 +202,7 @@ FAMILIES: dict[Arch, Family] = {
 }
 
 #: Single files are matched in this order: the most specific marker first.
-_SINGLE_FILE_ORDER = (Arch.SDXL, Arch.SD2, Arch.SD15)
+_SINGLE_FILE_ORDER = (Arch.SDXL, Arch.SD2, Arch.SD15)  # SD 3 and FLUX files: not yet
 
 
 class UnsupportedModel(ValueError):

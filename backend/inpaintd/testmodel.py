@@ -386,3 +386,191 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
     contiguous = {k: v.contiguous().clone() for k, v in tensors.items()}
     save_file(contiguous, str(out_path), metadata={"format": "pt"})
     return out_path
+
+
+# -- the flow-matching transformer families (SD 3.5, FLUX.1 Fill) ---------------------
+#
+# Same idea as the SD pipeline above: each family's real layout (component classes, folder
+# names, latent channels, the VAE's scale and shift) at a few MB, built from configs
+# offline.  They work at 64x64 too: VAE downscale 8 with 16 latent channels, as the real
+# ones, and a size multiple of 16 (SD 3's 2x2 patches, FLUX's 2x2 latent packing).
+
+#: Test-model families `make-test-model --family` knows; "sd" is the tiny SD 1.5 above.
+TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill")
+
+_FLOW_LATENT_CHANNELS = 16  # SD 3's and FLUX's VAEs
+_T5_WIDTH = 64  # SD 3 pads the two CLIPs' concatenated 2 x 32 features to the T5 width
+
+
+def _write_t5_tokenizer(folder: Path) -> None:
+    """A T5 (unigram) tokenizer over single characters, built offline: every printable
+    ASCII character alone and after a word boundary (`▁`), the rest `<unk>`."""
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    chars = [chr(c) for c in range(33, 127)]
+    pieces += [("▁" + c, -2.0) for c in chars] + [(c, -3.0) for c in chars] + [("▁", -4.0)]
+    tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+    tokenizer.save_pretrained(str(folder))
+
+
+def _t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size, d_model=_T5_WIDTH, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def _flow_vae(shift_factor: float, scaling_factor: float):
+    """The SD 3 / FLUX VAE layout: 16 latent channels, no quant convs, a latent shift."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=_FLOW_LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=TEST_NATIVE_SIZE,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
+        force_upcast=False,
+    ).eval()
+
+
+def _flow_scheduler(**extra):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **extra)
+
+
+def _clip_parts(path: Path):
+    _write_tokenizer(path / "_tok")
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(path / "_tok" / "tokenizer"))
+    _write_t5_tokenizer(path / "_tok" / "t5")
+    from transformers import T5TokenizerFast
+
+    t5_tokenizer = T5TokenizerFast.from_pretrained(str(path / "_tok" / "t5"))
+    return tokenizer, t5_tokenizer
+
+
+def make_sd3_test_model(path: str | Path, *, with_t5: bool = True) -> Path:
+    """A tiny SD 3.x pipeline (MMDiT, two CLIPs with projections, optional T5, 16-channel
+    VAE), saved as the text-to-image class the real SD 3.5 repos carry."""
+    import torch
+    from diffusers import SD3Transformer2DModel, StableDiffusion3InpaintPipeline
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    tokenizer, t5_tokenizer = _clip_parts(path)
+    vocab = len(tokenizer)
+    transformer = SD3Transformer2DModel(
+        sample_size=TEST_NATIVE_SIZE // 8,
+        patch_size=2,
+        in_channels=_FLOW_LATENT_CHANNELS,
+        out_channels=_FLOW_LATENT_CHANNELS,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=_T5_WIDTH,
+        caption_projection_dim=32,  # = heads x head width
+        pooled_projection_dim=2 * _TEXT_HIDDEN,  # both CLIPs' pooled outputs, concatenated
+        pos_embed_max_size=96,
+    ).eval()
+    pipe = StableDiffusion3InpaintPipeline(
+        transformer=transformer,
+        scheduler=_flow_scheduler(shift=3.0),
+        vae=_flow_vae(shift_factor=0.0609, scaling_factor=1.5305),
+        text_encoder=_text_encoder(vocab, with_projection=True),
+        tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(vocab, with_projection=True),
+        tokenizer_2=tokenizer,
+        text_encoder_3=_t5(len(t5_tokenizer)) if with_t5 else None,
+        tokenizer_3=t5_tokenizer if with_t5 else None,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    _remove_tree(path / "_tok")
+    _set_class_name(path, "StableDiffusion3Pipeline")
+    return path
+
+
+def make_flux_fill_test_model(path: str | Path) -> Path:
+    """A tiny FLUX.1 Fill pipeline.  Its transformer's input is what the Fill pipeline
+    concatenates per token: the packed noisy latents (16 channels x 2x2 = 64), the packed
+    masked-image latents (64) and the pixel mask folded to latent resolution (8x8 pixels per
+    latent, x 2x2 packing = 256): 384, the real model's width too.  It outputs packed
+    latents only (64)."""
+    import torch
+    from diffusers import FluxFillPipeline, FluxTransformer2DModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    tokenizer, t5_tokenizer = _clip_parts(path)
+    vae = _flow_vae(shift_factor=0.1159, scaling_factor=0.3611)
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    packed = 4 * _FLOW_LATENT_CHANNELS
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=packed + packed + 4 * scale * scale,
+        out_channels=packed,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=_T5_WIDTH,
+        pooled_projection_dim=_TEXT_HIDDEN,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),  # sums to the head width
+    ).eval()
+    pipe = FluxFillPipeline(
+        scheduler=_flow_scheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        ),
+        vae=vae,
+        text_encoder=_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        text_encoder_2=_t5(len(t5_tokenizer)),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    _remove_tree(path / "_tok")
+    # FLUX's transformer config has no sample size (its pipeline assumes 1024 px); the tiny
+    # one says it works at 64 px, which `families.native_size_of_folder` reads.
+    config_path = path / "transformer" / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["sample_size"] = TEST_NATIVE_SIZE // scale
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
+def _set_class_name(path: Path, class_name: str) -> None:
+    index_path = path / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index["_class_name"] = class_name
+    index_path.write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
+    """`make-test-model --family`: the tiny pipeline of `family` (one of TEST_FAMILIES)."""
+    if family == "sd":
+        return make_test_model(path)
+    if family == "sdxl":
+        return make_test_model(path, sdxl=True)
+    if family == "sd3":
+        return make_sd3_test_model(path)
+    if family == "flux-fill":
+        return make_flux_fill_test_model(path)
+    raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")

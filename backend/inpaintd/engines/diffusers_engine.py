@@ -1,9 +1,12 @@
-"""The diffusion engine: Stable Diffusion 1.5/2 and SDXL inpainting through diffusers.
+"""The diffusion engine: Stable Diffusion 1.5/2, SDXL, SD 3.5 and FLUX.1 Fill inpainting
+through diffusers.
 
 One `DiffusersEngine` holds one pipeline, loaded once and kept warm by the daemon.  It
 accepts dedicated inpainting checkpoints (9-channel UNet: latents + mask + masked image)
 and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the known
-latents back in under the mask at every step.
+latents back in under the mask at every step.  The family row's `loop` chooses the
+sampler: UNet families run `sd_inpaint.InpaintLoop`, the flow-matching transformer
+families (SD 3.5, FLUX.1 Fill) `flow_inpaint.FlowInpaintLoop`.
 
 Everything that is not model work (mask feathering, cropping, scaling, compositing) is done
 by the runner before and after `generate`; see `inpaintd.engines.base`.
@@ -12,13 +15,22 @@ by the runner before and after `generate`; see `inpaintd.engines.base`.
 from __future__ import annotations
 
 import gc
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..families import Family, UnsupportedModel, caps_for, family_of_folder, family_of_pipeline, inspect_single_file
+from ..families import (
+    Family,
+    Loop,
+    UnsupportedModel,
+    caps_for,
+    family_of_folder,
+    family_of_pipeline,
+    inspect_single_file,
+)
 from ..policy import is_pickle, pickle_refusal
 from .base import (
     CancelledFn,
@@ -29,6 +41,7 @@ from .base import (
     check_cancel,
     is_out_of_memory,
 )
+from .flow_inpaint import FlowInpaintLoop, FlowInputs
 from .pacing import StepPacer
 from .sd_inpaint import Embeddings, InpaintLoop, Inputs, scheduler_settings
 from .speedups import Speedups, apply, uncompile
@@ -78,11 +91,17 @@ def pick_device(requested: str | None = None) -> str:
     return "cpu"
 
 
-def _dtype_for(device: str) -> torch.dtype:
+def _dtype_for(device: str, family: Family | None = None) -> torch.dtype:
     import torch
 
     # Half precision halves memory and is fast on GPUs; CPUs have no fast float16 path.
-    return torch.float32 if device.split(":")[0] == "cpu" else torch.float16
+    if device.split(":")[0] == "cpu":
+        return torch.float32
+    # The flow transformers (and FLUX's T5) were trained in bfloat16 and overflow float16.
+    if family is not None and family.loop == Loop.FLOW and device.split(":")[0] == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+    return torch.float16
 
 
 def _pipeline_class(family: Family) -> Any:
@@ -159,17 +178,23 @@ class DiffusersEngine:
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.family = family_of_pipeline(pipe.__class__.__name__)
+        self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._saved_processors: dict[str, Any] | None = None  # while the low-memory retry runs
+        if self.family.loop == Loop.FLOW:
+            self._adopt_flow(speedups)
+            return
         if self.family.vae_upcast and self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in float16; the stock pipeline casts it to float32 and
             # back for every encode and decode.  Keep it in float32 once (~160 MB more).
             pipe.vae.to(torch.float32)
         self.vae_scale_factor: int = int(self.pipe.vae_scale_factor)
+        #: Processing sizes must be multiples of this (the VAE's downscale, times the
+        #: transformer's patch for the flow families).
+        self.size_multiple: int = self.vae_scale_factor
         native_size = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
         self.unet_in_channels: int = int(self.pipe.unet.config.in_channels)
         self._default_scheduler = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
-        self._prompt_cache: OrderedDict[tuple[str, str], Embeddings] = OrderedDict()
-        self._saved_processors: dict[str, Any] | None = None  # while the low-memory retry runs
         self.speedups = speedups or Speedups.default_for(self.device)
         #: This engine's model as a job is prepared for it; the daemon takes the same from
         #: the registry's description (`ModelRegistry.caps`), this one serves in-process use
@@ -186,6 +211,25 @@ class DiffusersEngine:
         self.warmup_seconds = 0.0
         if applied.compiled:
             self._warm_up()
+
+    def _adopt_flow(self, speedups: Speedups | None) -> None:
+        """The flow-matching transformer families: the stock pipeline, stepped by callbacks.
+
+        The UNet speed-ups (fused QKV, channels-last, compile) are not applied to them yet."""
+        self.vae_scale_factor = int(self.pipe.vae_scale_factor)
+        self.size_multiple = self.family.size_multiple
+        # SD 3's transformer config has its sample size; FLUX's has none (its pipeline's
+        # default_sample_size is 128, i.e. the family's 1024), but a config may name one.
+        sample = self.pipe.transformer.config.get("sample_size")
+        native_size = int(sample) * self.vae_scale_factor if sample else self.family.native_size
+        self.unet_in_channels = int(self.pipe.transformer.config.in_channels)
+        self._default_scheduler = self.pipe.scheduler
+        self._schedulers = {"default": self._default_scheduler}
+        self.speedups = speedups or Speedups.default_for(self.device)
+        self.caps = caps_for(self.family, native_size, "off", self.size_multiple)
+        self._flow = FlowInpaintLoop(self.pipe, self.device, negative_prompt=self.family.negative_prompt)
+        self.speed_notes = [f"speed-ups in use: none (not yet applied to {self.family.label})"]
+        self.warmup_seconds = 0.0
 
     def _warm_up(self) -> None:
         """Compile for the shapes most jobs use now, not during an artist's first Generate.
@@ -248,8 +292,19 @@ class DiffusersEngine:
     def _from_pretrained(self, family: Family, source: str, folder: Path, common: dict[str, Any]) -> Any:
         """The family's inpaint pipeline `from_pretrained`, with a missing or refused weights
         file named as such."""
+        if self.dtype != _dtype_for(self.device, family):
+            self.dtype = common["dtype"] = _dtype_for(self.device, family)
+        # Components a family can do without (SD 3's T5) that the folder does not hold.
+        index = folder / "model_index.json"
+        listed = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+        absent = {
+            name: None for name in family.optional_components
+            if not (folder / name).is_dir() or listed.get(name) in (None, [None, None])
+        }
         try:
-            return _pipeline_class(family).from_pretrained(source, **self._no_safety_checker(family), **common)
+            return _pipeline_class(family).from_pretrained(
+                source, **self._no_safety_checker(family), **absent, **common
+            )
         except OSError as exc:  # diffusers: "no file named diffusion_pytorch_model.safetensors ..."
             pickles = sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.bin"))
             if common.get("use_safetensors") and pickles:
@@ -340,9 +395,9 @@ class DiffusersEngine:
         height, width = request.mask.shape[:2]
         if request.image.shape[:2] != (height, width):
             raise EngineError("size_mismatch", "image and mask sizes differ")
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+        if height % self.size_multiple or width % self.size_multiple:
             raise EngineError(
-                "bad_value", f"size {width}x{height} is not a multiple of {self.vae_scale_factor}"
+                "bad_value", f"size {width}x{height} is not a multiple of {self.size_multiple}"
             )
         notes: list[str] = []
         if not request.seeds:
@@ -355,12 +410,21 @@ class DiffusersEngine:
                 f"strength {request.strength} leaves no denoising step out of {request.steps}; raise either",
             )
         self.pipe.scheduler = self._scheduler(request.scheduler)
-        # `steps` x `strength` UNet calls, whatever the scheduler (PNDM would run one more).
-        steps, strength = scheduler_settings(self.pipe.scheduler, request.steps, request.strength)
+        flow = self.family.loop == Loop.FLOW
+        negative = request.negative_prompt
+        if flow:
+            # The flow pipelines run exactly `int(steps x strength)` steps themselves.
+            steps, strength = request.steps, request.strength
+            if negative and not self.family.negative_prompt:
+                notes.append(f"{self.family.label} takes no negative prompt; it was ignored")
+                negative = ""
+        else:
+            # `steps` x `strength` UNet calls, whatever the scheduler (PNDM would run one more).
+            steps, strength = scheduler_settings(self.pipe.scheduler, request.steps, request.strength)
 
         on_progress("encoding", 0, 1)
         check_cancel(cancelled)
-        embeds = self._prompt_embeds(request.prompt, request.negative_prompt)
+        embeds = self._prompt_embeds(request.prompt, negative)
         on_progress("encoding", 1, 1)
         check_cancel(cancelled)
 
@@ -375,14 +439,27 @@ class DiffusersEngine:
                 if part + 1 == parts and step + 1 == total:
                     on_progress("decoding", 0, 1)
 
+            pacer = StepPacer.for_device(self.device, on_step)
+            if flow:
+                return self._flow(FlowInputs(
+                    image=request.image, mask=request.mask, prompt=embeds, generators=gens,
+                    steps=steps, guidance_scale=request.guidance_scale, strength=strength,
+                ), pacer=pacer)
             job = Inputs(
                 image=request.image, mask=request.mask, embeddings=embeds, generators=gens,
                 steps=steps, guidance_scale=request.guidance_scale, strength=strength,
             )
-            return self._loop(job, pacer=StepPacer.for_device(self.device, on_step))
+            return self._loop(job, pacer=pacer)
 
         try:
-            images = call(generators, 0, 1)
+            if flow:
+                # One pipeline call per variant: the stock pipelines draw the VAE samples of
+                # the image with the first generator only, so in a batch a variant's noise
+                # would depend on its place; alone, each seed means the same pixels always.
+                # (At these models' sizes one image already fills a GPU.)
+                images = np.concatenate([call([g], i, len(generators)) for i, g in enumerate(generators)])
+            else:
+                images = call(generators, 0, 1)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -423,15 +500,17 @@ class DiffusersEngine:
         cost time, and the next job may well fit.  The attention processors in use before
         (fused QKV ones, say) come back exactly as they were."""
         vae = getattr(self.pipe, "vae", None)
+        slicing = self.family.loop == Loop.SD  # the transformers have no sliced attention
         if on:
-            self._saved_processors = dict(self.pipe.unet.attn_processors)
-            self.pipe.enable_attention_slicing("max")
+            if slicing:
+                self._saved_processors = dict(self.pipe.unet.attn_processors)
+                self.pipe.enable_attention_slicing("max")
             if vae is not None and hasattr(vae, "enable_tiling"):
                 vae.enable_tiling()
         else:
-            if self._saved_processors:
+            if slicing and self._saved_processors:
                 self.pipe.unet.set_attn_processor(self._saved_processors)
-            else:
+            elif slicing:
                 self.pipe.disable_attention_slicing()
             self._saved_processors = None
             if vae is not None and hasattr(vae, "disable_tiling"):
@@ -445,6 +524,8 @@ class DiffusersEngine:
         key = (name or "default").lower()
         if key in self._schedulers:
             return self._schedulers[key]
+        if self.family.loop == Loop.FLOW:
+            return self._flow_scheduler(name, key)
         if key not in SCHEDULERS:
             raise EngineError(
                 "bad_value", f"unknown scheduler '{name}'; known: {', '.join(KNOWN_SCHEDULERS)}"
@@ -459,13 +540,31 @@ class DiffusersEngine:
         self._schedulers[key] = scheduler
         return scheduler
 
-    def _prompt_embeds(self, prompt: str, negative: str) -> Embeddings:
+    def _flow_scheduler(self, name: str, key: str) -> Any:
+        """A flow family's scheduler: its own, or "euler", the flow-matching Euler sampler
+        on the model's own scheduler config (the wire's other names are UNet samplers)."""
+        if key not in self.family.schedulers:
+            raise EngineError(
+                "bad_value",
+                f"scheduler '{name}' does not run {self.family.label}; it takes: {', '.join(self.family.schedulers)}",
+            )
+        import diffusers
+
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self._default_scheduler.config)
+        self._schedulers[key] = scheduler
+        return scheduler
+
+    def _prompt_embeds(self, prompt: str, negative: str) -> Any:
         """Encode a prompt pair once; the text encoder is the same for every job and seed."""
         key = (prompt or "", negative or "")
         cached = self._prompt_cache.get(key)
         if cached is not None:
             self._prompt_cache.move_to_end(key)
             return cached
+        if self.family.loop == Loop.FLOW:
+            flow_embeds = self._flow.encode(*key)
+            self._remember(key, flow_embeds)
+            return flow_embeds
         import torch
 
         with torch.inference_mode():
@@ -488,10 +587,13 @@ class DiffusersEngine:
                     negative_prompt=key[1],
                 )
         embeds = Embeddings(*embeds)
+        self._remember(key, embeds)
+        return embeds
+
+    def _remember(self, key: tuple[str, str], embeds: Any) -> None:
         self._prompt_cache[key] = embeds
         while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
             self._prompt_cache.popitem(last=False)
-        return embeds
 
     # -- teardown ------------------------------------------------------------------
 
