@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-test-model", help="write a tiny random inpainting pipeline (for tests and offline trials)")
     p.add_argument("dir", type=Path)
+    from .testmodel import TEST_FAMILIES  # standard library only at import: no diffusers here
+
+    p.add_argument("--family", choices=TEST_FAMILIES, default="sd",
+                   help="model family to lay out: sd (SD 1.5), sdxl, sd3 (SD 3.5), flux-fill (default %(default)s)")
 
     p = sub.add_parser("demo", help="start a daemon if none runs, inpaint the bundled photo, write the results")
     _add_connect(p)
@@ -243,10 +247,10 @@ def _ray_executor(args: argparse.Namespace, default: str | None, preload: str) -
 
 
 def cmd_make_test_model(args: argparse.Namespace) -> int:
-    from .testmodel import make_test_model
+    from .testmodel import make_family_test_model
 
-    path = make_test_model(args.dir)
-    print(f"wrote a tiny random inpainting pipeline to {path}; serve it with: inpaintd serve --model {path}")
+    path = make_family_test_model(args.dir, args.family)
+    print(f"wrote a tiny random {args.family} inpainting pipeline to {path}; serve it with: inpaintd serve --model {path}")
     return 0
 
 
