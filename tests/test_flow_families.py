@@ -1,0 +1,220 @@
+"""SD 3.5 and FLUX.1 Fill end to end, on tiny random pipelines built offline (#11).
+
+One daemon per family, over a real socket: the `models` reply names the family, pixels
+outside the grown and feathered mask come back bit-identical, a seed means the same pixels,
+every denoising step is reported, and a cancel stops the job within a step.  Plus what the
+engine and the registry do with these folders in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("torch")
+
+from daemons import DaemonProcess, start_daemon  # noqa: E402
+
+from inpaintd.engines.base import EngineError, EngineRequest, JobCancelled  # noqa: E402
+from inpaintd.masks import prepare_mask  # noqa: E402
+from inpaintd.testmodel import (  # noqa: E402
+    TEST_NATIVE_SIZE,
+    install_in_hub_cache,
+    make_family_test_model,
+    make_sd3_test_model,
+)
+from inpaintd_protocol.client import Client, Job  # noqa: E402
+from inpaintd_protocol.messages import CancelCode, JobOptions  # noqa: E402
+
+FAMILIES = ("sd3", "flux-fill")
+W, H = 96, 80
+GROW, FEATHER = 8, 16  # the option defaults
+
+
+@pytest.fixture(scope="module")
+def flow_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("flow-models")
+    return {family: make_family_test_model(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def flow_daemon(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, flow_models: dict[str, Path]
+) -> Iterator[tuple[str, DaemonProcess]]:
+    family = request.param
+    d = start_daemon(tmp_path_factory.mktemp(f"{family}-daemon"), "--model", str(flow_models[family]), "--device", "cpu")
+    yield family, d
+    d.stop()
+
+
+def photo(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(x / 17.0), 128 + 90 * np.cos((x + y) / 21.0), 100 + 80 * np.sin(y / 13.0)], -1)
+    return np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+
+
+def hole() -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    mask[28:52, 36:60] = 255
+    return mask
+
+
+def submit(c: Client, image: np.ndarray, mask: np.ndarray, **options) -> Job:
+    h, w, ch = image.shape
+    return c.submit(image.tobytes(), w, h, ch, mask.tobytes(), JobOptions(**options))
+
+
+def layer_array(layer) -> np.ndarray:
+    return np.frombuffer(layer.tight_bytes(), np.uint8).reshape(layer.height, layer.width, 4)
+
+
+def assert_outside_identical(image: np.ndarray, mask: np.ndarray, layer) -> None:
+    arr = layer_array(layer)
+    h, w = arr.shape[:2]
+    prepared = prepare_mask(mask, GROW, FEATHER)
+    assert prepared is not None
+    local, box = prepared
+    grown = np.zeros_like(mask)
+    grown[box.slices()] = local
+    region = grown[layer.y : layer.y + h, layer.x : layer.x + w]
+    src = image[layer.y : layer.y + h, layer.x : layer.x + w]
+    src = np.concatenate([src, np.full((h, w, 1), 255, np.uint8)], -1)
+    outside, inside = region == 0, region == 255
+    assert outside.any() and np.array_equal(arr[outside], src[outside])
+    assert inside.any() and not np.array_equal(arr[inside], src[inside])
+
+
+# -- through the daemon ------------------------------------------------------------------
+
+
+def test_models_reply_names_the_family(flow_daemon: tuple[str, DaemonProcess]) -> None:
+    family, d = flow_daemon
+    with d.client() as c:
+        hello = c.hello()
+        models = {m["id"]: m for m in c.models()}
+    loaded = models[hello["loaded_model"]]
+    assert loaded["family"] == family and loaded["available"] and loaded["native_size"] == TEST_NATIVE_SIZE
+    assert loaded["engine"] == "diffusers" and loaded["kind"] == "folder"
+
+
+@pytest.mark.slow
+def test_job_keeps_outside_pixels_and_reports_every_step(flow_daemon: tuple[str, DaemonProcess]) -> None:
+    family, d = flow_daemon
+    image, mask = photo(), hole()
+    steps_seen: list[tuple[int, int]] = []
+
+    def on_event(job: Job, m) -> None:
+        if m.body.get("stage") == "denoising":
+            steps_seen.append((m.body["step"], m.body["total_steps"]))
+
+    with d.client() as c:
+        job = submit(c, image, mask, steps=5, variants=2, seed=42, prompt="a red apple", negative_prompt="blurry")
+        c.wait(job, timeout=120, on_event=on_event).raise_for_error()
+    assert job.result["engine"] == "diffusers"
+    assert [layer.seed for layer in job.layers] == [42, 43]
+    # one event per step of each variant (one pipeline call per seed), in order
+    assert steps_seen == [(i, 10) for i in range(1, 11)]
+    for layer in job.layers:
+        assert_outside_identical(image, mask, layer)
+    a, b = (layer_array(layer) for layer in job.layers)
+    assert not np.array_equal(a, b), "variants of one job must differ"
+    if family == "flux-fill":  # guidance-distilled: the negative prompt is dropped, and said so
+        assert any("negative prompt" in n for n in job.result.get("notes", [])), job.result
+
+
+@pytest.mark.slow
+def test_a_seed_means_the_same_pixels(flow_daemon: tuple[str, DaemonProcess]) -> None:
+    _, d = flow_daemon
+    image, mask = photo(1), hole()
+    with d.client() as c:
+        runs = [c.wait(submit(c, image, mask, steps=3, seed=s, variants=n), timeout=120).raise_for_error()
+                for s, n in ((5, 1), (5, 1), (6, 1), (4, 2))]
+    first, again, other, pair = runs
+    assert np.array_equal(layer_array(first.layers[0]), layer_array(again.layers[0]))
+    assert not np.array_equal(layer_array(first.layers[0]), layer_array(other.layers[0]))
+    # variant 2 of a job with seed 4 is seed 5's picture (PROTOCOL.md 9.7)
+    assert np.array_equal(layer_array(pair.layers[1]), layer_array(first.layers[0]))
+
+
+@pytest.mark.slow
+def test_cancel_stops_within_a_step(flow_daemon: tuple[str, DaemonProcess]) -> None:
+    _, d = flow_daemon
+    image, mask = photo(), hole()
+    with d.client() as c:
+        job = submit(c, image, mask, steps=150, variants=2)
+        while not (job.stage == "denoising" and job.step >= 2):
+            c.pump(0.05)
+            assert not job.finished, job.error
+        reply = c.cancel(job)
+        assert reply["state"] == "cancelling"
+        step_at_cancel = job.step
+        c.wait(job, timeout=30)
+        assert job.state == "cancelled" and job.cancel_code == CancelCode.RUNNING
+        assert job.step <= step_at_cancel + 2
+        nxt = c.wait(submit(c, image, mask, steps=2), timeout=60)
+        assert nxt.state == "done"
+
+
+def test_a_unet_scheduler_is_refused_by_name(flow_daemon: tuple[str, DaemonProcess]) -> None:
+    _, d = flow_daemon
+    with d.client() as c:
+        job = c.wait(submit(c, photo(), hole(), steps=2, scheduler="ddim"), timeout=60)
+    assert job.state == "failed" and "ddim" in str(job.error) and "euler" in str(job.error)
+
+
+# -- in-process ----------------------------------------------------------------------------
+
+
+def _request(**overrides) -> EngineRequest:
+    size = TEST_NATIVE_SIZE
+    image = np.random.default_rng(3).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[16:48, 16:48] = 255
+    fields = dict(image=image, mask=mask, prompt="a cat", negative_prompt="", seeds=[1], steps=10,
+                  guidance_scale=4.0, strength=0.3, scheduler="euler")
+    fields.update(overrides)
+    return EngineRequest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_sd3_without_t5_and_exact_step_counts(tmp_path: Path) -> None:
+    """An SD 3 folder without its T5 encoder (people skip the 9.5 GB) loads and runs; below
+    strength 1 exactly int(steps x strength) steps run (10 x 0.3 is 3.0000000000000004)."""
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+
+    folder = make_sd3_test_model(tmp_path / "sd3-no-t5", with_t5=False)
+    engine = DiffusersEngine(folder, device="cpu")
+    try:
+        assert engine.pipe.text_encoder_3 is None and engine.caps.family == "sd3"
+        assert engine.caps.size_multiple == 16 and engine.caps.default_steps == 28
+        seen: list[tuple[int, int]] = []
+        out = engine.generate(_request(), lambda stage, step, total: stage == "denoising" and seen.append((step, total)),
+                              lambda: False)
+        assert len(out.images) == 1 and out.images[0].shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3)
+        assert seen == [(1, 3), (2, 3), (3, 3)]
+        with pytest.raises(EngineError, match="multiple of 16"):
+            engine.generate(_request(image=np.zeros((56, 64, 3), np.uint8), mask=np.zeros((56, 64), np.uint8)),
+                            lambda *a: None, lambda: False)
+        with pytest.raises(JobCancelled):  # raised from the step callback, out of the stock pipeline
+            engine.generate(_request(strength=1.0), lambda *a: None, lambda: seen.append((0, 0)) or len(seen) > 6)
+    finally:
+        engine.close()
+
+
+def test_a_cached_snapshot_is_listed_with_its_family(tmp_path: Path, flow_models: dict[str, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from inpaintd.models import ModelRegistry
+
+    repo = "black-forest-labs/FLUX.1-Fill-dev"
+    install_in_hub_cache(flow_models["flux-fill"], tmp_path / "hub", repo)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    registry = ModelRegistry([repo], default=repo)
+    info = registry.get(repo)
+    assert info.available and info.family == "flux-fill" and info.kind == "hub"
+    caps = registry.caps(repo)
+    assert caps.size_multiple == 16 and caps.native_size == TEST_NATIVE_SIZE and caps.default_steps == 50
