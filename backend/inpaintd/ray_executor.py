@@ -56,7 +56,9 @@ REPLICA_NOTE = "ran on Ray replica "
 WATCH_INTERVAL = 1.0
 WATCH_TIMEOUT = 10.0
 #: How long a replica lets progress items gather before it streams them as one batch (s).
-BATCH_WINDOW = 0.02
+BATCH_WINDOW = 0.05
+#: Items that say a job moved on (they may wait for the window), as opposed to its end.
+PASSING = ("started", "progress", "load_started", "load_ended")
 #: The Serve deployment's name (in the app named by RayOptions.app_name).
 DEPLOYMENT = "InpaintReplica"
 
@@ -144,11 +146,20 @@ class InpaintReplica:
             # and a round of messages, more than a tiny model's step.
             while True:
                 ready = [await items.get()]
-                if ready[0] is not None and ready[0][0] in ("started", "progress"):
+                if ready[0] is not None and ready[0][0] in PASSING:
                     # Let the next steps of a fast model gather for a moment: every streamed
                     # object costs a round of messages between three processes, more than a
                     # tiny step; the artist cannot see 20 ms, and cancel still lands here.
-                    await asyncio.sleep(BATCH_WINDOW)
+                    # The job's end goes at once.
+                    until = loop.time() + BATCH_WINDOW
+                    while (left := until - loop.time()) > 0:
+                        try:
+                            item = await asyncio.wait_for(items.get(), left)
+                        except asyncio.TimeoutError:
+                            break
+                        ready.append(item)
+                        if item is None or item[0] not in PASSING:
+                            break
                 while not items.empty():
                     ready.append(items.get_nowait())
                 batch = [item for item in ready if item is not None]
