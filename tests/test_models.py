@@ -230,17 +230,18 @@ def test_repo_id_from_hub_cache(tiny_model_dir: Path, empty_hf_cache: Path) -> N
 
 
 def test_a_folder_of_another_family_is_listed_unavailable_by_name(tmp_path: Path) -> None:
-    """No class-name guessing: an SD 3 folder is not loaded into the SD 1.5 pipeline."""
-    folder = tmp_path / "sd3"
+    """No class-name guessing: a FLUX text-to-image folder (a family with no row) is not
+    loaded into another family's pipeline."""
+    folder = tmp_path / "flux-dev"
     (folder / "transformer").mkdir(parents=True)
-    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     (folder / "transformer" / "config.json").write_text('{"sample_size": 128}')
     registry = ModelRegistry([str(folder)], default="opencv-telea")
     info = registry.get(str(folder))
-    assert not info.available and "StableDiffusion3Pipeline" in info.detail and info.family == ""
+    assert not info.available and "FluxPipeline" in info.detail and info.family == ""
     with pytest.raises(EngineError) as err:
         registry.admit(str(folder))
-    assert err.value.code == "model_unavailable" and "StableDiffusion3Pipeline" in err.value.message
+    assert err.value.code == "model_unavailable" and "FluxPipeline" in err.value.message
 
 
 def test_admission_and_description_come_from_the_registry(tiny_model_dir: Path) -> None:
