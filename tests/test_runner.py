@@ -254,6 +254,19 @@ def test_model_default_steps_used_when_steps_zero():
     assert engine.task.steps == 4
 
 
+def test_family_default_guidance_when_guidance_zero():
+    """guidance_scale 0 (the option's default) is the family's own: 30 for FLUX.1 Fill."""
+    from inpaintd.families import FAMILIES, Arch, caps_for
+
+    image, mask = photo(64, 64), rect_mask(64, 64, 20, 20, 5, 5)
+    for arch, wanted in ((Arch.SD15, 7.5), (Arch.SD3, 3.5), (Arch.FLUX_FILL, 30.0)):
+        caps = caps_for(FAMILIES[arch], 64, "off")
+        request, _ = prepare(image, mask, JobOptions(), caps, [1])
+        assert request.guidance_scale == wanted, arch
+        request, _ = prepare(image, mask, JobOptions(guidance_scale=2.0), caps, [1])
+        assert request.guidance_scale == 2.0
+
+
 def test_prepare_needs_no_engine():
     """prepare is pure CPU work from a description; finish composites what any engine made."""
     caps = ModelCaps(engine="diffusers", family="sd15", native_size=64, size_multiple=8, shape_multiple=8, prefills=True)

@@ -329,6 +329,7 @@ def caps_for(family: Family, native_size: int | None, compile: str, size_multipl
         size_multiple=multiple,
         shape_multiple=COMPILED_SHAPE_MULTIPLE if compile != "off" else multiple,
         default_steps=family.default_steps,
+        default_guidance=family.default_guidance,
         schedulers=family.schedulers,
         seeded=True,
         prefills=True,

@@ -151,7 +151,7 @@ def prepare(
         negative_prompt=options.negative_prompt,
         seeds=list(seeds),
         steps=options.steps or caps.default_steps,
-        guidance_scale=float(options.guidance_scale),
+        guidance_scale=float(options.guidance_scale or caps.default_guidance),
         strength=float(options.strength),
         scheduler=options.scheduler,
     )

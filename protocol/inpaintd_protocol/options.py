@@ -106,8 +106,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("steps", int, 0, low=0, limit="max_steps", help="denoising steps (0: engine default)",
            label="St_eps", tip="Denoising steps (0 = the model's default)",
            editors=BOTH, order=60, gimp_position=4, special="auto"),
-    Option("guidance_scale", float, 7.5, low=0.0, high=50.0, flag="--guidance",
-           help="classifier-free guidance scale (default %(default)s)", label="_Guidance scale", step=0.5),
+    Option("guidance_scale", float, 0.0, low=0.0, high=50.0, flag="--guidance",
+           help="classifier-free guidance; 0: the model family's default (7.5 SD, 3.5 SD 3.5, 30 FLUX.1 Fill)",
+           label="_Guidance scale", step=0.5),
     Option("strength", float, 1.0, low=0.01, high=1.0,
            help="how much of the masked area to repaint, {low}-{high} (default %(default)s)",
            label="S_trength", tip="How far to move away from the current pixels (1 = ignore them)",
@@ -161,7 +162,7 @@ class JobOptions:
     seed: int = -1
     variants: int = 1
     steps: int = 0
-    guidance_scale: float = 7.5
+    guidance_scale: float = 0.0
     strength: float = 1.0
     scheduler: str = "default"
     model: str = ""

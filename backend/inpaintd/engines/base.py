@@ -67,6 +67,8 @@ class ModelCaps:
     shape_multiple: int = 1
     #: Denoising steps when the job says 0.
     default_steps: int = 20
+    #: Guidance scale when the job says 0 (FLUX.1 Fill's is distilled guidance, about 30).
+    default_guidance: float = 7.5
     schedulers: tuple[str, ...] = ("default",)
     #: Whether variants differ by seed; a deterministic engine makes one image for all.
     seeded: bool = True
