@@ -60,6 +60,7 @@ def hello(d: Daemon, identity: bytes, msg: Message) -> Message:
         "models": [m.to_wire() for m in models],
         "default_model": d.registry.default_model_id,
         "loaded_model": d.loaded_model,
+        "warm_models": warm_models(d),
         "device": d.device,
         "loading": d.loading,
         "schedulers": list(SCHEDULERS),
@@ -109,6 +110,7 @@ def status(d: Daemon, identity: bytes, msg: Message) -> Message:
         "device": d.device,
         "default_model": d.registry.default_model_id,
         "loaded_model": d.loaded_model,
+        "warm_models": warm_models(d),
         "loading": d.loading,
         "running": [j.summary() for j in d.running.values()],
         "queued": [j.summary() for j in d.queue.order()],
@@ -117,6 +119,13 @@ def status(d: Daemon, identity: bytes, msg: Message) -> Message:
         "results_kept_bytes": d.results.nbytes,
         "rss_bytes": rss_bytes(),
     })
+
+
+def warm_models(d: Daemon) -> list[dict[str, Any]]:
+    """The registry's warm diffusion engines (PROTOCOL.md 5.1 `warm_models`); empty where the
+    models live elsewhere (Ray replicas) or the registry keeps no such list."""
+    warm = getattr(d.registry, "warm", None)
+    return list(warm()) if callable(warm) else []
 
 
 def fetch(d: Daemon, identity: bytes, msg: Message) -> Message:

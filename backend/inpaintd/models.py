@@ -2,8 +2,10 @@
 
 Listing must be fast and must work on a machine without weights or network, so it only
 looks at the file system (the Hugging Face cache layout, folders, files) and never imports
-torch or diffusers.  Loading is where the cost is paid, once: the diffusion pipeline is
-kept warm, and only one at a time, since each can take most of a GPU.
+torch or diffusers.  Loading is where the cost is paid, once: diffusion pipelines are kept
+warm, one by default, since each can take most of a GPU; `serve --warm-models N` and
+`--memory-budget-gb X` keep several, the least recently used one closed first when
+another would not fit (`WarmSet`).
 
 Model ids:
 - "patchmatch", "opencv-telea", "opencv-ns", "opencv-fsr", "opencv-shiftmap", "biharmonic":
@@ -21,6 +23,9 @@ import logging
 import os
 import re
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +138,170 @@ def _get_weights_hint(repo_id: str) -> str:
     )
 
 
+def engine_bytes(engine: object) -> int:
+    """An engine's footprint on its device: the bytes of its pipeline's torch modules'
+    parameters and buffers (each tensor counted once).  An engine may state its own
+    (`nbytes`, e.g. a test's stand-in); one without a pipeline counts 0."""
+    stated = getattr(engine, "nbytes", None)
+    if isinstance(stated, int):
+        return stated
+    pipe = getattr(engine, "pipe", None)
+    components = getattr(pipe, "components", None)
+    if not isinstance(components, dict):
+        return 0
+    seen: set[int] = set()
+    total = 0
+    for module in components.values():
+        tensors: Iterable = ()
+        if hasattr(module, "parameters") and hasattr(module, "buffers"):
+            try:
+                tensors = [*module.parameters(), *module.buffers()]
+            except Exception:  # not a torch module after all
+                continue
+        for t in tensors:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += int(t.numel()) * int(t.element_size())
+    return total
+
+
+@dataclass
+class WarmEntry:
+    """One warm diffusion engine: its footprint and when a job last asked for it."""
+
+    engine: Engine
+    nbytes: int
+    last_used: float  # time.monotonic()
+
+
+class WarmSet:
+    """The warm diffusion engines, least recently used first, under two limits: at most
+    `max_models` of them, and (where `budget_bytes` is set) their bytes within the budget.
+    Making room closes the least recently used engines, never a protected one (the model
+    being loaded, or one a running job holds: `hold`).
+
+    Its own small lock guards the bookkeeping only, so that `status` answers from `snapshot`
+    while a load (under the registry's lock) takes its time."""
+
+    def __init__(self, max_models: int = 1, budget_bytes: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_models < 1:
+            raise ValueError(f"warm models must be at least 1, got {max_models}")
+        if budget_bytes is not None and budget_bytes <= 0:
+            raise ValueError(f"the memory budget must be positive, got {budget_bytes} bytes")
+        self.max_models = max_models
+        self.budget_bytes = budget_bytes
+        self.clock = clock
+        self._entries: OrderedDict[str, WarmEntry] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # last measured footprint per model, kept after eviction
+        self._held: dict[str, int] = {}
+        self.loads: dict[str, int] = {}  # loads per model since start
+        self.evictions = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._entries
+
+    def ids(self) -> list[str]:
+        """Least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def touch(self, model_id: str) -> Engine | None:
+        """The warm engine for `model_id`, now the most recently used; None if not warm."""
+        with self._lock:
+            entry = self._entries.get(model_id)
+            if entry is None:
+                return None
+            entry.last_used = self.clock()
+            self._entries.move_to_end(model_id)
+            return entry.engine
+
+    def newest(self) -> Engine | None:
+        with self._lock:
+            return next(reversed(self._entries.values())).engine if self._entries else None
+
+    def get(self, model_id: str) -> Engine | None:
+        with self._lock:
+            entry = self._entries.get(model_id)
+            return entry.engine if entry else None
+
+    def estimate(self, model_id: str) -> int:
+        """The bytes a load of `model_id` will take, before it happens: what it took last
+        time, else the largest warm engine's (models served together are alike), else 0."""
+        with self._lock:
+            if model_id in self._sizes:
+                return self._sizes[model_id]
+            return max((e.nbytes for e in self._entries.values()), default=0)
+
+    def make_room(self, incoming: str, incoming_bytes: int, close: Callable[[Engine], None]) -> list[str]:
+        """Close least recently used engines until `incoming` (not warm yet) fits; returns
+        the evicted ids."""
+        return self._shrink(1, incoming_bytes, {incoming}, close)
+
+    def add(self, model_id: str, engine: Engine, nbytes: int, close: Callable[[Engine], None]) -> list[str]:
+        """Keep `engine` warm as the most recently used; then, measured, close least
+        recently used others while the set is over a limit.  Returns the evicted ids."""
+        with self._lock:
+            self._entries[model_id] = WarmEntry(engine, nbytes, self.clock())
+            self._entries.move_to_end(model_id)
+            self._sizes[model_id] = nbytes
+            self.loads[model_id] = self.loads.get(model_id, 0) + 1
+        return self._shrink(0, 0, {model_id}, close)
+
+    def _shrink(self, extra_models: int, extra_bytes: int, keep: set[str], close: Callable[[Engine], None]) -> list[str]:
+        evicted: list[str] = []
+        while True:
+            with self._lock:
+                count = len(self._entries) + extra_models
+                used = sum(e.nbytes for e in self._entries.values()) + extra_bytes
+                over = count > self.max_models or (self.budget_bytes is not None and used > self.budget_bytes)
+                victim = next((m for m in self._entries if m not in keep and not self._held.get(m)), None)
+                if not over or victim is None:
+                    return evicted
+                entry = self._entries.pop(victim)
+                self.evictions += 1
+            log.info("closing warm model %s (%.1f MB, least recently used) to make room", victim, entry.nbytes / 1e6)
+            try:
+                close(entry.engine)
+            except Exception:
+                log.exception("warm model %s could not be closed cleanly", victim)
+            evicted.append(victim)
+
+    def hold(self, model_id: str) -> None:
+        """Protect `model_id` from eviction until `release` (a job runs on it)."""
+        with self._lock:
+            self._held[model_id] = self._held.get(model_id, 0) + 1
+
+    def release(self, model_id: str) -> None:
+        with self._lock:
+            left = self._held.get(model_id, 0) - 1
+            if left > 0:
+                self._held[model_id] = left
+            else:
+                self._held.pop(model_id, None)
+
+    def pop_all(self) -> list[Engine]:
+        with self._lock:
+            engines = [e.engine for e in self._entries.values()]
+            self._entries.clear()
+            return engines
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """What is warm, most recently used first, for `status` and `hello` (PROTOCOL.md 5.1)."""
+        now = self.clock()
+        with self._lock:
+            return [
+                {"model": model_id, "device": e.engine.device, "bytes": e.nbytes,
+                 "last_used": round(max(now - e.last_used, 0.0), 3), "loads": self.loads.get(model_id, 0)}
+                for model_id, e in reversed(self._entries.items())
+            ]
+
+
 @dataclass
 class _Spec:
     id: str
@@ -155,7 +324,7 @@ def _parse_spec(spec: str) -> _Spec:
 
 
 class ModelRegistry:
-    """The models the daemon was started with, and the one diffusion engine kept loaded."""
+    """The models the daemon was started with, and the diffusion engines kept loaded."""
 
     def __init__(
         self,
@@ -167,10 +336,15 @@ class ModelRegistry:
         allow_pickle: bool = False,
         configs: dict[str, str] | None = None,
         compile: str = "off",
+        warm_models: int = 1,
+        memory_budget_bytes: int | None = None,
     ) -> None:
         """`configs` maps a single-file model (as given, or its id) to a diffusers config
         folder or repo id, which offline loading of a single file needs.  `compile` is a
-        torch.compile mode for diffusion engines (see `inpaintd.engines.speedups`)."""
+        torch.compile mode for diffusion engines (see `inpaintd.engines.speedups`).
+        `warm_models`: how many diffusion engines stay loaded at most; `memory_budget_bytes`:
+        what their weights may take on the device together (None: no budget); past either,
+        the least recently used is closed (`WarmSet`)."""
         self.allow_download = allow_download
         self.allow_pickle = allow_pickle
         self.device = device
@@ -187,7 +361,7 @@ class ModelRegistry:
         for key, value in (configs or {}).items():
             self._configs[_parse_spec(key).id] = value
         self._classical: dict[str, Engine] = {}
-        self._diffusion: Engine | None = None
+        self._warm = WarmSet(warm_models, memory_budget_bytes)
 
         requested = _parse_spec(default).id if default else DEFAULT_MODEL
         info = self.get(requested)
@@ -200,6 +374,16 @@ class ModelRegistry:
                 f"engine '{self.default_model_id}' instead, which fills holes from their surroundings "
                 "and ignores prompts."
             )
+
+    @property
+    def _diffusion(self) -> Engine | None:
+        """The most recently used warm diffusion engine (the only one with one warm model)."""
+        return self._warm.newest()
+
+    def warm(self) -> list[dict[str, object]]:
+        """The warm diffusion engines, most recently used first: model, device, bytes,
+        last_used (seconds ago), loads (since start).  Never waits for a load under way."""
+        return self._warm.snapshot()
 
     # -- listing -------------------------------------------------------------------
 
@@ -313,8 +497,8 @@ class ModelRegistry:
             return caps_of(spec.id)
         info = self._info(spec)
         if not info.family:
-            loaded = self._diffusion
-            if loaded is not None and loaded.model_id == spec.id:
+            loaded = self._warm.get(spec.id)
+            if loaded is not None:
                 return loaded.caps
             raise EngineError("model_unavailable", f"model '{spec.id}': its family is not known yet ({info.detail})")
         return caps_for(FAMILIES[Arch(info.family)], info.native_size, self.compile)
@@ -322,7 +506,8 @@ class ModelRegistry:
     # -- loading -------------------------------------------------------------------
 
     def load(self, model_id: str, progress: ProgressFn | None = None) -> Engine:
-        """The engine for `model_id`, loading it if needed; the last diffusion model stays warm."""
+        """The engine for `model_id`, loading it if needed; diffusion models stay warm, as
+        many as the limits allow, the least recently used closed first to make room."""
         spec = self._spec(model_id)
         report = progress or (lambda stage, step, total: None)
         with self._lock:
@@ -337,41 +522,68 @@ class ModelRegistry:
                     report("loading", 1, 1)
                 return engine
 
-            if self._diffusion is not None and self._diffusion.model_id == spec.id:
-                return self._diffusion
+            warm = self._warm.touch(spec.id)
+            if warm is not None:
+                return warm
 
             self.admit(spec.id)
 
-            # Free the warm model first: two pipelines rarely fit in GPU memory together.
-            if self._diffusion is not None:
-                self._diffusion.close()
-                self._diffusion = None
+            # Make room first (by count, and by the bytes this model took last time): two
+            # pipelines rarely fit in GPU memory together unless the limits say they do.
+            self._warm.make_room(spec.id, self._warm.estimate(spec.id), _close)
 
             report("loading", 0, 1)
-            from .engines.diffusers_engine import DiffusersEngine, pick_device
-            from .engines.speedups import Speedups
-
-            self._diffusion = DiffusersEngine(
-                spec.source,
-                model_id=spec.id,
-                device=self.device,
-                config=self._configs.get(spec.id),
-                local_files_only=not self.allow_download,
-                cache_dir=hub_cache_dir(),
-                allow_pickle=self.allow_pickle,
-                speedups=Speedups.default_for(pick_device(self.device), self.compile),
-            )
-            self.engine_notes = [f"{spec.id}: {note}" for note in self._diffusion.speed_notes]
+            before = _device_allocated(self.device or "cuda")
+            engine = self._make_engine(spec)
+            nbytes = max(engine_bytes(engine), _device_allocated(engine.device) - before)
+            self.engine_notes = [f"{spec.id}: {note}" for note in getattr(engine, "speed_notes", [])]
             for note in self.engine_notes:
                 log.info("%s", note)
+            log.info("model %s loaded: %.1f MB on %s", spec.id, nbytes / 1e6, engine.device)
+            # Then, measured, close more if it does not fit after all (never this one).
+            self._warm.add(spec.id, engine, nbytes, _close)
             report("loading", 1, 1)
-            return self._diffusion
+            return engine
+
+    def _make_engine(self, spec: _Spec) -> Engine:
+        """A fresh diffusion engine for `spec` (tests put a stand-in here)."""
+        from .engines.diffusers_engine import DiffusersEngine, pick_device
+        from .engines.speedups import Speedups
+
+        return DiffusersEngine(
+            spec.source,
+            model_id=spec.id,
+            device=self.device,
+            config=self._configs.get(spec.id),
+            local_files_only=not self.allow_download,
+            cache_dir=hub_cache_dir(),
+            allow_pickle=self.allow_pickle,
+            speedups=Speedups.default_for(pick_device(self.device), self.compile),
+        )
 
     def close(self) -> None:
         with self._lock:
-            if self._diffusion is not None:
-                self._diffusion.close()
-                self._diffusion = None
+            for engine in self._warm.pop_all():
+                _close(engine)
             for engine in self._classical.values():
                 engine.close()
             self._classical.clear()
+
+
+def _close(engine: Engine) -> None:
+    """Evict: the engine lets go of its pipeline and gives back the device's cached memory."""
+    engine.close()
+
+
+def _device_allocated(device: str | None) -> int:
+    """CUDA memory allocated by torch now (0 elsewhere, or where torch is not loaded yet):
+    a load's delta counts what parameters alone miss (buffers kept outside modules)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not (device or "").startswith("cuda"):
+        return 0
+    try:
+        return int(torch.cuda.memory_allocated(device)) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
