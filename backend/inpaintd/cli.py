@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="torch.compile the diffusion model (GPU; e.g. reduce-overhead = CUDA graphs): compiles at load for "
                         "the native size, then each new size or variant count compiles on first use (default %(default)s)")
+    p.add_argument("--warm-models", type=int, default=1, metavar="N",
+                   help="diffusion models kept loaded at once; loading another closes the least recently used "
+                        "(default %(default)s)")
+    p.add_argument("--memory-budget-gb", type=float, default=None, metavar="X",
+                   help="what the warm diffusion models' weights may take on the device together; past it the least "
+                        "recently used is closed (default: no budget, --warm-models alone limits)")
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
     p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
@@ -191,6 +197,9 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         default = fallback_model()
     else:
         default = args.model
+    if args.warm_models < 1 or (args.memory_budget_gb is not None and args.memory_budget_gb <= 0):
+        print("inpaintd: --warm-models must be at least 1 and --memory-budget-gb positive", file=sys.stderr)
+        return 2
     registry = ModelRegistry(
         [m for m in [args.model, *args.extra_model] if m],
         default=default,
@@ -198,6 +207,8 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         device=args.device,
         allow_pickle=args.allow_pickle,
         compile=args.compile,
+        warm_models=args.warm_models,
+        memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30)),
     )
     if args.model and registry.default_model_id != registry.get(args.model).id:
         info = registry.get(args.model)
@@ -367,6 +378,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{j['prompt'][:40]!r}")
     if not st["running"] and not st["queued"]:
         print("  idle")
+    for w in st.get("warm_models", []):  # an older daemon sends none
+        print(f"  warm     {w['model']}  {w['device']}  {w['bytes'] / 1e6:.1f} MB  used {w['last_used']:.0f} s ago")
     return 0
 
 
