@@ -41,6 +41,8 @@ def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
         ("StableDiffusion3Pipeline", 768, Arch.SD3),
         ("StableDiffusion3InpaintPipeline", 768, Arch.SD3),
         ("FluxFillPipeline", 768, Arch.FLUX_FILL),
+        ("FluxKontextPipeline", 768, Arch.FLUX_KONTEXT),  # what FLUX.1-Kontext-dev's model_index.json says
+        ("FluxKontextInpaintPipeline", 768, Arch.FLUX_KONTEXT),
     ],
 )
 def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
@@ -48,11 +50,13 @@ def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch
 
 
 @pytest.mark.parametrize(
-    "class_name", ["StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextPipeline", "StableDiffusion3ControlNetPipeline", ""]
+    "class_name",
+    ["StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextInpaintPipelineX", "StableDiffusion3ControlNetPipeline", ""],
 )
 def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) -> None:
     """`startswith("StableDiffusion")` once let an SD3 folder into the SD 1.5 class; SD 3 is
-    served now, by its own row, and FLUX text-to-image is still not a Fill model."""
+    served now, by its own row, and FLUX text-to-image is still neither a Fill nor a
+    Kontext model (its transformer never saw the image's tokens); names match exactly."""
     with pytest.raises(UnsupportedModel) as err:
         family_of_folder(_folder(tmp_path, class_name, denoiser="transformer"))
     assert (class_name or "unknown class") in str(err.value) and "supported:" in str(err.value)
@@ -95,6 +99,28 @@ def test_every_row_is_complete() -> None:
         assert "default" in fam.schedulers and fam.default_steps > 0
         assert fam.inpaint_pipeline.endswith(("InpaintPipeline", "FillPipeline"))
         assert fam.inpaint_pipeline in fam.pipeline_classes or fam.arch == Arch.SD2
+
+
+def test_kontext_row() -> None:
+    """FLUX.1 Kontext: the flow loop, guidance-distilled, 28 steps (diffusers), guidance 2.5
+    (BFL's card), and the size pinned (its pipeline would snap to its preferred resolutions)."""
+    fam = FAMILIES[Arch.FLUX_KONTEXT]
+    assert fam.arch.value == "flux-kontext" and fam.loop == Loop.FLOW and fam.denoiser == "transformer"
+    assert fam.inpaint_pipeline == "FluxKontextInpaintPipeline" and "FluxKontextPipeline" in fam.pipeline_classes
+    assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
+    assert fam.default_steps == 28 and fam.default_guidance == 2.5 and not fam.negative_prompt and fam.pins_size
+    assert not any(f.pins_size for f in FAMILIES.values() if f is not fam)
+    assert "FluxPipeline" not in fam.pipeline_classes
+
+
+def test_the_tiny_kontext_model_is_recognised(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    from inpaintd.testmodel import make_family_test_model
+
+    folder = make_family_test_model(tmp_path / "kontext", "flux-kontext")
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxKontextPipeline"
+    fam = family_of_folder(folder)
+    assert fam.arch == Arch.FLUX_KONTEXT and native_size_of_folder(folder, fam) == 64
 
 
 def test_flow_families_rows() -> None:

@@ -1,4 +1,4 @@
-"""SD 3.5 and FLUX.1 Fill end to end, on tiny random pipelines built offline (#11).
+"""SD 3.5, FLUX.1 Fill and FLUX.1 Kontext end to end, on tiny random pipelines built offline (#11).
 
 One daemon per family, over a real socket: the `models` reply names the family, pixels
 outside the grown and feathered mask come back bit-identical, a seed means the same pixels,
@@ -20,6 +20,7 @@ pytest.importorskip("torch")
 from daemons import DaemonProcess, start_daemon  # noqa: E402
 
 from inpaintd.engines.base import EngineError, EngineRequest, JobCancelled  # noqa: E402
+from inpaintd.families import family as family_row  # noqa: E402
 from inpaintd.masks import prepare_mask  # noqa: E402
 from inpaintd.testmodel import (  # noqa: E402
     TEST_NATIVE_SIZE,
@@ -30,7 +31,7 @@ from inpaintd.testmodel import (  # noqa: E402
 from inpaintd_protocol.client import Client, Job  # noqa: E402
 from inpaintd_protocol.messages import CancelCode, JobOptions  # noqa: E402
 
-FAMILIES = ("sd3", "flux-fill")
+FAMILIES = ("sd3", "flux-fill", "flux-kontext")
 W, H = 96, 80
 GROW, FEATHER = 8, 16  # the option defaults
 
@@ -123,7 +124,7 @@ def test_job_keeps_outside_pixels_and_reports_every_step(flow_daemon: tuple[str,
         assert_outside_identical(image, mask, layer)
     a, b = (layer_array(layer) for layer in job.layers)
     assert not np.array_equal(a, b), "variants of one job must differ"
-    if family == "flux-fill":  # guidance-distilled: the negative prompt is dropped, and said so
+    if not family_row(family).negative_prompt:  # guidance-distilled: the negative prompt is dropped, and said so
         assert any("negative prompt" in n for n in job.result.get("notes", [])), job.result
 
 
@@ -206,15 +207,40 @@ def test_sd3_without_t5_and_exact_step_counts(tmp_path: Path) -> None:
         engine.close()
 
 
+@pytest.mark.parametrize(
+    ("repo", "family", "steps"),
+    [("black-forest-labs/FLUX.1-Fill-dev", "flux-fill", 50), ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", 28)],
+)
 def test_a_cached_snapshot_is_listed_with_its_family(tmp_path: Path, flow_models: dict[str, Path],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      repo: str, family: str, steps: int) -> None:
     from inpaintd.models import ModelRegistry
 
-    repo = "black-forest-labs/FLUX.1-Fill-dev"
-    install_in_hub_cache(flow_models["flux-fill"], tmp_path / "hub", repo)
+    install_in_hub_cache(flow_models[family], tmp_path / "hub", repo)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     registry = ModelRegistry([repo], default=repo)
     info = registry.get(repo)
-    assert info.available and info.family == "flux-fill" and info.kind == "hub"
+    assert info.available and info.family == family and info.kind == "hub"
     caps = registry.caps(repo)
-    assert caps.size_multiple == 16 and caps.native_size == TEST_NATIVE_SIZE and caps.default_steps == 50
+    assert caps.size_multiple == 16 and caps.native_size == TEST_NATIVE_SIZE and caps.default_steps == steps
+
+
+def test_kontext_keeps_the_size_it_is_given(flow_models: dict[str, Path]) -> None:
+    """Kontext's pipeline snaps its input to one of its preferred resolutions (about a
+    megapixel) unless told not to; the runner's size must be the one that comes back."""
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+
+    engine = DiffusersEngine(flow_models["flux-kontext"], device="cpu")
+    try:
+        assert engine.caps.family == "flux-kontext" and engine.caps.default_guidance == 2.5
+        image = np.random.default_rng(4).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+        mask = np.zeros((48, 80), np.uint8)
+        mask[8:40, 16:64] = 255
+        seen: list[tuple[int, int]] = []
+        out = engine.generate(_request(image=image, mask=mask, steps=4, strength=1.0, guidance_scale=2.5),
+                              lambda stage, step, total: stage == "denoising" and seen.append((step, total)),
+                              lambda: False)
+        assert [i.shape for i in out.images] == [(48, 80, 3)]
+        assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    finally:
+        engine.close()

@@ -31,6 +31,7 @@ class Arch(str, Enum):
     SDXL = "sdxl"
     SD3 = "sd3"
     FLUX_FILL = "flux-fill"
+    FLUX_KONTEXT = "flux-kontext"
 
 
 class Loop(str, Enum):
@@ -86,6 +87,10 @@ class Family:
     #: Pipeline components a folder may lack (the pipeline then runs without them), e.g.
     #: SD 3's T5 encoder, which holds most of its memory and adds little for short prompts.
     optional_components: tuple[str, ...] = ()
+    #: The stock pipeline resizes its input to resolutions of its own choosing unless told
+    #: not to (Kontext snaps to its preferred ones, `_auto_resize`, and to `max_area`); the
+    #: runner has chosen the processing size already, so the loop pins it.
+    pins_size: bool = False
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -147,6 +152,30 @@ FAMILIES: dict[Arch, Family] = {
         loop=Loop.FLOW,
         negative_prompt=False,  # guidance-distilled: no classifier-free guidance
         default_guidance=30.0,
+    ),
+    Arch.FLUX_KONTEXT: Family(
+        arch=Arch.FLUX_KONTEXT,
+        label="FLUX.1 Kontext",
+        inpaint_pipeline="FluxKontextInpaintPipeline",
+        # An instruction-editing model: FLUX.1-dev's transformer (64 packed channels in)
+        # that also attends to the packed latents of the whole image, appended to its
+        # sequence.  The repos are saved as the editing class; the inpaint pipeline
+        # blends the known latents back in under the mask.  The prompt is an instruction
+        # ("replace the ball with a red apple").
+        pipeline_classes=frozenset({"FluxKontextPipeline", "FluxKontextInpaintPipeline"}),
+        denoiser="transformer",
+        native_size=1024,  # default_sample_size 128 x VAE downscale 8; max_area 1024^2
+        size_multiple=16,  # VAE downscale 8 x 2x2 latent packing
+        default_steps=28,  # diffusers' default for both Kontext pipelines
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("black-forest-labs/FLUX.1-Kontext-dev", "black-forest-labs/FLUX.1-Kontext-dev"),
+        single_file_match=_never,
+        safety_checker=False,
+        loop=Loop.FLOW,
+        negative_prompt=False,  # guidance-distilled (true CFG is off at diffusers' default)
+        default_guidance=2.5,  # BFL's model card (diffusers' own default is 3.5)
+        pins_size=True,
     ),
     Arch.SDXL: Family(
         arch=Arch.SDXL,

@@ -388,7 +388,7 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
-# -- the flow-matching transformer families (SD 3.5, FLUX.1 Fill) ---------------------
+# -- the flow-matching transformer families (SD 3.5, FLUX.1 Fill and Kontext) ---------
 #
 # Same idea as the SD pipeline above: each family's real layout (component classes, folder
 # names, latent channels, the VAE's scale and shift) at a few MB, built from configs
@@ -396,7 +396,7 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
 # ones, and a size multiple of 16 (SD 3's 2x2 patches, FLUX's 2x2 latent packing).
 
 #: Test-model families `make-test-model --family` knows; "sd" is the tiny SD 1.5 above.
-TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill")
+TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext")
 
 _FLOW_LATENT_CHANNELS = 16  # SD 3's and FLUX's VAEs
 _T5_WIDTH = 64  # SD 3 pads the two CLIPs' concatenated 2 x 32 features to the T5 width
@@ -505,14 +505,12 @@ def make_sd3_test_model(path: str | Path, *, with_t5: bool = True) -> Path:
     return path
 
 
-def make_flux_fill_test_model(path: str | Path) -> Path:
-    """A tiny FLUX.1 Fill pipeline.  Its transformer's input is what the Fill pipeline
-    concatenates per token: the packed noisy latents (16 channels x 2x2 = 64), the packed
-    masked-image latents (64) and the pixel mask folded to latent resolution (8x8 pixels per
-    latent, x 2x2 packing = 256): 384, the real model's width too.  It outputs packed
-    latents only (64)."""
+def _flux_test_model(path: str | Path, pipeline_class: str, *, fill: bool, class_name: str | None = None) -> Path:
+    """A tiny FLUX.1 pipeline of `pipeline_class` (CLIP + T5, 16-channel VAE with FLUX's
+    scale and shift, a FLUX transformer with guidance embedding), saved as `class_name`."""
+    import diffusers
     import torch
-    from diffusers import FluxFillPipeline, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -523,7 +521,7 @@ def make_flux_fill_test_model(path: str | Path) -> Path:
     packed = 4 * _FLOW_LATENT_CHANNELS
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=packed + packed + 4 * scale * scale,
+        in_channels=packed + packed + 4 * scale * scale if fill else packed,
         out_channels=packed,
         num_layers=1,
         num_single_layers=1,
@@ -534,7 +532,7 @@ def make_flux_fill_test_model(path: str | Path) -> Path:
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),  # sums to the head width
     ).eval()
-    pipe = FluxFillPipeline(
+    pipe = getattr(diffusers, pipeline_class)(
         scheduler=_flow_scheduler(
             use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
         ),
@@ -547,6 +545,8 @@ def make_flux_fill_test_model(path: str | Path) -> Path:
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
     _remove_tree(path / "_tok")
+    if class_name:
+        _set_class_name(path, class_name)
     # FLUX's transformer config has no sample size (its pipeline assumes 1024 px); the tiny
     # one says it works at 64 px, which `families.native_size_of_folder` reads.
     config_path = path / "transformer" / "config.json"
@@ -554,6 +554,22 @@ def make_flux_fill_test_model(path: str | Path) -> Path:
     config["sample_size"] = TEST_NATIVE_SIZE // scale
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
+
+
+def make_flux_fill_test_model(path: str | Path) -> Path:
+    """A tiny FLUX.1 Fill pipeline.  Its transformer's input is what the Fill pipeline
+    concatenates per token: the packed noisy latents (16 channels x 2x2 = 64), the packed
+    masked-image latents (64) and the pixel mask folded to latent resolution (8x8 pixels per
+    latent, x 2x2 packing = 256): 384, the real model's width too.  It outputs packed
+    latents only (64)."""
+    return _flux_test_model(path, "FluxFillPipeline", fill=True)
+
+
+def make_flux_kontext_test_model(path: str | Path) -> Path:
+    """A tiny FLUX.1 Kontext pipeline: FLUX.1-dev's layout (64 packed channels in and out;
+    the image's latents join the sequence, not the channels), saved as the editing class
+    `FluxKontextPipeline` that black-forest-labs/FLUX.1-Kontext-dev carries."""
+    return _flux_test_model(path, "FluxKontextInpaintPipeline", fill=False, class_name="FluxKontextPipeline")
 
 
 def _set_class_name(path: Path, class_name: str) -> None:
@@ -573,4 +589,6 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
         return make_sd3_test_model(path)
     if family == "flux-fill":
         return make_flux_fill_test_model(path)
+    if family == "flux-kontext":
+        return make_flux_kontext_test_model(path)
     raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")

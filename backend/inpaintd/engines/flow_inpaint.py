@@ -1,7 +1,8 @@
-"""The flow-matching transformer families (SD 3.5, FLUX.1 Fill) through their stock pipelines.
+"""The flow-matching transformer families (SD 3.5, FLUX.1 Fill, FLUX.1 Kontext) through their stock pipelines.
 
 Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffusers'
-`StableDiffusion3InpaintPipeline` and `FluxFillPipeline` as they are, and steer them from
+`StableDiffusion3InpaintPipeline`, `FluxFillPipeline` and `FluxKontextInpaintPipeline` as
+they are, and steer them from
 `callback_on_step_end`, which fires once per transformer call:
 
 - progress: one `denoising` event per step, with the pipeline's own count of steps
@@ -14,7 +15,10 @@ Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffu
 - the output: latents (`output_type="latent"`), decoded here in chunks of at most a
   megapixel to uint8 on the device, as `sd_inpaint` does.  This also fixes a slip in
   diffusers 0.42.1's SD 3 inpaint pipeline, which decodes without adding the VAE's
-  `shift_factor` back (its text-to-image pipeline does): colours would drift.
+  `shift_factor` back (its text-to-image pipeline does): colours would drift;
+- the size: the runner has chosen it; a family whose pipeline would resize the image to
+  resolutions of its own (Kontext snaps to its preferred ones and to a megapixel) is
+  told not to (its row's `pins_size`).
 
 The runner composites the result, so pixels outside the grown mask stay the artist's.
 """
@@ -75,14 +79,16 @@ def pipeline_strength(steps: int, strength: float) -> float:
 
 
 class FlowInpaintLoop:
-    """Runs one loaded flow pipeline (SD 3.x or FLUX.1 Fill) for a prepared job."""
+    """Runs one loaded flow pipeline (SD 3.x, FLUX.1 Fill or Kontext) for a prepared job."""
 
-    def __init__(self, pipe: Any, device: str, *, negative_prompt: bool) -> None:
+    def __init__(self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False) -> None:
         """`negative_prompt`: the family conditions on a negative prompt with classifier-free
-        guidance (SD 3); otherwise `guidance_scale` is the distilled guidance (FLUX)."""
+        guidance (SD 3); otherwise `guidance_scale` is the distilled guidance (FLUX).
+        `pins_size`: the pipeline resizes its input unless told not to (Kontext)."""
         self.pipe = pipe
         self.device = device
         self.negative_prompt = negative_prompt
+        self.pins_size = pins_size
         self.vae_scale_factor = int(pipe.vae_scale_factor)
         #: FLUX packs 2x2 latent patches into tokens; its latents come back packed.
         self.packed = hasattr(pipe, "_unpack_latents")
@@ -128,6 +134,11 @@ class FlowInpaintLoop:
             assert emb.negative is not None and emb.negative_pooled is not None
             kwargs["negative_prompt_embeds"] = emb.negative.repeat(n, 1, 1)
             kwargs["negative_pooled_prompt_embeds"] = emb.negative_pooled.repeat(n, 1)
+        if self.pins_size:
+            # Kontext would snap the image to the nearest of its preferred resolutions
+            # (`_auto_resize`) and the output size to `max_area`.
+            kwargs["_auto_resize"] = False
+            kwargs["max_area"] = height * width
         report = pacer.launched if pacer is not None else on_step
 
         def step_end(p: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
