@@ -195,6 +195,12 @@ def test_folder_model_loads_and_stays_warm(tiny_model_dir: Path, monkeypatch: py
     assert engine.name == "diffusers" and engine.model_id == model_id and engine.caps.native_size == 64
     assert registry.caps(model_id) == engine.caps  # the description and the loaded engine agree
     assert registry.load(model_id) is engine  # warm: no reload
+    # What status reports: the weights' bytes, every tensor of the pipeline's modules once.
+    params = {id(t): t.numel() * t.element_size() for m in engine.pipe.components.values()
+              if hasattr(m, "parameters") for t in [*m.parameters(), *m.buffers()]}
+    [warm] = registry.warm()
+    assert warm["model"] == model_id and warm["device"] == "cpu" and warm["loads"] == 1
+    assert warm["bytes"] == sum(params.values()) > 0
 
     # A path given relative to the working directory names the same model.
     monkeypatch.chdir(tiny_model_dir.parent)

@@ -157,10 +157,9 @@ def test_a_model_larger_than_the_budget_still_loads_alone() -> None:
 def test_a_held_model_is_never_evicted() -> None:
     registry = FakeRegistry(SIZES, warm_models=1)
     a = registry.load("org/a")
-    registry._warm.hold("org/a")  # a job runs on it
-    b = registry.load("org/b")
-    assert not a.closed and warm_ids(registry) == ["org/b", "org/a"]  # over the limit for now
-    registry._warm.release("org/a")
+    with registry.in_use("org/a"):  # a job runs on it
+        b = registry.load("org/b")
+        assert not a.closed and warm_ids(registry) == ["org/b", "org/a"]  # over the limit for now
     registry.load("org/c")
     assert a.closed and b.closed and warm_ids(registry) == ["org/c"]
 

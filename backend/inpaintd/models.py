@@ -25,7 +25,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -384,6 +385,18 @@ class ModelRegistry:
         """The warm diffusion engines, most recently used first: model, device, bytes,
         last_used (seconds ago), loads (since start).  Never waits for a load under way."""
         return self._warm.snapshot()
+
+    @contextmanager
+    def in_use(self, model_id: str) -> Iterator[None]:
+        """While a job runs on `model_id`: loading another never evicts it (the set may stay
+        over its limits until the job ends).  The local executor's single worker loads only
+        between jobs, so it needs none; an executor running jobs side by side wraps each."""
+        model = self._spec(model_id).id
+        self._warm.hold(model)
+        try:
+            yield
+        finally:
+            self._warm.release(model)
 
     # -- listing -------------------------------------------------------------------
 
