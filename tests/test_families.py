@@ -43,6 +43,8 @@ def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
         ("FluxFillPipeline", 768, Arch.FLUX_FILL),
         ("FluxKontextPipeline", 768, Arch.FLUX_KONTEXT),  # what FLUX.1-Kontext-dev's model_index.json says
         ("FluxKontextInpaintPipeline", 768, Arch.FLUX_KONTEXT),
+        ("Flux2KleinPipeline", 768, Arch.FLUX2_KLEIN),  # what FLUX.2-klein-4B's model_index.json says
+        ("Flux2KleinInpaintPipeline", 768, Arch.FLUX2_KLEIN),
     ],
 )
 def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
@@ -51,12 +53,16 @@ def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch
 
 @pytest.mark.parametrize(
     "class_name",
-    ["StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextInpaintPipelineX", "StableDiffusion3ControlNetPipeline", ""],
+    [
+        "StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextInpaintPipelineX", "Flux2Pipeline",
+        "Flux2KleinKVPipeline", "StableDiffusion3ControlNetPipeline", "",
+    ],
 )
 def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) -> None:
     """`startswith("StableDiffusion")` once let an SD3 folder into the SD 1.5 class; SD 3 is
     served now, by its own row, and FLUX text-to-image is still neither a Fill nor a
-    Kontext model (its transformer never saw the image's tokens); names match exactly."""
+    Kontext model (its transformer never saw the image's tokens); names match exactly.
+    FLUX.2 [dev] (Mistral encoder) and klein 9B KV (cached image tokens) are not klein."""
     with pytest.raises(UnsupportedModel) as err:
         family_of_folder(_folder(tmp_path, class_name, denoiser="transformer"))
     assert (class_name or "unknown class") in str(err.value) and "supported:" in str(err.value)
@@ -113,14 +119,32 @@ def test_kontext_row() -> None:
     assert "FluxPipeline" not in fam.pipeline_classes
 
 
-def test_the_tiny_kontext_model_is_recognised(tmp_path: Path) -> None:
+def test_klein_row() -> None:
+    """FLUX.2 klein: the flow loop, no pooled embedding (Qwen3 hidden states only), 4 steps
+    and guidance 1 as the distilled 4B/9B cards; a negative prompt for the Base checkpoints' CFG."""
+    fam = FAMILIES[Arch.FLUX2_KLEIN]
+    assert fam.arch.value == "flux2-klein" and fam.loop == Loop.FLOW and fam.denoiser == "transformer"
+    assert fam.inpaint_pipeline == "Flux2KleinInpaintPipeline" and "Flux2KleinPipeline" in fam.pipeline_classes
+    assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
+    assert fam.default_steps == 4 and fam.default_guidance == 1.0 and fam.negative_prompt
+    assert not fam.pooled_prompt and not fam.pins_size
+    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN]
+
+
+@pytest.mark.parametrize(
+    ("family", "class_name", "arch"),
+    [("flux-kontext", "FluxKontextPipeline", Arch.FLUX_KONTEXT), ("flux2-klein", "Flux2KleinPipeline", Arch.FLUX2_KLEIN)],
+)
+def test_the_tiny_models_are_recognised(tmp_path: Path, family: str, class_name: str, arch: Arch) -> None:
+    """`make-test-model --family` writes the class the real repos carry, and the folder is
+    recognised from disk alone, native size from its configs."""
     pytest.importorskip("diffusers")
     from inpaintd.testmodel import make_family_test_model
 
-    folder = make_family_test_model(tmp_path / "kontext", "flux-kontext")
-    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxKontextPipeline"
+    folder = make_family_test_model(tmp_path / family, family)
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == class_name
     fam = family_of_folder(folder)
-    assert fam.arch == Arch.FLUX_KONTEXT and native_size_of_folder(folder, fam) == 64
+    assert fam.arch == arch and native_size_of_folder(folder, fam) == 64
 
 
 def test_flow_families_rows() -> None:

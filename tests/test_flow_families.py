@@ -1,4 +1,4 @@
-"""SD 3.5, FLUX.1 Fill and FLUX.1 Kontext end to end, on tiny random pipelines built offline (#11).
+"""SD 3.5, FLUX.1 Fill and Kontext, and FLUX.2 klein end to end, on tiny random pipelines built offline (#11).
 
 One daemon per family, over a real socket: the `models` reply names the family, pixels
 outside the grown and feathered mask come back bit-identical, a seed means the same pixels,
@@ -31,7 +31,7 @@ from inpaintd.testmodel import (  # noqa: E402
 from inpaintd_protocol.client import Client, Job  # noqa: E402
 from inpaintd_protocol.messages import CancelCode, JobOptions  # noqa: E402
 
-FAMILIES = ("sd3", "flux-fill", "flux-kontext")
+FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein")
 W, H = 96, 80
 GROW, FEATHER = 8, 16  # the option defaults
 
@@ -209,7 +209,11 @@ def test_sd3_without_t5_and_exact_step_counts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("repo", "family", "steps"),
-    [("black-forest-labs/FLUX.1-Fill-dev", "flux-fill", 50), ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", 28)],
+    [
+        ("black-forest-labs/FLUX.1-Fill-dev", "flux-fill", 50),
+        ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", 28),
+        ("black-forest-labs/FLUX.2-klein-4B", "flux2-klein", 4),
+    ],
 )
 def test_a_cached_snapshot_is_listed_with_its_family(tmp_path: Path, flow_models: dict[str, Path],
                                                       monkeypatch: pytest.MonkeyPatch,
@@ -242,5 +246,50 @@ def test_kontext_keeps_the_size_it_is_given(flow_models: dict[str, Path]) -> Non
                               lambda: False)
         assert [i.shape for i in out.images] == [(48, 80, 3)]
         assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_klein_guidance_negative_prompt_and_decoding(flow_models: dict[str, Path]) -> None:
+    """FLUX.2 klein through the loop: no pooled embedding; a Base checkpoint (not distilled)
+    runs classifier-free guidance with the negative prompt, which changes the pixels; and the
+    loop's own decoding gives the pipeline's own pixels (FLUX.2's VAE has no scale or shift:
+    the pipeline hands back latents with its batch norm undone)."""
+    import torch
+
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.engines.flow_inpaint import FlowInputs
+
+    engine = DiffusersEngine(flow_models["flux2-klein"], device="cpu")
+    try:
+        pipe = engine.pipe
+        assert engine.caps.family == "flux2-klein" and engine.caps.default_steps == 4 and pipe.config.is_distilled
+        image = np.random.default_rng(5).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+        mask = np.zeros((48, 80), np.uint8)
+        mask[8:40, 16:64] = 255
+
+        def run(negative: str, guidance: float, seed: int = 3) -> np.ndarray:
+            out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
+                                           negative_prompt=negative), lambda *a: None, lambda: False)
+            assert not out.notes and out.images[0].shape == (48, 80, 3)
+            return out.images[0]
+
+        # distilled (the 4B): guidance and the negative prompt change nothing
+        assert np.array_equal(run("", 1.0), run("blurry", 4.0))
+        pipe.register_to_config(is_distilled=False)  # a Base checkpoint
+        assert not np.array_equal(run("", 4.0), run("blurry", 4.0))
+
+        from PIL import Image
+
+        emb = engine._flow.encode("a cat", "")
+        assert emb.pooled is None and emb.negative is not None
+        ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
+                                       steps=3, guidance_scale=4.0, strength=1.0), pacer=None)[0]
+        with torch.inference_mode():
+            theirs = pipe(image=Image.fromarray(image), mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
+                          height=48, width=80, strength=1.0, num_inference_steps=3, guidance_scale=4.0,
+                          generator=[torch.Generator().manual_seed(9)], output_type="np", return_dict=False)[0][0]
+        assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
     finally:
         engine.close()

@@ -32,6 +32,7 @@ class Arch(str, Enum):
     SD3 = "sd3"
     FLUX_FILL = "flux-fill"
     FLUX_KONTEXT = "flux-kontext"
+    FLUX2_KLEIN = "flux2-klein"
 
 
 class Loop(str, Enum):
@@ -91,6 +92,9 @@ class Family:
     #: not to (Kontext snaps to its preferred ones, `_auto_resize`, and to `max_area`); the
     #: runner has chosen the processing size already, so the loop pins it.
     pins_size: bool = False
+    #: The denoiser also conditions on a pooled text embedding (SD 3's and FLUX.1's CLIPs);
+    #: FLUX.2 conditions on its language model's hidden states alone.
+    pooled_prompt: bool = True
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -176,6 +180,34 @@ FAMILIES: dict[Arch, Family] = {
         negative_prompt=False,  # guidance-distilled (true CFG is off at diffusers' default)
         default_guidance=2.5,  # BFL's model card (diffusers' own default is 3.5)
         pins_size=True,
+    ),
+    Arch.FLUX2_KLEIN: Family(
+        arch=Arch.FLUX2_KLEIN,
+        label="FLUX.2 klein",
+        inpaint_pipeline="Flux2KleinInpaintPipeline",
+        # The klein repos (4B, 9B and their Base checkpoints) are saved as the text-to-image
+        # class; the inpaint pipeline takes the same parts (Flux2 transformer, Qwen3 text
+        # encoder, the 32-channel FLUX.2 VAE), conditions on the whole image's latents in
+        # the sequence and blends the known latents back in under the mask.  (9B KV, saved as
+        # Flux2KleinKVPipeline, caches those image tokens in a way this pipeline does not.)
+        pipeline_classes=frozenset({"Flux2KleinPipeline", "Flux2KleinInpaintPipeline"}),
+        denoiser="transformer",
+        native_size=1024,  # default_sample_size 128 x VAE downscale 8; larger inputs are scaled to 1 MP
+        size_multiple=16,  # VAE downscale 8 x 2x2 latent patches
+        # The step-distilled 4B (Apache-2.0) and 9B: 4 steps without guidance (BFL's cards).
+        # The Base checkpoints want about 50 steps and guidance 4 (diffusers' defaults), which
+        # nothing but `is_distilled` in their model_index.json tells apart; the pipeline
+        # itself ignores guidance for the distilled ones.
+        default_steps=4,
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-4B"),
+        single_file_match=_never,
+        safety_checker=False,
+        loop=Loop.FLOW,
+        negative_prompt=True,  # used with classifier-free guidance by the Base checkpoints
+        default_guidance=1.0,
+        pooled_prompt=False,
     ),
     Arch.SDXL: Family(
         arch=Arch.SDXL,

@@ -396,7 +396,7 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
 # ones, and a size multiple of 16 (SD 3's 2x2 patches, FLUX's 2x2 latent packing).
 
 #: Test-model families `make-test-model --family` knows; "sd" is the tiny SD 1.5 above.
-TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext")
+TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein")
 
 _FLOW_LATENT_CHANNELS = 16  # SD 3's and FLUX's VAEs
 _T5_WIDTH = 64  # SD 3 pads the two CLIPs' concatenated 2 x 32 features to the T5 width
@@ -572,6 +572,103 @@ def make_flux_kontext_test_model(path: str | Path) -> Path:
     return _flux_test_model(path, "FluxKontextInpaintPipeline", fill=False, class_name="FluxKontextPipeline")
 
 
+# FLUX.2 klein conditions on the hidden states of a Qwen3 language model: layers 9, 18 and
+# 27 stacked, as diffusers' `text_encoder_out_layers` default takes them from the real 36-layer
+# Qwen3-4B.  The tiny one has 27 layers of width 16, so the same default works: 3 x 16 = 48
+# is the transformer's text width.
+_QWEN_WIDTH = 16
+_QWEN_LAYERS = 27
+_FLUX2_LATENT_CHANNELS = 32  # AutoencoderKLFlux2's, patchified 2x2 into 128 per token
+
+#: Qwen3's chat template, cut to what diffusers' FLUX.2 pipelines render: one user turn and
+#: the generation prompt with thinking switched off (`enable_thinking=False`).
+_QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def _write_qwen_tokenizer(folder: Path) -> None:
+    """A byte-level BPE (Qwen2 tokenizer) over the 256 byte symbols, with Qwen's special tokens
+    and chat template, built offline.  As with CLIP, transformers 5 wants the vocabulary and
+    merges as files, loaded with `from_pretrained`."""
+    from transformers import Qwen2Tokenizer
+
+    raw = folder.parent / (folder.name + "_raw")
+    raw.mkdir(parents=True, exist_ok=True)
+    merges = [("t", "h"), ("Ġ", "t"), ("a", "n"), ("i", "n")]
+    tokens = _byte_symbols() + ["".join(m) for m in merges]
+    (raw / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    (raw / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(raw), model_max_length=512)
+    tokenizer.add_special_tokens({
+        "pad_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+    })
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(folder))
+    _remove_tree(raw)
+
+
+def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> Path:
+    """A tiny FLUX.2 klein pipeline (Flux2 transformer without guidance embedding, a 27-layer
+    Qwen3 of width 16, the 32-channel FLUX.2 VAE with its latent batch norm), saved as
+    `Flux2KleinPipeline` with `is_distilled` as black-forest-labs/FLUX.2-klein-4B is (the
+    Base checkpoints say false and use classifier-free guidance)."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, Flux2KleinInpaintPipeline, Flux2Transformer2DModel
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    _write_qwen_tokenizer(path / "_tok" / "qwen")
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(path / "_tok" / "qwen"))
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=_QWEN_WIDTH, intermediate_size=32, num_hidden_layers=_QWEN_LAYERS,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )).eval()
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=_FLUX2_LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=TEST_NATIVE_SIZE,
+    ).eval()
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4 * _FLUX2_LATENT_CHANNELS,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * _QWEN_WIDTH,
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),  # time, height, width, text position: sums to the head width
+        guidance_embeds=False,
+    ).eval()
+    pipe = Flux2KleinInpaintPipeline(
+        scheduler=_flow_scheduler(use_dynamic_shifting=True, shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=distilled,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    _remove_tree(path / "_tok")
+    _set_class_name(path, "Flux2KleinPipeline")
+    config_path = path / "transformer" / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["sample_size"] = TEST_NATIVE_SIZE // scale  # as for FLUX.1: the tiny one works at 64 px
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
 def _set_class_name(path: Path, class_name: str) -> None:
     index_path = path / "model_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -591,4 +688,6 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
         return make_flux_fill_test_model(path)
     if family == "flux-kontext":
         return make_flux_kontext_test_model(path)
+    if family == "flux2-klein":
+        return make_flux2_klein_test_model(path)
     raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")

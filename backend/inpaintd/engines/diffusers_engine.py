@@ -6,7 +6,7 @@ accepts dedicated inpainting checkpoints (9-channel UNet: latents + mask + maske
 and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the known
 latents back in under the mask at every step.  The family row's `loop` chooses the
 sampler: UNet families run `sd_inpaint.InpaintLoop`, the flow-matching transformer
-families (SD 3.5, FLUX.1 Fill and Kontext) `flow_inpaint.FlowInpaintLoop`.
+families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein) `flow_inpaint.FlowInpaintLoop`.
 
 Everything that is not model work (mask feathering, cropping, scaling, compositing) is done
 by the runner before and after `generate`; see `inpaintd.engines.base`.
@@ -229,6 +229,7 @@ class DiffusersEngine:
         self.caps = caps_for(self.family, native_size, "off", self.size_multiple)
         self._flow = FlowInpaintLoop(
             self.pipe, self.device, negative_prompt=self.family.negative_prompt, pins_size=self.family.pins_size,
+            pooled_prompt=self.family.pooled_prompt,
         )
         self.speed_notes = [f"speed-ups in use: none (not yet applied to {self.family.label})"]
         self.warmup_seconds = 0.0

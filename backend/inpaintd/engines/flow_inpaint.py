@@ -1,8 +1,9 @@
-"""The flow-matching transformer families (SD 3.5, FLUX.1 Fill, FLUX.1 Kontext) through their stock pipelines.
+"""The flow-matching transformer families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein)
+through their stock pipelines.
 
 Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffusers'
-`StableDiffusion3InpaintPipeline`, `FluxFillPipeline` and `FluxKontextInpaintPipeline` as
-they are, and steer them from
+`StableDiffusion3InpaintPipeline`, `FluxFillPipeline`, `FluxKontextInpaintPipeline` and
+`Flux2KleinInpaintPipeline` as they are, and steer them from
 `callback_on_step_end`, which fires once per transformer call:
 
 - progress: one `denoising` event per step, with the pipeline's own count of steps
@@ -41,11 +42,12 @@ if TYPE_CHECKING:
 class FlowPrompt:
     """A prompt encoded once by the pipeline's `encode_prompt` (batch 1).
 
-    SD 3: all four; FLUX: `positive`, `pooled` (no negative: it is guidance-distilled).
+    SD 3: all four; FLUX.1: `positive`, `pooled` (no negative: it is guidance-distilled);
+    FLUX.2 klein: `positive`, `negative` (no pooled embedding).
     """
 
     positive: torch.Tensor
-    pooled: torch.Tensor
+    pooled: torch.Tensor | None
     negative: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
 
@@ -81,26 +83,37 @@ def pipeline_strength(steps: int, strength: float) -> float:
 class FlowInpaintLoop:
     """Runs one loaded flow pipeline (SD 3.x, FLUX.1 Fill or Kontext) for a prepared job."""
 
-    def __init__(self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False) -> None:
+    def __init__(
+        self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False, pooled_prompt: bool = True,
+    ) -> None:
         """`negative_prompt`: the family conditions on a negative prompt with classifier-free
-        guidance (SD 3); otherwise `guidance_scale` is the distilled guidance (FLUX).
-        `pins_size`: the pipeline resizes its input unless told not to (Kontext)."""
+        guidance (SD 3, FLUX.2 klein Base); otherwise `guidance_scale` is the distilled
+        guidance (FLUX.1).  `pins_size`: the pipeline resizes its input unless told not to
+        (Kontext).  `pooled_prompt`: its encoders give a pooled embedding too (not FLUX.2)."""
         self.pipe = pipe
         self.device = device
         self.negative_prompt = negative_prompt
         self.pins_size = pins_size
+        self.pooled_prompt = pooled_prompt
         self.vae_scale_factor = int(pipe.vae_scale_factor)
         #: FLUX packs 2x2 latent patches into tokens; its latents come back packed.
         self.packed = hasattr(pipe, "_unpack_latents")
 
     def encode(self, prompt: str, negative: str) -> FlowPrompt:
         """The prompt pair through the pipeline's own encoders (CLIP x2 and T5 for SD 3,
-        CLIP and T5 for FLUX).  The negative side is always encoded for SD 3, so that one
-        cache entry serves any guidance scale."""
+        CLIP and T5 for FLUX.1, Qwen3 for FLUX.2).  The negative side is always encoded where
+        the family takes one, so that one cache entry serves any guidance scale."""
         import torch
 
         pipe = self.pipe
         with torch.inference_mode():
+            if not self.pooled_prompt:
+                device = pipe._execution_device
+                pos, _text_ids = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1)
+                neg = None
+                if self.negative_prompt:
+                    neg, _text_ids = pipe.encode_prompt(prompt=negative, device=device, num_images_per_prompt=1)
+                return FlowPrompt(pos, None, neg)
             if self.negative_prompt:
                 pos, neg, pooled, neg_pooled = pipe.encode_prompt(
                     prompt=prompt, prompt_2=None, prompt_3=None, device=pipe._execution_device,
@@ -126,14 +139,14 @@ class FlowInpaintLoop:
         n = len(job.generators)
         height, width = job.mask.shape[:2]
         emb = job.prompt
-        kwargs: dict[str, Any] = {
-            "prompt_embeds": emb.positive.repeat(n, 1, 1),
-            "pooled_prompt_embeds": emb.pooled.repeat(n, 1),
-        }
+        kwargs: dict[str, Any] = {"prompt_embeds": emb.positive.repeat(n, 1, 1)}
+        if emb.pooled is not None:
+            kwargs["pooled_prompt_embeds"] = emb.pooled.repeat(n, 1)
         if self.negative_prompt:
-            assert emb.negative is not None and emb.negative_pooled is not None
+            assert emb.negative is not None
             kwargs["negative_prompt_embeds"] = emb.negative.repeat(n, 1, 1)
-            kwargs["negative_pooled_prompt_embeds"] = emb.negative_pooled.repeat(n, 1)
+            if emb.negative_pooled is not None:
+                kwargs["negative_pooled_prompt_embeds"] = emb.negative_pooled.repeat(n, 1)
         if self.pins_size:
             # Kontext would snap the image to the nearest of its preferred resolutions
             # (`_auto_resize`) and the output size to `max_area`.
@@ -169,13 +182,15 @@ class FlowInpaintLoop:
             return self._decode(latents)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents to uint8 pixels, undoing the VAE's scaling and shift, a megapixel per call."""
+        """Latents to uint8 pixels, undoing the VAE's scaling and shift, a megapixel per call.
+        (FLUX.2's VAE has neither: its pipeline hands back latents with its batch norm undone.)"""
         import torch
 
         vae = self.pipe.vae
         config = vae.config
         latents = latents.to(next(vae.parameters()).dtype)
-        latents = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+        scaling = getattr(config, "scaling_factor", None) or 1.0
+        latents = latents / scaling + (getattr(config, "shift_factor", None) or 0.0)
         height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         per_call = max(1, DECODE_PIXELS // (height * width))
         out = []
