@@ -127,7 +127,7 @@ def test_klein_row() -> None:
     assert fam.inpaint_pipeline == "Flux2KleinInpaintPipeline" and "Flux2KleinPipeline" in fam.pipeline_classes
     assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
     assert fam.default_steps == 4 and fam.default_guidance == 1.0 and fam.negative_prompt
-    assert not fam.pooled_prompt and not fam.pins_size
+    assert not fam.pooled_prompt and not fam.pins_size and fam.max_pixels == 1024 * 1024
     assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN]
 
 

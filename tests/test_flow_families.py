@@ -293,3 +293,21 @@ def test_klein_guidance_negative_prompt_and_decoding(flow_models: dict[str, Path
         assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
     finally:
         engine.close()
+
+
+@pytest.mark.slow
+def test_klein_above_a_megapixel_comes_back_at_the_job_size(flow_models: dict[str, Path]) -> None:
+    """FLUX.2 klein's pipeline scales any input above 1024^2 pixels down itself (1040x1024
+    runs at 1024x1008), and the runner's sizes round to just above a megapixel often; the
+    loop scales the output back (the row's max_pixels)."""
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+
+    engine = DiffusersEngine(flow_models["flux2-klein"], device="cpu")
+    try:
+        image = np.random.default_rng(6).integers(0, 256, (1024, 1040, 3), dtype=np.uint8)
+        mask = np.zeros((1024, 1040), np.uint8)
+        mask[256:768, 256:768] = 255
+        out = engine.generate(_request(image=image, mask=mask, steps=1, strength=1.0), lambda *a: None, lambda: False)
+        assert [i.shape for i in out.images] == [(1024, 1040, 3)]
+    finally:
+        engine.close()

@@ -95,6 +95,10 @@ class Family:
     #: The denoiser also conditions on a pooled text embedding (SD 3's and FLUX.1's CLIPs);
     #: FLUX.2 conditions on its language model's hidden states alone.
     pooled_prompt: bool = True
+    #: The stock pipeline scales a larger input down to this many pixels itself, with no way
+    #: to say no (FLUX.2 klein: 1024^2); the loop scales its output back to the job's size.
+    #: The runner's sizes are about native x native but may round above it.
+    max_pixels: int | None = None
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -208,6 +212,7 @@ FAMILIES: dict[Arch, Family] = {
         negative_prompt=True,  # used with classifier-free guidance by the Base checkpoints
         default_guidance=1.0,
         pooled_prompt=False,
+        max_pixels=1024 * 1024,
     ),
     Arch.SDXL: Family(
         arch=Arch.SDXL,

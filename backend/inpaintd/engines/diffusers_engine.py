@@ -229,7 +229,7 @@ class DiffusersEngine:
         self.caps = caps_for(self.family, native_size, "off", self.size_multiple)
         self._flow = FlowInpaintLoop(
             self.pipe, self.device, negative_prompt=self.family.negative_prompt, pins_size=self.family.pins_size,
-            pooled_prompt=self.family.pooled_prompt,
+            pooled_prompt=self.family.pooled_prompt, max_pixels=self.family.max_pixels,
         )
         self.speed_notes = [f"speed-ups in use: none (not yet applied to {self.family.label})"]
         self.warmup_seconds = 0.0

@@ -19,7 +19,9 @@ Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffu
   `shift_factor` back (its text-to-image pipeline does): colours would drift;
 - the size: the runner has chosen it; a family whose pipeline would resize the image to
   resolutions of its own (Kontext snaps to its preferred ones and to a megapixel) is
-  told not to (its row's `pins_size`).
+  told not to (its row's `pins_size`); one whose pipeline scales anything above an area
+  down with no way to say no (FLUX.2 klein, 1 MP; the runner's sizes may round just above)
+  has its output scaled back to the job's size (its row's `max_pixels`).
 
 The runner composites the result, so pixels outside the grown mask stay the artist's.
 """
@@ -85,16 +87,19 @@ class FlowInpaintLoop:
 
     def __init__(
         self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False, pooled_prompt: bool = True,
+        max_pixels: int | None = None,
     ) -> None:
         """`negative_prompt`: the family conditions on a negative prompt with classifier-free
         guidance (SD 3, FLUX.2 klein Base); otherwise `guidance_scale` is the distilled
         guidance (FLUX.1).  `pins_size`: the pipeline resizes its input unless told not to
-        (Kontext).  `pooled_prompt`: its encoders give a pooled embedding too (not FLUX.2)."""
+        (Kontext).  `pooled_prompt`: its encoders give a pooled embedding too (not FLUX.2).
+        `max_pixels`: the pipeline scales larger inputs down to this area (FLUX.2 klein)."""
         self.pipe = pipe
         self.device = device
         self.negative_prompt = negative_prompt
         self.pins_size = pins_size
         self.pooled_prompt = pooled_prompt
+        self.max_pixels = max_pixels
         self.vae_scale_factor = int(pipe.vae_scale_factor)
         #: FLUX packs 2x2 latent patches into tokens; its latents come back packed.
         self.packed = hasattr(pipe, "_unpack_latents")
@@ -179,7 +184,14 @@ class FlowInpaintLoop:
                 pacer.drain()
             if self.packed:
                 latents = pipe._unpack_latents(latents, height, width, self.vae_scale_factor)
-            return self._decode(latents)
+            images = self._decode(latents)
+        if self.max_pixels is not None and height * width > self.max_pixels and images.shape[1:3] != (height, width):
+            # The pipeline ran at its own, smaller size: back to the job's (the runner
+            # composites, so only the regenerated pixels carry the rescale).
+            images = np.stack([
+                np.asarray(Image.fromarray(one).resize((width, height), Image.Resampling.LANCZOS)) for one in images
+            ])
+        return images
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents to uint8 pixels, undoing the VAE's scaling and shift, a megapixel per call.
