@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .testmodel import TEST_FAMILIES  # standard library only at import: no diffusers here
 
     p.add_argument("--family", choices=TEST_FAMILIES, default="sd",
-                   help="model family to lay out: sd (SD 1.5), sdxl, sd3 (SD 3.5), flux-fill (default %(default)s)")
+                   help="model family to lay out: sd (SD 1.5), sdxl, sd3 (SD 3.5), flux-fill, flux-kontext, flux2-klein "
+                        "(default %(default)s)")
 
     p = sub.add_parser("demo", help="start a daemon if none runs, inpaint the bundled photo, write the results")
     _add_connect(p)
