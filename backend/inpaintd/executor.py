@@ -140,6 +140,16 @@ class Executor(Protocol):
         ...
 
 
+def drain(events: queue.SimpleQueue[Event]) -> list[Event]:
+    """Everything waiting in an executor's event queue, in order, without blocking."""
+    out: list[Event] = []
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except queue.Empty:
+            return out
+
+
 def failure(exc: BaseException) -> tuple[Code | str, str]:
     """The code and text a client hears for a job that raised `exc`."""
     if isinstance(exc, (EngineError, ProtocolError)):
@@ -195,12 +205,7 @@ class LocalExecutor:
             flag.set()
 
     def events(self) -> list[Event]:
-        out: list[Event] = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     def close(self, timeout: float = 30.0) -> None:
         self._closing.set()

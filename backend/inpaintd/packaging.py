@@ -241,36 +241,31 @@ def default_cache() -> Path:
 def build_krita(out_dir: Path, targets: Sequence[Target] = KRITA_TARGETS, cache: Path | None = None,
                 pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Built:
     """inpaintd_krita-<version>.zip for Krita's Import Python Plugin from File."""
-    from . import __version__
-    from .install_krita import PLUGIN_NAME, copy_plugin
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        stage = Path(tmp)
-        target = copy_plugin(stage)
-        version = vendor_pure_msgpack(target / "_vendor")
-        entries = _deps_for(list(targets), cache or default_cache(), target / "_deps", pip)
-        _write_stamp(target / "_deps", "krita", targets)
-        out = out_dir / f"{PLUGIN_NAME}-{__version__}.zip"
-        zip_tree(stage, out)
-    return Built(out, entries, list(targets), version)
+    return _build("krita", out_dir, targets, cache, pip)
 
 
 def build_gimp(out_dir: Path, targets: Sequence[Target] = GIMP_TARGETS, cache: Path | None = None,
                pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Built:
     """inpaintd_gimp-<version>.zip: the plug-in folder to unpack into GIMP's plug-ins folder."""
-    from . import __version__
-    from .install_gimp import PLUGIN_NAME, copy_plugin
+    return _build("gimp", out_dir, targets, cache, pip)
 
+
+def _build(editor: str, out_dir: Path, targets: Sequence[Target], cache: Path | None, pip: Sequence[str]) -> Built:
+    """The installer's copy of the plugin, plus msgpack and the wheels, zipped.  The two
+    plugins differ only in their installer and in the folder their own path set-up reads
+    (Krita: `_vendor/`, GIMP: `vendor/`)."""
+    from . import __version__, install_gimp, install_krita
+
+    installer = install_krita if editor == "krita" else install_gimp
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp)
-        target = copy_plugin(stage)
-        (target / "inpaintd_install.json").unlink(missing_ok=True)  # names this machine's Python: not for others
-        version = vendor_pure_msgpack(target / "vendor")
+        target = installer.copy_plugin(stage)
+        (target / "inpaintd_install.json").unlink(missing_ok=True)  # GIMP's: names this machine's Python
+        version = vendor_pure_msgpack(target / ("_vendor" if editor == "krita" else "vendor"))
         entries = _deps_for(list(targets), cache or default_cache(), target / "_deps", pip)
-        _write_stamp(target / "_deps", "gimp", targets)
-        out = out_dir / f"{PLUGIN_NAME}-{__version__}.zip"
+        _write_stamp(target / "_deps", editor, targets)
+        out = out_dir / f"{installer.PLUGIN_NAME}-{__version__}.zip"
         zip_tree(stage, out)
     return Built(out, entries, list(targets), version)
 

@@ -44,7 +44,19 @@ from typing import Any
 from inpaintd_protocol.messages import Code, Stage
 
 from .engines.base import JobCancelled
-from .executor import TERMINAL, Cancelled, Event, Failed, JobRequest, LoadEnded, LoadStarted, Progressed, Succeeded, failure
+from .executor import (
+    TERMINAL,
+    Cancelled,
+    Event,
+    Failed,
+    JobRequest,
+    LoadEnded,
+    LoadStarted,
+    Progressed,
+    Succeeded,
+    drain,
+    failure,
+)
 from .runner import run_job
 
 log = logging.getLogger("inpaintd")
@@ -330,12 +342,7 @@ class RayExecutor:
         self._outbox.put(("cancel", job_id))
 
     def events(self) -> list[Event]:
-        out: list[Event] = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     def close(self, timeout: float = 30.0) -> None:
         self._closing.set()

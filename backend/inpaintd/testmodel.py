@@ -81,7 +81,7 @@ def _text_encoder(vocab_size: int, *, with_projection: bool = False):
     return model_class(config).eval()
 
 
-def _vae():
+def _vae(latent_channels: int = 4, **layout):
     from diffusers import AutoencoderKL
 
     # Four levels give the usual scale factor of 8; fewer would make the latent (and the
@@ -93,10 +93,11 @@ def _vae():
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 8, 16, 16),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=TEST_NATIVE_SIZE,
         force_upcast=False,  # float32 throughout already; upcasting only adds warnings
+        **layout,
     ).eval()
 
 
@@ -426,24 +427,8 @@ def _t5(vocab_size: int):
 
 def _flow_vae(shift_factor: float, scaling_factor: float):
     """The SD 3 / FLUX VAE layout: 16 latent channels, no quant convs, a latent shift."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=_FLOW_LATENT_CHANNELS,
-        norm_num_groups=8,
-        sample_size=TEST_NATIVE_SIZE,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=shift_factor,
-        scaling_factor=scaling_factor,
-        force_upcast=False,
-    ).eval()
+    return _vae(latent_channels=_FLOW_LATENT_CHANNELS, use_quant_conv=False, use_post_quant_conv=False,
+                shift_factor=shift_factor, scaling_factor=scaling_factor)
 
 
 def _flow_scheduler(**extra):
