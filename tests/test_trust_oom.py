@@ -128,3 +128,37 @@ def test_non_oom_failures_are_not_retried(engine: DiffusersEngine) -> None:
     finally:
         engine._loop = real
     assert fake.calls == [1]
+
+
+def test_oom_steps_down_one_memory_mode_and_says_so(tiny_model_dir: Path) -> None:
+    """The memory-mode ladder (gpu -> offload -> group -> sequential): an out-of-memory
+    error moves the model one mode leaner for the retry, the registry hears of it (a reload
+    keeps the mode), and the note names both modes.  On this CPU the offload hooks run with
+    the CPU as their device: wiring, with real pixels."""
+    heard: list[str] = []
+    eng = DiffusersEngine(tiny_model_dir, device="cpu", memory="gpu", on_memory_mode=heard.append)
+    try:
+        clean = run(eng, task([21], [])).images
+        real = eng._loop
+        fake = OomLoop(real, fail_calls={1})
+        eng._loop = fake
+        try:
+            output = run(eng, task([21], []))
+        finally:
+            eng._loop = real
+        assert eng.memory_mode == "offload" and heard == ["offload"]
+        assert "memory mode offload (was gpu" in output.notes[0] and LOW_MEMORY_SETTINGS in output.notes[0]
+        assert np.abs(output.images[0].astype(int) - clean[0].astype(int)).mean() < 2.0
+        # a second out-of-memory error steps down once more: group offloading
+        fake = OomLoop(real, fail_calls={1})
+        eng._loop = fake
+        try:
+            again = run(eng, task([21], []))
+        finally:
+            eng._loop = real
+        assert eng.memory_mode == "group" and heard == ["offload", "group"]
+        assert "memory mode group (was offload" in again.notes[0]
+        assert np.abs(again.images[0].astype(int) - clean[0].astype(int)).mean() < 2.0
+        print(f"\n[trust] OOM ladder: gpu -> {heard}; note: {again.notes[0]}", file=sys.stderr)
+    finally:
+        eng.close()

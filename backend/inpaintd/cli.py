@@ -24,6 +24,7 @@ from inpaintd_protocol.options import OPTIONS
 
 from . import doctor
 from .engines.speedups import COMPILE_MODES
+from .memory import MEMORY_CHOICES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget-gb", type=float, default=None, metavar="X",
                    help="what the warm diffusion models' weights may take on the device together; past it the least "
                         "recently used is closed (default: no budget, --warm-models alone limits)")
+    p.add_argument("--memory", default="auto", choices=MEMORY_CHOICES,
+                   help="how diffusion models sit in GPU memory: gpu (all of it), offload (a component at a time), group "
+                        "(a block at a time, prefetched), sequential (a layer at a time, slowest); auto picks the first "
+                        "whose estimated peak fits the free VRAM (`inpaintd models` shows the estimates; default %(default)s)")
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
     p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
@@ -209,7 +214,8 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         allow_pickle=args.allow_pickle,
         compile=args.compile,
         warm_models=args.warm_models,
-        memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30)),
+        memory_budget_bytes=_budget_bytes(args),
+        memory=args.memory,
     )
     if args.model and registry.default_model_id != registry.get(args.model).id:
         info = registry.get(args.model)
@@ -243,6 +249,10 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
     return 0
 
 
+def _budget_bytes(args: argparse.Namespace) -> int | None:
+    return None if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30))
+
+
 def _ray_executor(args: argparse.Namespace, default: str | None, preload: str) -> Any:
     """The executor `--executor ray` asks for: replicas built from the same model arguments
     as this daemon's registry.  Ray is imported only here, only for it."""
@@ -253,6 +263,7 @@ def _ray_executor(args: argparse.Namespace, default: str | None, preload: str) -
     registry_args = {
         "models": [m for m in [args.model, *args.extra_model] if m], "default": default, "allow_download": args.allow_download,
         "device": args.device, "allow_pickle": args.allow_pickle, "compile": args.compile,
+        "warm_models": args.warm_models, "memory_budget_bytes": _budget_bytes(args), "memory": args.memory,
     }
     options = RayOptions(address=args.ray_address, min_replicas=low, max_replicas=high, gpus_per_replica=args.gpus_per_replica)
     return RayExecutor(registry_args, options, preload=preload)
@@ -391,7 +402,31 @@ def cmd_models(args: argparse.Namespace) -> int:
         mark = "*" if m["id"] == body["default"] else " "
         state = "ready" if m["available"] else "missing"
         print(f"{mark} {m['id']:<55} {m['engine']:<10} {state:<8} {m['detail']}")
+        for line in _model_lines(m):
+            print(f"      {line}")
     return 0
+
+
+def _model_lines(m: dict[str, Any]) -> list[str]:
+    """A model's family defaults and memory estimates, for `inpaintd models` (older daemons
+    send neither)."""
+    lines = []
+    defaults = m.get("defaults") or {}
+    if m.get("label") and defaults:
+        takes = [k.replace("_", " ") for k, v in (m.get("takes") or {}).items() if v]
+        lines.append(
+            f"{m['label']}: {defaults.get('steps')} steps, guidance {defaults.get('guidance_scale')}, "
+            f"size multiple {m.get('size_multiple')}; takes {', '.join(takes) or 'a prompt only'}"
+        )
+    mem = m.get("memory")
+    if mem:
+        gb = {k: v / 1e9 for k, v in mem["peak"].items()}
+        lines.append(
+            f"{mem['parameters'] / 1e9:.2f} B parameters, {mem['bytes']['bf16'] / 1e9:.1f} GB in bf16; estimated peak "
+            + ", ".join(f"{k} {v:.1f} GB" for k, v in gb.items())
+            + f"; mode {mem['mode']} (auto: {mem['reason']})"
+        )
+    return lines
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

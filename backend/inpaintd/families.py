@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .engines.base import ModelCaps
+from .engines.base import ModelCaps, ModelInfo
 
 
 class Arch(str, Enum):
@@ -99,6 +99,18 @@ class Family:
     #: to say no (FLUX.2 klein: 1024^2); the loop scales its output back to the job's size.
     #: The runner's sizes are about native x native but may round above it.
     max_pixels: int | None = None
+    #: The strength editors start from for it: how much of the picture under the mask is
+    #: noised away (1: all of it, the usual for inpainting; the job option's own default).
+    default_strength: float = 1.0
+    #: The pipeline loads LoRA adapters (it has a diffusers LoRA loader mixin).
+    lora: bool = True
+    #: Textual-inversion embeddings work in its prompts (SD 1.x/2.x/SDXL's CLIP encoders;
+    #: FLUX's loader reaches its CLIP only, which carries little of the prompt).
+    textual_inversion: bool = False
+    #: The text encoder that holds most of the memory (SD 3's and FLUX.1's T5, FLUX.2's
+    #: Qwen3): what `--quantize text_encoder=` means, and what low-memory modes may drop
+    #: where it is optional.  "" where no encoder is large (SD 1.x/2.x/SDXL's CLIPs).
+    large_text_encoder: str = ""
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -140,6 +152,7 @@ FAMILIES: dict[Arch, Family] = {
         loop=Loop.FLOW,
         default_guidance=3.5,  # Large 3.5, Medium about 4.5, Turbo 0
         optional_components=("text_encoder_3", "tokenizer_3"),
+        large_text_encoder="text_encoder_3",
     ),
     Arch.FLUX_FILL: Family(
         arch=Arch.FLUX_FILL,
@@ -160,6 +173,7 @@ FAMILIES: dict[Arch, Family] = {
         loop=Loop.FLOW,
         negative_prompt=False,  # guidance-distilled: no classifier-free guidance
         default_guidance=30.0,
+        large_text_encoder="text_encoder_2",
     ),
     Arch.FLUX_KONTEXT: Family(
         arch=Arch.FLUX_KONTEXT,
@@ -184,6 +198,7 @@ FAMILIES: dict[Arch, Family] = {
         negative_prompt=False,  # guidance-distilled (true CFG is off at diffusers' default)
         default_guidance=2.5,  # BFL's model card (diffusers' own default is 3.5)
         pins_size=True,
+        large_text_encoder="text_encoder_2",
     ),
     Arch.FLUX2_KLEIN: Family(
         arch=Arch.FLUX2_KLEIN,
@@ -213,6 +228,7 @@ FAMILIES: dict[Arch, Family] = {
         default_guidance=1.0,
         pooled_prompt=False,
         max_pixels=1024 * 1024,
+        large_text_encoder="text_encoder",
     ),
     Arch.SDXL: Family(
         arch=Arch.SDXL,
@@ -233,6 +249,7 @@ FAMILIES: dict[Arch, Family] = {
         dual_text_encoder=True,
         vae_upcast=True,
         safety_checker=False,
+        textual_inversion=True,
     ),
     Arch.SD2: Family(
         arch=Arch.SD2,
@@ -248,6 +265,7 @@ FAMILIES: dict[Arch, Family] = {
         reference_repos=("stabilityai/stable-diffusion-2-inpainting", "stabilityai/stable-diffusion-2-1-base"),
         # OpenCLIP text encoder
         single_file_match=_has_prefix("cond_stage_model.model."),
+        textual_inversion=True,
     ),
     Arch.SD15: Family(
         arch=Arch.SD15,
@@ -264,6 +282,7 @@ FAMILIES: dict[Arch, Family] = {
         default_fill="neutral",
         reference_repos=("stable-diffusion-v1-5/stable-diffusion-inpainting", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
         single_file_match=_has_prefix("model.diffusion_model.input_blocks."),
+        textual_inversion=True,
     ),
 }
 
@@ -399,6 +418,30 @@ def caps_for(family: Family, native_size: int | None, compile: str, size_multipl
         schedulers=family.schedulers,
         seeded=True,
         prefills=True,
+    )
+
+
+def described(info: ModelInfo, family: Family) -> ModelInfo:
+    """`info` with what clients need to set a job up for a model of `family`: its name,
+    size multiple, schedulers, the defaults an editor applies when the artist picks it,
+    and which inputs it takes (protocol section 5.3)."""
+    return replace(
+        info,
+        label=family.label,
+        size_multiple=family.size_multiple,
+        schedulers=family.schedulers,
+        defaults={
+            "steps": family.default_steps,
+            "guidance_scale": family.default_guidance,
+            "strength": family.default_strength,
+            "scheduler": "default",
+        },
+        takes={
+            "negative_prompt": family.negative_prompt,
+            "reference_image": bool(getattr(family, "reference_image", False)),
+            "lora": family.lora,
+            "textual_inversion": family.textual_inversion,
+        },
     )
 
 

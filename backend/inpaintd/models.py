@@ -25,9 +25,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .engines.base import Engine, EngineError, ModelCaps, ModelInfo, ProgressFn
@@ -37,10 +37,13 @@ from .families import (
     Family,
     UnsupportedModel,
     caps_for,
+    described,
     family_of_folder,
     inspect_single_file,
     native_size_of_folder,
 )
+from .memory import Weights, folder_weights, free_device_memory, single_file_weights
+from .memory import report as memory_report
 from .policy import SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -339,13 +342,17 @@ class ModelRegistry:
         compile: str = "off",
         warm_models: int = 1,
         memory_budget_bytes: int | None = None,
+        memory: str = "auto",
+        quantize: dict[str, str] | None = None,
     ) -> None:
         """`configs` maps a single-file model (as given, or its id) to a diffusers config
         folder or repo id, which offline loading of a single file needs.  `compile` is a
         torch.compile mode for diffusion engines (see `inpaintd.engines.speedups`).
         `warm_models`: how many diffusion engines stay loaded at most; `memory_budget_bytes`:
         what their weights may take on the device together (None: no budget); past either,
-        the least recently used is closed (`WarmSet`)."""
+        the least recently used is closed (`WarmSet`).  `memory`: a mode of
+        `inpaintd.memory.MEMORY_CHOICES` for every diffusion model; `quantize`: component ->
+        method (`inpaintd.engines.quantize`)."""
         self.allow_download = allow_download
         self.allow_pickle = allow_pickle
         self.device = device
@@ -353,6 +360,10 @@ class ModelRegistry:
         #: The loaded diffusion engine's speed settings and compile cost, for clients.
         self.engine_notes: list[str] = []
         self.compile = compile
+        self.memory = memory
+        self.quantize = dict(quantize or {})
+        #: Models an out-of-memory retry moved to a leaner mode than --memory gave them.
+        self._memory_modes: dict[str, str] = {}
         self._lock = threading.RLock()
         self._specs: dict[str, _Spec] = {}
         for spec in [*BUILTIN_MODELS, DEFAULT_MODEL, *(models or []), *([default] if default else [])]:
@@ -375,6 +386,18 @@ class ModelRegistry:
                 f"engine '{self.default_model_id}' instead, which fills holes from their surroundings "
                 "and ignores prompts."
             )
+
+    @property
+    def precision(self) -> str:
+        """How diffusion weights sit on the device: bf16 on CUDA, fp32 elsewhere (CPU, and
+        where the device is still to be picked and torch is not imported yet)."""
+        device = self.device
+        if device is None:
+            import sys
+
+            torch = sys.modules.get("torch")
+            device = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+        return "bf16" if device.startswith("cuda") else "fp32"
 
     @property
     def _diffusion(self) -> Engine | None:
@@ -470,13 +493,46 @@ class ModelRegistry:
                     "here, name a config folder for it, or start the daemon with --allow-download",
                     family,
                 )
-        return ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path), family)
+        info = ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path), family)
+        if inspected is None:
+            return info
+        return self._with_memory(described(info, inspected.family), inspected.family, single_file_weights(path))
 
     def _folder_info(self, spec: _Spec, folder: Path) -> ModelInfo:
         family, native, problem = _describe(folder)
         if family is None:
             return ModelInfo(spec.id, "diffusers", spec.kind, False, None, problem)
-        return ModelInfo(spec.id, "diffusers", spec.kind, True, native, str(folder), family.arch.value)
+        info = ModelInfo(spec.id, "diffusers", spec.kind, True, native, str(folder), family.arch.value)
+        return self._with_memory(described(info, family), family, folder_weights(folder))
+
+    def _with_memory(self, info: ModelInfo, family: Family, weights: Sequence[Weights] | None) -> ModelInfo:
+        """`info` with its memory estimates (section 5.3), where its weights are here to read."""
+        if not weights:
+            return info
+        mode = self._memory_modes.get(info.id, self.memory)
+        estimate = memory_report(
+            weights, family.arch.value, precision=self.precision, free=free_device_memory(self.device),
+            memory=mode, quantize=self.quantize, large_text_encoder=family.large_text_encoder or None,
+            pixels_ratio=((info.native_size or family.native_size) / family.native_size) ** 2,
+        )
+        return replace(info, memory=estimate.to_wire())
+
+    def memory_mode(self, model_id: str) -> str:
+        """The mode `model_id` is to be loaded in: one an out-of-memory retry stepped down to,
+        else --memory, with `auto` resolved from the estimates and the free memory now."""
+        spec = self._spec(model_id)
+        stepped = self._memory_modes.get(spec.id)
+        if stepped is not None:
+            return stepped
+        if self.memory != "auto":
+            return self.memory
+        info = self._info(spec)
+        return str((info.memory or {}).get("mode") or "gpu")
+
+    def stepped_down(self, model_id: str, mode: str) -> None:
+        """An out-of-memory retry moved `model_id` to `mode`: it stays there (listed so) until
+        the daemon restarts, since the job that ran out would again."""
+        self._memory_modes[self._spec(model_id).id] = mode
 
     # -- admission and description ---------------------------------------------------
 
@@ -572,6 +628,8 @@ class ModelRegistry:
             cache_dir=hub_cache_dir(),
             allow_pickle=self.allow_pickle,
             speedups=Speedups.default_for(pick_device(self.device), self.compile),
+            memory=self.memory_mode(spec.id),
+            on_memory_mode=lambda mode: self.stepped_down(spec.id, mode),
         )
 
     def close(self) -> None:

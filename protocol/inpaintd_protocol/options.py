@@ -107,7 +107,8 @@ OPTIONS: tuple[Option, ...] = (
            label="St_eps", tip="Denoising steps (0 = the model's default)",
            editors=BOTH, order=60, gimp_position=4, special="auto"),
     Option("guidance_scale", float, 0.0, low=0.0, high=50.0, flag="--guidance",
-           help="classifier-free guidance; 0: the model family's default (7.5 SD, 3.5 SD 3.5, 30 FLUX.1 Fill)",
+           help="classifier-free guidance; 0: the model family's default (7.5 SD, 3.5 SD 3.5, 30 FLUX.1 Fill, "
+                "2.5 Kontext, 1 FLUX.2 klein; the `models` reply gives each model's)",
            label="_Guidance scale", step=0.5),
     Option("strength", float, 1.0, low=0.01, high=1.0,
            help="how much of the masked area to repaint, {low}-{high} (default %(default)s)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -113,6 +113,12 @@ def check_cancel(cancelled: CancelledFn) -> None:
         raise JobCancelled()
 
 
+#: The inputs a model entry says it uses or not (`ModelInfo.takes`).
+TAKES = ("negative_prompt", "reference_image", "lora", "textual_inversion")
+#: A model's defaults where it has none (classical engines): 0 = not used.
+NO_DEFAULTS: dict[str, Any] = {"steps": 0, "guidance_scale": 0.0, "strength": 1.0, "scheduler": "default"}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the daemon tells clients about one model it can use."""
@@ -124,6 +130,19 @@ class ModelInfo:
     native_size: int | None  # None: the crop's own resolution (classical), or not known yet
     detail: str = ""  # where it lives, or why it is not available
     family: str = ""  # `families.Arch` value, "" for classical engines or when not known
+    label: str = ""  # the family's name for people ("FLUX.1 Fill")
+    size_multiple: int = 1
+    schedulers: tuple[str, ...] = ("default",)
+    #: What a job gets where it leaves an option at "auto" (steps and guidance 0), and the
+    #: strength and scheduler an editor should start from: editors apply these when the
+    #: artist picks the model.  Classical models: 0 = not used.
+    defaults: dict[str, Any] = field(default_factory=lambda: dict(NO_DEFAULTS))
+    #: Which job inputs the model uses: negative_prompt, reference_image, lora,
+    #: textual_inversion (all false for classical models).
+    takes: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(TAKES, False))
+    #: Sizes and memory estimates (`inpaintd.memory.MemoryReport.to_wire`); None where the
+    #: weights are not on this machine or the engine has none.
+    memory: dict[str, Any] | None = None
 
     def to_wire(self) -> dict:
         return {
@@ -134,6 +153,12 @@ class ModelInfo:
             "native_size": self.native_size,
             "family": self.family,
             "detail": self.detail,
+            "label": self.label,
+            "size_multiple": self.size_multiple,
+            "schedulers": list(self.schedulers),
+            "defaults": dict(self.defaults),
+            "takes": dict(self.takes),
+            "memory": self.memory,
         }
 
 

@@ -14,9 +14,11 @@ by the runner before and after `generate`; see `inpaintd.engines.base`.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from ..families import (
     family_of_pipeline,
     inspect_single_file,
 )
+from ..memory import MODES, step_down
 from ..policy import is_pickle, pickle_refusal
 from .base import (
     CancelledFn,
@@ -136,22 +139,27 @@ class DiffusersEngine:
         allow_pickle: bool = False,
         progress: ProgressFn | None = None,
         speedups: Speedups | None = None,
+        memory: str = "gpu",
+        on_memory_mode: Callable[[str], None] | None = None,
     ) -> None:
         """Load `source`: a Hub repo id, a diffusers folder, or a single checkpoint file.
 
         `config` (a diffusers folder or repo id of the same architecture) tells diffusers
         how to lay out a single-file checkpoint; without it diffusers looks for the
         matching reference repo in the Hugging Face cache.  `cache_dir` is the hub cache.
+        `memory`: how the pipeline sits on the device (`inpaintd.memory.MODES`, already
+        resolved from `auto`); `on_memory_mode` hears of an out-of-memory step down.
         """
         self.model_id = model_id or str(source)
         self.device = pick_device(device)
         self.dtype = _dtype_for(self.device)
         self._cache_dir = str(cache_dir) if cache_dir is not None else None
         self._local_files_only = local_files_only
+        self._on_memory_mode = on_memory_mode
         report = progress or (lambda stage, step, total: None)
 
         report("loading", 0, 1)
-        self._adopt(self._load(str(source), config, allow_pickle), speedups)
+        self._adopt(self._load(str(source), config, allow_pickle), speedups, memory)
         report("loading", 1, 1)
 
     @classmethod
@@ -167,15 +175,23 @@ class DiffusersEngine:
         self.dtype = pipe.dtype
         self._cache_dir = None
         self._local_files_only = True
-        self._adopt(pipe, speedups)
+        self._on_memory_mode = None
+        self._adopt(pipe, speedups, "gpu")
         return self
 
-    def _adopt(self, pipe: Any, speedups: Speedups | None) -> None:
-        """Move a loaded pipeline to the device, speed it up, and read what the runner needs."""
+    def _adopt(self, pipe: Any, speedups: Speedups | None, memory: str) -> None:
+        """Place a loaded pipeline on the device in its memory mode, speed it up, and read
+        what the runner needs."""
         import torch
 
         self.pipe = pipe
-        self.pipe.to(self.device)
+        self.memory_mode = "gpu"
+        self.memory_notes: list[str] = []
+        self._place(memory)
+        if self.memory_mode != "gpu" and speedups is not None and speedups.compile != "off":
+            # Compiled graphs (CUDA graphs above all) assume weights that stay put.
+            speedups = dataclasses.replace(speedups, compile="off")
+            self.memory_notes.append(f"torch.compile is off in memory mode {self.memory_mode}: weights move between steps")
         self.pipe.set_progress_bar_config(disable=True)
         self.family = family_of_pipeline(pipe.__class__.__name__)
         self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -208,6 +224,7 @@ class DiffusersEngine:
         #: What the daemon logs and shows clients as notices about this engine's speed settings.
         self.speed_notes: list[str] = [f"speed-ups in use: {', '.join(applied.used) or 'none'}"]
         self.speed_notes += [f"speed-up not applied: {why}" for why in applied.skipped]
+        self.speed_notes += self._memory_notes()
         self.warmup_seconds = 0.0
         if applied.compiled:
             self._warm_up()
@@ -231,8 +248,65 @@ class DiffusersEngine:
             self.pipe, self.device, negative_prompt=self.family.negative_prompt, pins_size=self.family.pins_size,
             pooled_prompt=self.family.pooled_prompt, max_pixels=self.family.max_pixels,
         )
-        self.speed_notes = [f"speed-ups in use: none (not yet applied to {self.family.label})"]
+        self.speed_notes = [f"speed-ups in use: none (not yet applied to {self.family.label})", *self._memory_notes()]
         self.warmup_seconds = 0.0
+
+    # -- memory modes ----------------------------------------------------------------
+
+    def _memory_notes(self) -> list[str]:
+        return [f"memory mode {self.memory_mode}", *self.memory_notes]
+
+    def _place(self, mode: str) -> None:
+        """Put the pipeline on the device in memory `mode` (see `inpaintd.memory`), undoing
+        the placement it had: the load does this once, an out-of-memory retry again.
+
+        gpu: all of it on the device.  offload: diffusers' model CPU offload (a component
+        at a time).  group: diffusers' group offloading, a block at a time, with the next
+        one copied on a side stream on CUDA.  sequential: a layer at a time (accelerate's
+        hooks; they need a CUDA device)."""
+        import torch
+
+        if mode not in MODES:
+            raise ValueError(f"unknown memory mode '{mode}'; known: {', '.join(MODES)}")
+        pipe = self.pipe
+        cuda = self.device.startswith("cuda")
+        if mode == "sequential" and not cuda:
+            self.memory_notes.append(f"sequential offload needs a CUDA device; {self.device} keeps mode {self.memory_mode}")
+            mode = self.memory_mode
+        if mode == self.memory_mode and getattr(self, "_placed", False):
+            return
+        if self.memory_mode in ("offload", "sequential"):
+            pipe.remove_all_hooks()
+        elif self.memory_mode == "group":
+            _remove_group_offload(pipe)
+        if mode == "gpu":
+            pipe.to(self.device)
+        elif mode == "offload":
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif mode == "group":
+            pipe.to("cpu")
+            pipe.enable_group_offload(
+                onload_device=torch.device(self.device), offload_device=torch.device("cpu"),
+                offload_type="block_level", num_blocks_per_group=1, use_stream=cuda,
+            )
+        else:
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        self.memory_mode = mode
+        self._placed = True
+
+    def _step_down(self) -> str | None:
+        """After an out-of-memory error: the next leaner mode, in place, or None at the
+        bottom of the ladder.  The registry hears of it, so that a reload keeps it."""
+        lower = step_down(self.memory_mode)
+        if lower is None or (lower == "sequential" and not self.device.startswith("cuda")):
+            return None
+        before = self.memory_mode
+        self._place(lower)
+        if self.memory_mode == before:
+            return None
+        if self._on_memory_mode is not None:
+            self._on_memory_mode(self.memory_mode)
+        return self.memory_mode
 
     def _warm_up(self) -> None:
         """Compile for the shapes most jobs use now, not during an artist's first Generate.
@@ -467,18 +541,27 @@ class DiffusersEngine:
             if not is_out_of_memory(exc):
                 raise
             check_cancel(cancelled)
-            images = self._retry_low_memory(call, generators, exc, f"{len(request.seeds)} variant(s) at {width}x{height}")
+            before = self.memory_mode
+            self._free_cache()
+            lower = self._step_down()
+            moved = f"memory mode {lower} (was {before}; kept for this model until the daemon restarts) and " if lower else ""
+            images = self._retry_low_memory(
+                call, generators, exc, f"{len(request.seeds)} variant(s) at {width}x{height}", moved,
+            )
             notes.append(
                 f"{self.device} ran out of memory inpainting {len(request.seeds)} variant(s) at {width}x{height}; "
-                f"retried once with {LOW_MEMORY_SETTINGS}, which worked"
+                f"retried once with {moved}{LOW_MEMORY_SETTINGS}, which worked"
             )
         on_progress("decoding", 1, 1)
         return EngineOutput([np.ascontiguousarray(p[:height, :width, :3]) for p in images], notes)
 
-    def _retry_low_memory(self, call: Any, generators: list[Any], first: BaseException, what: str) -> np.ndarray:
+    def _retry_low_memory(
+        self, call: Any, generators: list[Any], first: BaseException, what: str, moved: str = "",
+    ) -> np.ndarray:
         """Out of memory: free what the failed call held, then try once more with attention
         slicing, VAE tiling and one variant per pipeline call (each with its own seed's
-        generator, so the seeds still mean the same pixels).  Slower, far smaller peak.
+        generator, so the seeds still mean the same pixels), in the next leaner memory mode
+        where there is one (`moved` says which).  Slower, far smaller peak.
         Gives up with `out_of_memory` if that fails too; either way the result says so."""
         del first
         self._free_cache()
@@ -492,7 +575,8 @@ class DiffusersEngine:
             raise EngineError(
                 "out_of_memory",
                 f"{self.device} ran out of memory inpainting {what}, and again after retrying with "
-                f"{LOW_MEMORY_SETTINGS}; ask for fewer variants or a smaller region",
+                f"{moved}{LOW_MEMORY_SETTINGS}; ask for fewer variants or a smaller region, or start the "
+                "daemon with a leaner --memory mode or --quantize",
             ) from None
         finally:
             self._set_low_memory(False)
@@ -615,3 +699,17 @@ class DiffusersEngine:
         self.pipe = None
         self._default_scheduler = None
         self._free_cache()
+
+
+def _remove_group_offload(pipe: Any) -> None:
+    """Take diffusers' group-offloading hooks off every component (an out-of-memory step
+    down from `group` to `sequential` needs the modules bare again)."""
+    from diffusers.hooks import HookRegistry
+
+    for component in pipe.components.values():
+        if not hasattr(component, "named_modules"):
+            continue
+        registry = HookRegistry.check_if_exists_or_initialize(component)
+        for name in ("group_offloading", "lazy_prefetch_group_offloading", "layer_execution_tracker"):
+            registry.remove_hook(name, recurse=True)
+    pipe.to("cpu")
