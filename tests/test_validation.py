@@ -466,3 +466,50 @@ def test_admit_checks_the_fields_before_the_model() -> None:
     with pytest.raises(EngineError) as refused:
         admit(submit(body={"model": "other"}), models)
     assert refused.value.code == "unknown_model" and models.asked[-1] == "other"
+
+
+# -- reference images ------------------------------------------------------------------------
+
+
+def _with_references(*refs: tuple[int, int, int], body: dict | None = None) -> Message:
+    """A valid submit plus reference images of (w, h, channels), frames 3, 4, ..."""
+    msg = submit(body=body)
+    descs, frames = [], []
+    for i, (w, h, c) in enumerate(refs):
+        descs.append(desc(3 + i, w, h, c))
+        frames.append(np.full((h, w, c), 40 + i, np.uint8).tobytes())
+    msg.body["references"] = descs
+    msg.buffers = [*msg.buffers, *frames]
+    return msg
+
+
+def test_references_are_read_as_images_of_any_size() -> None:
+    request = parse_submit(_with_references((5, 7, 3), (3, 2, 4)))
+    assert [r.shape for r in request.references] == [(7, 5, 3), (2, 3, 4)]
+    assert int(request.references[1][0, 0, 0]) == 41
+    assert parse_submit(submit()).references == []
+
+
+def test_bad_references_are_refused_naming_the_entry() -> None:
+    err = error_of(parse_submit, submit(body={"references": {"frame": 3}}))
+    assert err.code == Code.BAD_FIELD_TYPE and err.details["field"] == "references"
+    err = error_of(parse_submit, _with_references(*[(2, 2, 3)] * (LIMITS.max_references + 1)))
+    assert err.code == Code.TOO_LARGE and err.details["field"] == "references"
+    err = error_of(parse_submit, _with_references((2, 2, 3), (2, 2, 1)))
+    assert err.code == Code.BAD_VALUE and err.details["field"] == "references[1].channels"
+    big = LIMITS.max_reference_side + 1
+    msg = _with_references((big, 1, 3))
+    err = error_of(parse_submit, msg)
+    assert err.code == Code.TOO_LARGE and err.details["field"] == "references[0]" and str(LIMITS.max_reference_side) in err.message
+    msg = _with_references((4, 4, 3))
+    msg.buffers[2] = b"\x00" * 5
+    err = error_of(parse_submit, msg)
+    assert err.code == Code.BAD_IMAGE and err.details["field"] == "references[0]"
+
+
+def test_a_model_that_takes_no_reference_refuses_one() -> None:
+    from inpaintd.validation import admit
+
+    err = error_of(admit, _with_references((4, 4, 3)), _Models())
+    assert err.code == Code.BAD_VALUE and err.details["field"] == "references"
+    assert "patchmatch" in err.message and "takes no reference image" in err.message

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, type=Path, help="mask image, same size: white = regenerate, black = keep, gray = soft")
     p.add_argument("--out", required=True, type=Path, help="output image; with several variants, OUT-1.png, OUT-2.png, ...")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--reference", action="append", default=[], type=Path, metavar="FILE",
+                   help="a reference image that conditions the model (repeatable; models whose `inpaintd models` line "
+                        "says it takes a reference image: FLUX.1 Kontext, FLUX.2 klein)")
     _add_job_options(p)
 
     for name, help_ in (("status", "show running and queued jobs"), ("models", "list the daemon's models"),
@@ -353,12 +356,22 @@ def write_variants(job: Job, image_path: Path, out: Path) -> list[Path]:
     return paths
 
 
+def _load_reference(path: Path) -> tuple[bytes, int, int, int]:
+    """A reference image as the protocol carries it: RGB or RGBA bytes, tightly packed."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    return rgb.tobytes(), rgb.width, rgb.height, len(rgb.getbands())
+
+
 def cmd_inpaint(args: argparse.Namespace) -> int:
     data, width, height, channels, mask = _load_pixels(args.image, args.mask)
     options = _job_options(args)
     bar = ProgressBar()
     with Client(args.connect, name="inpaintd-cli") as client:
-        job = client.submit(data, width, height, channels, mask, options)
+        job = client.submit(data, width, height, channels, mask, options,
+                            references=[_load_reference(path) for path in args.reference])
         print(f"job {job.id} accepted (queue position {job.position})", file=sys.stderr)
         try:
             client.wait(job, args.timeout, on_event=bar)

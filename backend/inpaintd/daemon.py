@@ -204,7 +204,7 @@ class Daemon:
             job.clock = job.clock or job.started  # earlier if it waited for the start-up load
             self._announce_positions()
             r = job.request
-            self.executor.submit(ex.JobRequest(job.id, job.model, r.image, r.mask, r.options, job.seeds))
+            self.executor.submit(ex.JobRequest(job.id, job.model, r.image, r.mask, r.options, job.seeds, r.references))
 
     def _post(self, job: QueuedJob, msg: Message) -> None:
         self.server.post(job.owner, msg)

@@ -41,6 +41,8 @@ class JobRequest:
     mask: np.ndarray  # H x W uint8
     options: JobOptions
     seeds: list[int]
+    #: Reference images (protocol `references`), each h x w x 3|4 uint8; most jobs have none.
+    references: list[np.ndarray] = field(default_factory=list)
 
 
 # -- events, executor -> daemon ---------------------------------------------------------------
@@ -288,7 +290,8 @@ class LocalExecutor:
             # description (registry.caps), not from the loaded engine: an executor for a
             # cluster prepares here and sends the request to a replica's engine.
             caps = self.registry.caps(request.model)
-            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps)
+            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps,
+                             references=request.references)
         except JobCancelled:
             self._post(Cancelled(job_id=job_id))
             return

@@ -214,7 +214,8 @@ class InpaintReplica:
             if cancelled():
                 raise JobCancelled()
             caps = self.registry.caps(model)
-            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps)
+            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps,
+                             references=request.references)
         except JobCancelled:
             self._count("cancelled")
             return ("cancelled",)

@@ -92,11 +92,13 @@ def _engine_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def prepare(
-    image: np.ndarray, mask: np.ndarray, options: JobOptions, caps: ModelCaps, seeds: list[int]
+    image: np.ndarray, mask: np.ndarray, options: JobOptions, caps: ModelCaps, seeds: list[int],
+    references: list[np.ndarray] | None = None,
 ) -> tuple[EngineRequest, Plan]:
     """Turn the client's image (H x W x 3|4 uint8) and mask (H x W uint8) into the engine's
     request and the plan to put its output back.  CPU only; raises EngineError on a mask
-    that selects nothing."""
+    that selects nothing.  `references` go to the engine whole, as RGB (the pipelines size
+    them themselves)."""
     prepared = prepare_mask(mask, options.grow, options.feather)
     if prepared is None:
         raise EngineError("empty_mask", "the mask selects nothing (every value is 0); select the area to inpaint")
@@ -154,6 +156,7 @@ def prepare(
         guidance_scale=float(options.guidance_scale or caps.default_guidance),
         strength=float(options.strength),
         scheduler=options.scheduler,
+        references=[np.ascontiguousarray(r[:, :, :3]) for r in references or []],
     )
     plan = Plan(
         source=source, region=region, region_mask=region_mask, keep=engine_mask == 0, engine_image=engine_image,
@@ -192,13 +195,14 @@ def run_job(
     progress: ProgressFn | None = None,
     cancelled: CancelledFn = lambda: False,
     caps: ModelCaps | None = None,
+    references: list[np.ndarray] | None = None,
 ) -> JobOutput:
     """prepare -> generate -> finish in this process.  `caps`: the model's description (the
     daemon passes the registry's); by default the engine's own, for benchmarks and tests."""
     report = progress or (lambda stage, step, total: None)
     t0 = time.perf_counter()
     report("preparing", 0, 1)
-    request, plan = prepare(image, mask, options, caps or engine.caps, seeds)
+    request, plan = prepare(image, mask, options, caps or engine.caps, seeds, references)
     check_cancel(cancelled)
     t1 = time.perf_counter()
     output = engine.generate(request, report, cancelled)

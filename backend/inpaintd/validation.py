@@ -8,7 +8,7 @@ Pixel buffers are wrapped, not copied: a 100 MB canvas stays where ZeroMQ put it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +23,7 @@ class SubmitRequest:
     image: np.ndarray  # H x W x C uint8 (C = 3 or 4), possibly strided, read-only view
     mask: np.ndarray  # H x W uint8
     options: JobOptions
+    references: list[np.ndarray] = field(default_factory=list)  # each h x w x 3|4 uint8
 
 
 def _field_error(code: str, name: str, message: str) -> ProtocolError:
@@ -61,8 +62,11 @@ def parse_options(body: dict[str, Any], limits: Limits = LIMITS) -> JobOptions:
     return options
 
 
-def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -> np.ndarray:
-    desc = msg.body.get(name)
+def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits, desc: Any = None,
+           max_side: int | None = None) -> np.ndarray:
+    """The pixels `name` (or `desc`, for a list's entry) describes, checked to the letter.
+    `max_side`: a tighter side limit than the canvas's (references)."""
+    desc = msg.body.get(name) if desc is None else desc
     if desc is None:
         raise _field_error(Code.MISSING_FIELD, name, f"'{name}' is missing: a submit carries an image and a mask descriptor")
     if not isinstance(desc, dict):
@@ -79,10 +83,11 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits) -
     w, h, c = values["width"], values["height"], values["channels"]
     if w <= 0 or h <= 0:
         raise _field_error(Code.BAD_VALUE, name, f"{name} is {w}x{h}; both sides must be at least 1")
-    if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
+    side = max_side or limits.max_side
+    if w > side or h > side or w * h > limits.max_pixels:
         raise _field_error(
             Code.TOO_LARGE, name,
-            f"{name} is {w}x{h}; the limit is {limits.max_side} px a side and {limits.max_pixels} pixels in all",
+            f"{name} is {w}x{h}; the limit is {side} px a side and {limits.max_pixels} pixels in all",
         )
     if c not in channels:
         raise _field_error(Code.BAD_VALUE, f"{name}.channels", f"'{name}.channels' is {c}; it must be one of {list(channels)}")
@@ -119,7 +124,24 @@ def parse_submit(msg: Message, limits: Limits = LIMITS) -> SubmitRequest:
         )
     if not _any_nonzero(mask):
         raise ProtocolError(Code.EMPTY_MASK, "the mask selects nothing (every value is 0); select the area to inpaint")
-    return SubmitRequest(image=image, mask=mask, options=options)
+    return SubmitRequest(image=image, mask=mask, options=options, references=_references(msg, limits))
+
+
+def _references(msg: Message, limits: Limits) -> list[np.ndarray]:
+    """The optional reference images (a list of descriptors, each checked as an image)."""
+    descs = msg.body.get("references")
+    if descs is None:
+        return []
+    if not isinstance(descs, list):
+        raise _field_error(Code.BAD_FIELD_TYPE, "references",
+                           f"'references' must be a list of image descriptors, got {type(descs).__name__}")
+    if len(descs) > limits.max_references:
+        raise _field_error(Code.TOO_LARGE, "references",
+                           f"{len(descs)} reference images; the limit is {limits.max_references}")
+    return [
+        _image(msg, f"references[{i}]", (3, 4), limits, desc=desc, max_side=limits.max_reference_side)
+        for i, desc in enumerate(descs)
+    ]
 
 
 def _any_nonzero(mask: np.ndarray) -> bool:
@@ -142,4 +164,10 @@ def admit(msg: Message, models: ModelAdmission, limits: Limits = LIMITS) -> tupl
     allow-list, pickle rule and availability).  Returns the request and the model's id."""
     request = parse_submit(msg, limits)
     info = models.admit(request.options.model or models.default_model_id)
+    if request.references and not (getattr(info, "takes", None) or {}).get("reference_image"):
+        raise _field_error(
+            Code.BAD_VALUE, "references",
+            f"model '{info.id}' ({getattr(info, 'label', '') or info.engine}) takes no reference image; "
+            "models that do say takes.reference_image in the models reply (FLUX.1 Kontext, FLUX.2 klein)",
+        )
     return request, info.id

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -406,17 +406,26 @@ class Client:
         *,
         image_stride: int = 0,
         mask_stride: int = 0,
+        references: Sequence[tuple[bytes | memoryview, int, int, int]] = (),
         block: bool = True,
         timeout: float = 30.0,
     ) -> Job:
         """Send an inpaint job.  `image` is 8-bit RGB or RGBA, `mask` 8-bit gray of the
-        same size (0 keep, 255 regenerate).  With block=False the Job starts in state
-        "submitting" and `pump()` fills in its id when the daemon accepts it."""
+        same size (0 keep, 255 regenerate).  `references`: (pixels, width, height, channels)
+        of each reference image, RGB or RGBA, tightly packed (models whose entry says
+        `takes.reference_image`).  With block=False the Job starts in state "submitting" and
+        `pump()` fills in its id when the daemon accepts it."""
         opts = options.to_wire() if isinstance(options, JobOptions) else dict(options or {})
         body = dict(opts)
         body["image"] = ImageDesc(1, width, height, channels, image_stride).to_wire()
         body["mask"] = ImageDesc(2, width, height, 1, mask_stride).to_wire()
-        msg = Message(type=Type.SUBMIT, body=body, buffers=[image, mask])
+        buffers: list[bytes | bytearray | memoryview] = [image, mask]
+        if references:
+            body["references"] = [
+                ImageDesc(3 + i, w, h, c).to_wire() for i, (_pixels, w, h, c) in enumerate(references)
+            ]
+            buffers += [pixels for pixels, _w, _h, _c in references]
+        msg = Message(type=Type.SUBMIT, body=body, buffers=buffers)
         job = Job(request_id=msg.id)
         self._by_request[msg.id] = job
         if block:

@@ -151,7 +151,10 @@ class Limits:
     max_feather: int = 512
     max_padding: int = 4096
     max_queue_per_client: int = 32
-    max_message_bytes: int = 2 * 16384 * 8192 * 5 + (1 << 20)  # RGBA image + mask + headers
+    max_references: int = 4
+    max_reference_side: int = 2048
+    #: RGBA image + mask + the references (RGBA at their largest) + headers
+    max_message_bytes: int = 2 * 16384 * 8192 * 5 + 4 * 2048 * 2048 * 4 + (1 << 20)
 
     def to_wire(self) -> dict[str, int]:
         return dict(self.__dict__)

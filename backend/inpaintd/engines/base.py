@@ -97,6 +97,9 @@ class EngineRequest:
     guidance_scale: float
     strength: float
     scheduler: str
+    #: Reference images that condition the model (h x w x 3 uint8, any size); only for
+    #: families whose row says `reference_image`.
+    references: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
