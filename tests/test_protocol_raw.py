@@ -153,7 +153,10 @@ def test_hello(raw: Raw) -> None:
     ids = {m["id"] for m in body["models"]}
     assert {"opencv-telea", "opencv-ns"} <= ids
     for m in body["models"]:
-        assert set(m) == {"id", "engine", "kind", "available", "native_size", "family", "detail"}
+        assert set(m) == {"id", "engine", "kind", "available", "native_size", "family", "detail", "label",
+                          "size_multiple", "schedulers", "defaults", "takes", "memory"}
+        assert set(m["takes"]) == {"negative_prompt", "reference_image", "lora", "textual_inversion"}
+        assert isinstance(m["size_multiple"], int) and m["size_multiple"] >= 1
     assert "classical" in body["engines"]
     assert "default" in body["schedulers"]
     assert {"progress", "cancel", "fetch", "stride", "hmac-sha256"} <= set(body["capabilities"])

@@ -61,7 +61,7 @@ def test_defaults_per_device() -> None:
 
 
 def test_plain_cpu_engine_uses_none(plain: DiffusersEngine) -> None:
-    assert plain.speed_notes == ["speed-ups in use: none"]
+    assert plain.speed_notes == ["speed-ups in use: none", "memory mode gpu"]
     assert plain.warmup_seconds == 0.0
 
 
@@ -69,7 +69,7 @@ def test_fused_qkv_and_channels_last_keep_the_pictures(tiny_model_dir: Path, pla
     reference = generate(plain, task([1, 2]))
     fast = DiffusersEngine(tiny_model_dir, device="cpu", speedups=Speedups(fuse_qkv=True, channels_last=True))
     try:
-        assert fast.speed_notes == ["speed-ups in use: fused QKV, channels-last"]
+        assert fast.speed_notes == ["speed-ups in use: fused QKV, channels-last", "memory mode gpu"]
         assert "FusedAttnProcessor2_0" in processors(fast)
         assert fast.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
         out = generate(fast, task([1, 2]))
