@@ -222,3 +222,42 @@ def test_plugins_folder_follows_the_newest_gimp_profile(tmp_path: Path, monkeypa
     assert install_gimp.profile_version(flatpak) == "3.0"
     (flatpak / "GIMP" / "3.2").mkdir(parents=True)
     assert install_gimp.profile_version(flatpak) == "3.2"
+
+
+# -- the picked model's defaults (issue #11) -------------------------------------------------
+
+_FLUX = {"id": "flux", "engine": "diffusers", "label": "FLUX.1 Fill", "schedulers": ["default", "euler"],
+         "defaults": {"steps": 50, "guidance_scale": 30.0, "strength": 1.0, "scheduler": "default"},
+         "takes": {"negative_prompt": False, "reference_image": False, "lora": True, "textual_inversion": False}}
+_SD3 = {**_FLUX, "id": "sd3", "label": "Stable Diffusion 3.5",
+        "defaults": {"steps": 28, "guidance_scale": 3.5, "strength": 1.0, "scheduler": "default"},
+        "takes": {**_FLUX["takes"], "negative_prompt": True}}
+
+
+def test_model_listing_tolerates_what_a_daemon_sends():
+    assert logic.model_listing({"models": [_FLUX, "junk"], "default": "flux", "loaded": None}) == ([_FLUX], "flux")
+    assert logic.model_listing({"models": None}) == ([], "")
+    assert logic.model_listing(None) == ([], "")
+
+
+def test_arg_values_names_the_gimp_arguments():
+    assert logic.arg_values({"steps": 50, "negative_prompt": "", "guidance_scale": 30.0}) == {
+        "steps": 50, "negative-prompt": ""}  # guidance is no argument of the procedure
+
+
+def test_dialog_follows_the_model_argument():
+    """The dialog's model argument changing to a listed model puts its defaults in the
+    other arguments and switches off what it ignores; the same text again (a keystroke
+    that changed nothing) or an unknown one changes no value."""
+    follower = logic.ModelFollower([_FLUX, _SD3], "sd3", "")
+    assert follower.sensitivity(follower.caps()) == {"negative-prompt": ""}  # the daemon's default: sd3
+    values, sensitivity = follower.changed("flux")
+    assert values == {"strength": 1.0, "steps": 50}
+    assert sensitivity["negative-prompt"].startswith("FLUX.1 Fill does not use a negative prompt")
+    assert follower.changed("flux ") is None
+    assert follower.changed("fl") == ({}, {"negative-prompt": ""})  # typing: not a model (yet)
+    assert follower.changed("sd3") == ({"strength": 1.0, "steps": 28}, {"negative-prompt": ""})
+    assert follower.changed("") == ({"strength": 1.0, "steps": 28}, {"negative-prompt": ""})  # the default
+    # an older daemon's entries: nothing applied, nothing switched off
+    old = logic.ModelFollower([{"id": "flux", "engine": "diffusers"}], "", "")
+    assert old.changed("flux") == ({}, {"negative-prompt": ""})

@@ -36,7 +36,7 @@ import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402
 
 from inpaintd_protocol import editor  # noqa: E402
-from inpaintd_protocol.options import BY_NAME  # noqa: E402
+from inpaintd_protocol.options import BY_NAME, GIMP  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 RGB = "R'G'B' u8"
@@ -63,6 +63,7 @@ def run(procedure, run_mode, image, drawables, config, data):
                 step = BY_NAME[a.field].step
                 dialog.get_spin_scale(a.name, 1.0).set_increments(step, 4 * step)
         dialog.fill(list(DIALOG_ORDER))
+        follow_model(config, *daemon_models(config.get_property("endpoint") or ""), dialog)
         ok = dialog.run()
         dialog.destroy()
         if not ok:
@@ -72,15 +73,58 @@ def run(procedure, run_mode, image, drawables, config, data):
         problems = opts.validate()
         if problems:
             raise UserError("Inpaint Selection: " + "; ".join(problems))
-        inpaint(image, list(drawables), opts)
+        used = inpaint(image, list(drawables), opts)
     except UserError as exc:
         return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(str(exc)))
     finally:
         Gimp.progress_end()
-    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    retval = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    retval.remove(1)  # the return value `job-settings` (see do_create_procedure)
+    retval.insert(1, GObject.Value(GObject.TYPE_STRING, used))
+    return retval
 
 
-def inpaint(image, drawables, opts: Options) -> None:
+def daemon_models(endpoint_setting: str) -> tuple[list, str]:
+    """The daemon's models and default model, for the dialog; ([], "") at once when none
+    answers (no daemon is started just to open the dialog) or the client cannot load."""
+    try:
+        proto = import_protocol()
+        with proto.Client(editor.daemon_endpoint(endpoint_setting), name="inpaintd-gimp-dialog") as client:
+            client.hello(timeout=1.0)
+            return logic.model_listing(client.request(proto.Type.LIST_MODELS, timeout=2.0).body)
+    except Exception:  # noqa: BLE001 - the dialog opens without the daemon's defaults
+        return [], ""
+
+
+def follow_model(config, models: list, default_id: str, dialog=None) -> logic.ModelFollower:
+    """Apply a model's defaults to the other arguments when the model argument changes to
+    one the daemon listed (logic.ModelFollower decides), and, in the dialog, switch off the
+    controls the model ignores, with the reason as their tooltip."""
+    follower = logic.ModelFollower(models, default_id, config.get_property("model") or "")
+
+    def show(sensitivity: dict[str, str]) -> None:
+        if dialog is None:
+            return
+        for name, why in sensitivity.items():
+            dialog.set_sensitive(name, not why, None, None, False)
+            widget = dialog.get_widget(name, GObject.TYPE_NONE)
+            if widget is not None:
+                widget.set_tooltip_text(why or BY_NAME[name.replace("-", "_")].tip)
+
+    def changed(cfg, _pspec) -> None:
+        change = follower.changed(cfg.get_property("model"))
+        if change is not None:
+            values, sensitivity = change
+            for name, value in values.items():
+                cfg.set_property(name, value)
+            show(sensitivity)
+
+    show(follower.sensitivity(follower.caps()))
+    config.connect("notify::model", changed)
+    return follower
+
+
+def inpaint(image, drawables, opts: Options) -> str:
     layer = check_target(image, drawables, opts)
     _, nonempty, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
     if not nonempty or Gimp.Selection.is_empty(image):
@@ -100,12 +144,27 @@ def inpaint(image, drawables, opts: Options) -> None:
     Gimp.progress_init("Inpainting: connecting to inpaintd")
     client = connect(opts)
     try:
-        job = run_job(client, pixels, plan.crop.width, plan.crop.height, channels, mask, opts)
+        caps = picked_model(client, opts.model)
+        options = editor.for_model(opts.job_options(), caps)  # "auto" steps: the model's own, said below
+        used = editor.settings_text(options, caps)
+        job = run_job(client, pixels, plan.crop.width, plan.crop.height, channels, mask, options, used)
     finally:
         client.close()
     add_results(image, layer, plan, job.layers, opts)
     for note in job.notes_for_user(opts.prompt):
         Gimp.message(note)
+    return used
+
+
+def picked_model(client, model: str) -> editor.ModelCaps:
+    """What the daemon says of the model a job asks for ("" = its default); empty where
+    its `models` reply does not say (an older daemon: the job is sent as it is)."""
+    proto = import_protocol()
+    try:
+        models, default = logic.model_listing(client.request(proto.Type.LIST_MODELS, timeout=10.0).body)
+    except proto.ProtocolError:
+        return editor.ModelCaps()
+    return editor.model_caps(editor.find_model(models, model, default), GIMP)
 
 
 def check_target(image, drawables, opts: Options):
@@ -218,10 +277,13 @@ def recorded_command() -> list[str] | None:
     return [str(c) for c in command] if isinstance(command, list) and command else None
 
 
-def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask: bytes, opts: Options):
+def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask: bytes, options: dict,
+            used: str = ""):
+    """Send the job (`options`: JobOptions fields) and follow it on GIMP's progress bar,
+    whose text starts with `used`, the model and values it runs with."""
     proto = import_protocol()
     try:
-        job = client.submit(pixels, width, height, channels, mask, proto.JobOptions(**opts.job_options()), timeout=30.0)
+        job = client.submit(pixels, width, height, channels, mask, proto.JobOptions(**options), timeout=30.0)
     except proto.ProtocolError as exc:
         raise UserError(f"inpaintd refused the job: {exc}") from None
     watchdog = start_watchdog(client, job.id)
@@ -232,7 +294,8 @@ def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask:
             now = (editor.shown_stage(job.state, job.stage), job.step, job.total_steps, job.position)
             if now != shown:
                 shown = now
-                Gimp.progress_set_text(editor.progress_text(*now))
+                text = editor.progress_text(*now)
+                Gimp.progress_set_text(f"{used} – {text}" if used else text)
                 Gimp.progress_update(editor.progress_fraction(*now[:3]))
     finally:
         stop_watchdog(watchdog)
@@ -332,6 +395,11 @@ class InpaintdPlugIn(Gimp.PlugIn):
                 procedure.add_double_argument(a.name, a.label, a.blurb, a.minimum, a.maximum, a.default, _PARAM)
             else:
                 procedure.add_boolean_argument(a.name, a.label, a.blurb, a.default, _PARAM)
+        procedure.add_string_return_value(
+            "job-settings", "Job settings",
+            "The model and the values the job ran with, e.g. 'FLUX.1 Fill: 50 steps, guidance 30, strength 1' "
+            "(steps left at auto are the model's default); empty for a classical model",
+            "", _PARAM)
         return procedure
 
 

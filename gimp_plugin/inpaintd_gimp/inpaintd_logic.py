@@ -11,7 +11,7 @@ between GIMP and these functions.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -144,6 +144,56 @@ check_record(Options, [(a.field, _PY_TYPES[a.kind], a.default) for a in ARGS])
 def plain(label: str) -> str:
     """A label without its mnemonic mark."""
     return label.replace("_", "")
+
+
+# -- the picked model ------------------------------------------------------------------
+
+
+def model_listing(body: Mapping[str, Any] | None) -> tuple[list[Mapping[str, Any]], str]:
+    """(model entries, default model id) from a `models` reply body (PROTOCOL.md 5.3),
+    whatever an older or odd daemon sent: never an error."""
+    body = body if isinstance(body, Mapping) else {}
+    models = [m for m in body.get("models") or [] if isinstance(m, Mapping)]
+    default = body.get("default")
+    return models, default if isinstance(default, str) else ""
+
+
+def arg_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values by option name -> by GIMP argument name, for the arguments there are."""
+    names = {a.field: a.name for a in ARGS}
+    return {names[k]: v for k, v in values.items() if k in names}
+
+
+class ModelFollower:
+    """What the dialog changes as the model argument changes: GIMP's procedure dialog is
+    made from the registered arguments, so the model stays a text argument (scripts pass
+    it by position), and when its text becomes another model the daemon listed, that
+    model's defaults go into the other arguments (steps, strength) and the arguments it
+    ignores are switched off.  The artist's own edits stay until the model changes again."""
+
+    def __init__(self, models: Iterable[Mapping[str, Any]], default_id: str, model: str) -> None:
+        self.models = list(models)
+        self.default_id = default_id
+        self.model = (model or "").strip()
+
+    def caps(self, model: str | None = None) -> editor.ModelCaps:
+        return editor.model_caps(editor.find_model(self.models, self.model if model is None else model,
+                                                 self.default_id), GIMP)
+
+    def sensitivity(self, caps: editor.ModelCaps) -> dict[str, str]:
+        """Argument name -> why it is off ("" = on), for the arguments a model can switch off."""
+        return {name.replace("_", "-"): caps.disabled.get(name, "") for name in sorted(editor.SWITCHABLE_OPTIONS)
+                if name in {o.name for o in editor.shown_in(GIMP)}}
+
+    def changed(self, model: str | None) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """(argument values to set, sensitivity) when `model` names another model than
+        before; None when it is the same one (a keystroke that changed nothing)."""
+        model = (model or "").strip()
+        if model == self.model:
+            return None
+        self.model = model
+        caps = self.caps()
+        return arg_values(caps.apply), self.sensitivity(caps)
 
 
 # -- geometry ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 from PyQt5.QtCore import QObject, QTimer, pyqtSignal
 
 from inpaintd_protocol import editor
+from inpaintd_protocol.options import KRITA
 
 from . import logic
 from .logic import Settings, UserError
@@ -77,6 +78,7 @@ class Controller(QObject):
         self._client_endpoint = ""
         self._job: Any = None
         self._job_input: Any = None
+        self._job_settings = ""  # what the running job was sent, in words (editor.settings_text)
         self._adding = False  # the finished job's layers are being added (Krita's event loop may run meanwhile)
         self._orphans: list[tuple[Any, float, bool]] = []  # (job, give-up time, cancel sent)
         self.cancelled_final_states: list[str] = []  # what cancelled jobs ended as (tests read it)
@@ -127,21 +129,30 @@ class Controller(QObject):
             self.message.emit(f"No inpaintd daemon answers at {self.endpoint}. {hint}", "error")
             self._probe_now()
             return False
+        caps = self.model_caps()
+        sent = editor.for_model(self.settings.job_options(), caps)
         try:
             client = self._job_client()
-            options = self._proto.JobOptions(**self.settings.job_options())
+            options = self._proto.JobOptions(**sent)
             region = job_input.region
             job = client.submit(job_input.rgba, region.width, region.height, 4, job_input.mask, options, block=False)
         except Exception as exc:  # a bad endpoint, a closed context: say it, never raise into Krita
             self.message.emit(f"Could not send the job: {exc}", "error")
             return False
         self._job, self._job_input = job, job_input
+        self._job_settings = editor.settings_text(sent, caps)
         self._last_progress = None
         self._set_busy(True)
         self._emit_progress("submitting", 0, 0, None)
         mb = (len(job_input.rgba) + len(job_input.mask)) / 1e6
         self.message.emit(f"Sent {region.width}x{region.height} px ({mb:.1f} MB) to {self.endpoint}.", "busy")
         return True
+
+    def model_caps(self) -> editor.ModelCaps:
+        """What the model picked in the settings ("" = the daemon's default) takes and
+        starts from, by the daemon's last `models` reply; empty where it does not say."""
+        default = str((self.hello or {}).get("default_model") or "")
+        return editor.model_caps(editor.find_model(self.models, self.settings.model, default), KRITA)
 
     def cancel(self) -> None:
         """Stop the running job now: the GUI is free at once, the daemon is told to stop,
@@ -260,7 +271,9 @@ class Controller(QObject):
             seeds = ", ".join(str(layer.seed) for layer in job.layers)
             more = " The others are hidden in the group: click their eye to compare." if len(names) > 1 else ""
             notes = "".join(f"\n{note}" for note in job.notes_for_user(self.settings.prompt))
-            self.message.emit(f"Added {len(names)} variant layer(s) (seeds {seeds}).{more}{notes}", "info" if notes else "ok")
+            used = f"\n{self._job_settings}." if self._job_settings else ""
+            self.message.emit(f"Added {len(names)} variant layer(s) (seeds {seeds}).{more}{used}{notes}",
+                              "info" if notes else "ok")
             self.results_added.emit(names)
         elif job.state == "cancelled":
             self.progress.emit(0, "Cancelled")

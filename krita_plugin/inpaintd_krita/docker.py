@@ -187,7 +187,7 @@ class InpaintPanel(QWidget):
         elif opt.name == "model":  # the daemon's models, filled in by _show_models
             widget = QComboBox()
             widget.addItem("Daemon default", "")
-            widget.currentIndexChanged.connect(lambda _i: changed(widget.currentData() or ""))
+            widget.currentIndexChanged.connect(lambda _i: self._model_picked(widget.currentData() or ""))
         elif opt.kind is bool:
             widget = QCheckBox(opt.plain_label)
             widget.setChecked(value)
@@ -221,6 +221,43 @@ class InpaintPanel(QWidget):
     def _set(self, name: str, value: Any) -> None:
         setattr(self.controller.settings, name, value)
         self._on_settings_changed()
+
+    def _model_picked(self, model_id: str) -> None:
+        """The artist picked a model: its defaults go into the controls (steps, strength, ...;
+        whatever the daemon's `models` reply gives for the options shown here).  What the
+        artist changes afterwards stays until another model is picked."""
+        self._set("model", model_id)
+        caps = self.controller.model_caps()
+        for name, value in caps.apply.items():
+            widget: Any = self.option_widgets.get(name)
+            if isinstance(widget, QComboBox):
+                index = widget.findData(value)
+                if index >= 0:
+                    widget.setCurrentIndex(index)
+            elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+                widget.setValue(value)
+            elif isinstance(widget, QCheckBox):
+                widget.setChecked(value)
+            elif isinstance(widget, QLineEdit):
+                widget.setText(value)
+        self._show_model_caps(caps)
+
+    def _show_model_caps(self, caps: editor.ModelCaps | None = None) -> None:
+        """Switch off the controls the picked model ignores (the tooltip says why) and the
+        list choices it does not take; everything back on for a model that takes them."""
+        caps = caps if caps is not None else self.controller.model_caps()
+        for opt in editor.shown_in(KRITA):
+            widget = self.option_widgets[opt.name]
+            why = caps.disabled.get(opt.name, "")
+            widget.setEnabled(not why)
+            widget.setToolTip(why or opt.tip)
+            if opt.choices and isinstance(widget, QComboBox):
+                allowed = editor.allowed_choices(opt, caps)
+                items = widget.model()
+                for i in range(widget.count()):
+                    item = items.item(i) if hasattr(items, "item") else None
+                    if item is not None:
+                        item.setEnabled(widget.itemData(i) in allowed)
 
     def _endpoint_edited(self) -> None:
         self.controller.set_endpoint(self.endpoint.text().strip())
@@ -258,6 +295,7 @@ class InpaintPanel(QWidget):
         self.model.blockSignals(False)
         if index < 0 and wanted:
             self._set("model", "")  # the saved model is gone from this daemon: back to its default
+        self._show_model_caps()  # the values stay: they are the artist's until a model is picked
 
 
 try:  # the DockWidget wrapper exists only inside Krita

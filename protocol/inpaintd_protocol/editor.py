@@ -10,13 +10,13 @@ Krita's Python 3.10/3.11 and GIMP's 3.12/3.13, and loads where pyzmq is missing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .connection import is_loopback, resolve_endpoint
 from .messages import LIMITS, Limits
-from .options import OPTIONS, Option
+from .options import BY_NAME, OPTIONS, Option
 from .rect import Rect
 
 #: The largest int an editor's widgets hold (Qt's spin boxes and GIMP's int arguments are
@@ -95,6 +95,156 @@ def job_options(values: Mapping[str, Any], editor: str, limits: Limits = LIMITS)
             value = opt.kind(min(max(value, low), high))
         out[opt.name] = value
     return out
+
+
+# -- a model's defaults ----------------------------------------------------------------------
+
+#: The `takes` entries of a `models` reply (PROTOCOL.md 5.3) that switch a job option off
+#: when false: that option's control is disabled, and its value is not sent.
+_TAKES_OPTION = {"negative_prompt": "negative_prompt"}
+
+_TAKES_WORDS = {"negative_prompt": "a negative prompt"}
+
+#: The job options a picked model can switch off (see ModelCaps.disabled).
+SWITCHABLE_OPTIONS: frozenset[str] = frozenset(_TAKES_OPTION.values())
+
+
+@dataclass(frozen=True)
+class ModelCaps:
+    """What an editor does with one entry of the daemon's `models` reply (PROTOCOL.md 5.3):
+    the values to apply when the artist picks the model, the controls it switches off and
+    the scheduler names it takes.  `known` is false for no entry, and for an entry of an
+    older daemon that says none of this: then the editor changes nothing."""
+
+    model_id: str = ""
+    label: str = ""  # the family's name ("FLUX.1 Fill"); "" for classical and not-known-yet models
+    engine: str = ""
+    known: bool = False
+    #: Every default the entry gives, by option name, each checked against the option table.
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: Those of `defaults` the editor shows: what it puts in its controls on a pick.
+    apply: dict[str, Any] = field(default_factory=dict)
+    #: Option name -> why it is off (a tooltip), for options the editor shows and the model ignores.
+    disabled: dict[str, str] = field(default_factory=dict)
+    #: The `scheduler` values the model takes; () where the entry does not say (all of them).
+    schedulers: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The model in words: its family's name, else its id."""
+        return self.label or self.model_id
+
+
+def find_model(models: Iterable[Mapping[str, Any]], model_id: str, default_id: str = "") -> Mapping[str, Any] | None:
+    """The entry of `model_id` in a `models` reply's list; "" is the daemon's default model
+    (`default_id`, from the reply's `default` or hello's `default_model`).  None if absent."""
+    wanted = (model_id or "").strip() or (default_id or "")
+    if not wanted:
+        return None
+    for entry in models:
+        if isinstance(entry, Mapping) and entry.get("id") == wanted:
+            return entry
+    return None
+
+
+def _default_value(opt: Option, value: Any, limits: Limits) -> Any:
+    """`value` as option `opt` takes it, or None where it cannot be: a number inside the
+    editor's bounds, a string among the choices."""
+    if opt.kind is str:
+        return value if isinstance(value, str) and (not opt.choices or value in opt.choices) else None
+    if opt.kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
+        return None
+    low, high = bounds(opt, limits)
+    return opt.kind(min(max(value, low), high))
+
+
+def model_caps(entry: Mapping[str, Any] | None, editor: str, limits: Limits = LIMITS) -> ModelCaps:
+    """What picking the model of `entry` (an item of the `models` reply) does in `editor`'s
+    form.  Tolerant: an entry without `defaults` (an older daemon), a default that is not a
+    job option or not a valid value, are left out, never an error."""
+    if not isinstance(entry, Mapping):
+        return ModelCaps()
+    model_id, label = str(entry.get("id") or ""), str(entry.get("label") or "")
+    engine = str(entry.get("engine") or "")
+    raw_defaults, raw_takes = entry.get("defaults"), entry.get("takes")
+    if not isinstance(raw_defaults, Mapping) and not isinstance(raw_takes, Mapping):
+        return ModelCaps(model_id, label, engine)
+    shown = {o.name for o in shown_in(editor)}
+    defaults: dict[str, Any] = {}
+    for name, value in (raw_defaults if isinstance(raw_defaults, Mapping) else {}).items():
+        opt = BY_NAME.get(str(name))
+        checked = None if opt is None else _default_value(opt, value, limits)
+        if opt is not None and checked is not None:
+            defaults[opt.name] = checked
+    listed = entry.get("schedulers")
+    schedulers = tuple(s for s in listed if isinstance(s, str)) if isinstance(listed, (list, tuple)) else ()
+    if schedulers and defaults.get("scheduler") not in (None, *schedulers):
+        defaults.pop("scheduler")
+    who = label or model_id or "This model"
+    disabled = {
+        option: f"{who} does not use {_TAKES_WORDS[take]}; it is not sent"
+        for take, option in _TAKES_OPTION.items()
+        if isinstance(raw_takes, Mapping) and raw_takes.get(take) is False and option in shown
+    }
+    apply = {name: value for name, value in defaults.items() if name in shown}
+    return ModelCaps(model_id, label, engine, True, defaults, apply, disabled, schedulers)
+
+
+def model_defaults(entry: Mapping[str, Any] | None, editor: str, limits: Limits = LIMITS) -> dict[str, Any]:
+    """Option name -> value: what `editor` puts in its controls when the artist picks the
+    model of `entry` (only options it shows; empty for an older daemon's entry)."""
+    return dict(model_caps(entry, editor, limits).apply)
+
+
+def allowed_choices(option: Option, caps: ModelCaps) -> tuple[str, ...]:
+    """The values of a list option the picked model takes: the scheduler names it lists,
+    every choice otherwise (and where the entry does not say)."""
+    if option.name == "scheduler" and caps.schedulers:
+        return tuple(c for c in option.choices if c in caps.schedulers)
+    return option.choices
+
+
+def for_model(options: Mapping[str, Any], caps: ModelCaps) -> dict[str, Any]:
+    """The job options to send for the picked model: a number left at 0, the protocol's
+    "the model's default" (steps, guidance), becomes that default, so the editor can say
+    which values the job ran with; an option the model ignores (a disabled control) is sent
+    as its protocol default.  Unchanged for an unknown model."""
+    out = dict(options)
+    for name, value in caps.defaults.items():
+        opt = BY_NAME[name]
+        if name in out and opt.kind in (int, float) and opt.default == 0 and out[name] == 0 and value:
+            out[name] = value
+    for name in caps.disabled:
+        if name in out:
+            out[name] = BY_NAME[name].default
+    return out
+
+
+def settings_text(options: Mapping[str, Any], caps: ModelCaps) -> str:
+    """One line saying what a job runs with, e.g. "FLUX.1 Fill: 50 steps, guidance 30,
+    strength 1": the sent `options` (after for_model), else the model's defaults, which the
+    daemon applies.  "" where the model is not known, and for a classical model (none of
+    these values apply to it)."""
+    if not caps.known or caps.engine == "classical":
+        return ""
+
+    def value(name: str) -> Any:
+        sent = options.get(name)
+        return sent if sent not in (None, 0, "") else caps.defaults.get(name)
+
+    parts = []
+    steps, guidance, strength, scheduler = (value(n) for n in ("steps", "guidance_scale", "strength", "scheduler"))
+    if steps:
+        parts.append(f"{steps} steps")
+    if guidance:
+        parts.append(f"guidance {guidance:g}")
+    if strength is not None:
+        parts.append(f"strength {strength:g}")
+    if scheduler and scheduler != "default":
+        parts.append(f"scheduler {scheduler}")
+    return f"{caps.name}: {', '.join(parts)}" if parts else caps.name
 
 
 # -- the crop ------------------------------------------------------------------------------
