@@ -45,6 +45,8 @@ def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
         ("FluxKontextInpaintPipeline", 768, Arch.FLUX_KONTEXT),
         ("Flux2KleinPipeline", 768, Arch.FLUX2_KLEIN),  # what FLUX.2-klein-4B's model_index.json says
         ("Flux2KleinInpaintPipeline", 768, Arch.FLUX2_KLEIN),
+        ("QwenImageEditPipeline", 3584, Arch.QWEN_EDIT),  # what Qwen-Image-Edit's model_index.json says
+        ("QwenImageEditInpaintPipeline", 3584, Arch.QWEN_EDIT),
     ],
 )
 def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
@@ -55,14 +57,15 @@ def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch
     "class_name",
     [
         "StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextInpaintPipelineX", "Flux2Pipeline",
-        "Flux2KleinKVPipeline", "StableDiffusion3ControlNetPipeline", "",
+        "Flux2KleinKVPipeline", "StableDiffusion3ControlNetPipeline", "QwenImageEditPlusPipeline", "",
     ],
 )
 def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) -> None:
     """`startswith("StableDiffusion")` once let an SD3 folder into the SD 1.5 class; SD 3 is
     served now, by its own row, and FLUX text-to-image is still neither a Fill nor a
     Kontext model (its transformer never saw the image's tokens); names match exactly.
-    FLUX.2 [dev] (Mistral encoder) and klein 9B KV (cached image tokens) are not klein."""
+    FLUX.2 [dev] (Mistral encoder) and klein 9B KV (cached image tokens) are not klein;
+    Qwen-Image-Edit 2509/2511 (another template, several pictures) are not Qwen-Image-Edit."""
     with pytest.raises(UnsupportedModel) as err:
         family_of_folder(_folder(tmp_path, class_name, denoiser="transformer"))
     assert (class_name or "unknown class") in str(err.value) and "supported:" in str(err.value)
@@ -115,7 +118,7 @@ def test_kontext_row() -> None:
     assert fam.inpaint_pipeline == "FluxKontextInpaintPipeline" and "FluxKontextPipeline" in fam.pipeline_classes
     assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
     assert fam.default_steps == 28 and fam.default_guidance == 2.5 and not fam.negative_prompt and fam.pins_size
-    assert not any(f.pins_size for f in FAMILIES.values() if f is not fam)
+    assert [f.arch for f in FAMILIES.values() if f.pins_size] == [Arch.FLUX_KONTEXT, Arch.QWEN_EDIT]
     assert "FluxPipeline" not in fam.pipeline_classes
 
 
@@ -128,12 +131,16 @@ def test_klein_row() -> None:
     assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
     assert fam.default_steps == 4 and fam.default_guidance == 1.0 and fam.negative_prompt
     assert not fam.pooled_prompt and not fam.pins_size and fam.max_pixels == 1024 * 1024
-    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN]
+    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN, Arch.QWEN_EDIT]
 
 
 @pytest.mark.parametrize(
     ("family", "class_name", "arch"),
-    [("flux-kontext", "FluxKontextPipeline", Arch.FLUX_KONTEXT), ("flux2-klein", "Flux2KleinPipeline", Arch.FLUX2_KLEIN)],
+    [
+        ("flux-kontext", "FluxKontextPipeline", Arch.FLUX_KONTEXT),
+        ("flux2-klein", "Flux2KleinPipeline", Arch.FLUX2_KLEIN),
+        ("qwen-edit", "QwenImageEditPipeline", Arch.QWEN_EDIT),
+    ],
 )
 def test_the_tiny_models_are_recognised(tmp_path: Path, family: str, class_name: str, arch: Arch) -> None:
     """`make-test-model --family` writes the class the real repos carry, and the folder is
@@ -145,6 +152,26 @@ def test_the_tiny_models_are_recognised(tmp_path: Path, family: str, class_name:
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == class_name
     fam = family_of_folder(folder)
     assert fam.arch == arch and native_size_of_folder(folder, fam) == 64
+
+
+def test_qwen_edit_row() -> None:
+    """Qwen-Image-Edit: the flow loop with true CFG (4, with a negative prompt) over 50 steps,
+    the prompt read with the picture (no pooled embedding), the size pinned (its pipeline would
+    work at 1024^2 whatever it is given), no reference input, the processor optional."""
+    fam = FAMILIES[Arch.QWEN_EDIT]
+    assert fam.arch.value == "qwen-edit" and fam.loop == Loop.FLOW and fam.denoiser == "transformer"
+    assert fam.inpaint_pipeline == "QwenImageEditInpaintPipeline" and "QwenImageEditPipeline" in fam.pipeline_classes
+    assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
+    assert fam.default_steps == 50 and fam.default_guidance == 4.0 and fam.negative_prompt and fam.true_cfg
+    assert fam.vision_prompt and not fam.pooled_prompt and fam.pins_size and fam.max_pixels is None
+    assert not fam.reference_image and fam.optional_components == ("processor",)
+    assert [f.arch for f in FAMILIES.values() if f.vision_prompt or f.true_cfg] == [Arch.QWEN_EDIT]
+
+
+def test_reference_rows() -> None:
+    """FLUX.1 Kontext takes one reference, FLUX.2 klein up to four (BFL's limit); no other family takes one."""
+    takes = {f.arch: f.max_references for f in FAMILIES.values() if f.reference_image}
+    assert takes == {Arch.FLUX_KONTEXT: 1, Arch.FLUX2_KLEIN: 4}
 
 
 def test_flow_families_rows() -> None:

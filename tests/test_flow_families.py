@@ -1,9 +1,11 @@
-"""SD 3.5, FLUX.1 Fill and Kontext, and FLUX.2 klein end to end, on tiny random pipelines built offline (#11).
+"""SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein and Qwen-Image-Edit end to end, on tiny random
+pipelines built offline (#11).
 
 One daemon per family, over a real socket: the `models` reply names the family, pixels
 outside the grown and feathered mask come back bit-identical, a seed means the same pixels,
-every denoising step is reported, and a cancel stops the job within a step.  Plus what the
-engine and the registry do with these folders in-process.
+every denoising step is reported, a cancel stops the job within a step, and reference images
+reach the families that take them (and are refused by the others).  Plus what the engine and
+the registry do with these folders in-process.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from inpaintd.testmodel import (  # noqa: E402
     make_sd3_test_model,
 )
 from inpaintd_protocol.client import Client, Job  # noqa: E402
-from inpaintd_protocol.messages import CancelCode, JobOptions  # noqa: E402
+from inpaintd_protocol.messages import CancelCode, JobOptions, ProtocolError  # noqa: E402
 
-FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein")
+FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit")
 W, H = 96, 80
 GROW, FEATHER = 8, 16  # the option defaults
 
@@ -65,9 +67,10 @@ def hole() -> np.ndarray:
     return mask
 
 
-def submit(c: Client, image: np.ndarray, mask: np.ndarray, **options) -> Job:
+def submit(c: Client, image: np.ndarray, mask: np.ndarray, references: tuple[np.ndarray, ...] = (), **options) -> Job:
     h, w, ch = image.shape
-    return c.submit(image.tobytes(), w, h, ch, mask.tobytes(), JobOptions(**options))
+    refs = [(r.tobytes(), r.shape[1], r.shape[0], r.shape[2]) for r in references]
+    return c.submit(image.tobytes(), w, h, ch, mask.tobytes(), JobOptions(**options), references=refs)
 
 
 def layer_array(layer) -> np.ndarray:
@@ -161,6 +164,27 @@ def test_cancel_stops_within_a_step(flow_daemon: tuple[str, DaemonProcess]) -> N
         assert nxt.state == "done"
 
 
+def test_reference_images_reach_the_families_that_take_them(flow_daemon: tuple[str, DaemonProcess]) -> None:
+    """Kontext and klein condition on a reference (`image_reference`): it changes the pixels
+    inside the mask, never outside, and the same job without one gives the very pixels it
+    gave before (nothing of the reference stays behind).  The other families refuse one."""
+    family, d = flow_daemon
+    image, mask = photo(2), hole()
+    reference = photo(7)[:48, :40].copy()  # any size: the loop scales and rounds it
+    with d.client() as c:
+        if not family_row(family).reference_image:
+            with pytest.raises(ProtocolError) as err:
+                submit(c, image, mask, references=(reference,), steps=2)
+            assert "reference" in str(err.value)
+            return
+        runs = [c.wait(submit(c, image, mask, references=refs, steps=3, seed=9), timeout=120).raise_for_error()
+                for refs in ((), (reference,), ())]
+    before, with_reference, after = (layer_array(job.layers[0]) for job in runs)
+    assert not np.array_equal(before, with_reference)
+    assert np.array_equal(before, after)
+    assert_outside_identical(image, mask, runs[1].layers[0])
+
+
 def test_a_unet_scheduler_is_refused_by_name(flow_daemon: tuple[str, DaemonProcess]) -> None:
     _, d = flow_daemon
     with d.client() as c:
@@ -213,6 +237,7 @@ def test_sd3_without_t5_and_exact_step_counts(tmp_path: Path) -> None:
         ("black-forest-labs/FLUX.1-Fill-dev", "flux-fill", 50),
         ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", 28),
         ("black-forest-labs/FLUX.2-klein-4B", "flux2-klein", 4),
+        ("Qwen/Qwen-Image-Edit", "qwen-edit", 50),
     ],
 )
 def test_a_cached_snapshot_is_listed_with_its_family(tmp_path: Path, flow_models: dict[str, Path],
@@ -309,5 +334,125 @@ def test_klein_above_a_megapixel_comes_back_at_the_job_size(flow_models: dict[st
         mask[256:768, 256:768] = 255
         out = engine.generate(_request(image=image, mask=mask, steps=1, strength=1.0), lambda *a: None, lambda: False)
         assert [i.shape for i in out.images] == [(1024, 1040, 3)]
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_kontext_and_klein_hand_references_to_their_pipelines(flow_models: dict[str, Path]) -> None:
+    """A job's references reach `image_reference` as the loop prepares them (RGB, sides rounded
+    to 16): Kontext's output equals its own pipeline's given the same reference, and without
+    one its pipeline's without; klein appends every reference (two give other pixels than one)."""
+    import torch
+    from PIL import Image
+
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.engines.flow_inpaint import reference_picture
+
+    image = np.random.default_rng(8).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    mask = np.zeros((48, 80), np.uint8)
+    mask[8:40, 16:64] = 255
+    first = np.random.default_rng(9).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # runs at 32x48
+    second = np.random.default_rng(10).integers(0, 256, (64, 64, 4), dtype=np.uint8)  # alpha dropped
+    assert reference_picture(first).size == (48, 32) and reference_picture(second).mode == "RGB"
+
+    def ours(engine: DiffusersEngine, *refs: np.ndarray) -> np.ndarray:
+        out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=2.5,
+                                       references=list(refs)), lambda *a: None, lambda: False)
+        assert not out.notes and out.images[0].shape == (48, 80, 3)
+        return out.images[0]
+
+    engine = DiffusersEngine(flow_models["flux-kontext"], device="cpu")
+    try:
+        def theirs(**extra) -> np.ndarray:
+            with torch.inference_mode():
+                pixels = engine.pipe(
+                    image=Image.fromarray(image), mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
+                    height=48, width=80, strength=1.0, num_inference_steps=3, guidance_scale=2.5,
+                    generator=[torch.Generator().manual_seed(1)], output_type="np", return_dict=False,
+                    _auto_resize=False, max_area=48 * 80, **extra,
+                )[0][0]
+            return np.round(pixels * 255).astype(int)
+
+        plain, referenced = ours(engine), ours(engine, first)
+        assert not np.array_equal(plain, referenced)
+        assert np.abs(plain.astype(int) - theirs()).max() <= 1
+        assert np.abs(referenced.astype(int) - theirs(image_reference=reference_picture(first))).max() <= 1
+        assert engine._flow.reference_note(1) is None and "at most 1" in str(engine._flow.reference_note(2))
+    finally:
+        engine.close()
+
+    engine = DiffusersEngine(flow_models["flux2-klein"], device="cpu")
+    try:
+        one, two = ours(engine, first), ours(engine, first, second)
+        assert not np.array_equal(one, two) and not np.array_equal(one, ours(engine))
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_qwen_edit_through_the_loop(flow_models: dict[str, Path]) -> None:
+    """Qwen-Image-Edit: the loop gives its pipeline's own pixels (prompt read with the picture
+    by the Qwen2.5-VL encoder, true CFG with the negative prompt, packed latents, the 3D VAE's
+    per-channel mean and std) at the runner's size, which the stock pipeline would replace by
+    1024^2 pixels; the picture-dependent embeddings are reused only for the same pixels."""
+    import sys
+
+    import torch
+    from PIL import Image
+
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.engines.flow_inpaint import QwenVLProcessor, pinned_size
+
+    engine = DiffusersEngine(flow_models["qwen-edit"], device="cpu")
+    try:
+        pipe = engine.pipe
+        caps = engine.caps
+        assert caps.family == "qwen-edit" and caps.default_steps == 50 and caps.default_guidance == 4.0
+        assert caps.size_multiple == 16 and caps.native_size == TEST_NATIVE_SIZE
+        assert isinstance(pipe.processor, QwenVLProcessor)  # saved without one (no torchvision here)
+        sizing = sys.modules[type(pipe).__module__].calculate_dimensions
+        assert sizing(1024 * 1024, 80 / 48)[:2] != (80, 48)  # the stock choice: about a megapixel
+        with pinned_size(80, 48):
+            assert sizing(1024 * 1024, 80 / 48)[:2] == (80, 48)
+
+        encoded: list[str] = []
+        encode = pipe.encode_prompt
+
+        def counting(**kwargs):
+            if kwargs.get("prompt") is not None:  # the pipeline's own pass-through of our embeddings is no encode
+                encoded.append(kwargs["prompt"])
+            return encode(**kwargs)
+
+        pipe.encode_prompt = counting
+        rng = np.random.default_rng(11)
+        image, other = (rng.integers(0, 256, (48, 80, 3), dtype=np.uint8) for _ in range(2))
+        mask = np.zeros((48, 80), np.uint8)
+        mask[8:40, 16:64] = 255
+
+        def run(picture: np.ndarray, guidance: float = 4.0, seeds: tuple[int, ...] = (1,)) -> list[np.ndarray]:
+            out = engine.generate(_request(image=picture, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
+                                           negative_prompt="blurry", seeds=list(seeds)), lambda *a: None, lambda: False)
+            assert not out.notes and all(i.shape == (48, 80, 3) for i in out.images)
+            return out.images
+
+        ours = run(image)[0]
+        assert encoded == ["a cat", "blurry"]  # the negative side too: CFG at 4
+        assert np.array_equal(run(image, seeds=(0, 1))[1], ours) and len(encoded) == 2  # same pixels: reused
+        run(other)
+        assert encoded[2:] == ["a cat", "blurry"]  # another picture: encoded again
+        cache = engine._flow._vision_cache
+        by_picture = [emb for (text, _), (emb, _mask) in cache.items() if text == "a cat"]
+        assert len(by_picture) == 2 and not torch.equal(*by_picture)
+        assert not np.array_equal(run(image, guidance=1.0)[0], ours)  # no CFG ...
+        assert len(encoded) == 4  # ... and no negative to encode (the positive is cached)
+
+        pipe.encode_prompt = encode
+        with torch.inference_mode(), pinned_size(80, 48):
+            theirs = pipe(image=Image.fromarray(image), mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
+                          negative_prompt="blurry", true_cfg_scale=4.0, strength=1.0, num_inference_steps=3,
+                          generator=[torch.Generator().manual_seed(1)], output_type="np", return_dict=False)[0][0]
+        assert theirs.shape == (48, 80, 3)
+        assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
     finally:
         engine.close()

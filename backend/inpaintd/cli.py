@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how diffusion models sit in GPU memory: gpu (all of it), offload (a component at a time), group "
                         "(a block at a time, prefetched), sequential (a layer at a time, slowest); auto picks the first "
                         "whose estimated peak fits the free VRAM (`inpaintd models` shows the estimates; default %(default)s)")
+    p.add_argument("--quantize", default="", metavar="PLAN",
+                   help="store diffusion weights in fewer bits: METHOD for the denoiser, or COMPONENT=METHOD,... with "
+                        "components denoiser (unet/transformer) and text_encoder (the large one: T5 or Qwen) and methods "
+                        "none, fp8 (layerwise casting), int8, nf4 (SDNQ), gguf (the weights of a .gguf model file); "
+                        "e.g. --quantize int8,text_encoder=nf4 (default: none)")
+    p.add_argument("--model-config", action="append", default=[], metavar="MODEL=CONFIG",
+                   help="the diffusers folder or Hub repo id that lays out a single-file model (its configs and the "
+                        "parts the file lacks: a FLUX transformer file needs the rest of its pipeline); repeatable")
     p.add_argument("--allow-download", action="store_true", help="let the daemon download missing models from the Hugging Face hub")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickle-based checkpoints (.ckpt, .bin): they can run code")
     p.add_argument("--no-auth", action="store_true", help="do not sign messages (loopback only)")
@@ -200,26 +208,15 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
         logging.getLogger("inpaintd").warning(
             "listening on %s, which other machines can reach: messages are signed but not encrypted; "
             "add --curve to encrypt them", endpoint)
-    if args.engine == "classical" and not args.model:
-        from .models import fallback_model
-
-        default = fallback_model()
-    else:
-        default = args.model
     if args.warm_models < 1 or (args.memory_budget_gb is not None and args.memory_budget_gb <= 0):
         print("inpaintd: --warm-models must be at least 1 and --memory-budget-gb positive", file=sys.stderr)
         return 2
-    registry = ModelRegistry(
-        [m for m in [args.model, *args.extra_model] if m],
-        default=default,
-        allow_download=args.allow_download,
-        device=args.device,
-        allow_pickle=args.allow_pickle,
-        compile=args.compile,
-        warm_models=args.warm_models,
-        memory_budget_bytes=_budget_bytes(args),
-        memory=args.memory,
-    )
+    try:
+        model_args = _model_args(args)
+    except ValueError as exc:
+        print(f"inpaintd: {exc}", file=sys.stderr)
+        return 2
+    registry = ModelRegistry(**model_args)
     if args.model and registry.default_model_id != registry.get(args.model).id:
         info = registry.get(args.model)
         print(f"inpaintd: model '{args.model}' is not available: {info.detail}", file=sys.stderr)
@@ -231,7 +228,7 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
     executor = None
     if args.executor == "ray":
         try:
-            executor = _ray_executor(args, default, registry.default_model_id)
+            executor = _ray_executor(args, registry.default_model_id)
         except (ImportError, ValueError) as exc:
             print(f"inpaintd: {exc}", file=sys.stderr)
             return 2
@@ -252,22 +249,39 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
     return 0
 
 
+def _model_args(args: argparse.Namespace) -> dict[str, Any]:
+    """ModelRegistry's keyword arguments from serve's flags: the gateway's registry and each
+    Ray replica's are built from the same.  ValueError names a malformed flag."""
+    from .engines.quantize import parse_quantize
+    from .models import fallback_model
+
+    configs: dict[str, str] = {}
+    for item in args.model_config:
+        model, sep, config = item.rpartition("=")
+        if not sep or not model or not config:
+            raise ValueError(f"--model-config wants MODEL=CONFIG (a diffusers folder or repo id), not '{item}'")
+        configs[model] = config
+    default = fallback_model() if args.engine == "classical" and not args.model else args.model
+    return {
+        "models": [m for m in [args.model, *args.extra_model] if m], "default": default,
+        "allow_download": args.allow_download, "device": args.device, "allow_pickle": args.allow_pickle,
+        "configs": configs, "compile": args.compile, "warm_models": args.warm_models,
+        "memory_budget_bytes": _budget_bytes(args), "memory": args.memory, "quantize": parse_quantize(args.quantize),
+    }
+
+
 def _budget_bytes(args: argparse.Namespace) -> int | None:
     return None if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30))
 
 
-def _ray_executor(args: argparse.Namespace, default: str | None, preload: str) -> Any:
+def _ray_executor(args: argparse.Namespace, preload: str) -> Any:
     """The executor `--executor ray` asks for: replicas built from the same model arguments
     as this daemon's registry.  Ray is imported only here, only for it."""
     from .ray_executor import RayExecutor, RayOptions, parse_replicas, require_ray
 
     require_ray()
     low, high = parse_replicas(args.replicas)
-    registry_args = {
-        "models": [m for m in [args.model, *args.extra_model] if m], "default": default, "allow_download": args.allow_download,
-        "device": args.device, "allow_pickle": args.allow_pickle, "compile": args.compile,
-        "warm_models": args.warm_models, "memory_budget_bytes": _budget_bytes(args), "memory": args.memory,
-    }
+    registry_args = _model_args(args)
     options = RayOptions(address=args.ray_address, min_replicas=low, max_replicas=high, gpus_per_replica=args.gpus_per_replica)
     return RayExecutor(registry_args, options, preload=preload)
 

@@ -33,6 +33,7 @@ class Arch(str, Enum):
     FLUX_FILL = "flux-fill"
     FLUX_KONTEXT = "flux-kontext"
     FLUX2_KLEIN = "flux2-klein"
+    QWEN_EDIT = "qwen-edit"
 
 
 class Loop(str, Enum):
@@ -111,6 +112,20 @@ class Family:
     #: Qwen3): what `--quantize text_encoder=` means, and what low-memory modes may drop
     #: where it is optional.  "" where no encoder is large (SD 1.x/2.x/SDXL's CLIPs).
     large_text_encoder: str = ""
+    #: The pipeline conditions on reference images besides the picture (FLUX.1 Kontext's and
+    #: FLUX.2 klein's `image_reference`): a job's `references` reach it.
+    reference_image: bool = False
+    #: How many references it conditions on at once, where it takes any: Kontext's one replaces
+    #: the picture in its sequence; klein appends each to its sequence.
+    max_references: int = 1
+    #: Its guidance is classifier-free guidance given as the pipeline's `true_cfg_scale`, with
+    #: the negative prompt's embeddings (Qwen-Image); its `guidance_scale` is the distilled
+    #: guidance embedding of checkpoints that have one, and these have none.
+    true_cfg: bool = False
+    #: The text encoder is a vision-language model that reads the picture with the prompt
+    #: (Qwen-Image-Edit's Qwen2.5-VL): prompt embeddings depend on the job's image, so they
+    #: are encoded per image, never reused across images.
+    vision_prompt: bool = False
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -126,6 +141,76 @@ def _has_prefix(prefix: str) -> Callable[[dict[str, Any]], bool]:
 def _never(header: dict[str, Any]) -> bool:
     """Single files of this family are not loaded yet (they need their own layout rules)."""
     return False
+
+
+# -- the transformer families' single files ----------------------------------------------
+#
+# A header here is what `read_single_file_header` gives: tensor name -> {"dtype", "shape"}
+# (shapes in torch's order, also for a GGUF's quantised tensors), with the file's metadata
+# under "__metadata__".  Stability's SD 3.x files and ComfyUI's saves put the denoiser under
+# "model.diffusion_model."; BFL's FLUX files and city96's GGUFs have bare names.
+
+_DENOISER_PREFIX = "model.diffusion_model."
+#: Prefixes of the other parts a checkpoint may bundle (VAE, text encoders).
+_OTHER_PARTS = ("first_stage_model.", "text_encoders.", "vae.", "cond_stage_model.", "conditioner.")
+
+
+def _denoiser(header: dict[str, Any]) -> dict[str, Any]:
+    """The denoiser's tensors by their names in the original layout, without the prefix."""
+    out: dict[str, Any] = {}
+    for key, info in header.items():
+        if key.startswith(_DENOISER_PREFIX):
+            out[key[len(_DENOISER_PREFIX):]] = info
+        elif key != "__metadata__" and not key.startswith(_OTHER_PARTS):
+            out[key] = info
+    return out
+
+
+def _shape(info: Any) -> list[int]:
+    return list(info.get("shape") or []) if isinstance(info, dict) else []
+
+
+def _is_sd3(header: dict[str, Any]) -> bool:
+    """Stability's MMDiT (SD 3, 3.5 Large/Turbo/Medium): joint blocks of an x and a context stream."""
+    keys = _denoiser(header)
+    return "joint_blocks.0.x_block.attn.qkv.weight" in keys and "context_embedder.weight" in keys
+
+
+def _flux1_input_channels(header: dict[str, Any]) -> int:
+    """The packed channels a FLUX.1 transformer with guidance embedding takes in (Fill 384,
+    dev and Kontext 64, Depth/Canny 128); 0 for anything else, FLUX.1 schnell (no guidance
+    embedding), FLUX.2 and Chroma (FLUX.1's blocks, other embedders) included."""
+    keys = _denoiser(header)
+    if "double_blocks.0.img_attn.norm.key_norm.scale" not in keys or "guidance_in.in_layer.weight" not in keys:
+        return 0
+    if "single_stream_modulation.lin.weight" in keys or any(k.startswith("distilled_guidance_layer.") for k in keys):
+        return 0
+    shape = _shape(keys.get("img_in.weight"))
+    return shape[1] if len(shape) == 2 else 0
+
+
+def _is_flux_fill(header: dict[str, Any]) -> bool:
+    return _flux1_input_channels(header) == 384
+
+
+def _metadata_text(header: dict[str, Any]) -> str:
+    """What a file's metadata says of its model, lower-cased (safetensors `modelspec.*`, a
+    GGUF's `general.name`); "" where it says nothing."""
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        return ""
+    wanted = ("modelspec.title", "modelspec.architecture", "modelspec.description", "general.name", "general.basename")
+    return " ".join(str(meta[k]) for k in wanted if isinstance(meta.get(k), str)).lower()
+
+
+def _is_flux_kontext(header: dict[str, Any]) -> bool:
+    """A 64-channel FLUX.1 transformer with guidance: Kontext dev and plain FLUX.1 dev have the
+    same tensors, names and shapes, so this takes one for Kontext unless its metadata names
+    FLUX.1 dev and not Kontext (the only 64-channel FLUX.1 family inpaintd runs)."""
+    if _flux1_input_channels(header) != 64:
+        return False
+    said = _metadata_text(header)
+    return "kontext" in said or not ("dev" in said and "flux" in said)
 
 
 FAMILIES: dict[Arch, Family] = {
@@ -146,8 +231,10 @@ FAMILIES: dict[Arch, Family] = {
         default_steps=28,
         schedulers=_FLOW_SCHEDULERS,
         default_fill="neutral",
+        # Large and Large Turbo share this layout; `inspect_single_file` picks Medium's repo
+        # for a Medium file (its MMDiT-X blocks), as the configs differ.
         reference_repos=("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large"),
-        single_file_match=_never,
+        single_file_match=_is_sd3,  # Stability's MMDiT layout (joint_blocks)
         safety_checker=False,
         loop=Loop.FLOW,
         default_guidance=3.5,  # Large 3.5, Medium about 4.5, Turbo 0
@@ -168,7 +255,7 @@ FAMILIES: dict[Arch, Family] = {
         schedulers=_FLOW_SCHEDULERS,
         default_fill="neutral",
         reference_repos=("black-forest-labs/FLUX.1-Fill-dev", "black-forest-labs/FLUX.1-Fill-dev"),
-        single_file_match=_never,
+        single_file_match=_is_flux_fill,  # BFL's layout, 64 + 64 + 256 in
         safety_checker=False,
         loop=Loop.FLOW,
         negative_prompt=False,  # guidance-distilled: no classifier-free guidance
@@ -192,13 +279,19 @@ FAMILIES: dict[Arch, Family] = {
         schedulers=_FLOW_SCHEDULERS,
         default_fill="neutral",
         reference_repos=("black-forest-labs/FLUX.1-Kontext-dev", "black-forest-labs/FLUX.1-Kontext-dev"),
-        single_file_match=_never,
+        # FLUX.1 dev's layout, 64 channels in, with the guidance embedding.  Plain FLUX.1 dev
+        # files have the very same tensors: only metadata that says "dev" without "kontext"
+        # tells them apart (`_is_flux_kontext`).
+        single_file_match=_is_flux_kontext,
         safety_checker=False,
         loop=Loop.FLOW,
         negative_prompt=False,  # guidance-distilled (true CFG is off at diffusers' default)
         default_guidance=2.5,  # BFL's model card (diffusers' own default is 3.5)
         pins_size=True,
         large_text_encoder="text_encoder_2",
+        # `image_reference`: the reference's latents take the picture's place in its sequence,
+        # and the masked region is painted after it (diffusers' Kontext inpaint).
+        reference_image=True,
     ),
     Arch.FLUX2_KLEIN: Family(
         arch=Arch.FLUX2_KLEIN,
@@ -229,6 +322,10 @@ FAMILIES: dict[Arch, Family] = {
         pooled_prompt=False,
         max_pixels=1024 * 1024,
         large_text_encoder="text_encoder",
+        # `image_reference`: each reference's latents join the picture's in its sequence (the
+        # pipeline scales them to at most 1024^2, all to the first one's size).
+        reference_image=True,
+        max_references=4,  # BFL's limit for klein 4B and 9B
     ),
     Arch.SDXL: Family(
         arch=Arch.SDXL,
@@ -284,10 +381,47 @@ FAMILIES: dict[Arch, Family] = {
         single_file_match=_has_prefix("model.diffusion_model.input_blocks."),
         textual_inversion=True,
     ),
+    Arch.QWEN_EDIT: Family(
+        arch=Arch.QWEN_EDIT,
+        label="Qwen-Image-Edit",
+        inpaint_pipeline="QwenImageEditInpaintPipeline",
+        # An instruction-editing model: Qwen-Image's 20 B MMDiT (64 packed channels in), which
+        # also attends to the packed latents of the whole picture appended to its sequence,
+        # and a Qwen2.5-VL 7B text encoder that reads the picture with the instruction.  The
+        # repo is saved as the editing class; the inpaint pipeline blends the known latents
+        # back in under the mask.  (Edit-2509/2511 are QwenImageEditPlusPipeline: another
+        # prompt template and multi-image input, not this pipeline.)
+        pipeline_classes=frozenset({"QwenImageEditPipeline", "QwenImageEditInpaintPipeline"}),
+        denoiser="transformer",
+        # The pipeline works at 1024^2 pixels at the input's aspect whatever it is given
+        # (`calculate_dimensions`); the loop pins the runner's size instead (`pins_size`).
+        native_size=1024,
+        size_multiple=16,  # VAE downscale 8 x 2x2 latent packing
+        default_steps=50,  # diffusers' default and Qwen's model card
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("Qwen/Qwen-Image-Edit", "Qwen/Qwen-Image-Edit"),
+        single_file_match=_never,
+        safety_checker=False,
+        loop=Loop.FLOW,
+        negative_prompt=True,  # true classifier-free guidance; Qwen's card uses " "
+        default_guidance=4.0,  # the pipeline's `true_cfg_scale` default and Qwen's card
+        # transformers 5's Qwen2VLProcessor cannot be built without torchvision (its video
+        # half); a folder saved without it runs on the loop's own image + text processor.
+        optional_components=("processor",),
+        pins_size=True,
+        pooled_prompt=False,  # the language model's last hidden states alone
+        large_text_encoder="text_encoder",
+        # No reference input: the edit conditioning is the picture itself, in both the VL
+        # prompt and the transformer's sequence, and the latter is also what the pipeline
+        # blends back in outside the mask, so no other image can take its place.
+        true_cfg=True,
+        vision_prompt=True,
+    ),
 }
 
 #: Single files are matched in this order: the most specific marker first.
-_SINGLE_FILE_ORDER = (Arch.SDXL, Arch.SD2, Arch.SD15)  # SD 3 and FLUX files: not yet
+_SINGLE_FILE_ORDER = (Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.SDXL, Arch.SD2, Arch.SD15)
 
 
 class UnsupportedModel(ValueError):
@@ -352,7 +486,9 @@ def native_size_of_folder(folder: Path, fam: Family) -> int:
     try:
         denoiser = _read_json(folder / fam.denoiser / "config.json")
         vae = _read_json(folder / "vae" / "config.json")
-        return int(denoiser["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        # Qwen-Image's 3D VAE (Wan's) has no `block_out_channels`: one 2x step per `temperal_downsample`.
+        levels = len(vae["temperal_downsample"]) if "temperal_downsample" in vae else len(vae["block_out_channels"]) - 1
+        return int(denoiser["sample_size"]) * 2 ** levels
     except (UnsupportedModel, KeyError, TypeError, ValueError):
         return fam.native_size
 
@@ -368,34 +504,335 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+#: GGML tensor types by number, as GGUF files name them (the ones diffusion GGUFs use).
+_GGML_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
+    11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 20: "IQ4_NL", 23: "IQ4_XS", 30: "BF16",
+}
+#: GGUF metadata value types: struct format, or None for strings (8) and arrays (9).
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_header(path: Path) -> dict[str, Any]:
+    """Tensor names -> dtype (GGML type name) / shape (torch's order) of a GGUF file, with
+    its metadata key/values under "__metadata__"; from the header alone (no numpy, no torch).
+
+    The layout (GGUF v2/v3): b"GGUF", version u32, tensor count u64, metadata count u64,
+    the metadata (key string, type u32, value), then per tensor its name, dimension count
+    u32, dimensions u64 (innermost first), type u32 and data offset u64."""
+    with open(path, "rb") as f:
+
+        def unpack(fmt: str) -> Any:
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError("the GGUF header ends early")
+            return struct.unpack(fmt, data)
+
+        def string() -> str:
+            (length,) = unpack("<Q")
+            if length > 1 << 20:
+                raise ValueError("implausible GGUF string")
+            return f.read(length).decode("utf-8", "replace")
+
+        def value(kind: int, depth: int = 0) -> Any:
+            if kind in _GGUF_SCALARS:
+                return unpack(_GGUF_SCALARS[kind])[0]
+            if kind == 8:
+                return string()
+            if kind == 9 and depth == 0:
+                item_kind, count = unpack("<IQ")
+                if count > 1 << 24:
+                    raise ValueError("implausible GGUF array")
+                return [value(item_kind, 1) for _ in range(count)]
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("no GGUF magic at its start")
+        (version,) = unpack("<I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not read here (2 and 3 are)")
+        n_tensors, n_meta = unpack("<QQ")
+        if n_tensors > 1 << 20 or n_meta > 1 << 20:
+            raise ValueError("implausible GGUF header")
+        metadata: dict[str, Any] = {}
+        for _ in range(n_meta):
+            key = string()
+            (kind,) = unpack("<I")
+            metadata[key] = value(kind)
+        header: dict[str, Any] = {}
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = unpack("<I")
+            if n_dims > 8:
+                raise ValueError(f"implausible GGUF tensor {name!r}")
+            dims = unpack(f"<{n_dims}Q")
+            kind, _offset = unpack("<IQ")
+            header[name] = {"dtype": _GGML_TYPES.get(kind, f"GGML type {kind}"), "shape": list(reversed(dims))}
+    header["__metadata__"] = metadata
+    return header
+
+
+def read_single_file_header(path: Path) -> dict[str, Any]:
+    """A `.safetensors` or `.gguf` file's tensor names -> dtype/shape, and its metadata under
+    "__metadata__" (what the families' `single_file_match` functions read).  Raises OSError or
+    ValueError for a file that is neither (pickles are never opened here)."""
+    if path.suffix.lower() == ".gguf":
+        return gguf_header(path)
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > 100_000_000:
+            raise ValueError(f"{path}: implausible safetensors header")
+        header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors header")
+    return header
+
+
+#: Text encoders of a bundled SD 3.x file (Stability's `text_encoders.*`): the tensor that
+#: marks each (diffusers' own markers) -> pipeline component.
+_SD3_TEXT_ENCODERS = {
+    "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight": "text_encoder",
+    "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight": "text_encoder_2",
+    "text_encoders.t5xxl.transformer.shared.weight": "text_encoder_3",
+}
+_SD3_MEDIUM_REPO = "stabilityai/stable-diffusion-3.5-medium"  # MMDiT-X: 24 blocks, extra self-attention
+_SD3_0_MEDIUM_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"  # 24 plain joint blocks
+
+
+def _sd3_reference(header: dict[str, Any], family: Family) -> str:
+    """The diffusers repo whose configs fit an SD 3.x file: Medium's layouts differ from
+    Large's (and Large Turbo's, which is Large's)."""
+    keys = _denoiser(header)
+    if any(".x_block.attn2." in k for k in keys):
+        return _SD3_MEDIUM_REPO
+    depth = {k.split(".")[1] for k in keys if k.startswith("joint_blocks.")}
+    return _SD3_0_MEDIUM_REPO if len(depth) == 24 else family.reference_repos[0]
+
+
 @dataclass(frozen=True)
 class SingleFile:
-    """What a single-file checkpoint is, read from its tensor names."""
+    """What a single-file checkpoint is, read from its tensor names, shapes and metadata."""
 
     family: Family
-    inpainting: bool  # a 9-channel denoiser (latents + mask + masked image)
+    inpainting: bool  # a 9-channel denoiser (latents + mask + masked image), or FLUX.1 Fill
+    #: The pipeline components whose weights the file holds ("transformer", "vae",
+    #: "text_encoder", ...); empty for the UNet families, whose files diffusers lays out whole.
+    components: frozenset[str] = frozenset()
+    format: str = "safetensors"  # or "gguf"
+    #: The GGUF's quantisation (its commonest tensor type, e.g. "Q8_0"); "" otherwise.
+    quantization: str = ""
+    #: The diffusers repo whose configs lay the file out, where the family row's does not fit.
+    reference: str = ""
 
     @property
     def reference_repo(self) -> str:
-        return self.family.reference_repos[0 if self.inpainting else 1]
+        return self.reference or self.family.reference_repos[0 if self.inpainting else 1]
+
+    @property
+    def what(self) -> str:
+        """The file for people: "a FLUX.1 Fill transformer (GGUF Q8_0)"."""
+        if not self.components:
+            return f"a {self.family.label} checkpoint"
+        parts = "transformer" if self.components == {"transformer"} else "transformer with " + ", ".join(
+            sorted(self.components - {"transformer"})
+        )
+        kind = f"GGUF {self.quantization}".strip() if self.format == "gguf" else "safetensors"
+        return f"a {self.family.label} {parts} ({kind})"
 
 
 def inspect_single_file(path: Path) -> SingleFile | None:
-    """The family of a `.safetensors` checkpoint in the original (LDM) layout; None for a
-    pickle (never opened here) or a layout the table does not know."""
-    if path.suffix.lower() != ".safetensors":
+    """The family of a `.safetensors` checkpoint in its original layout (LDM for SD 1.x/2.x/
+    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1) or of a GGUF-quantised
+    transformer; None for a pickle (never opened here) or a layout the table does not know
+    (`single_file_problem` then says what it is).  Never from the file's name."""
+    if path.suffix.lower() not in (".safetensors", ".gguf"):
         return None
     try:
-        header = safetensors_header(path)
-    except (OSError, ValueError, struct.error):
+        header = read_single_file_header(path)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
         return None
     first_conv = header.get("model.diffusion_model.input_blocks.0.0.weight", {})
-    shape = first_conv.get("shape") or [0, 4]
+    shape = _shape(first_conv) or [0, 4]
     inpainting = len(shape) > 1 and shape[1] == 9
     for arch in _SINGLE_FILE_ORDER:
-        if FAMILIES[arch].single_file_match(header):
-            return SingleFile(FAMILIES[arch], inpainting)
+        fam = FAMILIES[arch]
+        if not fam.single_file_match(header):
+            continue
+        if fam.denoiser != "transformer":
+            return SingleFile(fam, inpainting)
+        return _transformer_file(path, header, fam)
     return None
+
+
+def _transformer_file(path: Path, header: dict[str, Any], fam: Family) -> SingleFile:
+    components = {"transformer"}
+    reference = ""
+    if fam.arch == Arch.SD3:
+        reference = _sd3_reference(header, fam)
+        if any(k.startswith("first_stage_model.") for k in header):
+            components.add("vae")
+        components |= {c for marker, c in _SD3_TEXT_ENCODERS.items() if marker in header}
+    # FLUX files are read for their transformer only: ComfyUI's bundled saves name their
+    # VAE `vae.*`, which diffusers does not convert; those parts come from the reference.
+    quantization = ""
+    if path.suffix.lower() == ".gguf":
+        counts: dict[str, int] = {}
+        for key, info in header.items():
+            dtype = info.get("dtype") if key != "__metadata__" and isinstance(info, dict) else None
+            if dtype not in (None, "F32", "F16", "BF16"):
+                counts[dtype] = counts.get(dtype, 0) + 1
+        quantization = max(counts, key=lambda k: counts[k]) if counts else "F16"
+    return SingleFile(
+        fam, fam.arch == Arch.FLUX_FILL, frozenset(components),
+        "gguf" if path.suffix.lower() == ".gguf" else "safetensors", quantization, reference,
+    )
+
+
+def single_file_problem(path: Path) -> str:
+    """Why `inspect_single_file` found no family in `path`, for the person who chose it."""
+    known = (
+        "inpaintd reads SD 1.x/2.x and SDXL checkpoints (LDM layout), SD 3.x (Stability's layout), "
+        "FLUX.1 Fill and Kontext transformers (BFL's or ComfyUI's layout) and GGUF quantisations of those"
+    )
+    if path.suffix.lower() not in (".safetensors", ".gguf"):
+        return f"{path}: a {path.suffix or 'suffix-less'} file is not inspected (a pickle is never opened to look); {known}"
+    try:
+        header = read_single_file_header(path)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        return f"{path}: cannot be read as {path.suffix.lstrip('.')} ({exc})"
+    keys = _denoiser(header)
+    if "double_blocks.0.img_attn.norm.key_norm.scale" in keys:
+        channels = _shape(keys.get("img_in.weight"))[1:2]
+        if "single_stream_modulation.lin.weight" in keys:
+            what = "a FLUX.2 transformer (FLUX.2 klein runs from a diffusers folder or repo)"
+        elif any(k.startswith("distilled_guidance_layer.") for k in keys):
+            what = "a Chroma transformer"
+        elif "guidance_in.in_layer.weight" not in keys:
+            what = "a FLUX.1 schnell transformer (text-to-image, no guidance embedding)"
+        elif channels == [128]:
+            what = "a FLUX.1 Depth or Canny transformer (128 channels in: control, not inpainting)"
+        elif channels == [64]:
+            what = "a FLUX.1 dev transformer (its metadata names dev, not Kontext)"
+        else:
+            what = f"a FLUX.1 transformer with {channels[0] if channels else 'unknown'} input channels"
+        return f"{path}: {what}, not a family inpaintd inpaints with; {known}"
+    sample = ", ".join(repr(k) for k in list(k for k in header if k != "__metadata__")[:3]) or "none"
+    return f"{path}: its tensor names (e.g. {sample}) are of no family inpaintd knows; {known}"
+
+
+# -- what a pipeline folder lacks -------------------------------------------------------
+
+#: Pipeline entries that carry no weights (their folders hold configs and vocabularies).
+_WEIGHTLESS = ("tokenizer", "scheduler", "processor", "featureextractor")
+#: Components inpaintd never loads (the engine passes None for them).
+_NOT_LOADED = ("safety_checker",)
+#: The weighted parts of the transformer families' pipelines, where no model_index.json says.
+_PARTS: dict[str, tuple[str, ...]] = {
+    Arch.SD3.value: ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"),
+    Arch.FLUX_FILL.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
+    Arch.FLUX_KONTEXT.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
+}
+#: What a component is, for people (by its class in model_index.json).
+_KINDS = {"CLIPTextModel": "CLIP text encoder", "CLIPTextModelWithProjection": "CLIP text encoder",
+          "T5EncoderModel": "T5 text encoder", "AutoencoderKL": "VAE"}
+
+
+def weighted_components(folder: Path, family: Family | None = None) -> dict[str, str]:
+    """The components of a diffusers folder that carry weights -> their class names, from
+    its model_index.json (the family's parts where it has none)."""
+    try:
+        index = _read_json(folder / "model_index.json")
+    except UnsupportedModel:
+        return dict.fromkeys(_PARTS.get(family.arch.value, ()) if family else (), "")
+    out: dict[str, str] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in _NOT_LOADED or not isinstance(entry, list) or len(entry) != 2 or None in entry:
+            continue
+        if not any(w in str(entry[1]).lower() for w in _WEIGHTLESS):
+            out[name] = str(entry[1])
+    return out
+
+
+def has_weights(folder: Path, pickles: bool = True) -> bool:
+    """A component folder with a weights file (safetensors, or pickles where they count)."""
+    patterns = ("*.safetensors", "*.bin") if pickles else ("*.safetensors",)
+    return folder.is_dir() and any(f.is_file() for pattern in patterns for f in folder.glob(pattern))
+
+
+def missing_components(folder: Path, have: frozenset[str] = frozenset(), family: Family | None = None,
+                       pickles: bool = True) -> list[str]:
+    """The weighted components of `folder`'s pipeline whose weights are neither in `have`
+    (held elsewhere, e.g. by a single file) nor in the folder, in model_index.json order."""
+    return [
+        name for name in weighted_components(folder, family)
+        if name not in have and not has_weights(folder / name, pickles)
+    ]
+
+
+#: How to name a diffusers folder that completes a single file, in messages.
+CONFIG_HINT = "give a diffusers folder of the same model as its config (serve --model-config FILE=FOLDER)"
+_OPTIONAL_NOTE = "optional: the pipeline runs without it, at some cost in prompt fidelity for long prompts"
+
+
+def _folders_of(names: list[str]) -> list[str]:
+    """Download patterns for components: a text encoder goes with its tokenizer."""
+    out = []
+    for name in names:
+        out.append(f"{name}/*")
+        if name.startswith("text_encoder"):
+            out.append(f"{name.replace('text_encoder', 'tokenizer')}/*")
+    return out
+
+
+def missing_parts_text(family: Family, folder: Path, names: list[str], repo: str | None) -> str:
+    """Each missing component, what it is, whether the pipeline can do without it, and how
+    to get it: `vae (VAE): hf download REPO --include "vae/*"; ...`."""
+    kinds = weighted_components(folder, family)
+    items = []
+    for name in names:
+        label = ", ".join(x for x in (
+            _KINDS.get(kinds.get(name, ""), ""), _OPTIONAL_NOTE if name in family.optional_components else "",
+        ) if x)
+        pattern = " ".join(f'"{p}"' for p in _folders_of([name]))
+        get = f"`hf download {repo} --include {pattern}`" if repo else f"copy its {name}/ folder into {folder}"
+        items.append(f"{name}{f' ({label})' if label else ''}: {get}")
+    return "; ".join(items)
+
+
+def reference_download_hint(sf: SingleFile, repo: str, patterns: bool = False) -> Any:
+    """The `hf download` command (in backticks, with a note on optional parts) that fetches
+    what a single file needs from its reference repo: the configs, tokenizers, scheduler and
+    the weighted parts the file lacks (`patterns`: the allow-patterns alone)."""
+    parts = [n for n in _PARTS.get(sf.family.arch.value, ()) if n not in sf.components]
+    wanted = ["*.json", "*.txt", "*.model", "scheduler/*", *_folders_of(parts)]
+    if patterns:
+        return wanted
+    command = "`hf download " + repo + " --include " + " ".join(f'"{w}"' for w in wanted) + "`"
+    optional = [n for n in parts if n in sf.family.optional_components]
+    return command + "".join(
+        f" ({n} is {_OPTIONAL_NOTE}; leave out its folders to do without it)" for n in optional
+    )
+
+
+def no_reference_message(path: Path, sf: SingleFile, repo: str, cache: Path) -> str:
+    """A transformer file whose reference repo is not in the hub cache: what it is, what it
+    needs, and each way to get it."""
+    return (
+        f"'{path}' is {sf.what}; the rest of its pipeline comes from {repo}, which is not in the Hugging Face "
+        f"cache at {cache}: run {reference_download_hint(sf, repo)} on a machine with network access and copy "
+        f"the cache here, {CONFIG_HINT}, or start the daemon with --allow-download"
+    )
+
+
+def missing_parts_message(path: Path, sf: SingleFile, reference: Path, repo: str | None, missing: list[str]) -> str:
+    """A transformer file whose reference folder lacks parts the file does not hold either."""
+    source = f"{repo}'s snapshot at {reference}" if repo else str(reference)
+    get = "get them on a machine with network access and copy the Hugging Face cache here, or " if repo else "or "
+    return (
+        f"'{path}' is {sf.what}; the rest of its pipeline comes from {source}, which lacks "
+        f"{missing_parts_text(sf.family, reference, missing, repo)}; {get}{CONFIG_HINT}"
+    )
 
 
 #: Processing sizes of a compiled engine are multiples of this: compiled code is specialised

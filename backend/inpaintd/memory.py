@@ -27,7 +27,7 @@ import json
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ class Weights:
     outside_blocks: int = 0
     #: The largest single module (a layer's weight and bias): what sequential offload holds.
     largest_leaf: int = 0
+    #: Bytes as stored where the file fixes them (a GGUF file's quantised tensors), whatever
+    #: the precision the daemon computes in.
+    stored_bytes: int | None = None
 
 
 def _numel(shape: list[int]) -> int:
@@ -179,9 +182,28 @@ _SINGLE_FILE_PARTS = (
 )
 
 
+def gguf_weights(path: Path, name: str = "transformer") -> Weights | None:
+    """A GGUF transformer's parameters (by its tensors' element counts) and its bytes as
+    stored (the tensors stay quantised on the device); None where the gguf package or the
+    file cannot be read."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+    except Exception:  # no gguf package, or not a readable GGUF file
+        return None
+    shapes = {t.name: [int(t.n_elements)] for t in reader.tensors}
+    if not shapes:
+        return None
+    return replace(weights_of(name, shapes), stored_bytes=sum(int(t.n_bytes) for t in reader.tensors))
+
+
 def single_file_weights(path: Path) -> list[Weights] | None:
     """The components inside a `.safetensors` checkpoint, by key prefix; a file of bare
     transformer keys (FLUX's, a GGUF's) is all denoiser."""
+    if path.suffix.lower() == ".gguf":
+        found = gguf_weights(path)
+        return [found] if found else None
     if path.suffix.lower() != ".safetensors":
         return None
     try:
@@ -239,6 +261,9 @@ def component_bytes(w: Weights, precision: str, quantize: dict[str, str], large_
                     params: int | None = None) -> int:
     """Bytes of `params` (default: all) of component `w` at the device precision, or at its
     --quantize method where one applies to it."""
+    if w.stored_bytes is not None:  # GGUF: quantised in the file, whatever the plan says
+        share = 1.0 if params is None or not w.params else params / w.params
+        return int(w.stored_bytes * share)
     method = quantize.get(w.name)
     if method is None and w.name in ("unet", "transformer", "denoiser"):
         method = quantize.get("denoiser")

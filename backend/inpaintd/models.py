@@ -35,12 +35,18 @@ from .families import (
     FAMILIES,
     Arch,
     Family,
+    SingleFile,
     UnsupportedModel,
     caps_for,
     described,
     family_of_folder,
     inspect_single_file,
+    missing_components,
+    missing_parts_message,
+    missing_parts_text,
     native_size_of_folder,
+    no_reference_message,
+    single_file_problem,
 )
 from .memory import Weights, folder_weights, free_device_memory, single_file_weights
 from .memory import report as memory_report
@@ -472,13 +478,14 @@ class ModelRegistry:
             return ModelInfo(spec.id, "diffusers", "single_file", False, None, pickle_refusal(path))
         if not path.is_file():
             return ModelInfo(spec.id, "diffusers", "single_file", False, None, f"{path}: no such file")
-        inspected = inspect_single_file(path)  # the safetensors header only: no torch
-        if inspected is None and spec.id not in self._configs and not is_pickle(path):
+        inspected = inspect_single_file(path)  # the file's header only: no torch
+        if inspected is None and (spec.id not in self._configs or path.suffix.lower() == ".gguf") and not is_pickle(path):
             return ModelInfo(
                 spec.id, "diffusers", "single_file", False, None,
-                f"{path}: not a checkpoint of a family inpaintd knows (SD 1.x/2.x or SDXL in the original "
-                "layout), or a pickle, which is not inspected; name a diffusers config folder for it",
+                f"{single_file_problem(path)}; or name a diffusers config folder for it",
             )
+        if inspected is not None and inspected.components:
+            return self._transformer_file_info(spec, path, inspected)
         family = inspected.family.arch.value if inspected else ""
         native = inspected.family.native_size if inspected else None
         if inspected and spec.id not in self._configs and not self.allow_download:
@@ -498,10 +505,53 @@ class ModelRegistry:
             return info
         return self._with_memory(described(info, inspected.family), inspected.family, single_file_weights(path))
 
+    def _transformer_file_info(self, spec: _Spec, path: Path, sf: SingleFile) -> ModelInfo:
+        """An SD 3.x or FLUX.1 single file or GGUF: available where the folder that completes
+        it (its config, or its family's repo in the hub cache) and every part the file lacks
+        are here (an optional one, SD 3's T5, may be missing); else the detail names each
+        missing part and how to get it, as the engine would fail to load it."""
+        family = sf.family
+        repo: str | None = sf.reference_repo
+        reference: Path | None = None
+        config = self._configs.get(spec.id)
+        if config is not None:
+            config_path = Path(config).expanduser()
+            if (config_path / "model_index.json").is_file():
+                reference, repo = config_path, None
+            else:
+                repo = config
+        if reference is None and repo is not None:
+            reference = cached_snapshot(repo, need_weights=False, allow_pickle=self.allow_pickle)
+        native = family.native_size
+        if reference is not None:
+            missing = missing_components(reference, sf.components, family, pickles=self.allow_pickle)
+            if [n for n in missing if n not in family.optional_components] and not (repo and self.allow_download):
+                return ModelInfo(spec.id, "diffusers", "single_file", False, native,
+                                 missing_parts_message(path, sf, reference, repo, missing), family.arch.value)
+            native = native_size_of_folder(reference, family)
+        elif not self.allow_download:
+            return ModelInfo(spec.id, "diffusers", "single_file", False, native,
+                             no_reference_message(path, sf, repo or sf.reference_repo, hub_cache_dir()), family.arch.value)
+        info = ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path), family.arch.value)
+        weights = single_file_weights(path)
+        if weights and reference is not None:  # the parts the file lacks come from the reference
+            weights += [w for w in folder_weights(reference) or [] if w.name not in sf.components]
+        return self._with_memory(described(info, family), family, weights)
+
     def _folder_info(self, spec: _Spec, folder: Path) -> ModelInfo:
         family, native, problem = _describe(folder)
         if family is None:
             return ModelInfo(spec.id, "diffusers", spec.kind, False, None, problem)
+        # Every component with weights, or the engine would fail to load it (an optional
+        # one, SD 3's T5, may be missing: the pipeline runs without it).
+        missing = [n for n in missing_components(folder, family=family) if n not in family.optional_components]
+        if missing and not (spec.kind == "hub" and self.allow_download):
+            repo = spec.source if spec.kind == "hub" else None
+            return ModelInfo(
+                spec.id, "diffusers", spec.kind, False, native,
+                f"{folder}: its weights are missing for {missing_parts_text(family, folder, missing, repo)}",
+                family.arch.value,
+            )
         info = ModelInfo(spec.id, "diffusers", spec.kind, True, native, str(folder), family.arch.value)
         return self._with_memory(described(info, family), family, folder_weights(folder))
 
@@ -630,6 +680,7 @@ class ModelRegistry:
             speedups=Speedups.default_for(pick_device(self.device), self.compile),
             memory=self.memory_mode(spec.id),
             on_memory_mode=lambda mode: self.stepped_down(spec.id, mode),
+            quantize=self.quantize,
         )
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 #: Checkpoint formats that unpickle on load, and so can run code hidden in the file.
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
 
 
 def is_pickle(path: str | Path) -> bool:

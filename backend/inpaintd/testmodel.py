@@ -397,7 +397,7 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
 # ones, and a size multiple of 16 (SD 3's 2x2 patches, FLUX's 2x2 latent packing).
 
 #: Test-model families `make-test-model --family` knows; "sd" is the tiny SD 1.5 above.
-TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein")
+TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit")
 
 _FLOW_LATENT_CHANNELS = 16  # SD 3's and FLUX's VAEs
 _T5_WIDTH = 64  # SD 3 pads the two CLIPs' concatenated 2 x 32 features to the T5 width
@@ -654,6 +654,118 @@ def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> 
     return path
 
 
+# Qwen-Image-Edit: Qwen-Image's MMDiT (64 packed channels in, 16 out), the 16-channel 3D VAE
+# of Wan with a mean and std per latent channel, and a Qwen2.5-VL text encoder that reads the
+# picture through its vision tower, whose last hidden states (width 3584 in the real 7B, 16
+# here) are the transformer's text input.
+_QWEN_VL_WIDTH = 16
+_QWEN_LATENT_CHANNELS = 16
+#: The tokens Qwen2.5-VL's prompt template and vision input use besides text.
+_QWEN_VL_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                           "<|video_pad|>"]
+
+
+def _write_qwen_vl_tokenizer(folder: Path) -> None:
+    """The byte-level Qwen2 tokenizer above plus Qwen2.5-VL's vision tokens, built offline;
+    long enough a limit for the edit template and a picture's tokens (the real one: 32768)."""
+    from transformers import Qwen2Tokenizer
+
+    raw = folder.parent / (folder.name + "_text")
+    _write_qwen_tokenizer(raw)
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(raw), model_max_length=32768)
+    tokenizer.add_special_tokens({"additional_special_tokens": _QWEN_VL_SPECIAL_TOKENS})
+    tokenizer.save_pretrained(str(folder))
+    _remove_tree(raw)
+
+
+def _qwen_vl_text_encoder(tokenizer):
+    """A two-layer Qwen2.5-VL of width 16 with a two-block vision tower (14 px patches, 2x2
+    merged, as the real one), its special token ids taken from `tokenizer`."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = dict(zip(_QWEN_VL_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(_QWEN_VL_SPECIAL_TOKENS), strict=True))
+    special = dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=_QWEN_VL_WIDTH, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, rope_theta=1e6,
+            # multimodal RoPE: time, height, width sections of the 8-wide heads' 4 frequencies
+            rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=_QWEN_VL_WIDTH,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1],
+        ),
+        vocab_size=len(tokenizer),
+        **special,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def make_qwen_edit_test_model(path: str | Path) -> Path:
+    """A tiny Qwen-Image-Edit pipeline (QwenImage transformer, 3D VAE with Qwen-Image's
+    per-channel latent mean and std, two-layer Qwen2.5-VL with a vision tower), saved as
+    `QwenImageEditPipeline` as Qwen/Qwen-Image-Edit is.
+
+    Saved without its `processor`: transformers 5's Qwen2VLProcessor cannot be built without
+    torchvision (its video half), which the CPU torch pinned here has no build of.  The
+    family lists the processor as optional; inpaintd's loop then processes the picture and
+    prompt itself (`flow_inpaint.QwenVLProcessor`, Qwen2.5-VL's settings)."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditInpaintPipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2Tokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    _write_qwen_vl_tokenizer(path / "_tok" / "qwen_vl")
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(path / "_tok" / "qwen_vl"))
+    text_encoder = _qwen_vl_text_encoder(tokenizer)
+    # Three 2x steps (scale factor 8 = 2 ** len(temperal_downsample)), narrow: at 64 px it costs
+    # milliseconds.  The latent mean and std are the real VAE's (the class defaults).
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=_QWEN_LATENT_CHANNELS, dim_mult=[1, 1, 2, 2], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    ).eval()
+    scale = 2 ** len(vae.config.temperal_downsample)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4 * _QWEN_LATENT_CHANNELS,
+        out_channels=_QWEN_LATENT_CHANNELS,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=_QWEN_VL_WIDTH,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),  # frame, height, width: sums to the head width
+    ).eval()
+    pipe = QwenImageEditInpaintPipeline(
+        # Qwen-Image's scheduler config: exponential dynamic shift up to 8192 tokens.
+        scheduler=_flow_scheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
+            shift_terminal=0.02, time_shift_type="exponential",
+        ),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=None,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    _remove_tree(path / "_tok")
+    _set_class_name(path, "QwenImageEditPipeline")
+    config_path = path / "transformer" / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["sample_size"] = TEST_NATIVE_SIZE // scale  # as for FLUX: the tiny one works at 64 px
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
 def _set_class_name(path: Path, class_name: str) -> None:
     index_path = path / "model_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -675,4 +787,6 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
         return make_flux_kontext_test_model(path)
     if family == "flux2-klein":
         return make_flux2_klein_test_model(path)
+    if family == "qwen-edit":
+        return make_qwen_edit_test_model(path)
     raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +28,19 @@ import numpy as np
 from ..families import (
     Family,
     Loop,
+    SingleFile,
     UnsupportedModel,
     caps_for,
     family_of_folder,
     family_of_pipeline,
     inspect_single_file,
+    missing_components,
+    missing_parts_message,
+    missing_parts_text,
+    no_reference_message,
+    reference_download_hint,
+    single_file_problem,
+    weighted_components,
 )
 from ..memory import MODES, step_down
 from ..policy import is_pickle, pickle_refusal
@@ -46,6 +55,7 @@ from .base import (
 )
 from .flow_inpaint import FlowInpaintLoop, FlowInputs
 from .pacing import StepPacer
+from .quantize import Quantization, QuantizeError, pipeline_quantization
 from .sd_inpaint import Embeddings, InpaintLoop, Inputs, scheduler_settings
 from .speedups import Speedups, apply, uncompile
 
@@ -75,6 +85,8 @@ _SCHEDULER_OVERRIDES: dict[str, dict[str, Any]] = {
 #: What the one retry after running out of memory changes (see `generate`).
 LOW_MEMORY_SETTINGS = "attention slicing, VAE tiling and one variant at a time"
 
+
+log = logging.getLogger("inpaintd.diffusers")
 
 #: Prompt embeddings kept across jobs: users re-run the same prompt with new seeds a lot.
 PROMPT_CACHE_SIZE = 8
@@ -114,6 +126,28 @@ def _pipeline_class(family: Family) -> Any:
     return getattr(diffusers, family.inpaint_pipeline)
 
 
+def _without(component: str) -> dict[str, None]:
+    """Pipeline arguments that load it without `component` (a text encoder goes with its tokenizer)."""
+    out: dict[str, None] = {component: None}
+    if component.startswith("text_encoder"):
+        out[component.replace("text_encoder", "tokenizer")] = None
+    return out
+
+
+def _settled(pipe: Any) -> Any:
+    """A pipeline from a bundled single file, made fit to run: diffusers (0.42, with
+    transformers 5) builds the file's T5 encoder in training mode (dropout on: every prompt
+    encodes differently) and leaves its tied input embedding unloaded (`encoder.embed_tokens`,
+    which real files hold only as `shared`)."""
+    for component in pipe.components.values():
+        if not hasattr(component, "eval"):
+            continue
+        if hasattr(component, "tie_weights") and any(p.is_meta for p in component.parameters()):
+            component.tie_weights()
+        component.eval()
+    return pipe
+
+
 def _family_of_folder(folder: Path, model_id: str) -> Family:
     """The family of a diffusers folder by the families table, or a refusal that names it."""
     try:
@@ -141,6 +175,7 @@ class DiffusersEngine:
         speedups: Speedups | None = None,
         memory: str = "gpu",
         on_memory_mode: Callable[[str], None] | None = None,
+        quantize: Mapping[str, str] | None = None,
     ) -> None:
         """Load `source`: a Hub repo id, a diffusers folder, or a single checkpoint file.
 
@@ -149,6 +184,8 @@ class DiffusersEngine:
         matching reference repo in the Hugging Face cache.  `cache_dir` is the hub cache.
         `memory`: how the pipeline sits on the device (`inpaintd.memory.MODES`, already
         resolved from `auto`); `on_memory_mode` hears of an out-of-memory step down.
+        `quantize`: component -> method (`inpaintd.engines.quantize.parse_quantize`),
+        checked against the model's family before any weights are read.
         """
         self.model_id = model_id or str(source)
         self.device = pick_device(device)
@@ -156,19 +193,27 @@ class DiffusersEngine:
         self._cache_dir = str(cache_dir) if cache_dir is not None else None
         self._local_files_only = local_files_only
         self._on_memory_mode = on_memory_mode
+        self._plan = dict(quantize or {})
+        self._quantization: Quantization | None = None
         report = progress or (lambda stage, step, total: None)
 
         report("loading", 0, 1)
-        self._adopt(self._load(str(source), config, allow_pickle), speedups, memory)
+        pipe = self._load(str(source), config, allow_pickle)
+        quantized: list[str] = self._quantization.after_load(pipe) if self._quantization is not None else []
+        self._adopt(pipe, speedups, memory)
+        for line in quantized:
+            log.info("model %s quantised: %s", self.model_id, line)
+        self.speed_notes += [f"quantised {line}" for line in quantized]
         report("loading", 1, 1)
 
     @classmethod
     def from_pipeline(
-        cls, pipe: Any, model_id: str, device: str | None = None, speedups: Speedups | None = None
+        cls, pipe: Any, model_id: str, device: str | None = None, speedups: Speedups | None = None,
+        memory: str = "gpu",
     ) -> DiffusersEngine:
         """Wrap a pipeline already built in memory (benchmarks build the full-size
         architectures from configs with random weights; nothing is read from disk).
-        The pipeline keeps its dtype; it is moved to `device`."""
+        The pipeline keeps its dtype; it is placed on `device` in memory mode `memory`."""
         self = cls.__new__(cls)
         self.model_id = model_id
         self.device = pick_device(device)
@@ -176,7 +221,9 @@ class DiffusersEngine:
         self._cache_dir = None
         self._local_files_only = True
         self._on_memory_mode = None
-        self._adopt(pipe, speedups, "gpu")
+        self._plan = {}
+        self._quantization = None
+        self._adopt(pipe, speedups, memory)
         return self
 
     def _adopt(self, pipe: Any, speedups: Speedups | None, memory: str) -> None:
@@ -342,6 +389,20 @@ class DiffusersEngine:
 
     # -- loading -------------------------------------------------------------------
 
+    def _quantize_for(self, family: Family, *, from_gguf: Collection[str] = (), absent: Collection[str] = ()) -> Any:
+        """The `quantization_config` for loading `family` under this engine's --quantize plan
+        (None where nothing quantises as it loads); the plan is checked here, before any
+        weights are read, and a plan that cannot run refuses the model saying why."""
+        if not self._plan:
+            return None
+        try:
+            self._quantization = pipeline_quantization(
+                self._plan, family, self.device, from_gguf=from_gguf, absent=absent
+            )
+        except QuantizeError as exc:
+            raise EngineError("model_refused", f"model '{self.model_id}' ({family.label}): {exc}") from None
+        return self._quantization.config
+
     def _load(self, source: str, config: str | Path | None, allow_pickle: bool) -> Any:
         path = Path(source).expanduser()
         common: dict[str, Any] = {
@@ -378,6 +439,29 @@ class DiffusersEngine:
             name: None for name in family.optional_components
             if not (folder / name).is_dir() or listed.get(name) in (None, [None, None])
         }
+        # Name every component without weights at once (diffusers stops at the first); an
+        # optional one (SD 3's T5) is left out instead.  Pickled weights count here: the
+        # pickle rule below says what to do about those.  (A repo that may be downloaded
+        # gets its missing files from the Hub instead.)
+        repo = None if Path(source).expanduser().is_dir() else source
+        offline = repo is None or self._local_files_only
+        missing = [n for n in missing_components(folder, family=family) if n not in absent] if offline else []
+        required = [n for n in missing if n not in family.optional_components]
+        if required:
+            get = (f"run `hf download {repo}` for the whole repo" if repo
+                   else "copy them in from a complete save (save_pretrained layout)")
+            raise EngineError(
+                "model_unavailable",
+                f"cannot load model '{self.model_id}' from {folder}: its weights are missing for "
+                f"{missing_parts_text(family, folder, missing, repo)}; a snapshot with configs only, as fetched "
+                f"for a single-file checkpoint, is not a model: {get}",
+            )
+        for name in missing:
+            log.warning("model %s: %s has no weights in %s; loading without it", self.model_id, name, folder)
+            absent.update(_without(name))
+        quantization = self._quantize_for(family, absent=absent)
+        if quantization is not None:  # each layer quantised as it is read
+            common = {**common, "quantization_config": quantization}
         try:
             return _pipeline_class(family).from_pretrained(
                 source, **self._no_safety_checker(family), **absent, **common
@@ -418,23 +502,163 @@ class DiffusersEngine:
     ) -> Any:
         if is_pickle(path) and not allow_pickle:
             raise EngineError("model_refused", pickle_refusal(path))
+        inspected = inspect_single_file(path)
+        if inspected is not None and inspected.components:
+            return self._load_transformer_file(path, inspected, config, allow_pickle)
+        if inspected is None and (config is None or path.suffix.lower() == ".gguf"):
+            raise EngineError("model_refused", f"{single_file_problem(path)}; or give a config folder for it")
         if config is None and self._local_files_only:
             config = self._cached_reference_config(path)
         config_path = Path(config).expanduser() if config is not None else None
         if config_path is not None and (config_path / "model_index.json").is_file():
             family = _family_of_folder(config_path, self.model_id)
             config = str(config_path)
-        else:
-            inspected = inspect_single_file(path)
-            if inspected is None:
-                raise EngineError(
-                    "model_refused",
-                    f"'{path}' is not a checkpoint of a family inpaintd knows (SD 1.x/2.x, SDXL in the original "
-                    "layout); give a config folder for it",
-                )
+        elif inspected is not None:
             family = inspected.family
+        else:
+            raise EngineError(
+                "model_unavailable", f"the config given for '{path}', {config}, is not a diffusers folder (no model_index.json)"
+            )
+        self._quantize_for(family)  # from_single_file takes no quantisation config: after loading
         cls = _pipeline_class(family)
         return cls.from_single_file(str(path), config=config, **self._no_safety_checker(family), **common)
+
+    def _load_transformer_file(
+        self, path: Path, sf: SingleFile, config: str | Path | None, allow_pickle: bool
+    ) -> Any:
+        """An SD 3.x or FLUX.1 single file or GGUF: the parts it holds from it, the rest from
+        the reference folder (a config folder, or the family's repo in the hub cache).
+
+        A transformer alone (FLUX's files, every GGUF) loads through the transformer class's
+        `from_single_file` (a GGUF with `GGUFQuantizationConfig`: its weights stay quantised
+        and are dequantised layer by layer in the compute dtype) and then the pipeline's
+        `from_pretrained(reference, transformer=...)`.  A file with more (Stability's SD 3.x
+        with its VAE, maybe text encoders) loads through the pipeline's `from_single_file`,
+        with the parts it lacks loaded from the reference first: diffusers itself looks
+        for those only under diffusers' file names, which text encoders do not use."""
+        family = sf.family
+        self.dtype = _dtype_for(self.device, family)
+        reference, repo = self._reference_folder(path, sf, config)
+        try:
+            of_reference = family_of_folder(reference)
+        except UnsupportedModel as exc:
+            raise EngineError("model_refused", f"model '{self.model_id}': {exc}") from None
+        if of_reference != family:
+            raise EngineError(
+                "model_refused",
+                f"{path} is {sf.what}, but its config {reference} is a {of_reference.label} pipeline",
+            )
+        missing = missing_components(reference, sf.components, family, pickles=allow_pickle)
+        required = [n for n in missing if n not in family.optional_components]
+        if required and repo is not None and not self._local_files_only:
+            reference = self._download_reference(repo, sf)
+            missing = missing_components(reference, sf.components, family, pickles=allow_pickle)
+            required = [n for n in missing if n not in family.optional_components]
+        source = f"{repo}'s snapshot at {reference}" if repo else str(reference)
+        if required:
+            raise EngineError("model_unavailable", missing_parts_message(path, sf, reference, repo, missing))
+        absent: dict[str, None] = {}
+        for name in missing:
+            log.warning("%s: %s is in neither the file nor %s; loading without it (optional)", path, name, source)
+            absent.update(_without(name))
+        # Checked before the weights are read; applied after loading (a GGUF's transformer
+        # is quantised already and may not be quantised again).
+        self._quantize_for(family, from_gguf={"transformer"} if sf.format == "gguf" else (), absent=absent)
+        load: dict[str, Any] = {"dtype": self.dtype, "local_files_only": True}
+        if not allow_pickle:
+            load["use_safetensors"] = True
+        cls = _pipeline_class(family)
+        try:
+            if sf.components == {"transformer"}:
+                transformer = self._transformer_from_file(path, sf, reference)
+                return cls.from_pretrained(str(reference), transformer=transformer, **absent, **load)
+            parts = {
+                name: self._component(reference, name, load)
+                for name in weighted_components(reference, family)
+                if name not in sf.components and name not in absent
+            }
+            return _settled(cls.from_single_file(
+                str(path), config=str(reference), **parts, **absent, dtype=self.dtype, local_files_only=True
+            ))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and is_out_of_memory(exc):
+                raise
+            raise EngineError(
+                "model_unavailable",
+                f"cannot load '{path}' ({sf.what}) with the configs of {source}: {exc}",
+            ) from exc
+
+    def _reference_folder(self, path: Path, sf: SingleFile, config: str | Path | None) -> tuple[Path, str | None]:
+        """The diffusers folder that completes a transformer file, and the Hub repo it is a
+        snapshot of (None for a local folder): the config given for the model, else the
+        family's reference repo in the hub cache (downloaded, where that is allowed)."""
+        from ..models import cached_snapshot, hub_cache_dir
+
+        repo = sf.reference_repo
+        if config is not None:
+            config_path = Path(config).expanduser()
+            if (config_path / "model_index.json").is_file():
+                return config_path, None
+            if config_path.exists() or str(config).count("/") != 1:
+                raise EngineError(
+                    "model_unavailable",
+                    f"the config given for '{path}', {config}, is not a diffusers folder (no model_index.json in it)",
+                )
+            repo = str(config)
+        cache = Path(self._cache_dir) if self._cache_dir is not None else hub_cache_dir()
+        snapshot = cached_snapshot(repo, cache, need_weights=False)
+        if snapshot is None and not self._local_files_only:
+            snapshot = self._download_reference(repo, sf)
+        if snapshot is None:
+            raise EngineError("model_unavailable", no_reference_message(path, sf, repo, cache))
+        return snapshot, repo
+
+    def _download_reference(self, repo: str, sf: SingleFile) -> Path:
+        """The reference repo's configs and the parts the file lacks, from the Hub (--allow-download)."""
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(
+                repo, cache_dir=self._cache_dir, allow_patterns=reference_download_hint(sf, repo, patterns=True)
+            )
+        except Exception as exc:  # network, a gated repo (FLUX: accept the licence and log in first)
+            raise EngineError(
+                "model_unavailable", f"cannot download the rest of '{self.model_id}' from {repo}: {exc}"
+            ) from exc
+        return Path(folder)
+
+    def _transformer_from_file(self, path: Path, sf: SingleFile, reference: Path) -> Any:
+        """The transformer of a single file or GGUF, laid out by the reference's config."""
+        import diffusers
+
+        index = weighted_components(reference, sf.family)
+        cls = getattr(diffusers, index.get("transformer", ""), None)
+        if cls is None:
+            raise EngineError("model_refused", f"{reference}: its model_index.json names no diffusers transformer")
+        kwargs: dict[str, Any] = {
+            "config": str(reference), "subfolder": "transformer", "dtype": self.dtype, "local_files_only": True,
+        }
+        if sf.format == "gguf":
+            import importlib.util
+
+            if importlib.util.find_spec("gguf") is None:  # diffusers reads GGUF files with it
+                raise EngineError(
+                    "model_unavailable", f"'{path}' is a GGUF file, which needs the gguf package: pip install gguf"
+                )
+            # Quantised weights stay quantised; each layer is dequantised into this dtype when it runs.
+            kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=self.dtype)
+        return cls.from_single_file(str(path), **kwargs)
+
+    @staticmethod
+    def _component(reference: Path, name: str, load: dict[str, Any]) -> Any:
+        """One pipeline component from the reference folder, by its model_index.json entry."""
+        import importlib
+
+        index = json.loads((reference / "model_index.json").read_text(encoding="utf-8"))
+        library, class_name = index[name]
+        cls = getattr(importlib.import_module(library), class_name)
+        kwargs = {k: v for k, v in load.items() if k != "local_files_only"}
+        return cls.from_pretrained(str(reference / name), local_files_only=True, **kwargs)
 
     def _cached_reference_config(self, path: Path) -> str:
         """A cached diffusers folder to lay out `path` with, or a clear error saying what to get."""
@@ -521,6 +745,7 @@ class DiffusersEngine:
                 return self._flow(FlowInputs(
                     image=request.image, mask=request.mask, prompt=embeds, generators=gens,
                     steps=steps, guidance_scale=request.guidance_scale, strength=strength,
+                    references=list(getattr(request, "references", None) or []),
                 ), pacer=pacer)
             job = Inputs(
                 image=request.image, mask=request.mask, embeddings=embeds, generators=gens,

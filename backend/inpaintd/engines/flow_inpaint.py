@@ -1,10 +1,10 @@
-"""The flow-matching transformer families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein)
-through their stock pipelines.
+"""The flow-matching transformer families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein,
+Qwen-Image-Edit) through their stock pipelines.
 
 Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffusers'
-`StableDiffusion3InpaintPipeline`, `FluxFillPipeline`, `FluxKontextInpaintPipeline` and
-`Flux2KleinInpaintPipeline` as they are, and steer them from
-`callback_on_step_end`, which fires once per transformer call:
+`StableDiffusion3InpaintPipeline`, `FluxFillPipeline`, `FluxKontextInpaintPipeline`,
+`Flux2KleinInpaintPipeline` and `QwenImageEditInpaintPipeline` as they are, and steer them
+from `callback_on_step_end`, which fires once per denoising step:
 
 - progress: one `denoising` event per step, with the pipeline's own count of steps
   (`pipe.num_timesteps`, set before its loop starts);
@@ -13,23 +13,41 @@ Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffu
   still decode);
 - seeds: one CPU generator per variant, so the pipeline draws each variant's latents with
   its own seed (the prompt is encoded once and repeated, one row per variant);
+- the prompt: encoded once per prompt pair and cached by the engine; except where the text
+  encoder is a vision-language model that reads the picture too (Qwen-Image-Edit's
+  Qwen2.5-VL, the row's `vision_prompt`): its embeddings depend on the image, so they are
+  encoded here, per picture, and kept only for the same pixels;
+- guidance: the distilled guidance embedding (FLUX), classifier-free guidance with the
+  negative prompt (SD 3, FLUX.2 klein Base), or the latter under the name `true_cfg_scale`
+  (Qwen-Image, the row's `true_cfg`);
+- reference images (the row's `reference_image`): Kontext's and klein's `image_reference`,
+  scaled to at most a megapixel;
 - the output: latents (`output_type="latent"`), decoded here in chunks of at most a
   megapixel to uint8 on the device, as `sd_inpaint` does.  This also fixes a slip in
   diffusers 0.42.1's SD 3 inpaint pipeline, which decodes without adding the VAE's
   `shift_factor` back (its text-to-image pipeline does): colours would drift;
 - the size: the runner has chosen it; a family whose pipeline would resize the image to
-  resolutions of its own (Kontext snaps to its preferred ones and to a megapixel) is
-  told not to (its row's `pins_size`); one whose pipeline scales anything above an area
-  down with no way to say no (FLUX.2 klein, 1 MP; the runner's sizes may round just above)
-  has its output scaled back to the job's size (its row's `max_pixels`).
+  resolutions of its own (Kontext snaps to its preferred ones and to a megapixel;
+  Qwen-Image-Edit works at 1024^2 pixels whatever it is given) is told not to (its row's
+  `pins_size`); one whose pipeline scales anything above an area down with no way to say
+  no (FLUX.2 klein, 1 MP; the runner's sizes may round just above) has its output scaled
+  back to the job's size (its row's `max_pixels`).
 
 The runner composites the result, so pixels outside the grown mask stay the artist's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+import inspect
+import logging
+import math
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +56,9 @@ from .sd_inpaint import DECODE_PIXELS
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
+
+    from ..families import Family
 
 
 @dataclass
@@ -45,13 +66,20 @@ class FlowPrompt:
     """A prompt encoded once by the pipeline's `encode_prompt` (batch 1).
 
     SD 3: all four; FLUX.1: `positive`, `pooled` (no negative: it is guidance-distilled);
-    FLUX.2 klein: `positive`, `negative` (no pooled embedding).
+    FLUX.2 klein: `positive`, `negative` (no pooled embedding); Qwen-Image-Edit: only `text`
+    here, encoded with the job's picture when the job runs (`FlowInpaintLoop.__call__`), to
+    `positive` and `negative` with their token masks.
     """
 
-    positive: torch.Tensor
+    positive: torch.Tensor | None
     pooled: torch.Tensor | None
     negative: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
+    #: Which tokens of `positive`/`negative` are real (Qwen's encoders; None: all of them).
+    mask: torch.Tensor | None = None
+    negative_mask: torch.Tensor | None = None
+    #: (prompt, negative prompt) still to be encoded with the picture (a `vision_prompt` family).
+    text: tuple[str, str] | None = None
 
 
 @dataclass
@@ -65,6 +93,8 @@ class FlowInputs:
     steps: int
     guidance_scale: float
     strength: float
+    #: Reference images (H x W x 3 uint8 each, any size) for a family that takes them.
+    references: list[np.ndarray] = field(default_factory=list)
 
 
 def pipeline_strength(steps: int, strength: float) -> float:
@@ -82,35 +112,195 @@ def pipeline_strength(steps: int, strength: float) -> float:
     return (wanted - 0.5) / steps
 
 
+#: References are scaled down to at most this many pixels (aspect kept): what FLUX.2 klein's
+#: pipeline does itself, and what Kontext was trained with; Kontext's pipeline, told not to
+#: snap sizes (`pins_size`), would otherwise put a reference of any size into its sequence.
+REFERENCE_PIXELS = 1024 * 1024
+#: Reference sides are multiples of this (VAE downscale 8 x 2x2 latent packing).
+REFERENCE_MULTIPLE = 16
+
+#: Picture-dependent prompt embeddings kept (a `vision_prompt` family): the variants of one
+#: job, and re-runs of the same crop with new seeds, share them.
+VISION_PROMPT_CACHE_SIZE = 4
+
+#: Qwen2.5-VL's image preprocessing as Qwen-Image-Edit's `processor/preprocessor_config.json`
+#: has it (transformers' Qwen2-VL defaults but for the upper bound): 14 px patches, 2x2 of them
+#: merged into one token, between 56^2 and 3584^2 pixels, CLIP's mean and std.
+QWEN_VL_IMAGE = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384, "patch_size": 14,
+                 "temporal_patch_size": 2, "merge_size": 2}
+
+
+class QwenVLProcessor:
+    """What the Qwen-Image pipelines ask of transformers' `Qwen2VLProcessor`: the picture as
+    Qwen2.5-VL's patches, and each prompt with its `<|image_pad|>` repeated once per merged
+    patch, tokenised.
+
+    transformers 5's `Qwen2VLProcessor` cannot be built without torchvision (its video half),
+    and no torchvision build matches the CPU torch pinned here; a folder saved without its
+    processor (the family's `optional_components`) runs on this one, made from the
+    pipeline's own tokenizer and the settings above.
+    """
+
+    image_token = "<|image_pad|>"
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import Qwen2VLImageProcessorPil
+
+        self.tokenizer = tokenizer
+        self.image_processor = Qwen2VLImageProcessorPil(**QWEN_VL_IMAGE)
+
+    def __call__(self, text: str | list[str], images: Any = None, padding: bool = True,
+                 return_tensors: str = "pt", **_: Any) -> Any:
+        from transformers import BatchFeature
+
+        texts = [text] if isinstance(text, str) else list(text)
+        data: dict[str, Any] = {}
+        if images is not None:
+            vision = self.image_processor(images=images, return_tensors=return_tensors)
+            merge = int(self.image_processor.merge_size) ** 2
+            counts = iter([int(grid.prod()) // merge for grid in vision["image_grid_thw"]])
+            # Each placeholder, across the batch in order, stands for the next image's tokens.
+            texts = ["".join(part if i == 0 else self.image_token * next(counts) + part
+                             for i, part in enumerate(t.split(self.image_token))) for t in texts]
+            data.update(vision)
+        data.update(self.tokenizer(texts, padding=padding, return_tensors=return_tensors))
+        return BatchFeature(data)
+
+
+#: The (width, height) that a pipeline sizing its work with its module's `calculate_dimensions`
+#: (Qwen-Image-Edit's) uses for the call in flight on this thread; None: its own choice.
+_PINNED_SIZE: ContextVar[tuple[int, int] | None] = ContextVar("inpaintd_pinned_size", default=None)
+
+
+def _pin_module_size(module: Any) -> None:
+    """Make `module.calculate_dimensions` give the pinned size while one is set (`pinned_size`).
+
+    diffusers 0.42.1's Qwen-Image-Edit pipelines ignore the `height`/`width` they are given
+    and work at 1024^2 pixels at the input's aspect, sides multiples of 32, with no argument
+    to say otherwise; the runner has chosen the size already (about the same area).  Only this
+    thread's call in flight is affected, so other callers of the pipeline get its own sizes."""
+    original = module.calculate_dimensions
+    if getattr(original, "inpaintd_pin", False):
+        return
+
+    def calculate_dimensions(target_area: float, ratio: float) -> tuple[int, int, None]:
+        pinned = _PINNED_SIZE.get()
+        if pinned is None:
+            return original(target_area, ratio)
+        return pinned[0], pinned[1], None
+
+    calculate_dimensions.inpaintd_pin = True  # type: ignore[attr-defined]
+    module.calculate_dimensions = calculate_dimensions
+
+
+class _NoMaskWarning(logging.Filter):
+    """Drops the Qwen-Image pipelines' warning, on every call given embeddings without a token
+    mask, that padded tokens would count: their `encode_prompt` gives None only where every
+    token is real, which a batch of one prompt always is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "prompt_embeds_mask` is not provided" not in record.getMessage()
+
+
+def _quiet_mask_warning(pipe: Any) -> None:
+    logger = logging.getLogger(type(pipe).__module__)
+    if not any(isinstance(f, _NoMaskWarning) for f in logger.filters):
+        logger.addFilter(_NoMaskWarning())
+
+
+@contextmanager
+def pinned_size(width: int, height: int) -> Iterator[None]:
+    """Within this block, a pipeline whose size was pinned (`_pin_module_size`) works at width x height."""
+    token = _PINNED_SIZE.set((width, height))
+    try:
+        yield
+    finally:
+        _PINNED_SIZE.reset(token)
+
+
+def reference_picture(reference: np.ndarray) -> Image.Image:
+    """A reference as the pipelines take it: RGB, at most REFERENCE_PIXELS (aspect kept,
+    Lanczos), sides multiples of REFERENCE_MULTIPLE (at least one multiple)."""
+    from PIL import Image
+
+    arr = np.asarray(reference)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    arr = np.ascontiguousarray(arr[:, :, :3]).astype(np.uint8, copy=False)
+    height, width = arr.shape[:2]
+    scale = min(1.0, math.sqrt(REFERENCE_PIXELS / (height * width)))
+    m = REFERENCE_MULTIPLE
+    size = (max(m, int(width * scale) // m * m), max(m, int(height * scale) // m * m))
+    picture = Image.fromarray(arr)
+    return picture if size == (width, height) else picture.resize(size, Image.Resampling.LANCZOS)
+
+
 class FlowInpaintLoop:
-    """Runs one loaded flow pipeline (SD 3.x, FLUX.1 Fill or Kontext) for a prepared job."""
+    """Runs one loaded flow pipeline (SD 3.x, FLUX.1 Fill or Kontext, FLUX.2 klein,
+    Qwen-Image-Edit) for a prepared job."""
 
     def __init__(
         self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False, pooled_prompt: bool = True,
-        max_pixels: int | None = None,
+        max_pixels: int | None = None, family: Family | None = None,
     ) -> None:
         """`negative_prompt`: the family conditions on a negative prompt with classifier-free
-        guidance (SD 3, FLUX.2 klein Base); otherwise `guidance_scale` is the distilled
-        guidance (FLUX.1).  `pins_size`: the pipeline resizes its input unless told not to
-        (Kontext).  `pooled_prompt`: its encoders give a pooled embedding too (not FLUX.2).
-        `max_pixels`: the pipeline scales larger inputs down to this area (FLUX.2 klein)."""
+        guidance (SD 3, FLUX.2 klein Base, Qwen-Image); otherwise `guidance_scale` is the
+        distilled guidance (FLUX.1).  `pins_size`: the pipeline resizes its input unless told
+        not to (Kontext, Qwen-Image-Edit).  `pooled_prompt`: its encoders give a pooled
+        embedding too (not FLUX.2 or Qwen).  `max_pixels`: the pipeline scales larger inputs
+        down to this area (FLUX.2 klein).  `family`: its row, for the rest (true CFG, a
+        vision-language prompt, references); looked up from the pipeline's class when not given."""
+        from ..families import family_of_pipeline
+
         self.pipe = pipe
         self.device = device
         self.negative_prompt = negative_prompt
         self.pins_size = pins_size
         self.pooled_prompt = pooled_prompt
         self.max_pixels = max_pixels
+        self.family = family if family is not None else family_of_pipeline(type(pipe).__name__)
         self.vae_scale_factor = int(pipe.vae_scale_factor)
-        #: FLUX packs 2x2 latent patches into tokens; its latents come back packed.
+        #: FLUX and Qwen-Image pack 2x2 latent patches into tokens; their latents come back packed.
         self.packed = hasattr(pipe, "_unpack_latents")
+        #: Guidance is the pipeline's `true_cfg_scale` (Qwen-Image), not its `guidance_scale`.
+        self.true_cfg = self.family.true_cfg
+        #: Prompts are encoded with the picture, per job (`FlowPrompt.text`).
+        self.vision_prompt = self.family.vision_prompt
+        self._vision_cache: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        if self.vision_prompt and getattr(pipe, "processor", None) is None:
+            pipe.processor = QwenVLProcessor(pipe.tokenizer)
+        if self.true_cfg:
+            _quiet_mask_warning(pipe)
+        #: How the size is pinned: Kontext takes arguments for it; Qwen-Image-Edit's module
+        #: function is told (see `_pin_module_size`).
+        self._pin_by_arguments = False
+        if pins_size:
+            self._pin_by_arguments = "_auto_resize" in inspect.signature(pipe.__call__).parameters
+            if not self._pin_by_arguments:
+                _pin_module_size(self._sizing_module(pipe))
+
+    @staticmethod
+    def _sizing_module(pipe: Any) -> Any:
+        """The module whose `calculate_dimensions` the pipeline's `__call__` sizes its work with."""
+        for cls in type(pipe).__mro__:
+            module = sys.modules.get(cls.__module__)
+            if module is not None and callable(getattr(module, "calculate_dimensions", None)):
+                return module
+        raise ValueError(f"{type(pipe).__name__}: no known way to keep it at the runner's size")
 
     def encode(self, prompt: str, negative: str) -> FlowPrompt:
         """The prompt pair through the pipeline's own encoders (CLIP x2 and T5 for SD 3,
         CLIP and T5 for FLUX.1, Qwen3 for FLUX.2).  The negative side is always encoded where
-        the family takes one, so that one cache entry serves any guidance scale."""
+        the family takes one, so that one cache entry serves any guidance scale.
+
+        A vision-language encoder (Qwen-Image-Edit) needs the picture, which the engine's
+        prompt cache (keyed by the text alone) must not see: only the text is kept here, and
+        `__call__` encodes it with each job's picture (`_vision_embeds`)."""
         import torch
 
         pipe = self.pipe
+        if self.vision_prompt:
+            return FlowPrompt(None, None, text=(prompt, negative))
         with torch.inference_mode():
             if not self.pooled_prompt:
                 device = pipe._execution_device
@@ -130,6 +320,82 @@ class FlowInpaintLoop:
             )
             return FlowPrompt(pos, pooled)
 
+    def _vision_embeds(self, text: str, picture: Image.Image, digest: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`text` encoded with `picture` by the pipeline's `encode_prompt` (its prompt template,
+        the processor, the VL model's last hidden states): embeddings and token mask.
+
+        Cached by the text and a digest of the pixels, never by the text alone: the same
+        instruction means other embeddings for another picture."""
+        key = (text, digest)
+        cached = self._vision_cache.get(key)
+        if cached is not None:
+            self._vision_cache.move_to_end(key)
+            return cached
+        pipe = self.pipe
+        embeds, mask = pipe.encode_prompt(prompt=text, image=picture, device=pipe._execution_device, num_images_per_prompt=1)
+        self._vision_cache[key] = (embeds, mask)
+        while len(self._vision_cache) > VISION_PROMPT_CACHE_SIZE:
+            self._vision_cache.popitem(last=False)
+        return embeds, mask
+
+    def _prompt_kwargs(self, job: FlowInputs, picture: Image.Image, n: int) -> dict[str, Any]:
+        """The prompt's embeddings as the pipeline takes them, one row per variant.
+
+        The negative side goes in where the family guides with it; with true CFG only above
+        a scale of 1, where the pipeline uses it (for Qwen-Image-Edit that also spares a pass
+        of the VL model)."""
+        emb = job.prompt
+        use_negative = self.negative_prompt and (not self.true_cfg or job.guidance_scale > 1.0)
+        if emb.text is not None:
+            prompt, negative = emb.text
+            digest = hashlib.blake2b(picture.tobytes(), digest_size=16).hexdigest() + f"{picture.size}"
+            pos, mask = self._vision_embeds(prompt, picture, digest)
+            neg, neg_mask = self._vision_embeds(negative, picture, digest) if use_negative else (None, None)
+            emb = FlowPrompt(pos, None, neg, mask=mask, negative_mask=neg_mask)
+        assert emb.positive is not None
+        kwargs: dict[str, Any] = {"prompt_embeds": emb.positive.repeat(n, 1, 1)}
+        if emb.mask is not None:
+            kwargs["prompt_embeds_mask"] = emb.mask.repeat(n, 1)
+        if emb.pooled is not None:
+            kwargs["pooled_prompt_embeds"] = emb.pooled.repeat(n, 1)
+        if use_negative:
+            assert emb.negative is not None
+            kwargs["negative_prompt_embeds"] = emb.negative.repeat(n, 1, 1)
+            if emb.negative_mask is not None:
+                kwargs["negative_prompt_embeds_mask"] = emb.negative_mask.repeat(n, 1)
+            if emb.negative_pooled is not None:
+                kwargs["negative_pooled_prompt_embeds"] = emb.negative_pooled.repeat(n, 1)
+        return kwargs
+
+    def _guidance_kwargs(self, job: FlowInputs) -> dict[str, Any]:
+        """Qwen-Image's guidance is classifier-free, `true_cfg_scale`; its `guidance_scale` is
+        for checkpoints with a guidance embedding, which it has not (the pipeline warns when
+        given one).  The others take `guidance_scale` (distilled for FLUX, CFG for SD 3 and klein)."""
+        if self.true_cfg:
+            return {"true_cfg_scale": job.guidance_scale, "guidance_scale": None}
+        return {"guidance_scale": job.guidance_scale}
+
+    def _reference_kwargs(self, references: list[np.ndarray]) -> dict[str, Any]:
+        """`image_reference` for a family that takes one: Kontext's first reference alone (its
+        pipeline takes one image per prompt), klein's first `max_references` as a list (its
+        pipeline appends each to the sequence).  Other families ignore references
+        (`reference_note` says so)."""
+        if not self.family.reference_image or not references:
+            return {}
+        pictures = [reference_picture(r) for r in references[: self.family.max_references]]
+        return {"image_reference": pictures[0] if self.family.max_references == 1 else pictures}
+
+    def reference_note(self, count: int) -> str | None:
+        """What a job's result should say when its `count` references were not all used (for
+        the engine's notes), or None."""
+        fam = self.family
+        if count == 0 or (fam.reference_image and count <= fam.max_references):
+            return None
+        if not fam.reference_image:
+            return f"{fam.label} takes no reference image; the {count} given were ignored"
+        extra = count - fam.max_references
+        return f"{fam.label} takes at most {fam.max_references} reference image(s); the first were used, {extra} ignored"
+
     def __call__(self, job: FlowInputs, *, pacer: Any, on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Inpaint `job`; returns N x H x W x 3 uint8, one image per generator.
 
@@ -143,20 +409,16 @@ class FlowInpaintLoop:
         pipe = self.pipe
         n = len(job.generators)
         height, width = job.mask.shape[:2]
-        emb = job.prompt
-        kwargs: dict[str, Any] = {"prompt_embeds": emb.positive.repeat(n, 1, 1)}
-        if emb.pooled is not None:
-            kwargs["pooled_prompt_embeds"] = emb.pooled.repeat(n, 1)
-        if self.negative_prompt:
-            assert emb.negative is not None
-            kwargs["negative_prompt_embeds"] = emb.negative.repeat(n, 1, 1)
-            if emb.negative_pooled is not None:
-                kwargs["negative_pooled_prompt_embeds"] = emb.negative_pooled.repeat(n, 1)
-        if self.pins_size:
+        picture = Image.fromarray(np.ascontiguousarray(job.image[:, :, :3]))
+        kwargs: dict[str, Any] = {}
+        pin: Any = nullcontext()
+        if self.pins_size and self._pin_by_arguments:
             # Kontext would snap the image to the nearest of its preferred resolutions
             # (`_auto_resize`) and the output size to `max_area`.
             kwargs["_auto_resize"] = False
             kwargs["max_area"] = height * width
+        elif self.pins_size:
+            pin = pinned_size(width, height)  # Qwen-Image-Edit would work at 1024^2 pixels
         report = pacer.launched if pacer is not None else on_step
 
         def step_end(p: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -164,15 +426,17 @@ class FlowInpaintLoop:
                 report(i, int(p.num_timesteps))
             return tensors
 
-        with torch.inference_mode():
+        with torch.inference_mode(), pin:
+            kwargs.update(self._prompt_kwargs(job, picture, n))
+            kwargs.update(self._guidance_kwargs(job))
+            kwargs.update(self._reference_kwargs(job.references))
             latents = pipe(
-                image=Image.fromarray(np.ascontiguousarray(job.image[:, :, :3])),
+                image=picture,
                 mask_image=Image.fromarray(np.ascontiguousarray(job.mask), mode="L"),
                 height=height,
                 width=width,
                 strength=pipeline_strength(job.steps, job.strength),
                 num_inference_steps=job.steps,
-                guidance_scale=job.guidance_scale,
                 num_images_per_prompt=1,
                 generator=list(job.generators),
                 output_type="latent",
@@ -185,29 +449,42 @@ class FlowInpaintLoop:
             if self.packed:
                 latents = pipe._unpack_latents(latents, height, width, self.vae_scale_factor)
             images = self._decode(latents)
-        if self.max_pixels is not None and height * width > self.max_pixels and images.shape[1:3] != (height, width):
-            # The pipeline ran at its own, smaller size: back to the job's (the runner
-            # composites, so only the regenerated pixels carry the rescale).
+        if images.shape[1:3] != (height, width):
+            # The pipeline ran at its own, smaller size (FLUX.2 klein above `max_pixels`):
+            # back to the job's (the runner composites, so only the regenerated pixels carry
+            # the rescale).
             images = np.stack([
                 np.asarray(Image.fromarray(one).resize((width, height), Image.Resampling.LANCZOS)) for one in images
             ])
         return images
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents to uint8 pixels, undoing the VAE's scaling and shift, a megapixel per call.
-        (FLUX.2's VAE has neither: its pipeline hands back latents with its batch norm undone.)"""
+        """Latents to uint8 pixels, undoing the VAE's normalisation, a megapixel per call.
+
+        SD 3 / FLUX.1: one scale and shift.  FLUX.2's VAE has neither: its pipeline hands back
+        latents with its batch norm undone.  Qwen-Image's (Wan's 3D VAE): a mean and a std per
+        channel, and a time axis of one frame (latents B x C x 1 x h x w), as its pipeline
+        decodes them."""
         import torch
 
         vae = self.pipe.vae
         config = vae.config
         latents = latents.to(next(vae.parameters()).dtype)
-        scaling = getattr(config, "scaling_factor", None) or 1.0
-        latents = latents / scaling + (getattr(config, "shift_factor", None) or 0.0)
+        if latents.ndim == 5:
+            shape = (1, -1, 1, 1, 1)
+            mean = torch.tensor(config.latents_mean).view(shape).to(latents.device, latents.dtype)
+            inv_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(latents.device, latents.dtype)
+            latents = latents / inv_std + mean
+        else:
+            scaling = getattr(config, "scaling_factor", None) or 1.0
+            latents = latents / scaling + (getattr(config, "shift_factor", None) or 0.0)
         height, width = latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor
         per_call = max(1, DECODE_PIXELS // (height * width))
         out = []
         for one in latents.split(per_call):
             pixels = vae.decode(one, return_dict=False)[0]
+            if pixels.ndim == 5:
+                pixels = pixels[:, :, 0]
             pixels = (pixels.float() / 2 + 0.5).clamp(0, 1) * 255.0
             out.append(pixels.round().to(torch.uint8).permute(0, 2, 3, 1))
         return torch.cat(out).cpu().numpy()

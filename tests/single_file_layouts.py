@@ -1,0 +1,295 @@
+"""The tiny flow-matching pipelines written as the single files people download.
+
+- SD 3.x as Stability ships `sd3.5_large.safetensors`: the MMDiT under
+  `model.diffusion_model.joint_blocks.*` with the VAE under `first_stage_model.*` (LDM
+  layout), and optionally the T5 encoder under `text_encoders.t5xxl.transformer.*`.
+- FLUX.1 as BFL ships `flux1-fill-dev.safetensors`: the transformer alone, bare names
+  (`double_blocks.*`, `single_blocks.*`, `img_in.weight`); ComfyUI's saves put
+  `model.diffusion_model.` in front.
+- GGUF as city96's `flux1-fill-dev-Q8_0.gguf` / `sd3.5_large-Q8_0.gguf`: the same bare
+  names, the Linear layers' 2-D weights quantised (Q8_0) or all of them F16.
+
+The key layouts are the inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`
+and `convert_flux_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py),
+written for any config so that the tiny ones round-trip: every parameter is renamed or the
+call fails, and loading the file through diffusers must give the tiny model's tensors back.
+
+One trap: diffusers' FLUX converter fixes the transformer width at FLUX.1's 3072
+(`inner_dim = 3072`, used to split each single block's fused `linear1`), so it cannot
+convert the tiny 32-wide FLUX at all.  `flux_converter_for_any_width` swaps in the same
+function with the width read from the checkpoint, for the tests' duration; real FLUX.1
+files are 3072 wide and take diffusers' own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inpaintd.testmodel import _component_weights, _ldm_vae_key, install_in_hub_cache
+
+DENOISER_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+T5_PREFIX = "text_encoders.t5xxl.transformer."
+
+
+def _config(folder: Path, component: str) -> dict[str, Any]:
+    return json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """AdaLayerNormContinuous: the original says (shift, scale), diffusers (scale, shift);
+    swapping the halves is its own inverse."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+class _Renamer:
+    """Moves tensors from a diffusers state dict to original names; every source tensor
+    must be taken, and no original name may be written twice."""
+
+    def __init__(self, source: dict[str, torch.Tensor]) -> None:
+        self.source = dict(source)
+        self.out: dict[str, torch.Tensor] = {}
+
+    def take(self, key: str) -> torch.Tensor:
+        return self.source.pop(key)
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        if key in self.out:
+            raise ValueError(f"two tensors map to {key!r}")
+        self.out[key] = value
+
+    def move(self, old: str, new: str) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{old}.{suffix}" in self.source:
+                self.put(f"{new}.{suffix}", self.take(f"{old}.{suffix}"))
+
+    def fuse(self, olds: list[str], new: str) -> None:
+        for suffix in ("weight", "bias"):
+            self.put(f"{new}.{suffix}", torch.cat([self.take(f"{o}.{suffix}") for o in olds], dim=0))
+
+    def done(self) -> dict[str, torch.Tensor]:
+        if self.source:
+            raise ValueError(f"no original name for {sorted(self.source)[:5]}")
+        return self.out
+
+
+# -- SD 3.x (Stability's MMDiT layout) ------------------------------------------------------
+
+
+def sd3_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """An SD3Transformer2DModel state dict in Stability's names (no prefix)."""
+    r = _Renamer(state)
+    layers = int(config["num_layers"])
+    dual = set(config.get("dual_attention_layers") or ())
+    r.put("pos_embed", r.take("pos_embed.pos_embed"))
+    r.move("pos_embed.proj", "x_embedder.proj")
+    r.move("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    r.move("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    r.move("context_embedder", "context_embedder")
+    r.move("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    r.move("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    for i in range(layers):
+        b, x, c = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        last = i == layers - 1
+        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v"], f"{x}.attn.qkv")
+        r.fuse([f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj"], f"{c}.attn.qkv")
+        r.move(f"{b}.attn.norm_q", f"{x}.attn.ln_q")
+        r.move(f"{b}.attn.norm_k", f"{x}.attn.ln_k")
+        r.move(f"{b}.attn.norm_added_q", f"{c}.attn.ln_q")
+        r.move(f"{b}.attn.norm_added_k", f"{c}.attn.ln_k")
+        r.move(f"{b}.attn.to_out.0", f"{x}.attn.proj")
+        if i in dual:
+            r.fuse([f"{b}.attn2.to_q", f"{b}.attn2.to_k", f"{b}.attn2.to_v"], f"{x}.attn2.qkv")
+            r.move(f"{b}.attn2.norm_q", f"{x}.attn2.ln_q")
+            r.move(f"{b}.attn2.norm_k", f"{x}.attn2.ln_k")
+            r.move(f"{b}.attn2.to_out.0", f"{x}.attn2.proj")
+        r.move(f"{b}.norm1.linear", f"{x}.adaLN_modulation.1")
+        r.move(f"{b}.ff.net.0.proj", f"{x}.mlp.fc1")
+        r.move(f"{b}.ff.net.2", f"{x}.mlp.fc2")
+        if last:  # the context stream's last block only conditions (context_pre_only)
+            for suffix in ("weight", "bias"):
+                r.put(f"{c}.adaLN_modulation.1.{suffix}", _swap_halves(r.take(f"{b}.norm1_context.linear.{suffix}")))
+        else:
+            r.move(f"{b}.attn.to_add_out", f"{c}.attn.proj")
+            r.move(f"{b}.norm1_context.linear", f"{c}.adaLN_modulation.1")
+            r.move(f"{b}.ff_context.net.0.proj", f"{c}.mlp.fc1")
+            r.move(f"{b}.ff_context.net.2", f"{c}.mlp.fc2")
+    r.move("proj_out", "final_layer.linear")
+    for suffix in ("weight", "bias"):
+        r.put(f"final_layer.adaLN_modulation.1.{suffix}", _swap_halves(r.take(f"norm_out.linear.{suffix}")))
+    return r.done()
+
+
+def vae_original(folder: Path) -> dict[str, torch.Tensor]:
+    """The VAE in LDM names (mid-block attention as 1x1 convs), as SD 3.x files carry it."""
+    config = _config(folder, "vae")
+    out = {}
+    for key, value in _component_weights(folder, "vae").items():
+        ldm = _ldm_vae_key(key, config)
+        if ".mid.attn_1." in ldm and value.ndim == 2:
+            value = value[:, :, None, None]
+        out[ldm] = value
+    return out
+
+
+def write_sd3_file(folder: Path, out: Path, *, vae: bool = True, t5: bool = False, prefix: str = DENOISER_PREFIX,
+                   dtype: torch.dtype | None = None) -> Path:
+    """The tiny SD 3 pipeline in `folder` as Stability's single file (transformer + VAE by
+    default; with `t5`, its T5 encoder too, as the `..._incl_clips_t5xxlfp16` files)."""
+    tensors = {prefix + k: v for k, v in sd3_original(_component_weights(folder, "transformer"),
+                                                       _config(folder, "transformer")).items()}
+    if vae:
+        tensors.update({VAE_PREFIX + k: v for k, v in vae_original(folder).items()})
+    if t5:  # as in real files: the tied embedding under T5's own name, `shared`
+        t5_state = _component_weights(folder, "text_encoder_3")
+        t5_state.setdefault("shared.weight", t5_state.pop("encoder.embed_tokens.weight", None))
+        tensors.update({T5_PREFIX + k: v for k, v in t5_state.items() if v is not None})
+    return _save(tensors, out, dtype, None)
+
+
+# -- FLUX.1 (BFL's layout) ------------------------------------------------------------------
+
+
+def flux_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A FluxTransformer2DModel state dict in BFL's names (no prefix)."""
+    r = _Renamer(state)
+    r.move("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer")
+    r.move("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer")
+    r.move("time_text_embed.text_embedder.linear_1", "vector_in.in_layer")
+    r.move("time_text_embed.text_embedder.linear_2", "vector_in.out_layer")
+    r.move("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer")
+    r.move("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer")
+    r.move("context_embedder", "txt_in")
+    r.move("x_embedder", "img_in")
+    for i in range(int(config["num_layers"])):
+        b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        r.move(f"{b}.norm1.linear", f"{d}.img_mod.lin")
+        r.move(f"{b}.norm1_context.linear", f"{d}.txt_mod.lin")
+        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v"], f"{d}.img_attn.qkv")
+        r.fuse([f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj"], f"{d}.txt_attn.qkv")
+        r.put(f"{d}.img_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
+        r.put(f"{d}.img_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
+        r.put(f"{d}.txt_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_added_q.weight"))
+        r.put(f"{d}.txt_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_added_k.weight"))
+        r.move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
+        r.move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
+        r.move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
+        r.move(f"{b}.ff_context.net.2", f"{d}.txt_mlp.2")
+        r.move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
+        r.move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
+    for i in range(int(config["num_single_layers"])):
+        b, s = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        r.move(f"{b}.norm.linear", f"{s}.modulation.lin")
+        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v", f"{b}.proj_mlp"], f"{s}.linear1")
+        r.put(f"{s}.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
+        r.put(f"{s}.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
+        r.move(f"{b}.proj_out", f"{s}.linear2")
+    r.move("proj_out", "final_layer.linear")
+    for suffix in ("weight", "bias"):
+        r.put(f"final_layer.adaLN_modulation.1.{suffix}", _swap_halves(r.take(f"norm_out.linear.{suffix}")))
+    return r.done()
+
+
+def write_flux_file(folder: Path, out: Path, *, prefix: str = "", metadata: dict[str, str] | None = None) -> Path:
+    """The tiny FLUX.1 transformer in `folder` as BFL's file (`prefix` "model.diffusion_model."
+    for ComfyUI's layout)."""
+    tensors = flux_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
+    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+
+
+def _save(tensors: dict[str, torch.Tensor], out: Path, dtype: torch.dtype | None, metadata: dict[str, str] | None) -> Path:
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ready = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().clone()
+             for k, v in tensors.items()}
+    save_file(ready, str(out), metadata={"format": "pt", **(metadata or {})})
+    return out
+
+
+# -- GGUF --------------------------------------------------------------------------------
+
+
+def write_gguf(tensors: dict[str, torch.Tensor], out: Path, arch: str, quant: str = "Q8_0") -> Path:
+    """`tensors` (original names) as city96's GGUFs hold them: 2-D weights whose rows split
+    into 32-value blocks quantised to `quant` ("Q8_0"), or everything "F16"; the rest
+    (biases, norms, convolutions, the position table) F32."""
+    import gguf
+    import numpy as np
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    writer = gguf.GGUFWriter(str(out), arch=arch)
+    writer.add_string("general.name", "tiny")  # city96's files say little more
+    for name, value in tensors.items():
+        data = value.detach().to(torch.float32).numpy()
+        if quant == "F16":
+            writer.add_tensor(name, data.astype(np.float16))
+        elif data.ndim == 2 and data.shape[-1] % 32 == 0 and name.endswith(".weight"):
+            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def gguf_of(folder: Path, family: str, out: Path, quant: str = "Q8_0") -> Path:
+    """The tiny `family` ("sd3" or "flux") transformer in `folder` as a GGUF file."""
+    state, config = _component_weights(folder, "transformer"), _config(folder, "transformer")
+    original = sd3_original(state, config) if family == "sd3" else flux_original(state, config)
+    return write_gguf(original, out, "sd3" if family == "sd3" else "flux", quant)
+
+
+# -- the converter's fixed width, and the reference repo in a hub cache -----------------------
+
+
+@contextmanager
+def flux_converter_for_any_width() -> Iterator[None]:
+    """diffusers' FLUX converter with the width read from the checkpoint (`txt_in.weight`'s
+    rows; also a GGUF's, whose rows stay rows) instead of FLUX.1's 3072, for the duration."""
+    from diffusers.loaders import single_file_model, single_file_utils
+
+    original = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers
+    source = inspect.getsource(original)
+    fixed = "inner_dim = 3072"
+    if fixed not in source:  # a diffusers that reads the width itself
+        yield
+        return
+    source = source.replace(fixed, 'inner_dim = checkpoint["txt_in.weight"].shape[0]')
+    namespace = dict(vars(single_file_utils))
+    exec(compile(source, single_file_utils.__file__, "exec"), namespace)  # noqa: S102  (diffusers' own code)
+    entry = single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"]
+    before = entry["checkpoint_mapping_fn"]
+    entry["checkpoint_mapping_fn"] = namespace[original.__name__]
+    try:
+        yield
+    finally:
+        entry["checkpoint_mapping_fn"] = before
+
+
+def install_reference(folder: Path, hub: Path, repo: str, *, weights: tuple[str, ...] = ()) -> Path:
+    """`folder` in the hub cache as `repo`, the way `hf download` leaves it: the configs,
+    tokenizers and scheduler, and the weights of the components in `weights` only."""
+    staging = hub.parent / f"staging-{repo.replace('/', '--')}"
+    shutil.rmtree(staging, ignore_errors=True)
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        part = Path(directory).name
+        return [n for n in names if n.endswith((".safetensors", ".bin")) and part not in weights]
+
+    shutil.copytree(folder, staging, ignore=ignore)
+    try:
+        return install_in_hub_cache(staging, hub, repo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
