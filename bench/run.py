@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
 
 from bench.common import Config, Row, Section, markdown_table, text_table  # noqa: E402
 
-BENCHMARKS = ("transport", "overhead", "canvas", "gpu", "ray_bench")
+BENCHMARKS = ("transport", "overhead", "canvas", "gpu", "ray_bench", "families")
 
 
 def machine() -> str:

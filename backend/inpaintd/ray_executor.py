@@ -105,6 +105,10 @@ class InpaintReplica:
         self.identity = f"{context.replica_id.unique_id} on {socket.gethostname()} (pid {os.getpid()})"
         self._listeners: dict[str, list[Callable[[str, int, int], None]]] = {}
         self._lock = threading.Lock()
+        #: One job on the engines at a time: a cancelled job's thread runs on to its next
+        #: step while Serve may already have sent this replica the next job, and the two
+        #: would share a pipeline's scheduler (or the next load would close it under the first).
+        self._engine_lock = threading.Lock()
         #: What this replica did: jobs streamed, job threads still running (a cancelled job's
         #: thread ends at its next step), jobs cancelled, and steps reported after a cancel.
         self.stats: dict[str, int] = {"jobs": 0, "threads": 0, "cancelled": 0, "steps_after_cancel": 0}
@@ -202,6 +206,13 @@ class InpaintReplica:
         engine = None
         with self._lock:
             self._listeners.setdefault(model, []).append(report_load)
+        with self._engine_lock:
+            return self._work_alone(request, model, engine, report_load, progress, push, cancelled, loop)
+
+    def _work_alone(self, request: JobRequest, model: str, engine: Any, report_load: Callable[[str, int, int], None],
+                    progress: Callable[[str, int, int], None], push: Callable[[tuple], None],
+                    cancelled: Callable[[], bool], loop: asyncio.AbstractEventLoop) -> tuple:
+        """`_work` under the engine lock: load (or find warm), run, and say how it ended."""
         try:
             try:
                 # Through the multiplexer, on the replica's loop: it records the model here.
