@@ -31,19 +31,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .engines.quantize import BYTES_PER_WEIGHT, kept_share, quantized_bytes
+
 #: Memory modes, from fastest and hungriest to slowest and leanest: the order `auto` tries
 #: and an out-of-memory retry steps down.
 MODES = ("gpu", "offload", "group", "sequential")
 MEMORY_CHOICES = ("auto", *MODES)
 
-#: Bytes per weight as stored, per precision; int8 and nf4 carry per-group scales (SDNQ and
-#: bitsandbytes keep one 16-bit scale per 32 to 64 weights).
+#: Bytes per weight as stored, per precision; int8 and nf4 carry SDNQ's per-group scales
+#: (`engines.quantize.BYTES_PER_WEIGHT`, measured on SDNQ's layers).
 BYTES_PER_PARAM: dict[str, float] = {
     "fp32": 4.0,
     "bf16": 2.0,
-    "fp8": 1.0,
-    "int8": 1.0 + 2 / 64,
-    "nf4": 0.5 + 2 / 32,
+    **{method: float(rate) for method, rate in BYTES_PER_WEIGHT.items()},
 }
 
 #: The working set (activations, attention, the VAE decode) of one variant at the family's
@@ -258,7 +258,7 @@ def _quantizable(name: str, large_text_encoder: str | None) -> bool:
 
 
 def component_bytes(w: Weights, precision: str, quantize: dict[str, str], large_text_encoder: str | None,
-                    params: int | None = None) -> int:
+                    params: int | None = None, family: str | None = None) -> int:
     """Bytes of `params` (default: all) of component `w` at the device precision, or at its
     --quantize method where one applies to it."""
     if w.stored_bytes is not None:  # GGUF: quantised in the file, whatever the plan says
@@ -269,8 +269,14 @@ def component_bytes(w: Weights, precision: str, quantize: dict[str, str], large_
         method = quantize.get("denoiser")
     if method is None and large_text_encoder and w.name == large_text_encoder:
         method = quantize.get("text_encoder")
+    count = w.params if params is None else params
+    if method in BYTES_PER_WEIGHT and family is not None:
+        # The layers the method leaves in the compute dtype (fp8 casting keeps FLUX's and
+        # SD 3.5's AdaLN layers, every method T5's `wo`): a large share for some.
+        share = kept_share(family, "denoiser" if w.name in ("unet", "transformer", "denoiser") else "text_encoder", method)
+        return quantized_bytes(count, method, dtype_bytes=int(BYTES_PER_PARAM[precision]), kept_share=share)
     per = BYTES_PER_PARAM.get(method or "", BYTES_PER_PARAM[precision])
-    return int((w.params if params is None else params) * per)
+    return int(count * per)
 
 
 def estimate(
@@ -290,7 +296,7 @@ def estimate(
         working *= 2
 
     def size(w: Weights, params: int | None = None) -> int:
-        return component_bytes(w, precision, q, large_text_encoder, params)
+        return component_bytes(w, precision, q, large_text_encoder, params, family)
 
     return {
         "gpu": sum(size(w) for w in weights) + working,
@@ -330,14 +336,15 @@ def report(
     q = dict(quantize or {})
     total = sum(w.params for w in weights)
     by_precision = {
-        p: sum(component_bytes(w, "bf16", {"denoiser": p, "text_encoder": p}, large_text_encoder) for w in weights)
+        p: sum(component_bytes(w, "bf16", {"denoiser": p, "text_encoder": p}, large_text_encoder, family=family)
+               for w in weights)
         for p in BYTES_PER_PARAM
     }
     peak = estimate(
         weights, family, precision=precision, quantize=q, large_text_encoder=large_text_encoder, pixels_ratio=pixels_ratio,
     )
     auto, reason = choose(peak, free)
-    stored = sum(component_bytes(w, precision, q, large_text_encoder) for w in weights)
+    stored = sum(component_bytes(w, precision, q, large_text_encoder, family=family) for w in weights)
     host = {"gpu": 0, "offload": stored, "group": stored, "sequential": stored}
     return MemoryReport(
         parameters=total,
