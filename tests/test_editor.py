@@ -39,7 +39,7 @@ def test_bounds_come_from_the_limits_and_fit_an_editors_int() -> None:
 def test_choices_pair_values_with_words() -> None:
     fill = editor.choices(BY_NAME["fill"])
     assert [v for v, _ in fill] == list(BY_NAME["fill"].choices) and fill[0][1].startswith("Auto")
-    assert editor.choices(BY_NAME["scheduler"])[0] == ("default", "default")
+    assert editor.choices(BY_NAME["scheduler"])[0] == ("default", "Default (the model's own)")
 
 
 def test_check_names_each_problem() -> None:

@@ -203,7 +203,7 @@ def test_arguments_keep_their_positions_and_the_dialog_shows_them_all():
     # The first release's arguments, in their order: scripts may pass them by position.
     assert names[:13] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model", "grow",
                           "feather", "padding", "endpoint", "sample-merged", "start-daemon"]
-    assert names[13:] == ["color-match", "fill"]
+    assert names[13:] == ["color-match", "fill", "guidance-scale"]
     assert sorted(DIALOG_ORDER) == sorted(names) and len(DIALOG_ORDER) == len(names)
 
 
@@ -241,8 +241,8 @@ def test_model_listing_tolerates_what_a_daemon_sends():
 
 
 def test_arg_values_names_the_gimp_arguments():
-    assert logic.arg_values({"steps": 50, "negative_prompt": "", "guidance_scale": 30.0}) == {
-        "steps": 50, "negative-prompt": ""}  # guidance is no argument of the procedure
+    assert logic.arg_values({"steps": 50, "negative_prompt": "", "guidance_scale": 30.0, "scheduler": "euler"}) == {
+        "steps": 50, "negative-prompt": "", "guidance-scale": 30.0}  # the scheduler is no argument of the procedure
 
 
 def test_dialog_follows_the_model_argument():
@@ -252,12 +252,12 @@ def test_dialog_follows_the_model_argument():
     follower = logic.ModelFollower([_FLUX, _SD3], "sd3", "")
     assert follower.sensitivity(follower.caps()) == {"negative-prompt": ""}  # the daemon's default: sd3
     values, sensitivity = follower.changed("flux")
-    assert values == {"strength": 1.0, "steps": 50}
+    assert values == {"strength": 1.0, "steps": 50, "guidance-scale": 30.0}
     assert sensitivity["negative-prompt"].startswith("FLUX.1 Fill does not use a negative prompt")
     assert follower.changed("flux ") is None
     assert follower.changed("fl") == ({}, {"negative-prompt": ""})  # typing: not a model (yet)
-    assert follower.changed("sd3") == ({"strength": 1.0, "steps": 28}, {"negative-prompt": ""})
-    assert follower.changed("") == ({"strength": 1.0, "steps": 28}, {"negative-prompt": ""})  # the default
+    assert follower.changed("sd3") == ({"strength": 1.0, "steps": 28, "guidance-scale": 3.5}, {"negative-prompt": ""})
+    assert follower.changed("") == ({"strength": 1.0, "steps": 28, "guidance-scale": 3.5}, {"negative-prompt": ""})  # the default
     # an older daemon's entries: nothing applied, nothing switched off
     old = logic.ModelFollower([{"id": "flux", "engine": "diffusers"}], "", "")
     assert old.changed("flux") == ({}, {"negative-prompt": ""})

@@ -205,6 +205,35 @@ def test_diffusion_and_cancel_in_gimp(gimp_root: Path, ci_dir: Path, tiny_daemon
     assert 'failures="0"' in junit.read_text() and 'errors="0"' in junit.read_text() and 'tests="2"' in junit.read_text()
 
 
+def test_new_family_model_in_gimp(gimp_root: Path, ci_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                                  tiny_model_dir: Path) -> None:
+    """Inside GIMP, a job on a tiny FLUX.1 Fill model served beside the tiny SD default: its
+    "auto" steps and guidance become the model's (50, 30), which the procedure returns as
+    its job settings; the daemon ran 50 denoising steps on that model
+    (tests/gimp/in_gimp/test_in_gimp_family.py)."""
+    from daemons import start_daemon
+
+    from inpaintd.testmodel import make_family_test_model
+
+    flux = str(make_family_test_model(tmp_path_factory.mktemp("gimp-family") / "tiny-flux-fill", "flux-fill").resolve())
+    d = start_daemon(tmp_path_factory.mktemp("gimp-family-daemon"), "--model", str(tiny_model_dir),
+                     "--extra-model", flux, "--device", "cpu")
+    try:
+        env = dict(d.env, INPAINTD_GIMP_TESTS="test_in_gimp_family.py", INPAINTD_TEST_FAMILY_MODEL=flux)
+        proc = gimp_batch(gimp_root, ci_dir, env, timeout=300)
+        log = d.log()
+    finally:
+        d.stop()
+    out = proc.stdout + proc.stderr
+    junit = ci_dir / "junit.xml"
+    assert junit.exists(), f"the in-GIMP tests did not run (exit {proc.returncode}):\n{out[-4000:]}"
+    assert proc.returncode == 0, f"in-GIMP tests failed (exit {proc.returncode}):\n{out[-6000:]}\n--- daemon log ---\n{log[-2000:]}"
+    assert 'failures="0"' in junit.read_text() and 'tests="1"' in junit.read_text()
+    print("in GIMP (new family):", (ci_dir / "family.json").read_text())
+    accepted = [line for line in log.splitlines() if " accepted: " in line]
+    assert len(accepted) == 1 and f"model {flux}," in accepted[0], accepted
+
+
 # -- the plug-in as `inpaintd package-gimp` ships it, in a GIMP without pyzmq or msgpack ----------
 
 HIDE_SYSTEM = GIMP_TESTS / "hide_system"  # its sitecustomize hides the root's python3-zmq and python3-msgpack

@@ -121,6 +121,30 @@ def test_diffusion_inside_krita(tiny_daemon, tmp_path: Path) -> None:
     assert "job " in tiny_daemon.log() and "cancelled after" in tiny_daemon.log()
 
 
+@pytest.fixture(scope="module")
+def family_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """The tiny SD pipeline as the default model and a tiny FLUX.1 Fill beside it."""
+    from daemons import start_daemon
+
+    from inpaintd.testmodel import make_family_test_model
+
+    flux = make_family_test_model(tmp_path_factory.mktemp("family-models") / "tiny-flux-fill", "flux-fill")
+    d = start_daemon(tmp_path_factory.mktemp("family-daemon"), "--model", str(tiny_model_dir),
+                     "--extra-model", str(flux), "--device", "cpu")
+    yield d, str(flux.resolve())
+    d.stop()
+
+
+def test_new_family_model_inside_krita(family_daemon, tmp_path: Path) -> None:
+    """The docker applies a FLUX.1 Fill model's defaults when it is picked, and a job runs on
+    it through the plugin (tests/krita/test_in_krita.py, `-k family`)."""
+    daemon, flux = family_daemon
+    out, elapsed = run_pytest_in_krita(daemon.env, tmp_path, "-k family", INPAINTD_TEST_FAMILY_MODEL=flux)
+    print(f"[timing] in-Krita new-family run: {elapsed:.1f} s")
+    summary = [line for line in out.splitlines() if " passed" in line or " failed" in line or " skipped" in line]
+    assert summary and re.search(r"\b1 passed\b", summary[-1]) and "failed" not in summary[-1], summary[-1:]
+
+
 def krita_profile(tmp: Path, *helpers: str) -> tuple[Path, Path]:
     """A private Krita profile (XDG data and config folders) with the test helper plugins
     from tests/krita installed and enabled; returns (pykrita folder, kritarc)."""

@@ -105,6 +105,7 @@ class Options:
     start_daemon: bool = True
     color_match: bool = False
     fill: str = "auto"
+    guidance_scale: float = 0.0
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> Options:

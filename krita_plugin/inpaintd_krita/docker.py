@@ -52,6 +52,8 @@ class InpaintPanel(QWidget):
     strength: QDoubleSpinBox
     fill: QComboBox
     steps: QSpinBox
+    guidance_scale: QDoubleSpinBox
+    scheduler: QComboBox
     seed: QSpinBox
     model: QComboBox
     grow: QSpinBox

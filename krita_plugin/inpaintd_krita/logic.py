@@ -203,6 +203,8 @@ class Settings:
     strength: float = 1.0
     fill: str = "auto"
     steps: int = 0
+    guidance_scale: float = 0.0
+    scheduler: str = "default"
     seed: int = -1
     model: str = ""
     grow: int = 8

@@ -610,3 +610,63 @@ def test_diffusion_cancel_a_running_job(open_doc: Callable[..., Any], tiny_plugi
     assert digest(source, doc) == before
     print(f"\n[timing] cancel at step {step_at_cancel}/{total}: GUI free at once, daemon confirmed after {confirm:.2f} s "
           f"(job stopped at step {job.step})")
+
+
+# -- a new-family model picked in the docker (#11) ---------------------------------------------
+#
+# A third kritarunner session, against a daemon serving the tiny SD pipeline as its default and
+# a tiny FLUX.1 Fill pipeline beside it (INPAINTD_TEST_FAMILY_MODEL: that model's id).
+
+FAMILY_MODEL = os.environ.get("INPAINTD_TEST_FAMILY_MODEL", "")
+needs_family = pytest.mark.skipif(not FAMILY_MODEL, reason="needs the two-family daemon (INPAINTD_TEST_FAMILY_MODEL)")
+
+
+@needs_family
+def test_family_model_picked_applies_its_defaults_and_runs(open_doc: Callable[..., Any]) -> None:
+    """Picking FLUX.1 Fill in the docker's model list puts its defaults (50 steps, guidance
+    30) in the controls and switches off the negative prompt it ignores; Generate then runs
+    the job on it with those values: the progress bar counts its 50 denoising steps."""
+    spy = Spy()
+    controller = Controller(Settings(), spy)
+    panel = InpaintPanel(controller)
+    panel.show()
+    try:
+        assert wait_for(lambda: controller.connected, 10), "the plugin did not connect to the daemon"
+        models = [panel.model.itemData(i) for i in range(panel.model.count())]
+        assert wait_for(lambda: panel.model.findData(FAMILY_MODEL) >= 0, 10), models
+        steps, guidance = panel.option_widgets["steps"], panel.option_widgets["guidance_scale"]
+        negative = panel.option_widgets["negative_prompt"]
+        steps.setValue(7)
+        guidance.setValue(5.0)
+        assert negative.isEnabled()  # the tiny SD default takes a negative prompt
+
+        panel.model.setCurrentIndex(panel.model.findData(FAMILY_MODEL))
+        assert controller.settings.model == FAMILY_MODEL
+        assert steps.value() == 50 and guidance.value() == 30.0, (steps.value(), guidance.value())
+        assert not negative.isEnabled() and "negative" in negative.toolTip().lower(), negative.toolTip()
+
+        panel.prompt.setPlainText("a red apple")
+        panel.variants.setValue(1)
+        panel.seed.setValue(5)
+        doc = open_doc(320, 240)
+        source = doc.activeNode()
+        soft_ellipse(doc, 160, 120, 50, 40, soft=8)
+        before = digest(source, doc)
+        panel.generate_button.click()
+        job_id = wait_for(lambda: controller._job is not None and controller._job.id, 10)
+        assert job_id, panel.message_log[-3:]
+        assert wait_for(lambda: not controller.busy, 180), "the FLUX.1 Fill job did not finish"
+        assert spy.results, f"no results; messages: {panel.message_log[-3:]}"
+        with Client(name="checker") as c:
+            done = c.fetch(job_id)
+        assert done.state == "done" and done.result["model"] == FAMILY_MODEL, (done.state, done.result.get("model"))
+        totals = {n for _, n in denoising_steps(panel)}
+        assert totals == {50}, denoising_steps(panel)[-3:]
+        assert digest(source, doc) == before, "the source layer was modified"
+
+        panel.model.setCurrentIndex(panel.model.findData(""))  # back to the daemon default: SD's values
+        assert negative.isEnabled() and steps.value() == 20, steps.value()
+    finally:
+        controller.cancel()
+        controller.shutdown()
+        panel.close()
