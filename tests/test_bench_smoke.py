@@ -54,4 +54,6 @@ def test_bench_families_script_runs_each_memory_mode_at_tiny_sizes(tmp_path: Pat
         for mode in ("gpu", "offload", "group"):
             assert any(f"families {family} {mode}," in r and "inpaintd " in r and "owed" in r for r in rows), (family, mode)
         assert any(f"families {family} sequential" in r and "needs a CUDA device" in r for r in rows), rows
+        for combo in ("gpu fp8", "gpu int8", "gpu nf4", "offload nf4"):  # --quantize as the engine applies it
+            assert any(f"families {family} {combo}," in r and "quantised: transformer: " in r for r in rows), (family, combo)
     assert not any("FAILED" in r for r in rows), rows

@@ -231,6 +231,40 @@ def test_sd3_without_t5_and_exact_step_counts(tmp_path: Path) -> None:
         engine.close()
 
 
+@pytest.mark.slow
+def test_drop_t5_leaves_sd3s_t5_out_and_says_what_it_costs(flow_models: dict[str, Path]) -> None:
+    """`serve --drop-t5`: SD 3 loads without its T5 (the pixels then differ: the tiny T5 is
+    part of the prompt), the notices say what prompts lose, the memory estimate leaves its
+    weights out; FLUX keeps its T5, which its prompt needs."""
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.models import ModelRegistry
+
+    folder = str(flow_models["sd3"])
+    with_t5 = DiffusersEngine(folder, device="cpu")
+    try:
+        assert with_t5.pipe.text_encoder_3 is not None
+        want = with_t5.generate(_request(strength=1.0, steps=3), lambda *a: None, lambda: False).images[0]
+    finally:
+        with_t5.close()
+    dropped = DiffusersEngine(folder, device="cpu", drop_t5=True)
+    try:
+        assert dropped.pipe.text_encoder_3 is None and dropped.pipe.tokenizer_3 is None
+        assert any("without text_encoder_3 (--drop-t5): prompts are read by the two CLIP encoders alone" in n
+                   for n in dropped.speed_notes), dropped.speed_notes
+        got = dropped.generate(_request(strength=1.0, steps=3), lambda *a: None, lambda: False).images[0]
+        assert not np.array_equal(got, want)
+    finally:
+        dropped.close()
+    flux = DiffusersEngine(flow_models["flux-fill"], device="cpu", drop_t5=True)
+    try:
+        assert flux.pipe.text_encoder_2 is not None and not any("--drop-t5" in n for n in flux.speed_notes)
+    finally:
+        flux.close()
+    full, lean = (ModelRegistry([folder], device="cpu", drop_t5=drop).get(folder).memory for drop in (False, True))
+    assert "text_encoder_3" in full["components"] and "text_encoder_3" not in lean["components"]
+    assert lean["parameters"] == full["parameters"] - full["components"]["text_encoder_3"]
+
+
 @pytest.mark.parametrize(
     ("repo", "family", "steps"),
     [

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "components denoiser (unet/transformer) and text_encoder (the large one: T5 or Qwen) and methods "
                         "none, fp8 (layerwise casting), int8, nf4 (SDNQ), gguf (the weights of a .gguf model file); "
                         "e.g. --quantize int8,text_encoder=nf4 (default: none)")
+    p.add_argument("--drop-t5", action="store_true",
+                   help="load SD 3.x without its T5 encoder (4.7 B parameters, about 9.5 GB in bf16): prompts are then "
+                        "read by the two CLIP encoders alone, 77 tokens at most, weaker on long prompts and drawn text "
+                        "(FLUX needs its T5 and keeps it)")
     p.add_argument("--model-config", action="append", default=[], metavar="MODEL=CONFIG",
                    help="the diffusers folder or Hub repo id that lays out a single-file model (its configs and the "
                         "parts the file lacks: a FLUX transformer file needs the rest of its pipeline); repeatable")
@@ -267,6 +271,7 @@ def _model_args(args: argparse.Namespace) -> dict[str, Any]:
         "allow_download": args.allow_download, "device": args.device, "allow_pickle": args.allow_pickle,
         "configs": configs, "compile": args.compile, "warm_models": args.warm_models,
         "memory_budget_bytes": _budget_bytes(args), "memory": args.memory, "quantize": parse_quantize(args.quantize),
+        "drop_t5": args.drop_t5,
     }
 
 

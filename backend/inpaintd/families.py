@@ -641,6 +641,24 @@ class SingleFile:
         return f"a {self.family.label} {parts} ({kind})"
 
 
+#: What a prompt loses when an optional large text encoder is left out (`serve --drop-t5`).
+DROPPED_T5_COST = (
+    "prompts are read by the two CLIP encoders alone: 77 tokens at most, and weaker on long, detailed "
+    "prompts and on text to be drawn in the picture"
+)
+
+
+def droppable(family: Family) -> tuple[str, ...]:
+    """The components `serve --drop-t5` leaves out of `family`: its large text encoder and
+    that encoder's tokenizer, where the pipeline runs without them (SD 3.x's T5); ()
+    elsewhere (FLUX.1 needs its T5: its prompt is mostly read by it)."""
+    large = family.large_text_encoder
+    if not large or large not in family.optional_components:
+        return ()
+    tokenizer = large.replace("text_encoder", "tokenizer")
+    return tuple(c for c in family.optional_components if c in (large, tokenizer))
+
+
 def inspect_single_file(path: Path) -> SingleFile | None:
     """The family of a `.safetensors` checkpoint in its original layout (LDM for SD 1.x/2.x/
     SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1) or of a GGUF-quantised

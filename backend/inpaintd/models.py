@@ -39,6 +39,7 @@ from .families import (
     UnsupportedModel,
     caps_for,
     described,
+    droppable,
     family_of_folder,
     inspect_single_file,
     missing_components,
@@ -350,6 +351,7 @@ class ModelRegistry:
         memory_budget_bytes: int | None = None,
         memory: str = "auto",
         quantize: dict[str, str] | None = None,
+        drop_t5: bool = False,
     ) -> None:
         """`configs` maps a single-file model (as given, or its id) to a diffusers config
         folder or repo id, which offline loading of a single file needs.  `compile` is a
@@ -358,7 +360,8 @@ class ModelRegistry:
         what their weights may take on the device together (None: no budget); past either,
         the least recently used is closed (`WarmSet`).  `memory`: a mode of
         `inpaintd.memory.MEMORY_CHOICES` for every diffusion model; `quantize`: component ->
-        method (`inpaintd.engines.quantize`)."""
+        method (`inpaintd.engines.quantize`); `drop_t5`: SD 3.x models load without their T5
+        encoder (`families.droppable`), and their memory estimates leave it out."""
         self.allow_download = allow_download
         self.allow_pickle = allow_pickle
         self.device = device
@@ -368,6 +371,7 @@ class ModelRegistry:
         self.compile = compile
         self.memory = memory
         self.quantize = dict(quantize or {})
+        self.drop_t5 = drop_t5
         #: Models an out-of-memory retry moved to a leaner mode than --memory gave them.
         self._memory_modes: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -559,6 +563,8 @@ class ModelRegistry:
         """`info` with its memory estimates (section 5.3), where its weights are here to read."""
         if not weights:
             return info
+        if self.drop_t5:
+            weights = [w for w in weights if w.name not in droppable(family)]
         mode = self._memory_modes.get(info.id, self.memory)
         estimate = memory_report(
             weights, family.arch.value, precision=self.precision, free=free_device_memory(self.device),
@@ -681,6 +687,7 @@ class ModelRegistry:
             memory=self.memory_mode(spec.id),
             on_memory_mode=lambda mode: self.stepped_down(spec.id, mode),
             quantize=self.quantize,
+            drop_t5=self.drop_t5,
         )
 
     def close(self) -> None:

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..families import (
+    DROPPED_T5_COST,
     Family,
     Loop,
     SingleFile,
     UnsupportedModel,
     caps_for,
+    droppable,
     family_of_folder,
     family_of_pipeline,
     inspect_single_file,
@@ -176,6 +178,7 @@ class DiffusersEngine:
         memory: str = "gpu",
         on_memory_mode: Callable[[str], None] | None = None,
         quantize: Mapping[str, str] | None = None,
+        drop_t5: bool = False,
     ) -> None:
         """Load `source`: a Hub repo id, a diffusers folder, or a single checkpoint file.
 
@@ -185,7 +188,8 @@ class DiffusersEngine:
         `memory`: how the pipeline sits on the device (`inpaintd.memory.MODES`, already
         resolved from `auto`); `on_memory_mode` hears of an out-of-memory step down.
         `quantize`: component -> method (`inpaintd.engines.quantize.parse_quantize`),
-        checked against the model's family before any weights are read.
+        checked against the model's family before any weights are read.  `drop_t5`: load
+        SD 3.x without its T5 encoder (`families.droppable`; other families are unaffected).
         """
         self.model_id = model_id or str(source)
         self.device = pick_device(device)
@@ -195,6 +199,8 @@ class DiffusersEngine:
         self._on_memory_mode = on_memory_mode
         self._plan = dict(quantize or {})
         self._quantization: Quantization | None = None
+        self._drop_t5 = drop_t5
+        self._dropped: list[str] = []
         report = progress or (lambda stage, step, total: None)
 
         report("loading", 0, 1)
@@ -204,6 +210,8 @@ class DiffusersEngine:
         for line in quantized:
             log.info("model %s quantised: %s", self.model_id, line)
         self.speed_notes += [f"quantised {line}" for line in quantized]
+        if self._dropped:
+            self.speed_notes.append(f"loaded without {' and '.join(self._dropped)} (--drop-t5): {DROPPED_T5_COST}")
         report("loading", 1, 1)
 
     @classmethod
@@ -223,6 +231,8 @@ class DiffusersEngine:
         self._on_memory_mode = None
         self._plan = {}
         self._quantization = None
+        self._drop_t5 = False
+        self._dropped = []
         self._adopt(pipe, speedups, memory)
         return self
 
@@ -389,6 +399,13 @@ class DiffusersEngine:
 
     # -- loading -------------------------------------------------------------------
 
+    def _dropping(self, family: Family) -> dict[str, None]:
+        """The components --drop-t5 leaves out of `family` (as `from_pretrained` keywords)."""
+        if not self._drop_t5:
+            return {}
+        self._dropped = [n for n in droppable(family) if n.startswith("text_encoder")]
+        return {name: None for name in droppable(family)}
+
     def _quantize_for(self, family: Family, *, from_gguf: Collection[str] = (), absent: Collection[str] = ()) -> Any:
         """The `quantization_config` for loading `family` under this engine's --quantize plan
         (None where nothing quantises as it loads); the plan is checked here, before any
@@ -439,6 +456,7 @@ class DiffusersEngine:
             name: None for name in family.optional_components
             if not (folder / name).is_dir() or listed.get(name) in (None, [None, None])
         }
+        absent.update(self._dropping(family))
         # Name every component without weights at once (diffusers stops at the first); an
         # optional one (SD 3's T5) is left out instead.  Pickled weights count here: the
         # pickle rule below says what to do about those.  (A repo that may be downloaded
@@ -557,8 +575,10 @@ class DiffusersEngine:
         source = f"{repo}'s snapshot at {reference}" if repo else str(reference)
         if required:
             raise EngineError("model_unavailable", missing_parts_message(path, sf, reference, repo, missing))
-        absent: dict[str, None] = {}
+        absent: dict[str, None] = self._dropping(family)
         for name in missing:
+            if name in absent:
+                continue
             log.warning("%s: %s is in neither the file nor %s; loading without it (optional)", path, name, source)
             absent.update(_without(name))
         # Checked before the weights are read; applied after loading (a GGUF's transformer
