@@ -24,6 +24,7 @@ from daemons import DaemonProcess, start_daemon  # noqa: E402
 from inpaintd.engines.base import EngineError, EngineRequest, JobCancelled  # noqa: E402
 from inpaintd.families import family as family_row  # noqa: E402
 from inpaintd.masks import prepare_mask  # noqa: E402
+from inpaintd.models import ModelRegistry  # noqa: E402
 from inpaintd.testmodel import (  # noqa: E402
     TEST_NATIVE_SIZE,
     install_in_hub_cache,
@@ -183,6 +184,50 @@ def test_reference_images_reach_the_families_that_take_them(flow_daemon: tuple[s
     assert not np.array_equal(before, with_reference)
     assert np.array_equal(before, after)
     assert_outside_identical(image, mask, runs[1].layers[0])
+
+
+@pytest.mark.slow
+def test_new_families_stay_warm_together_and_the_least_recently_used_goes(
+    tmp_path_factory: pytest.TempPathFactory, flow_models: dict[str, Path]
+) -> None:
+    """One daemon, SD 3, FLUX.1 Fill and FLUX.2 klein, `--warm-models 2`: alternating SD 3 and
+    FLUX jobs load each once; klein then closes SD 3, the least recently used.  Under a
+    memory budget smaller than two of them (`--memory-budget-gb`), each load closes the other."""
+    sd3, fill, klein = (str(flow_models[f]) for f in ("sd3", "flux-fill", "flux2-klein"))
+    image, mask = photo(), hole()
+
+    def run(c: Client, model: str) -> None:
+        job = c.wait(submit(c, image, mask, model=model, steps=2, seed=1, grow=GROW, feather=FEATHER), timeout=120)
+        job.raise_for_error()
+        assert_outside_identical(image, mask, job.layers[0])
+
+    def warm(c: Client) -> dict[str, int]:
+        return {w["model"]: w["loads"] for w in c.status()["warm_models"]}
+
+    d = start_daemon(tmp_path_factory.mktemp("warm-two"), "--model", sd3, "--extra-model", fill, "--extra-model", klein,
+                     "--warm-models", "2", "--device", "cpu")
+    try:
+        with d.client() as c:
+            for model in (sd3, fill, sd3, fill):
+                run(c, model)
+            assert warm(c) == {sd3: 1, fill: 1}
+            run(c, klein)
+            assert warm(c) == {klein: 1, fill: 1}
+            run(c, sd3)  # fill is the least recently used now
+            assert warm(c) == {sd3: 2, klein: 1}
+    finally:
+        d.stop()
+    sizes = [ModelRegistry([m], device="cpu").get(m).memory["bytes"]["fp32"] for m in (sd3, fill)]
+    budget = max(sizes) * 1.5 / (1 << 30)  # the weights of one fit, not of both
+    d = start_daemon(tmp_path_factory.mktemp("warm-budget"), "--model", sd3, "--extra-model", fill, "--warm-models", "2",
+                     "--memory-budget-gb", f"{budget:.6f}", "--device", "cpu")
+    try:
+        with d.client() as c:
+            for model in (sd3, fill, sd3):
+                run(c, model)
+            assert warm(c) == {sd3: 2}
+    finally:
+        d.stop()
 
 
 def test_a_unet_scheduler_is_refused_by_name(flow_daemon: tuple[str, DaemonProcess]) -> None:

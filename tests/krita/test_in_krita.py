@@ -199,9 +199,12 @@ def test_the_dockers_controls_are_made_from_the_option_table(plugin: Any) -> Non
     tooltip and the settings' value; changing it changes the settings."""
     controller, panel, _spy = plugin
     assert list(panel.option_widgets) == [o.name for o in editor.shown_in(KRITA)]
+    caps = controller.model_caps()  # the classical default ignores some: their tooltips say so
+    assert caps.known and "negative_prompt" in caps.disabled and not panel.option_widgets["negative_prompt"].isEnabled()
     for opt in editor.shown_in(KRITA):
         widget = panel.option_widgets[opt.name]
-        assert widget.toolTip() == opt.tip, opt.name
+        assert widget.toolTip() == (caps.disabled.get(opt.name) or opt.tip), opt.name
+        assert widget.isEnabled() == (opt.name not in caps.disabled), opt.name
         if opt.kind in (int, float) and opt.name != "model":
             assert (widget.minimum(), widget.maximum()) == pytest.approx(editor.bounds(opt)), opt.name
             assert widget.value() == pytest.approx(getattr(controller.settings, opt.name)), opt.name
