@@ -103,7 +103,8 @@ def start_daemon(
     key = secrets.token_hex(16).encode("ascii")
     runtime = workdir / "runtime"
     log_path = workdir / "daemon.log"
-    env = dict(os.environ, INPAINTD_KEY=key.decode(), INPAINTD_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, INPAINTD_KEY=key.decode(), INPAINTD_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1",
+               INPAINTD_DATA_DIR=str(workdir / "data"))
     env.pop("INPAINTD_ENDPOINT", None)
     serve = ["serve", "--bind", endpoint, *serve_args]
     if faults is None:

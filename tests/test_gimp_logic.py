@@ -55,7 +55,7 @@ def test_options_defaults_validate_and_map_to_job_options():
     job = opts.job_options()
     assert job["prompt"] == "a cat" and job["seed"] == 5 and job["padding"] == -1
     assert set(job) <= {"prompt", "negative_prompt", "seed", "variants", "steps", "guidance_scale", "strength",
-                        "scheduler", "model", "grow", "feather", "padding", "color_match", "fill"}
+                        "scheduler", "model", "grow", "feather", "padding", "color_match", "fill", "style"}
     assert job["color_match"] is False and Options.from_mapping({"color-match": True}).job_options()["color_match"] is True
     assert Options(fill=" ").validate() == [] and Options(fill=" ").job_options()["fill"] == "auto"
 
@@ -203,7 +203,7 @@ def test_arguments_keep_their_positions_and_the_dialog_shows_them_all():
     # The first release's arguments, in their order: scripts may pass them by position.
     assert names[:13] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model", "grow",
                           "feather", "padding", "endpoint", "sample-merged", "start-daemon"]
-    assert names[13:] == ["color-match", "fill", "guidance-scale"]
+    assert names[13:] == ["color-match", "fill", "guidance-scale", "style"]
     assert sorted(DIALOG_ORDER) == sorted(names) and len(DIALOG_ORDER) == len(names)
 
 

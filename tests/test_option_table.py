@@ -70,6 +70,10 @@ def test_a_written_out_record_must_match_its_table() -> None:
 # -- 1. the CLI's flags -------------------------------------------------------------------------
 
 
+#: Option names that are also QWidget methods: the docker does not shadow them with its controls.
+QWIDGET_NAMES = {"style"}
+
+
 def _inpaint_parser() -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices["inpaint"]
@@ -94,7 +98,7 @@ def test_cli_flags_give_job_options() -> None:
     assert _job_options(_inpaint_parser().parse_args(argv)) == JobOptions()
     wanted = {"prompt": "a cat", "negative_prompt": "dogs", "seed": 5, "variants": 3, "steps": 7, "guidance_scale": 4.5,
               "strength": 0.5, "scheduler": "ddim", "model": "m", "grow": 1, "feather": 2, "padding": 3,
-              "color_match": True, "fill": "blur"}
+              "color_match": True, "fill": "blur", "style": "watercolor", "reference_weight": 0.6}
     assert set(wanted) == set(BY_NAME), "give every option a value here"
     for name, value in wanted.items():
         flag = BY_NAME[name].cli_flag
@@ -146,7 +150,8 @@ def test_krita_settings_are_the_tables() -> None:
     # checked when a panel is made, inside Krita)
     panel = next(n for n in ast.parse(docker).body if isinstance(n, ast.ClassDef) and n.name == "InpaintPanel")
     declared = [n.target.id for n in panel.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
-    assert declared == [o.name for o in shown]
+    # (but `style`: QWidget.style() is Qt's; that control is reached through option_widgets)
+    assert declared == [o.name for o in shown if o.name not in QWIDGET_NAMES]
 
 
 @pytest.mark.parametrize("editor_name", [KRITA, GIMP])

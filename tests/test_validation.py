@@ -73,6 +73,8 @@ WRONG_TYPES = {
     "padding": [1],
     "color_match": 1,  # 0/1 are not booleans
     "fill": True,
+    "style": 3,
+    "reference_weight": "1",
 }
 
 

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load SD 3.x without its T5 encoder (4.7 B parameters, about 9.5 GB in bf16): prompts are then "
                         "read by the two CLIP encoders alone, 77 tokens at most, weaker on long prompts and drawn text "
                         "(FLUX needs its T5 and keeps it)")
+    p.add_argument("--ip-adapter", default=None, metavar="PATH",
+                   help="an IP-Adapter (a folder laid out as h94/IP-Adapter, or its Hub id) for SD 1.x/SDXL models: their "
+                        "jobs then take reference images as a style reference, weighted by --reference-weight")
     p.add_argument("--model-config", action="append", default=[], metavar="MODEL=CONFIG",
                    help="the diffusers folder or Hub repo id that lays out a single-file model (its configs and the "
                         "parts the file lacks: a FLUX transformer file needs the rest of its pipeline); repeatable")
@@ -104,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a connection that leaves heartbeats unanswered this long, with its queued events (default %(default)s)")
     p.add_argument("--max-message-mb", type=float, default=None,
                    help=f"refuse messages larger than this at the socket (default {LIMITS.max_message_bytes >> 20} MB: the largest canvas)")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="where the history and the user's styles live (default: $INPAINTD_DATA_DIR, else the platform's "
+                        "data folder, e.g. ~/.local/share/inpaintd)")
+    p.add_argument("--history-mb", type=float, default=1024.0, metavar="MB",
+                   help="disk the history may take (each job's parameters, thumbnails and pixels); past it the oldest "
+                        "unstarred entries go; 0 keeps no history (default %(default)s)")
+    p.add_argument("--vary-subtle", type=float, default=0.35, metavar="S", help="strength of Vary Subtle (default %(default)s)")
+    p.add_argument("--vary-strong", type=float, default=0.7, metavar="S", help="strength of Vary Strong (default %(default)s)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where jobs run: local (this process, one at a time) or ray (replicas of a Ray Serve deployment, "
                         "this daemon staying the gateway; needs pip install 'inpaintd[ray]'; docs/studio.md)")
@@ -127,8 +138,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
 
     for name, help_ in (("status", "show running and queued jobs"), ("models", "list the daemon's models"),
-                        ("shutdown", "stop the daemon")):
+                        ("shutdown", "stop the daemon"), ("styles", "list the daemon's style presets")):
         _add_connect(sub.add_parser(name, help=help_))
+
+    p = sub.add_parser("vary", help="new variants of a result: Vary Subtle/Strong, or Remix with --prompt")
+    _add_connect(p)
+    p.add_argument("job", help="the job whose result to vary (`inpaintd history` lists them)")
+    p.add_argument("--variant", type=int, default=0, metavar="I", help="which variant, from 0 (default %(default)s)")
+    strength = p.add_mutually_exclusive_group()
+    strength.add_argument("--subtle", dest="preset", action="store_const", const="subtle", default="subtle",
+                          help="change it a little (the daemon's --vary-subtle strength; the default)")
+    strength.add_argument("--strong", dest="preset", action="store_const", const="strong",
+                          help="change it a lot (the daemon's --vary-strong strength)")
+    strength.add_argument("--strength", type=float, default=None, help="an explicit strength, 0.01-1")
+    _add_derived_flags(p)
+
+    p = sub.add_parser("rerun", help="run a job from the history again: the same pixels, or with options changed")
+    _add_connect(p)
+    p.add_argument("job")
+    _add_derived_flags(p)
+
+    p = sub.add_parser("history", help="list the daemon's history, newest first")
+    _add_connect(p)
+    p.add_argument("query", nargs="?", default="", help="only entries whose prompt contains this text")
+    p.add_argument("--starred", action="store_true", help="only starred entries")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--offset", type=int, default=0)
+    for name, help_ in (("star", "keep a history entry whatever the history's budget"),
+                        ("unstar", "let a history entry be evicted again")):
+        p = sub.add_parser(name, help=help_)
+        _add_connect(p)
+        p.add_argument("job")
+    p = sub.add_parser("fetch", help="write the result of a job (kept or in the history) as images")
+    _add_connect(p)
+    p.add_argument("job")
+    p.add_argument("--out", required=True, type=Path, help="output image; with several variants, OUT-1.png, ...")
+    p.add_argument("--image", type=Path, default=None,
+                   help="the image the job was made on: write each variant composited into it (default: the layers alone)")
     p = sub.add_parser("cancel", help="cancel a queued or running job")
     _add_connect(p)
     p.add_argument("job", help="job id, as printed by `inpaintd inpaint` or `inpaintd status`")
@@ -169,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_derived_flags(p: argparse.ArgumentParser) -> None:
+    """vary's and rerun's options: what to change, and where the results go."""
+    p.add_argument("--prompt", default=None, help="a new prompt (Remix)")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--style", default=None, help="a style preset (`inpaintd styles`)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--variants", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", required=True, type=Path, help="output image; with several variants, OUT-1.png, ...")
+    p.add_argument("--image", type=Path, default=None,
+                   help="the image the job was made on: write each variant composited into it (default: the layers alone)")
+    p.add_argument("--timeout", type=float, default=None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -199,7 +260,10 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
     """`wrap_registry`: called with the model registry before the daemon gets it (the test
     suite's fault injection adds its model this way, tests/faults.py)."""
     from .daemon import Daemon, install_signal_handlers
+    from .history import History
     from .models import ModelRegistry
+    from .paths import data_dir
+    from .styles import Styles
 
     endpoint = resolve_endpoint(args.bind, use_connection_file=False)
     if args.no_auth and not is_loopback(endpoint):
@@ -237,13 +301,20 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
             print(f"inpaintd: {exc}", file=sys.stderr)
             return 2
     key = None if args.no_auth else (os.environ.get("INPAINTD_KEY", "").encode("ascii") or new_key())
+    for name in ("vary_subtle", "vary_strong"):
+        if not 0.01 <= getattr(args, name) <= 1.0:
+            print(f"inpaintd: --{name.replace('_', '-')} must be between 0.01 and 1", file=sys.stderr)
+            return 2
+    data = args.data_dir or data_dir()
+    history = None if args.history_mb <= 0 else History(data / "history", int(args.history_mb * (1 << 20)))
     try:
         limits = (LIMITS if args.max_message_mb is None
                   else dataclasses.replace(LIMITS, max_message_bytes=int(args.max_message_mb * (1 << 20))))
         daemon = Daemon(
             registry, endpoint, key=key, limits=limits, results_ttl=args.results_ttl,
             results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve, peer_timeout=args.peer_timeout,
-            executor=executor,
+            executor=executor, history=history, styles=Styles(data / "styles"),
+            vary_strengths=(args.vary_subtle, args.vary_strong),
         )
     except ValueError as exc:
         print(f"inpaintd: {exc}", file=sys.stderr)
@@ -271,7 +342,7 @@ def _model_args(args: argparse.Namespace) -> dict[str, Any]:
         "allow_download": args.allow_download, "device": args.device, "allow_pickle": args.allow_pickle,
         "configs": configs, "compile": args.compile, "warm_models": args.warm_models,
         "memory_budget_bytes": _budget_bytes(args), "memory": args.memory, "quantize": parse_quantize(args.quantize),
-        "drop_t5": args.drop_t5,
+        "drop_t5": args.drop_t5, "ip_adapter": args.ip_adapter,
     }
 
 
@@ -408,6 +479,100 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     print(f"model {job.result.get('model')} on {job.result.get('device')}: {timings.get('elapsed', 0):.2f} s", file=sys.stderr)
     for note in job.notes_for_user(options.prompt):
         print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _derived_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("prompt", "negative_prompt", "style", "seed", "variants", "steps", "model")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _run_and_write(client: Client, job: Job, args: argparse.Namespace) -> int:
+    print(f"job {job.id} accepted (queue position {job.position})", file=sys.stderr)
+    bar = ProgressBar()
+    client.wait(job, args.timeout, on_event=bar)
+    bar.done()
+    job.raise_for_error()
+    _write_result(job, args.out, args.image)
+    return 0
+
+
+def _write_result(job: Job, out: Path, image: Path | None) -> None:
+    """Each variant composited into `image`, or as its layer alone (RGBA, its place printed)."""
+    if image is not None:
+        paths = write_variants(job, image, out)
+    else:
+        from PIL import Image
+
+        paths = _out_paths(out, len(job.layers))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for layer, path in zip(job.layers, paths, strict=True):
+            Image.frombuffer("RGBA", (layer.width, layer.height), layer.tight_bytes(), "raw", "RGBA", 0, 1).save(path)
+    for layer, path in zip(job.layers, paths, strict=True):
+        print(f"{path}  seed {layer.seed}  region {layer.width}x{layer.height} at ({layer.x}, {layer.y})")
+    for note in job.result.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+
+
+def cmd_vary(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        job = client.vary(args.job, args.variant, preset=args.preset, strength=args.strength,
+                          options=_derived_options(args))
+        return _run_and_write(client, job, args)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        return _run_and_write(client, client.rerun(args.job, _derived_options(args)), args)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        page = client.history(args.query, offset=args.offset, limit=args.limit, starred=args.starred)
+    if page.get("max_bytes") is not None:
+        print(f"{page['total']} entr{'y' if page['total'] == 1 else 'ies'}"
+              f"{' matching ' + repr(args.query) if args.query else ''}; history {page.get('bytes', 0) / 1e6:.1f} of "
+              f"{page['max_bytes'] / 1e6:.0f} MB")
+    for e in page["entries"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["created"]))
+        star = "*" if e["starred"] else " "
+        seeds = ", ".join(str(v["seed"]) for v in e["variants"])
+        origin = f" ({e['kind']} of {e['parent']} #{e['parent_variant']})" if e["kind"] == "vary" else (
+            f" (rerun of {e['parent']})" if e["kind"] == "rerun" else "")
+        kept = "" if e["pixels_kept"] else "  [pixels not kept]"
+        print(f"{star} {e['job']}  {when}  {Path(e['model']).name}  seeds {seeds}{origin}{kept}")
+        print(f"    {e['prompt'][:100]!r}")
+    return 0
+
+
+def cmd_star(args: argparse.Namespace, on: bool = True) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        entry = client.star(args.job, on)
+    print(f"job {entry['job']}: {'starred' if entry['starred'] else 'not starred'}")
+    return 0
+
+
+def cmd_unstar(args: argparse.Namespace) -> int:
+    return cmd_star(args, on=False)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        job = client.fetch(args.job).raise_for_error()
+    _write_result(job, args.out, args.image)
+    return 0
+
+
+def cmd_styles(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        styles = client.styles()
+    for s in styles:
+        settings = ", ".join(f"{k} {v}" for k, v in s["settings"].items())
+        print(f"{s['name']:<20} {s['source']:<8} {s['description']}")
+        if s["prompt"] or settings:
+            print(f"    {s['prompt']!r}{'; ' + settings if settings else ''}")
+        if s["problem"]:
+            print(f"    unusable: {s['problem']}")
     return 0
 
 

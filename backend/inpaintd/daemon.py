@@ -21,18 +21,25 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
+
+import numpy as np
 
 from inpaintd_protocol import wire
 from inpaintd_protocol.bodies import Cancelled, CancelOutcome, Progress, Result, Variant
 from inpaintd_protocol.messages import LIMITS, PROTOCOL_VERSION, CancelCode, Code, ImageDesc, JobState, Limits, ProtocolError, Stage
+from inpaintd_protocol.rect import Rect
 from inpaintd_protocol.wire import Message
 
 from . import __version__
 from . import executor as ex
 from .handlers import CAPABILITIES, dispatch  # noqa: F401  (CAPABILITIES: documented in PROTOCOL.md)
+from .history import Entry, History, Record, VariantEntry, thumbnail
 from .jobs import FairQueue, Finished, QueuedJob, ResultStore
 from .models import ModelRegistry
+from .runner import JobOutput
 from .server import REPLAY_WINDOW, Server, short  # noqa: F401  (REPLAY_WINDOW: documented in PROTOCOL.md)
+from .styles import Styles
 from .validation import SubmitRequest
 
 log = logging.getLogger("inpaintd")
@@ -61,10 +68,16 @@ class Daemon:
         curve: bool = False,
         peer_timeout: float = 30.0,
         executor: ex.Executor | None = None,
+        history: History | None = None,
+        styles: Styles | None = None,
+        vary_strengths: tuple[float, float] = (0.35, 0.7),
     ) -> None:
         """`preload`: load the default model before the first job (with the default executor).
         `executor`: where jobs run; by default a LocalExecutor on `registry`.
-        `peer_timeout`: see Server."""
+        `peer_timeout`: see Server.  `history`: where finished jobs are kept (None: not kept;
+        `vary` and `rerun` then need the client's pixels).  `styles`: the style presets
+        (None: jobs may name none).  `vary_strengths`: the strength of Vary Subtle and Vary
+        Strong."""
         self.stats: Counter[str] = Counter()
         self.server = Server(bind, key=key, limits=limits, curve=curve, peer_timeout=peer_timeout, stats=self.stats)
         self.registry = registry
@@ -82,6 +95,9 @@ class Daemon:
         self.queue = FairQueue()
         self.running: dict[str, QueuedJob] = {}  # handed to the executor, not ended yet
         self.results = ResultStore(ttl=results_ttl, max_bytes=results_max_bytes)
+        self.history = history
+        self.styles = styles
+        self.vary_strengths = {"subtle": vary_strengths[0], "strong": vary_strengths[1]}
         self._stopping = threading.Event()
         self._seq = 0
 
@@ -131,17 +147,20 @@ class Daemon:
             self._on_event(event)
         self.server.flush()
         self.registry.close()
+        if self.history is not None:
+            self.history.close()
 
     # -- what handlers ask of the queue ---------------------------------------------------------
 
-    def enqueue(self, owner: bytes, request: SubmitRequest, model: str, seeds: list[int]) -> QueuedJob:
-        """Queue a job, or refuse with `queue_full`; its `position` is set."""
+    def enqueue(self, owner: bytes, request: SubmitRequest, model: str, seeds: list[int], **lineage: Any) -> QueuedJob:
+        """Queue a job, or refuse with `queue_full`; its `position` is set.  `lineage`: where a
+        `vary` or `rerun` comes from (QueuedJob's origin, canvas, kind, parent, parent_variant)."""
         if self.queue.count(owner) >= self.limits.max_queue_per_client:
             raise ProtocolError(
                 Code.QUEUE_FULL, f"this client already has {self.limits.max_queue_per_client} jobs queued; wait for some to finish")
         if len(self.queue) >= MAX_QUEUE_TOTAL:
             raise ProtocolError(Code.QUEUE_FULL, f"the daemon already has {MAX_QUEUE_TOTAL} jobs queued; try again later")
-        job = QueuedJob(owner=owner, request=request, model=model, seeds=seeds)
+        job = QueuedJob(owner=owner, request=request, model=model, seeds=seeds, **lineage)
         self.queue.push(job)
         job.position = self.queue.position(job.id) + len(self.running)
         self._announce_positions()  # round-robin may have put it ahead of others' jobs
@@ -278,17 +297,44 @@ class Daemon:
     def _succeeded(self, job: QueuedJob, event: ex.Succeeded) -> None:
         output = event.output
         buffers: list[wire.Buffer] = [layer.rgba.data.cast("B") for layer in output.layers]  # C-contiguous RGBA
+        ox, oy = job.origin  # a vary or rerun: its layers go back where its region sits on the canvas
         variants = [
-            Variant(layer.index, layer.seed, layer.x, layer.y, ImageDesc(frame, layer.rgba.shape[1], layer.rgba.shape[0], 4))
+            Variant(layer.index, layer.seed, layer.x + ox, layer.y + oy,
+                    ImageDesc(frame, layer.rgba.shape[1], layer.rgba.shape[0], 4))
             for frame, layer in enumerate(output.layers, start=1)
         ]
+        region = Rect(output.region.x + ox, output.region.y + oy, output.region.width, output.region.height)
+        if self.history is not None:
+            self._keep(job, output, region, event.engine)
         elapsed = event.at - job.clock
         timings = {**{k: round(v, 4) for k, v in output.timings.items()},
                    "queued": round(job.clock - job.submitted, 4), "elapsed": round(elapsed, 4)}
         log.info("job %s done in %.2f s (%s)", job.id, elapsed, ", ".join(f"{k} {v:.3f}" for k, v in output.timings.items()))
-        result = Result(job.id, job.model, event.engine, event.device, variants, output.region,
+        result = Result(job.id, job.model, event.engine, event.device, variants, region,
                         (output.processing_size[0], output.processing_size[1]), job.seq, event.notes, timings)
         self._end(job, JobState.DONE, wire.message(result, buffers=buffers))
+
+    def _keep(self, job: QueuedJob, output: JobOutput, region: Rect, engine: str) -> None:
+        """Hand a finished job to the history: its options as sent, seeds and place, the
+        variants' pixels and thumbnails, and the region it started from with its mask."""
+        assert self.history is not None
+        r = job.request
+        local = output.region
+        h, w = r.mask.shape
+        given = r.given or r.options
+        entry = Entry(
+            job.id, time.time(), job.kind, job.model, given.to_wire(), list(job.seeds),
+            (region.x, region.y, region.width, region.height), job.canvas or (w, h),
+            [VariantEntry(layer.index, layer.seed, layer.rgba.shape[1], layer.rgba.shape[0], thumbnail(layer.rgba))
+             for layer in output.layers],
+            job.parent, job.parent_variant, engine,
+        )
+        rows, cols = slice(local.y, local.y + local.height), slice(local.x, local.x + local.width)
+        try:
+            self.history.record(Record(entry, [layer.rgba for layer in output.layers],
+                                       np.ascontiguousarray(r.image[rows, cols]), np.ascontiguousarray(r.mask[rows, cols])))
+        except Exception:  # the history is a convenience: it never fails a job
+            log.exception("history: could not record job %s", job.id)
 
     def _end(self, job: QueuedJob, state: JobState, msg: Message) -> None:
         """A job's terminal event: counted, kept for `fetch`, sent; the job's pixels let go."""

@@ -44,6 +44,14 @@ class QueuedJob:
     position: int = -1  # jobs that start before it (a running one included), as last told to the client
     clock: float = 0.0  # where its `elapsed` counts from: its start, or when it began to wait for a model load
     loading_told: float = 0.0  # when it last heard `loading` (repeated while a load lasts)
+    #: Where this job's image sits on the artist's canvas: (0, 0) for a submit; a `vary` or
+    #: `rerun` runs on a kept region, whose result layers are put back at its place.
+    origin: tuple[int, int] = (0, 0)
+    #: The canvas size the history records (None: the job's own image's).
+    canvas: tuple[int, int] | None = None
+    kind: str = "inpaint"  # "inpaint", "vary" or "rerun" (the history's `kind`)
+    parent: str = ""  # the job a vary or rerun started from
+    parent_variant: int = -1
 
     def summary(self) -> dict[str, Any]:
         opts = self.request.options

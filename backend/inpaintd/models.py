@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .engines.base import Engine, EngineError, ModelCaps, ModelInfo, ProgressFn
+from .engines.ip_adapter import takes_ip_adapter
 from .families import (
     FAMILIES,
     Arch,
@@ -352,6 +353,7 @@ class ModelRegistry:
         memory: str = "auto",
         quantize: dict[str, str] | None = None,
         drop_t5: bool = False,
+        ip_adapter: str | None = None,
     ) -> None:
         """`configs` maps a single-file model (as given, or its id) to a diffusers config
         folder or repo id, which offline loading of a single file needs.  `compile` is a
@@ -361,7 +363,9 @@ class ModelRegistry:
         the least recently used is closed (`WarmSet`).  `memory`: a mode of
         `inpaintd.memory.MEMORY_CHOICES` for every diffusion model; `quantize`: component ->
         method (`inpaintd.engines.quantize`); `drop_t5`: SD 3.x models load without their T5
-        encoder (`families.droppable`), and their memory estimates leave it out."""
+        encoder (`families.droppable`), and their memory estimates leave it out.  `ip_adapter`:
+        an IP-Adapter folder or repo id (`serve --ip-adapter`; `inpaintd.engines.ip_adapter`)
+        that SD 1.x and SDXL models load with: they then take reference images."""
         self.allow_download = allow_download
         self.allow_pickle = allow_pickle
         self.device = device
@@ -372,6 +376,7 @@ class ModelRegistry:
         self.memory = memory
         self.quantize = dict(quantize or {})
         self.drop_t5 = drop_t5
+        self.ip_adapter = ip_adapter
         #: Models an out-of-memory retry moved to a leaner mode than --memory gave them.
         self._memory_modes: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -507,7 +512,7 @@ class ModelRegistry:
         info = ModelInfo(spec.id, "diffusers", "single_file", True, native, str(path), family)
         if inspected is None:
             return info
-        return self._with_memory(described(info, inspected.family), inspected.family, single_file_weights(path))
+        return self._with_memory(self._described(info, inspected.family), inspected.family, single_file_weights(path))
 
     def _transformer_file_info(self, spec: _Spec, path: Path, sf: SingleFile) -> ModelInfo:
         """An SD 3.x or FLUX.1 single file or GGUF: available where the folder that completes
@@ -540,7 +545,7 @@ class ModelRegistry:
         weights = single_file_weights(path)
         if weights and reference is not None:  # the parts the file lacks come from the reference
             weights += [w for w in folder_weights(reference) or [] if w.name not in sf.components]
-        return self._with_memory(described(info, family), family, weights)
+        return self._with_memory(self._described(info, family), family, weights)
 
     def _folder_info(self, spec: _Spec, folder: Path) -> ModelInfo:
         family, native, problem = _describe(folder)
@@ -557,7 +562,15 @@ class ModelRegistry:
                 family.arch.value,
             )
         info = ModelInfo(spec.id, "diffusers", spec.kind, True, native, str(folder), family.arch.value)
-        return self._with_memory(described(info, family), family, folder_weights(folder))
+        return self._with_memory(self._described(info, family), family, folder_weights(folder))
+
+    def _described(self, info: ModelInfo, family: Family) -> ModelInfo:
+        """`families.described`, and with an IP-Adapter configured, SD 1.x and SDXL models
+        take reference images (a style reference through it)."""
+        out = described(info, family)
+        if self.ip_adapter and takes_ip_adapter(family):
+            out = replace(out, takes={**out.takes, "reference_image": True})
+        return out
 
     def _with_memory(self, info: ModelInfo, family: Family, weights: Sequence[Weights] | None) -> ModelInfo:
         """`info` with its memory estimates (section 5.3), where its weights are here to read."""
@@ -688,6 +701,7 @@ class ModelRegistry:
             on_memory_mode=lambda mode: self.stepped_down(spec.id, mode),
             quantize=self.quantize,
             drop_t5=self.drop_t5,
+            ip_adapter=self.ip_adapter,
         )
 
     def close(self) -> None:

@@ -157,6 +157,7 @@ def prepare(
         strength=float(options.strength),
         scheduler=options.scheduler,
         references=[np.ascontiguousarray(r[:, :, :3]) for r in references or []],
+        reference_weight=float(options.reference_weight),
     )
     plan = Plan(
         source=source, region=region, region_mask=region_mask, keep=engine_mask == 0, engine_image=engine_image,

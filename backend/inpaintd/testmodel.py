@@ -211,6 +211,100 @@ def install_in_hub_cache(model_dir: str | Path, cache_dir: str | Path, repo_id: 
     return snapshot
 
 
+# -- IP-Adapter -----------------------------------------------------------------------
+#
+# A plain IP-Adapter (h94/IP-Adapter's `ip-adapter_sd15` / `ip-adapter_sdxl`) is a CLIP
+# vision encoder, a projection of its image embedding to 4 extra cross-attention tokens
+# ("image_proj": `proj` Linear and `norm` LayerNorm), and a key and a value projection of
+# those tokens per cross-attention layer of the UNet ("ip_adapter": `{n}.to_k_ip.weight`,
+# `{n}.to_v_ip.weight`, n = 1, 3, 5, ... in the order of `unet.attn_processors`, as
+# diffusers' `UNet2DConditionLoadersMixin._convert_ip_adapter_attn_to_diffusers` reads them).
+
+_IMAGE_ENCODER_WIDTH = 16  # the tiny CLIP vision encoder's projection: the IP-Adapter's image embedding
+_IMAGE_ENCODER_SIZE = 32  # its input side (4x4 patches of 8 px)
+
+
+def _image_encoder():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=_IMAGE_ENCODER_WIDTH,
+        intermediate_size=37,
+        projection_dim=_IMAGE_ENCODER_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=_IMAGE_ENCODER_SIZE,
+        patch_size=8,
+    )
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def _ip_adapter_weights(unet_config: dict, image_embed_dim: int) -> dict:
+    """The flat safetensors state dict of a random plain IP-Adapter for a UNet of `unet_config`
+    ("image_proj.*" and "ip_adapter.*", as h94's .safetensors files hold them)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(unet_config)
+    cross = int(unet.config.cross_attention_dim)
+    blocks = list(unet.config.block_out_channels)
+    tokens = 4  # a plain IP-Adapter's extra tokens
+    weights: dict = {
+        # Strong enough weights that the tiny model's output visibly follows the reference.
+        "image_proj.proj.weight": torch.randn(tokens * cross, image_embed_dim) * 0.5,
+        "image_proj.proj.bias": torch.randn(tokens * cross) * 0.1,
+        "image_proj.norm.weight": torch.ones(cross) + 0.1 * torch.randn(cross),
+        "image_proj.norm.bias": 0.1 * torch.randn(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue  # self-attention: no image tokens
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.5
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.5
+        key_id += 2
+    return weights
+
+
+def make_test_ip_adapter(folder: str | Path, model: str | Path | None = None, *, sdxl: bool = False) -> Path:
+    """Write a tiny random IP-Adapter for the tiny test model to `folder`, in h94/IP-Adapter's
+    layout (what `serve --ip-adapter FOLDER` reads, see `inpaintd.engines.ip_adapter`):
+    `models/ip-adapter_sd15.safetensors` + `models/image_encoder/` (SD 1.x), or with
+    `sdxl`, `sdxl_models/ip-adapter_sdxl.safetensors` + `sdxl_models/image_encoder/`.
+    Calling it twice into one folder writes both.
+
+    `model`: the diffusers folder whose UNet it fits (its `unet/config.json`); by default
+    the tiny model `make_test_model` writes (of `sdxl`'s layout, any UNet input channels:
+    an IP-Adapter only adds to the cross-attention layers).  Random but seeded: the same
+    call writes the same weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .engines.ip_adapter import IMAGE_ENCODER_FOLDER, IP_ADAPTER_FILES
+    from .families import Arch
+
+    folder = Path(folder)
+    if model is not None:
+        unet_config = json.loads((Path(model) / "unet" / "config.json").read_text(encoding="utf-8"))
+    else:
+        unet_config = dict(_unet(4, sdxl=sdxl).config)
+    torch.manual_seed(1)
+    subfolder, weight_name = IP_ADAPTER_FILES[Arch.SDXL if sdxl else Arch.SD15]
+    target = folder / subfolder
+    target.mkdir(parents=True, exist_ok=True)
+    encoder = _image_encoder()
+    encoder.save_pretrained(str(target / IMAGE_ENCODER_FOLDER), safe_serialization=True)
+    weights = _ip_adapter_weights(unet_config, int(encoder.config.projection_dim))
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(target / weight_name))
+    return folder
+
+
 # -- single-file checkpoints ----------------------------------------------------------
 #
 # Most checkpoints people download are one .safetensors file in the original CompVis/LDM

@@ -22,8 +22,10 @@ from inpaintd_protocol.wire import Message
 class SubmitRequest:
     image: np.ndarray  # H x W x C uint8 (C = 3 or 4), possibly strided, read-only view
     mask: np.ndarray  # H x W uint8
-    options: JobOptions
+    options: JobOptions  # as the job runs: its style applied
     references: list[np.ndarray] = field(default_factory=list)  # each h x w x 3|4 uint8
+    #: The options as the client sent them (before the style), for the history.
+    given: JobOptions | None = None
 
 
 def _field_error(code: str, name: str, message: str) -> ProtocolError:
@@ -115,6 +117,12 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits, d
 
 def parse_submit(msg: Message, limits: Limits = LIMITS) -> SubmitRequest:
     options = parse_options(msg.body, limits)
+    image, mask = parse_pixels(msg, limits)
+    return SubmitRequest(image=image, mask=mask, options=options, references=_references(msg, limits))
+
+
+def parse_pixels(msg: Message, limits: Limits = LIMITS) -> tuple[np.ndarray, np.ndarray]:
+    """The `image` and `mask` of a message (a submit, or a vary that brings its pixels)."""
     image = _image(msg, "image", (3, 4), limits)
     mask = _image(msg, "mask", (1,), limits)
     if image.shape[:2] != mask.shape:
@@ -124,7 +132,7 @@ def parse_submit(msg: Message, limits: Limits = LIMITS) -> SubmitRequest:
         )
     if not _any_nonzero(mask):
         raise ProtocolError(Code.EMPTY_MASK, "the mask selects nothing (every value is 0); select the area to inpaint")
-    return SubmitRequest(image=image, mask=mask, options=options, references=_references(msg, limits))
+    return image, mask
 
 
 def _references(msg: Message, limits: Limits) -> list[np.ndarray]:
@@ -150,6 +158,12 @@ def _any_nonzero(mask: np.ndarray) -> bool:
     return bool(mask.any())
 
 
+class StyleBook(Protocol):
+    """The daemon's styles (`inpaintd.styles.Styles`)."""
+
+    def apply(self, options: JobOptions) -> JobOptions: ...
+
+
 class ModelAdmission(Protocol):
     """The registry's side of admission (`inpaintd.models.ModelRegistry`)."""
 
@@ -158,16 +172,28 @@ class ModelAdmission(Protocol):
     def admit(self, model_id: str) -> Any: ...
 
 
-def admit(msg: Message, models: ModelAdmission, limits: Limits = LIMITS) -> tuple[SubmitRequest, str]:
+def admit(msg: Message, models: ModelAdmission, limits: Limits = LIMITS,
+          styles: StyleBook | None = None) -> tuple[SubmitRequest, str]:
     """Everything a submit must pass before it is queued: every field and the pixels
-    (`parse_submit`: types, ranges, NaN, sizes), then the model it names (the registry's
-    allow-list, pickle rule and availability).  Returns the request and the model's id."""
-    request = parse_submit(msg, limits)
+    (`parse_submit`: types, ranges, NaN, sizes), its style (known and well-formed), then
+    the model it names (the registry's allow-list, pickle rule and availability).  Returns
+    the request and the model's id."""
+    return admit_request(parse_submit(msg, limits), models, styles)
+
+
+def admit_request(request: SubmitRequest, models: ModelAdmission,
+                  styles: StyleBook | None = None) -> tuple[SubmitRequest, str]:
+    """The checks after the fields and pixels, for a submit and for the jobs the daemon
+    makes from its history (`vary`, `rerun`): the style applied, then the model."""
+    request.given = request.given or request.options
+    if styles is not None:
+        request.options = styles.apply(request.given)
     info = models.admit(request.options.model or models.default_model_id)
     if request.references and not (getattr(info, "takes", None) or {}).get("reference_image"):
         raise _field_error(
             Code.BAD_VALUE, "references",
             f"model '{info.id}' ({getattr(info, 'label', '') or info.engine}) takes no reference image; "
-            "models that do say takes.reference_image in the models reply (FLUX.1 Kontext, FLUX.2 klein)",
+            "models that do say takes.reference_image in the models reply (FLUX.1 Kontext, FLUX.2 klein, "
+            "Qwen-Image-Edit, and SD 1.x/SDXL on a daemon started with --ip-adapter)",
         )
     return request, info.id

@@ -106,6 +106,7 @@ class Options:
     color_match: bool = False
     fill: str = "auto"
     guidance_scale: float = 0.0
+    style: str = ""
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> Options:

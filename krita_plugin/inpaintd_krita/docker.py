@@ -48,6 +48,7 @@ class InpaintPanel(QWidget):
     # checkers and readers see them; __init__ stops if they differ from what the table made.
     prompt: QPlainTextEdit
     negative_prompt: QLineEdit
+    reference_weight: QDoubleSpinBox
     variants: QSpinBox
     strength: QDoubleSpinBox
     fill: QComboBox

@@ -199,6 +199,8 @@ class Settings:
 
     prompt: str = ""
     negative_prompt: str = ""
+    style: str = ""
+    reference_weight: float = 1.0
     variants: int = 2
     strength: float = 1.0
     fill: str = "auto"

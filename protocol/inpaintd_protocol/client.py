@@ -425,7 +425,11 @@ class Client:
                 ImageDesc(3 + i, w, h, c).to_wire() for i, (_pixels, w, h, c) in enumerate(references)
             ]
             buffers += [pixels for pixels, _w, _h, _c in references]
-        msg = Message(type=Type.SUBMIT, body=body, buffers=buffers)
+        return self._send_job(Message(type=Type.SUBMIT, body=body, buffers=buffers), block, timeout)
+
+    def _send_job(self, msg: Message, block: bool, timeout: float) -> Job:
+        """Send a request that starts a job (`submit`, `vary`, `rerun`; each answered by
+        `accepted`) and track its job."""
         job = Job(request_id=msg.id)
         self._by_request[msg.id] = job
         if block:
@@ -452,6 +456,70 @@ class Client:
             if reply.type == Type.ERROR:
                 raise _error_from(reply)
         return job
+
+    # -- the artist's loop (PROTOCOL.md 5.9-5.12) -------------------------------------
+
+    def vary(
+        self,
+        job_id: str,
+        variant: int = 0,
+        *,
+        preset: str = "subtle",
+        strength: float | None = None,
+        options: dict[str, Any] | None = None,
+        pixels: tuple[bytes | memoryview, int, int, int, bytes | memoryview, int, int] | None = None,
+        block: bool = True,
+        timeout: float = 30.0,
+    ) -> Job:
+        """New variants of variant `variant` of job `job_id`, inside the same mask: `preset`
+        "subtle" or "strong" (or an explicit `strength`), new seeds; `options` changes any job
+        option (a new prompt: Remix).  `pixels` = (image, width, height, channels, mask, x, y)
+        sends the variant's pixels and mask where the daemon no longer keeps them (it says
+        `expired`); x, y: where they sit on the canvas."""
+        body: dict[str, Any] = {"job": job_id, "variant": variant, "preset": preset}
+        if strength is not None:
+            body["strength"] = strength
+        if options:
+            body["options"] = dict(options)
+        buffers: list[bytes | bytearray | memoryview] = []
+        if pixels is not None:
+            image, width, height, channels, mask, x, y = pixels
+            body["image"] = ImageDesc(1, width, height, channels).to_wire()
+            body["mask"] = ImageDesc(2, width, height, 1).to_wire()
+            body["x"], body["y"] = x, y
+            buffers = [image, mask]
+        return self._send_job(Message(type=Type.VARY, body=body, buffers=buffers), block, timeout)
+
+    def rerun(self, job_id: str, options: dict[str, Any] | None = None, *, block: bool = True,
+              timeout: float = 30.0) -> Job:
+        """Job `job_id` again from the history: the same region, mask, options and seeds (the
+        same pixels), or with `options` changed."""
+        body: dict[str, Any] = {"job": job_id}
+        if options:
+            body["options"] = dict(options)
+        return self._send_job(Message(type=Type.RERUN, body=body), block, timeout)
+
+    def history(self, query: str = "", *, offset: int = 0, limit: int = 20, starred: bool = False,
+                timeout: float = 10.0) -> dict[str, Any]:
+        """A page of the daemon's history, newest first: the `history_reply` body, each
+        variant's `thumbnail` descriptor with its RGBA bytes added as `thumbnail["pixels"]`."""
+        reply = self.request(Type.HISTORY, {"query": query, "offset": offset, "limit": limit, "starred": starred},
+                             timeout=timeout)
+        for entry in reply.body.get("entries", []):
+            _attach_thumbnails(reply, entry)
+        return dict(reply.body)
+
+    def star(self, job_id: str, starred: bool = True, timeout: float = 10.0) -> dict[str, Any]:
+        """Star (kept whatever the history's budget) or unstar a history entry; the entry."""
+        reply = self.request(Type.HISTORY_STAR, {"job": job_id, "starred": starred}, timeout=timeout)
+        return _attach_thumbnails(reply, dict(reply.body.get("entry", {})))
+
+    def styles(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        return list(self.request(Type.STYLES, timeout=timeout).body.get("styles", []))
+
+    def save_style(self, name: str, style: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """Save a user style on the daemon (its fields: PROTOCOL.md 5.12)."""
+        return dict(self.request(Type.STYLE_SAVE, {"name": name, "style": style}, timeout=timeout).body.get("style", {}))
 
     def wait(self, job: Job, timeout: float | None = None, on_event: Callable[[Job, Message], None] | None = None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -571,6 +639,14 @@ class Client:
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode("ascii") if isinstance(value, str) else value
+
+
+def _attach_thumbnails(msg: Message, entry: dict[str, Any]) -> dict[str, Any]:
+    for v in entry.get("variants", []):
+        thumb = v.get("thumbnail")
+        if isinstance(thumb, dict):
+            thumb["pixels"] = bytes(msg.buffer(int(thumb.get("frame", 0))))
+    return entry
 
 
 def _error_from(msg: Message) -> ProtocolError:

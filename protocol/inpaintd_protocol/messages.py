@@ -43,6 +43,12 @@ class Type(WireEnum):
     STATUS = "status"
     FETCH = "fetch"
     SHUTDOWN = "shutdown"
+    VARY = "vary"
+    RERUN = "rerun"
+    HISTORY = "history"
+    HISTORY_STAR = "history_star"
+    STYLES = "styles"
+    STYLE_SAVE = "style_save"
     # replies
     HELLO_REPLY = "hello_reply"
     PONG = "pong"
@@ -51,6 +57,10 @@ class Type(WireEnum):
     CANCEL_REPLY = "cancel_reply"
     STATUS_REPLY = "status_reply"
     SHUTDOWN_REPLY = "shutdown_reply"
+    HISTORY_REPLY = "history_reply"
+    HISTORY_ENTRY = "history_entry"
+    STYLES_REPLY = "styles_reply"
+    STYLE_SAVED = "style_saved"
     ERROR = "error"
     # job events (daemon -> the client that submitted the job)
     PROGRESS = "progress"
@@ -59,7 +69,8 @@ class Type(WireEnum):
 
 
 REQUEST_TYPES = frozenset(
-    {Type.HELLO, Type.PING, Type.LIST_MODELS, Type.SUBMIT, Type.CANCEL, Type.STATUS, Type.FETCH, Type.SHUTDOWN}
+    {Type.HELLO, Type.PING, Type.LIST_MODELS, Type.SUBMIT, Type.CANCEL, Type.STATUS, Type.FETCH, Type.SHUTDOWN,
+     Type.VARY, Type.RERUN, Type.HISTORY, Type.HISTORY_STAR, Type.STYLES, Type.STYLE_SAVE}
 )
 #: Events after which a job sends nothing more.
 TERMINAL_EVENTS = frozenset({Type.RESULT, Type.ERROR, Type.CANCELLED})
@@ -86,6 +97,7 @@ class Code(WireEnum):
     MODEL_UNAVAILABLE = "model_unavailable"
     MODEL_REFUSED = "model_refused"
     NOT_FOUND = "not_found"  # no such job
+    EXPIRED = "expired"  # the job is in the history, its pixels are not kept: send them
     ENGINE_FAILURE = "engine_failure"
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
@@ -153,6 +165,7 @@ class Limits:
     max_queue_per_client: int = 32
     max_references: int = 4
     max_reference_side: int = 2048
+    max_style_chars: int = 64
     #: RGBA image + mask + the references (RGBA at their largest) + headers
     max_message_bytes: int = 2 * 16384 * 8192 * 5 + 4 * 2048 * 2048 * 4 + (1 << 20)
 

@@ -145,6 +145,16 @@ OPTIONS: tuple[Option, ...] = (
            editors=BOTH, order=50, gimp_position=14,
            choice_labels=("Auto (keep the picture)", "Keep the picture", "Neutral grey", "Blurred surroundings",
                           "Classical fill")),
+    Option("style", str, "", limit="max_style_chars",
+           help="a style preset from `inpaintd styles` (its prompt template, negative prompt and settings; the job's "
+                "own values win where they are not the defaults)",
+           label="St_yle", tip="A saved style: prompt template, negative prompt and settings (empty = none)",
+           editors=BOTH, order=25, gimp_position=16),
+    Option("reference_weight", float, 1.0, low=0.0, high=2.0,
+           help="how strongly the reference images steer the result (style reference; 0: not at all; default "
+                "%(default)s)",
+           label="Reference weight", tip="How strongly the reference layer steers the style (0 = not at all)",
+           editors=(KRITA,), order=26, step=0.05),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -175,6 +185,8 @@ class JobOptions:
     padding: int = -1
     color_match: bool = False
     fill: str = "auto"
+    style: str = ""
+    reference_weight: float = 1.0
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -98,8 +98,12 @@ class EngineRequest:
     strength: float
     scheduler: str
     #: Reference images that condition the model (h x w x 3 uint8, any size); only for
-    #: families whose row says `reference_image`.
+    #: families whose row says `reference_image`, or SD 1.x/SDXL with an IP-Adapter loaded.
     references: list[np.ndarray] = field(default_factory=list)
+    #: How strongly the references steer the result (job option `reference_weight`, 0..2):
+    #: the IP-Adapter's scale for SD 1.x/SDXL; 0 means the references are ignored, by every
+    #: family (the flow families take a reference whole, at any other weight).
+    reference_weight: float = 1.0
 
 
 @dataclass

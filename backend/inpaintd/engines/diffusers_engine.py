@@ -7,6 +7,9 @@ and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the kn
 latents back in under the mask at every step.  The family row's `loop` chooses the
 sampler: UNet families run `sd_inpaint.InpaintLoop`, the flow-matching transformer
 families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein) `flow_inpaint.FlowInpaintLoop`.
+With `--ip-adapter`, SD 1.x and SDXL models load an IP-Adapter too, and their jobs'
+reference images steer the style (`ip_adapter.py`); the flow families that take
+references take them whole, and a `reference_weight` of 0 drops them for every family.
 
 Everything that is not model work (mask feathering, cropping, scaling, compositing) is done
 by the runner before and after `generate`; see `inpaintd.engines.base`.
@@ -27,6 +30,7 @@ import numpy as np
 
 from ..families import (
     DROPPED_T5_COST,
+    Arch,
     Family,
     Loop,
     SingleFile,
@@ -56,8 +60,9 @@ from .base import (
     is_out_of_memory,
 )
 from .flow_inpaint import FlowInpaintLoop, FlowInputs
+from .ip_adapter import IP_ADAPTER_FILES, ReferenceEncoder, load_ip_adapter, takes_ip_adapter
 from .pacing import StepPacer
-from .quantize import Quantization, QuantizeError, pipeline_quantization
+from .quantize import Quantization, QuantizeError, pipeline_quantization, resolve_plan
 from .sd_inpaint import Embeddings, InpaintLoop, Inputs, scheduler_settings
 from .speedups import Speedups, apply, uncompile
 
@@ -162,6 +167,8 @@ class DiffusersEngine:
     """A Stable Diffusion (XL) inpaint pipeline, loaded once and reused for every job."""
 
     name = "diffusers"
+    #: The IP-Adapter loaded into the pipeline (`--ip-adapter`), or None.
+    ip_adapter: str | None = None
 
     def __init__(
         self,
@@ -179,6 +186,7 @@ class DiffusersEngine:
         on_memory_mode: Callable[[str], None] | None = None,
         quantize: Mapping[str, str] | None = None,
         drop_t5: bool = False,
+        ip_adapter: str | Path | None = None,
     ) -> None:
         """Load `source`: a Hub repo id, a diffusers folder, or a single checkpoint file.
 
@@ -190,6 +198,10 @@ class DiffusersEngine:
         `quantize`: component -> method (`inpaintd.engines.quantize.parse_quantize`),
         checked against the model's family before any weights are read.  `drop_t5`: load
         SD 3.x without its T5 encoder (`families.droppable`; other families are unaffected).
+        `ip_adapter`: an IP-Adapter folder or repo id (`serve --ip-adapter`, laid out as
+        `inpaintd.engines.ip_adapter` says) loaded into SD 1.x and SDXL models, whose jobs'
+        reference images then steer the style; other families load without it.  One that is
+        missing or does not load refuses the model (`model_unavailable`).
         """
         self.model_id = model_id or str(source)
         self.device = pick_device(device)
@@ -201,10 +213,12 @@ class DiffusersEngine:
         self._quantization: Quantization | None = None
         self._drop_t5 = drop_t5
         self._dropped: list[str] = []
+        self._ip_adapter_source = ip_adapter
         report = progress or (lambda stage, step, total: None)
 
         report("loading", 0, 1)
         pipe = self._load(str(source), config, allow_pickle)
+        ip_notes = self._load_ip_adapter(pipe, ip_adapter)
         quantized: list[str] = self._quantization.after_load(pipe) if self._quantization is not None else []
         self._adopt(pipe, speedups, memory)
         for line in quantized:
@@ -212,6 +226,7 @@ class DiffusersEngine:
         self.speed_notes += [f"quantised {line}" for line in quantized]
         if self._dropped:
             self.speed_notes.append(f"loaded without {' and '.join(self._dropped)} (--drop-t5): {DROPPED_T5_COST}")
+        self.speed_notes += ip_notes
         report("loading", 1, 1)
 
     @classmethod
@@ -233,8 +248,31 @@ class DiffusersEngine:
         self._quantization = None
         self._drop_t5 = False
         self._dropped = []
+        self._ip_adapter_source = None
+        self.ip_adapter = None
         self._adopt(pipe, speedups, memory)
         return self
+
+    def _load_ip_adapter(self, pipe: Any, source: str | Path | None) -> list[str]:
+        """Load the IP-Adapter at `source` into a loaded SD 1.x or SDXL pipeline (before it is
+        placed and sped up); other families ignore it.  Returns what the engine's notes
+        should say of it.  Sets `self.ip_adapter`: the source loaded, or None."""
+        self.ip_adapter = None
+        if source is None:
+            return []
+        family = family_of_pipeline(pipe.__class__.__name__)
+        if family.loop != Loop.SD:
+            return []
+        if not takes_ip_adapter(family):
+            return [f"no IP-Adapter for {family.label} (--ip-adapter has SD 1.x and SDXL ones): its jobs take no "
+                    "reference images"]
+        load_ip_adapter(pipe, str(source), family, local_files_only=self._local_files_only, cache_dir=self._cache_dir)
+        self.ip_adapter = str(source)
+        subfolder, weight_name = IP_ADAPTER_FILES[family.arch]
+        style = "style blocks only" if family.arch == Arch.SDXL else "every cross-attention layer"
+        log.info("model %s: IP-Adapter %s (%s/%s) loaded", self.model_id, source, subfolder, weight_name)
+        return [f"IP-Adapter {source} ({subfolder}/{weight_name}) loaded: reference images steer the style "
+                f"({style}), weighted by reference_weight"]
 
     def _adopt(self, pipe: Any, speedups: Speedups | None, memory: str) -> None:
         """Place a loaded pipeline on the device in its memory mode, speed it up, and read
@@ -253,6 +291,8 @@ class DiffusersEngine:
         self.family = family_of_pipeline(pipe.__class__.__name__)
         self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._saved_processors: dict[str, Any] | None = None  # while the low-memory retry runs
+        #: The IP-Adapter's side of a job (scale, reference embeddings), where one is loaded.
+        self._references: ReferenceEncoder | None = None
         if self.family.loop == Loop.FLOW:
             self._adopt_flow(speedups)
             return
@@ -269,6 +309,13 @@ class DiffusersEngine:
         self._default_scheduler = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"default": self._default_scheduler}
         self.speedups = speedups or Speedups.default_for(self.device)
+        ip_skipped: list[str] = []
+        if self.ip_adapter is not None:
+            self._references = ReferenceEncoder(pipe, self.family)
+            if self.speedups.fuse_qkv:
+                # diffusers' fused attention processors would replace the IP-Adapter's.
+                self.speedups = dataclasses.replace(self.speedups, fuse_qkv=False)
+                ip_skipped.append("fused QKV (the IP-Adapter's attention layers take the place of fused ones)")
         #: This engine's model as a job is prepared for it; the daemon takes the same from
         #: the registry's description (`ModelRegistry.caps`), this one serves in-process use
         #: (benchmarks, tests) where no registry describes the pipeline.
@@ -280,7 +327,7 @@ class DiffusersEngine:
         )
         #: What the daemon logs and shows clients as notices about this engine's speed settings.
         self.speed_notes: list[str] = [f"speed-ups in use: {', '.join(applied.used) or 'none'}"]
-        self.speed_notes += [f"speed-up not applied: {why}" for why in applied.skipped]
+        self.speed_notes += [f"speed-up not applied: {why}" for why in [*ip_skipped, *applied.skipped]]
         self.speed_notes += self._memory_notes()
         self.warmup_seconds = 0.0
         if applied.compiled:
@@ -418,6 +465,16 @@ class DiffusersEngine:
             )
         except QuantizeError as exc:
             raise EngineError("model_refused", f"model '{self.model_id}' ({family.label}): {exc}") from None
+        quantized = resolve_plan(self._plan, family).methods.get("unet")
+        if quantized and self._ip_adapter_source is not None and takes_ip_adapter(family):
+            # diffusers casts the whole UNet to add the IP-Adapter's layers, which a quantised
+            # one refuses (SDNQ) or loses its savings to (fp8).
+            raise EngineError(
+                "model_refused",
+                f"model '{self.model_id}' ({family.label}): the IP-Adapter {self._ip_adapter_source} cannot be "
+                f"loaded into a UNet quantised by --quantize ({quantized}); serve it without --ip-adapter or with its "
+                "UNet unquantised (no denoiser or unet in --quantize)",
+            )
         return self._quantization.config
 
     def _load(self, source: str, config: str | Path | None, allow_pickle: bool) -> Any:
@@ -746,6 +803,20 @@ class DiffusersEngine:
         on_progress("encoding", 0, 1)
         check_cancel(cancelled)
         embeds = self._prompt_embeds(request.prompt, negative)
+        references = list(getattr(request, "references", None) or [])
+        weight = float(getattr(request, "reference_weight", 1.0))
+        reference_embeds = None
+        if flow:
+            if weight <= 0:
+                references = []  # weight 0: the references are ignored
+            elif references and self.family.reference_image and weight != 1.0:
+                notes.append(f"{self.family.label} takes reference images whole: reference_weight only turns them "
+                             "off (at 0), so it was used at full weight")
+        elif self._references is not None:
+            reference_embeds = self._references(references, weight)
+        elif references and weight > 0:
+            notes.append(f"the reference images were ignored: {self.family.label} takes them only through an "
+                         "IP-Adapter, and none is loaded (serve --ip-adapter)")
         on_progress("encoding", 1, 1)
         check_cancel(cancelled)
 
@@ -765,11 +836,11 @@ class DiffusersEngine:
                 return self._flow(FlowInputs(
                     image=request.image, mask=request.mask, prompt=embeds, generators=gens,
                     steps=steps, guidance_scale=request.guidance_scale, strength=strength,
-                    references=list(getattr(request, "references", None) or []),
+                    references=references,
                 ), pacer=pacer)
             job = Inputs(
                 image=request.image, mask=request.mask, embeddings=embeds, generators=gens,
-                steps=steps, guidance_scale=request.guidance_scale, strength=strength,
+                steps=steps, guidance_scale=request.guidance_scale, strength=strength, references=reference_embeds,
             )
             return self._loop(job, pacer=pacer)
 
@@ -832,7 +903,9 @@ class DiffusersEngine:
         cost time, and the next job may well fit.  The attention processors in use before
         (fused QKV ones, say) come back exactly as they were."""
         vae = getattr(self.pipe, "vae", None)
-        slicing = self.family.loop == Loop.SD  # the transformers have no sliced attention
+        # The transformers have no sliced attention; sliced processors would replace an
+        # IP-Adapter's.
+        slicing = self.family.loop == Loop.SD and self._references is None
         if on:
             if slicing:
                 self._saved_processors = dict(self.pipe.unet.attn_processors)
@@ -940,6 +1013,9 @@ class DiffusersEngine:
 
     def close(self) -> None:
         self._prompt_cache.clear()
+        if self._references is not None:
+            self._references.clear()
+            self._references = None
         self._schedulers.clear()
         self.pipe = None
         self._default_scheduler = None

@@ -12,7 +12,8 @@ only that, in the pipeline's order, and does no work twice:
    stock order (image sample, initial noise, masked-image sample), so a seed gives the
    same pixels as the stock pipeline called with that seed;
 3. denoise all variants in one batched UNet call per step, with the prompt embeddings
-   computed once (and cached across jobs by the engine);
+   computed once (and cached across jobs by the engine), and where an IP-Adapter is loaded
+   the reference images' embeddings beside them (`inpaintd.engines.ip_adapter`);
 4. decode in chunks of at most a megapixel (the decoder's activations are the job's
    largest), convert to uint8 on the device and copy only that to the host.
 
@@ -50,6 +51,17 @@ class Embeddings:
 
 
 @dataclass
+class ReferenceEmbeds:
+    """A job's reference images as an IP-Adapter reads them (`inpaintd.engines.ip_adapter`):
+    k x ... image embeddings, one row per reference, and the unconditional ones that go with
+    the negative prompt under classifier-free guidance (zeros for a plain IP-Adapter, as in
+    diffusers).  With no references they are blank and the adapter's scale is 0."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+@dataclass
 class Inputs:
     """One job, as the engine prepared it."""
 
@@ -60,6 +72,9 @@ class Inputs:
     steps: int
     guidance_scale: float
     strength: float
+    #: Where the pipeline has an IP-Adapter loaded: its image embeddings (its UNet wants
+    #: some on every call, blank ones without references).  None without one.
+    references: ReferenceEmbeds | None = None
 
 
 def _retrieve(dist_output: Any, generator: Any) -> torch.Tensor:
@@ -288,6 +303,16 @@ class InpaintLoop:
                 pooled = torch.cat([emb.negative_pooled.repeat(n, 1), pooled])
                 time_ids = torch.cat([negative_time_ids.repeat(n, 1), time_ids])
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
+        if job.references is not None:
+            # One list entry per IP-Adapter, each variants x references x embedding, in the
+            # prompts' order: [negatives..., positives...] (diffusers' prepare_ip_adapter_image_embeds).
+            refs = job.references
+            repeat = (n, *[1] * refs.positive.ndim)
+            image_embeds = refs.positive.unsqueeze(0).repeat(*repeat)
+            if cfg:
+                image_embeds = torch.cat([refs.negative.unsqueeze(0).repeat(*repeat), image_embeds])
+            added = kwargs.setdefault("added_cond_kwargs", {})
+            added["image_embeds"] = [image_embeds.to(device=self.device, dtype=dtype)]
         return kwargs
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:

@@ -109,9 +109,9 @@ def test_registered_with_menu_and_arguments():
     assert "<Image>/Filters/AI" in proc.get_menu_paths()
     names = [a.name for a in proc.get_arguments()]
     # in their positions (scripts pass them by position), after GIMP's run-mode, image and drawables
-    assert names[-16:] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
+    assert names[-17:] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
                            "grow", "feather", "padding", "endpoint", "sample-merged", "start-daemon",
-                           "color-match", "fill", "guidance-scale"], names
+                           "color-match", "fill", "guidance-scale", "style"], names
     seed = next(a for a in proc.get_arguments() if a.name == "seed")
     assert (seed.minimum, seed.maximum, seed.default_value) == (-1, 2**31 - 1, -1)  # the protocol's table, in 32 bits
 
