@@ -266,4 +266,5 @@ def test_both_plugins_send_fill_and_know_the_protocols_values() -> None:
     assert gimp.Options.from_mapping({"fill": None}).job_options()["fill"] == "auto"  # GIMP's empty string
     problems = gimp.Options(fill="lama").validate()
     assert problems and "Start with 'lama' is not one of" in problems[0]
-    assert [a.name for a in gimp.ARGS][-1] == "fill"  # added last: positional scripts keep working
+    # added after the first release's arguments: positional scripts keep working
+    assert next(a.position for a in gimp.ARGS if a.name == "fill") == 14  # after color-match, before guidance-scale

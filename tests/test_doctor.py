@@ -118,6 +118,12 @@ def test_models_from_the_registry_name_a_folder_missing_components(tmp_path: Pat
         (folder / name).mkdir()
     models, default = doctor.registry_models([str(folder)])
     line = by_name(doctor.check_models(models, default, tmp_path / "empty-cache"), f"model {folder}")
+    # configs without weights (as a single file's reference snapshot has them) are not a model
+    assert line.status == WARN and "weights are missing" in line.detail and "unet" in line.detail, line.detail
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (folder / "text_encoder" / "model.safetensors").write_bytes(b"")
+    models, default = doctor.registry_models([str(folder)])
+    line = by_name(doctor.check_models(models, default, tmp_path / "empty-cache"), f"model {folder}")
     assert line.status == OK and "(default)" in line.name and "sd15" in line.detail
 
 
