@@ -274,7 +274,7 @@ def test_flow_families_ignore_references_at_weight_zero() -> None:
         def __init__(self) -> None:  # a stand-in: the flow branch of `generate`, no pipeline
             self.family = FAMILIES[Arch.FLUX_KONTEXT]
             self.size_multiple, self.device = 16, "cpu"
-            self._prompt_cache, self._schedulers = OrderedDict({("", ""): "embeds"}), {"default": None}
+            self._prompt_cache, self._schedulers = OrderedDict({("", "", ""): "embeds"}), {"default": None}
             self.pipe = type("Pipe", (), {"scheduler": None})()
             self._references = None
 

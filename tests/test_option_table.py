@@ -81,7 +81,7 @@ def _inpaint_parser() -> argparse.ArgumentParser:
 
 def test_cli_has_one_flag_per_option_and_no_other_job_flag() -> None:
     actions = {a.dest: a for a in _inpaint_parser()._actions}
-    assert set(actions) - {o.name for o in OPTIONS} == {"help", "connect", "image", "mask", "out", "reference", "timeout"}
+    assert set(actions) - {o.name for o in OPTIONS} == {"help", "connect", "image", "mask", "out", "reference", "lora", "timeout"}
     for o in OPTIONS:
         a = actions[o.name]
         assert a.option_strings == [o.cli_flag] and a.default == o.default, o.name

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-mb", type=float, default=1024.0, metavar="MB",
                    help="disk the history may take (each job's parameters, thumbnails and pixels); past it the oldest "
                         "unstarred entries go; 0 keeps no history (default %(default)s)")
+    p.add_argument("--lora-dir", type=Path, default=None, metavar="DIR",
+                   help="the LoRA folder (.safetensors; kohya/A1111 or diffusers format) jobs may use (default: loras/ "
+                        "in the data folder)")
+    p.add_argument("--embeddings-dir", type=Path, default=None, metavar="DIR",
+                   help="the textual-inversion embeddings folder (default: embeddings/ in the data folder)")
     p.add_argument("--vary-subtle", type=float, default=0.35, metavar="S", help="strength of Vary Subtle (default %(default)s)")
     p.add_argument("--vary-strong", type=float, default=0.7, metavar="S", help="strength of Vary Strong (default %(default)s)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -132,13 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, type=Path, help="mask image, same size: white = regenerate, black = keep, gray = soft")
     p.add_argument("--out", required=True, type=Path, help="output image; with several variants, OUT-1.png, OUT-2.png, ...")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                   help="a LoRA from `inpaintd loras` at a weight (default 1; repeatable); <lora:NAME:WEIGHT> in the "
+                        "prompt works too")
     p.add_argument("--reference", action="append", default=[], type=Path, metavar="FILE",
                    help="a reference image that conditions the model (repeatable; models whose `inpaintd models` line "
                         "says it takes a reference image: FLUX.1 Kontext, FLUX.2 klein)")
     _add_job_options(p)
 
     for name, help_ in (("status", "show running and queued jobs"), ("models", "list the daemon's models"),
-                        ("shutdown", "stop the daemon"), ("styles", "list the daemon's style presets")):
+                        ("shutdown", "stop the daemon"), ("styles", "list the daemon's style presets"),
+                        ("loras", "list the daemon's LoRAs and embeddings")):
         _add_connect(sub.add_parser(name, help=help_))
 
     p = sub.add_parser("vary", help="new variants of a result: Vary Subtle/Strong, or Remix with --prompt")
@@ -261,6 +270,7 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
     suite's fault injection adds its model this way, tests/faults.py)."""
     from .daemon import Daemon, install_signal_handlers
     from .history import History
+    from .loras import Library
     from .models import ModelRegistry
     from .paths import data_dir
     from .styles import Styles
@@ -315,6 +325,7 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
             results_max_bytes=int(args.results_max_mb * (1 << 20)), curve=args.curve, peer_timeout=args.peer_timeout,
             executor=executor, history=history, styles=Styles(data / "styles"),
             vary_strengths=(args.vary_subtle, args.vary_strong),
+            library=Library(args.lora_dir or data / "loras", args.embeddings_dir or data / "embeddings", args.allow_pickle),
         )
     except ValueError as exc:
         print(f"inpaintd: {exc}", file=sys.stderr)
@@ -461,7 +472,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     bar = ProgressBar()
     with Client(args.connect, name="inpaintd-cli") as client:
         job = client.submit(data, width, height, channels, mask, options,
-                            references=[_load_reference(path) for path in args.reference])
+                            references=[_load_reference(path) for path in args.reference],
+                            loras=[_lora_arg(text) for text in args.lora])
         print(f"job {job.id} accepted (queue position {job.position})", file=sys.stderr)
         try:
             client.wait(job, args.timeout, on_event=bar)
@@ -573,6 +585,29 @@ def cmd_styles(args: argparse.Namespace) -> int:
             print(f"    {s['prompt']!r}{'; ' + settings if settings else ''}")
         if s["problem"]:
             print(f"    unusable: {s['problem']}")
+    return 0
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    name, sep, weight = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return name, float(weight)
+    except ValueError:
+        return text, 1.0  # a name with a colon in it
+
+
+def cmd_loras(args: argparse.Namespace) -> int:
+    with Client(args.connect, name="inpaintd-cli") as client:
+        body = client.request("loras").body
+    for kind, folder in (("loras", body.get("lora_dir", "")), ("embeddings", body.get("embeddings_dir", ""))):
+        print(f"{kind} in {folder}:" if body.get(kind) else f"{kind}: none in {folder}")
+        for a in body.get(kind, []):
+            words = f"  triggers: {', '.join(a['trigger_words'])}" if a["trigger_words"] else ""
+            state = f"  unusable: {a['problem']}" if a["problem"] else ""
+            print(f"  {a['name']:<30} {a['family'] or '?':<6} {a['format']:<9} weight {a['default_weight']:g}  "
+                  f"{a['bytes'] / 1e6:.1f} MB{words}{state}")
     return 0
 
 

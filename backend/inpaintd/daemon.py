@@ -36,6 +36,7 @@ from . import executor as ex
 from .handlers import CAPABILITIES, dispatch  # noqa: F401  (CAPABILITIES: documented in PROTOCOL.md)
 from .history import Entry, History, Record, VariantEntry, thumbnail
 from .jobs import FairQueue, Finished, QueuedJob, ResultStore
+from .loras import Library
 from .models import ModelRegistry
 from .runner import JobOutput
 from .server import REPLAY_WINDOW, Server, short  # noqa: F401  (REPLAY_WINDOW: documented in PROTOCOL.md)
@@ -71,6 +72,7 @@ class Daemon:
         history: History | None = None,
         styles: Styles | None = None,
         vary_strengths: tuple[float, float] = (0.35, 0.7),
+        library: Library | None = None,
     ) -> None:
         """`preload`: load the default model before the first job (with the default executor).
         `executor`: where jobs run; by default a LocalExecutor on `registry`.
@@ -97,6 +99,7 @@ class Daemon:
         self.results = ResultStore(ttl=results_ttl, max_bytes=results_max_bytes)
         self.history = history
         self.styles = styles
+        self.library = library  # LoRAs and embeddings (None: jobs may use none)
         self.vary_strengths = {"subtle": vary_strengths[0], "strong": vary_strengths[1]}
         self._stopping = threading.Event()
         self._seq = 0
@@ -223,7 +226,8 @@ class Daemon:
             job.clock = job.clock or job.started  # earlier if it waited for the start-up load
             self._announce_positions()
             r = job.request
-            self.executor.submit(ex.JobRequest(job.id, job.model, r.image, r.mask, r.options, job.seeds, r.references))
+            self.executor.submit(ex.JobRequest(job.id, job.model, r.image, r.mask, r.options, job.seeds, r.references,
+                                               r.loras, r.embeddings))
 
     def _post(self, job: QueuedJob, msg: Message) -> None:
         self.server.post(job.owner, msg)

@@ -43,6 +43,9 @@ class JobRequest:
     seeds: list[int]
     #: Reference images (protocol `references`), each h x w x 3|4 uint8; most jobs have none.
     references: list[np.ndarray] = field(default_factory=list)
+    #: LoRAs (name, path, weight) and textual-inversion embeddings (token, path) the job uses.
+    loras: list[tuple[str, str, float]] = field(default_factory=list)
+    embeddings: list[tuple[str, str]] = field(default_factory=list)
 
 
 # -- events, executor -> daemon ---------------------------------------------------------------
@@ -291,7 +294,7 @@ class LocalExecutor:
             # cluster prepares here and sends the request to a replica's engine.
             caps = self.registry.caps(request.model)
             output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps,
-                             references=request.references)
+                             references=request.references, loras=request.loras, embeddings=request.embeddings)
         except JobCancelled:
             self._post(Cancelled(job_id=job_id))
             return

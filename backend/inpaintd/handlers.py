@@ -34,7 +34,7 @@ log = logging.getLogger("inpaintd")
 Handler = Callable[["Daemon", bytes, Message], Message]
 
 CAPABILITIES = ["progress", "cancel", "fetch", "soft_mask", "variants", "rgba", "stride", "hmac-sha256",
-                "queue_position", "color_match", "outpaint", "history", "vary", "styles"]
+                "queue_position", "color_match", "outpaint", "history", "vary", "styles", "loras"]
 
 
 def dispatch(d: Daemon, identity: bytes, msg: Message) -> Message:
@@ -100,7 +100,7 @@ def list_models(d: Daemon, identity: bytes, msg: Message) -> Message:
 def submit(d: Daemon, identity: bytes, msg: Message) -> Message:
     if d.stopping:
         raise ProtocolError(Code.SHUTTING_DOWN, "the daemon is shutting down and takes no new jobs")
-    request, model_id = admit(msg, d.registry, d.limits, d.styles)  # fields, pixels, style, then the model
+    request, model_id = admit(msg, d.registry, d.limits, d.styles, d.library)  # fields, pixels, style, model, LoRAs
     seeds = variant_seeds(request.options.seed, request.options.variants)
     job = d.enqueue(identity, request, model_id, seeds)
     return wire.message(Accepted(job.id, job.position, seeds, model_id, d.instance), re=msg.id)
@@ -281,7 +281,7 @@ def rerun(d: Daemon, identity: bytes, msg: Message) -> Message:
 def _enqueue_derived(d: Daemon, identity: bytes, msg: Message, request: SubmitRequest, **lineage: Any) -> Message:
     if not mask_selects(request.mask):
         raise ProtocolError(Code.EMPTY_MASK, "the mask selects nothing (every value is 0); select the area to vary")
-    request, model_id = admit_request(request, d.registry, d.styles)
+    request, model_id = admit_request(request, d.registry, d.styles, d.library)
     seeds = variant_seeds(request.options.seed, request.options.variants)
     job = d.enqueue(identity, request, model_id, seeds, **lineage)
     return wire.message(Accepted(job.id, job.position, seeds, model_id, d.instance), re=msg.id)
@@ -337,6 +337,18 @@ def history_star(d: Daemon, identity: bytes, msg: Message) -> Message:
     return Message(type=Type.HISTORY_ENTRY, body={"entry": _entry_wire(entry, buffers)}, buffers=buffers, re=msg.id)
 
 
+def loras(d: Daemon, identity: bytes, msg: Message) -> Message:
+    """The LoRA and embeddings folders' files, each with its family, trigger words, default
+    weight and size (from its header alone)."""
+    lib = d.library
+    return reply(msg, Type.LORAS_REPLY, {
+        "loras": [a.to_wire() for a in lib.loras()] if lib is not None else [],
+        "embeddings": [a.to_wire() for a in lib.embeddings()] if lib is not None else [],
+        "lora_dir": str(lib.lora_dir) if lib is not None else "",
+        "embeddings_dir": str(lib.embeddings_dir) if lib is not None else "",
+    })
+
+
 def styles(d: Daemon, identity: bytes, msg: Message) -> Message:
     book = d.styles
     return reply(msg, Type.STYLES_REPLY, {
@@ -381,6 +393,7 @@ HANDLERS: dict[str, Handler] = {
     Type.HISTORY_STAR: history_star,
     Type.STYLES: styles,
     Type.STYLE_SAVE: style_save,
+    Type.LORAS: loras,
 }
 
 

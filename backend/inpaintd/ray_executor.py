@@ -226,7 +226,7 @@ class InpaintReplica:
                 raise JobCancelled()
             caps = self.registry.caps(model)
             output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps,
-                             references=request.references)
+                             references=request.references, loras=request.loras, embeddings=request.embeddings)
         except JobCancelled:
             self._count("cancelled")
             return ("cancelled",)

@@ -94,6 +94,8 @@ def _engine_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def prepare(
     image: np.ndarray, mask: np.ndarray, options: JobOptions, caps: ModelCaps, seeds: list[int],
     references: list[np.ndarray] | None = None,
+    loras: list[tuple[str, str, float]] | None = None,
+    embeddings: list[tuple[str, str]] | None = None,
 ) -> tuple[EngineRequest, Plan]:
     """Turn the client's image (H x W x 3|4 uint8) and mask (H x W uint8) into the engine's
     request and the plan to put its output back.  CPU only; raises EngineError on a mask
@@ -158,6 +160,8 @@ def prepare(
         scheduler=options.scheduler,
         references=[np.ascontiguousarray(r[:, :, :3]) for r in references or []],
         reference_weight=float(options.reference_weight),
+        loras=list(loras or []),
+        embeddings=list(embeddings or []),
     )
     plan = Plan(
         source=source, region=region, region_mask=region_mask, keep=engine_mask == 0, engine_image=engine_image,
@@ -197,13 +201,15 @@ def run_job(
     cancelled: CancelledFn = lambda: False,
     caps: ModelCaps | None = None,
     references: list[np.ndarray] | None = None,
+    loras: list[tuple[str, str, float]] | None = None,
+    embeddings: list[tuple[str, str]] | None = None,
 ) -> JobOutput:
     """prepare -> generate -> finish in this process.  `caps`: the model's description (the
     daemon passes the registry's); by default the engine's own, for benchmarks and tests."""
     report = progress or (lambda stage, step, total: None)
     t0 = time.perf_counter()
     report("preparing", 0, 1)
-    request, plan = prepare(image, mask, options, caps or engine.caps, seeds, references)
+    request, plan = prepare(image, mask, options, caps or engine.caps, seeds, references, loras, embeddings)
     check_cancel(cancelled)
     t1 = time.perf_counter()
     output = engine.generate(request, report, cancelled)

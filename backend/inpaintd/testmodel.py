@@ -884,3 +884,52 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
     if family == "qwen-edit":
         return make_qwen_edit_test_model(path)
     raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")
+
+
+# -- LoRAs and embeddings ---------------------------------------------------------------
+
+
+def make_test_lora(model_dir: str | Path, path: str | Path, *, seed: int = 1, text_encoder: bool = True,
+                   family: str = "sd15") -> Path:
+    """A random LoRA for the tiny SD pipeline in `model_dir`, in diffusers' format (the UNet's
+    attention projections, and with `text_encoder` its CLIP's), saved as one .safetensors
+    file whose ModelSpec metadata names `family` (the tiny model's widths are no real
+    family's).  Both LoRA matrices are random, so it visibly changes the output."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir))
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    te_layers = None
+    if text_encoder:
+        pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(str(path.parent), unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
+                                 weight_name=path.name)
+    arch = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}[family]
+    save_file(load_file(str(path)), str(path), metadata={"modelspec.architecture": f"{arch}/lora"})
+    return path
+
+
+def make_test_embedding(path: str | Path, *, seed: int = 1, vectors: int = 2, family: str = "sd15") -> Path:
+    """A random A1111-style textual-inversion embedding (`emb_params`, `vectors` tokens wide)
+    for the tiny SD pipeline's text encoder, its family named in the ModelSpec metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    arch = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2"}[family]
+    save_file({"emb_params": torch.randn(vectors, _TEXT_HIDDEN, generator=generator)}, str(path),
+              metadata={"modelspec.architecture": f"{arch}/textual-inversion"})
+    return path

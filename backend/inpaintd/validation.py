@@ -7,7 +7,9 @@ Pixel buffers are wrapped, not copied: a 100 MB canvas stays where ZeroMQ put it
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,6 +18,8 @@ import numpy as np
 from inpaintd_protocol.messages import LIMITS, Code, JobOptions, Limits, ProtocolError
 from inpaintd_protocol.options import OPTIONS
 from inpaintd_protocol.wire import Message
+
+from .loras import Library, parse_loras_field, split_prompt
 
 
 @dataclass
@@ -26,6 +30,12 @@ class SubmitRequest:
     references: list[np.ndarray] = field(default_factory=list)  # each h x w x 3|4 uint8
     #: The options as the client sent them (before the style), for the history.
     given: JobOptions | None = None
+    #: The body's `loras` as asked for (name, weight); checked against the library at admission.
+    lora_requests: list[tuple[str, float]] = field(default_factory=list)
+    #: The LoRAs and embeddings the job uses, found and checked (`loras.Library`): for the engine,
+    #: (name, path, weight) and (token, path).
+    loras: list[tuple[str, str, float]] = field(default_factory=list)
+    embeddings: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _field_error(code: str, name: str, message: str) -> ProtocolError:
@@ -118,7 +128,8 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits, d
 def parse_submit(msg: Message, limits: Limits = LIMITS) -> SubmitRequest:
     options = parse_options(msg.body, limits)
     image, mask = parse_pixels(msg, limits)
-    return SubmitRequest(image=image, mask=mask, options=options, references=_references(msg, limits))
+    return SubmitRequest(image=image, mask=mask, options=options, references=_references(msg, limits),
+                         lora_requests=parse_loras_field(msg.body.get("loras")))
 
 
 def parse_pixels(msg: Message, limits: Limits = LIMITS) -> tuple[np.ndarray, np.ndarray]:
@@ -173,22 +184,38 @@ class ModelAdmission(Protocol):
 
 
 def admit(msg: Message, models: ModelAdmission, limits: Limits = LIMITS,
-          styles: StyleBook | None = None) -> tuple[SubmitRequest, str]:
+          styles: StyleBook | None = None, library: Library | None = None) -> tuple[SubmitRequest, str]:
     """Everything a submit must pass before it is queued: every field and the pixels
     (`parse_submit`: types, ranges, NaN, sizes), its style (known and well-formed), then
     the model it names (the registry's allow-list, pickle rule and availability).  Returns
     the request and the model's id."""
-    return admit_request(parse_submit(msg, limits), models, styles)
+    return admit_request(parse_submit(msg, limits), models, styles, library)
 
 
 def admit_request(request: SubmitRequest, models: ModelAdmission,
-                  styles: StyleBook | None = None) -> tuple[SubmitRequest, str]:
+                  styles: StyleBook | None = None, library: Library | None = None) -> tuple[SubmitRequest, str]:
     """The checks after the fields and pixels, for a submit and for the jobs the daemon
-    makes from its history (`vary`, `rerun`): the style applied, then the model."""
+    makes from its history (`vary`, `rerun`): the style applied, then the model, then the
+    LoRAs (the body's and the prompt's `<lora:NAME:WEIGHT>`, which leave the prompt) and the
+    embeddings the prompt names, each made for the model's family."""
     request.given = request.given or request.options
     if styles is not None:
         request.options = styles.apply(request.given)
     info = models.admit(request.options.model or models.default_model_id)
+    prompt, tagged = split_prompt(request.options.prompt)
+    wanted = [*request.lora_requests, *tagged]
+    if tagged:
+        request.options = dataclasses.replace(request.options, prompt=prompt)
+    family, label = str(getattr(info, "family", "") or ""), str(getattr(info, "label", "") or getattr(info, "engine", ""))
+    if wanted:
+        if library is None:
+            raise _field_error(Code.BAD_VALUE, "loras", "this daemon serves no LoRAs")
+        if not (getattr(info, "takes", None) or {}).get("lora"):
+            raise _field_error(Code.BAD_VALUE, "loras", f"model '{info.id}' ({label}) takes no LoRA")
+        request.loras = [(c.addon.name, str(c.addon.path), c.weight) for c in library.choose(wanted, family, label)]
+    if library is not None and family and (getattr(info, "takes", None) or {}).get("textual_inversion"):
+        words = set(re.findall(r"[\w<>-]+", request.options.prompt + " " + request.options.negative_prompt))
+        request.embeddings = [(a.name, str(a.path)) for a in library.embeddings_for(family) if a.name in words]
     if request.references and not (getattr(info, "takes", None) or {}).get("reference_image"):
         raise _field_error(
             Code.BAD_VALUE, "references",

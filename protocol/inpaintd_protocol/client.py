@@ -407,6 +407,7 @@ class Client:
         image_stride: int = 0,
         mask_stride: int = 0,
         references: Sequence[tuple[bytes | memoryview, int, int, int]] = (),
+        loras: Sequence[tuple[str, float]] = (),
         block: bool = True,
         timeout: float = 30.0,
     ) -> Job:
@@ -420,6 +421,8 @@ class Client:
         body["image"] = ImageDesc(1, width, height, channels, image_stride).to_wire()
         body["mask"] = ImageDesc(2, width, height, 1, mask_stride).to_wire()
         buffers: list[bytes | bytearray | memoryview] = [image, mask]
+        if loras:
+            body["loras"] = [{"name": name, "weight": float(weight)} for name, weight in loras]
         if references:
             body["references"] = [
                 ImageDesc(3 + i, w, h, c).to_wire() for i, (_pixels, w, h, c) in enumerate(references)

@@ -49,6 +49,7 @@ class Type(WireEnum):
     HISTORY_STAR = "history_star"
     STYLES = "styles"
     STYLE_SAVE = "style_save"
+    LORAS = "loras"
     # replies
     HELLO_REPLY = "hello_reply"
     PONG = "pong"
@@ -61,6 +62,7 @@ class Type(WireEnum):
     HISTORY_ENTRY = "history_entry"
     STYLES_REPLY = "styles_reply"
     STYLE_SAVED = "style_saved"
+    LORAS_REPLY = "loras_reply"
     ERROR = "error"
     # job events (daemon -> the client that submitted the job)
     PROGRESS = "progress"
@@ -70,7 +72,7 @@ class Type(WireEnum):
 
 REQUEST_TYPES = frozenset(
     {Type.HELLO, Type.PING, Type.LIST_MODELS, Type.SUBMIT, Type.CANCEL, Type.STATUS, Type.FETCH, Type.SHUTDOWN,
-     Type.VARY, Type.RERUN, Type.HISTORY, Type.HISTORY_STAR, Type.STYLES, Type.STYLE_SAVE}
+     Type.VARY, Type.RERUN, Type.HISTORY, Type.HISTORY_STAR, Type.STYLES, Type.STYLE_SAVE, Type.LORAS}
 )
 #: Events after which a job sends nothing more.
 TERMINAL_EVENTS = frozenset({Type.RESULT, Type.ERROR, Type.CANCELLED})

@@ -104,6 +104,10 @@ class EngineRequest:
     #: the IP-Adapter's scale for SD 1.x/SDXL; 0 means the references are ignored, by every
     #: family (the flow families take a reference whole, at any other weight).
     reference_weight: float = 1.0
+    #: LoRAs to apply for this job only, (name, path, weight), and textual-inversion
+    #: embeddings its prompt uses, (token, path): found and checked at admission.
+    loras: list[tuple[str, str, float]] = field(default_factory=list)
+    embeddings: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import dataclasses
 import gc
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -289,7 +290,11 @@ class DiffusersEngine:
             self.memory_notes.append(f"torch.compile is off in memory mode {self.memory_mode}: weights move between steps")
         self.pipe.set_progress_bar_config(disable=True)
         self.family = family_of_pipeline(pipe.__class__.__name__)
-        self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._prompt_cache: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        #: LoRA adapters loaded into the pipeline (peft adapter names), kept between jobs and
+        #: switched on per job; textual-inversion tokens added to its tokenizer(s).
+        self._adapters: dict[str, str] = {}
+        self._tokens: set[str] = set()
         self._saved_processors: dict[str, Any] | None = None  # while the low-memory retry runs
         #: The IP-Adapter's side of a job (scale, reference embeddings), where one is loaded.
         self._references: ReferenceEncoder | None = None
@@ -768,6 +773,75 @@ class DiffusersEngine:
     # -- generation ----------------------------------------------------------------
 
     def generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn) -> EngineOutput:
+        """Inpaint one request, with its LoRAs switched on for it alone: whatever happens
+        (done, failed, cancelled) the model is its base self again afterwards."""
+        adapters = self._use_addons(request)
+        try:
+            out = self._generate(request, on_progress, cancelled, adapters)
+            if adapters and self.speedups.compile != "off":
+                out.notes.append("the compiled model was recompiled for this job's LoRAs (diffusers' LoRA hot-swap is "
+                                 "not used: it needs every LoRA's rank known at start-up)")
+            return out
+        finally:
+            if adapters:
+                self.pipe.disable_lora()
+
+    # -- LoRAs and embeddings ------------------------------------------------------------
+
+    def _use_addons(self, request: EngineRequest) -> str:
+        """Load what the job's LoRAs and embeddings need (once: adapters stay loaded, off
+        between jobs) and switch its LoRAs on at their weights.  Returns a tag of the active
+        adapters for the prompt cache ("" for none): a LoRA of the text encoder changes the
+        embeddings of the same words."""
+        for token, path in request.embeddings:
+            self._load_embedding(token, path)
+        if not request.loras:
+            return ""
+        names, weights = [], []
+        for name, path, weight in request.loras:
+            adapter = self._adapters.get(path)
+            if adapter is None:
+                adapter = f"lora{len(self._adapters)}_" + re.sub(r"[^A-Za-z0-9_]", "_", name)[:40]
+                try:
+                    self.pipe.load_lora_weights(path, adapter_name=adapter)
+                except Exception as exc:  # a file whose keys fit no layer of this model, a bad file
+                    if is_out_of_memory(exc):
+                        raise
+                    raise EngineError("bad_value", f"LoRA '{name}' ({path}) cannot be applied to {self.family.label}: "
+                                      f"{type(exc).__name__}: {exc}"[:600]) from None
+                self._adapters[path] = adapter
+            names.append(adapter)
+            weights.append(weight)
+        self.pipe.enable_lora()
+        self.pipe.set_adapters(names, adapter_weights=weights)
+        return ";".join(f"{n}={w:g}" for n, w in zip(names, weights, strict=True))
+
+    def _load_embedding(self, token: str, path: str) -> None:
+        """A textual-inversion embedding under `token` (SDXL: its CLIP-L and CLIP-G halves
+        into the two encoders).  Cached prompts are dropped: the token reads differently now."""
+        if token in self._tokens:
+            return
+        try:
+            if self.family.dual_text_encoder:
+                from safetensors.torch import load_file
+
+                halves = load_file(path)
+                self.pipe.load_textual_inversion(halves["clip_l"], token=token, text_encoder=self.pipe.text_encoder,
+                                                 tokenizer=self.pipe.tokenizer)
+                self.pipe.load_textual_inversion(halves["clip_g"], token=token, text_encoder=self.pipe.text_encoder_2,
+                                                 tokenizer=self.pipe.tokenizer_2)
+            else:
+                self.pipe.load_textual_inversion(path, token=token)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            raise EngineError("bad_value", f"embedding '{token}' ({path}) cannot be used with {self.family.label}: "
+                              f"{type(exc).__name__}: {exc}"[:600]) from None
+        self._tokens.add(token)
+        self._prompt_cache.clear()
+
+    def _generate(self, request: EngineRequest, on_progress: ProgressFn, cancelled: CancelledFn,
+                  adapters: str) -> EngineOutput:
         import torch
 
         height, width = request.mask.shape[:2]
@@ -802,7 +876,7 @@ class DiffusersEngine:
 
         on_progress("encoding", 0, 1)
         check_cancel(cancelled)
-        embeds = self._prompt_embeds(request.prompt, negative)
+        embeds = self._prompt_embeds(request.prompt, negative, adapters)
         references = list(getattr(request, "references", None) or [])
         weight = float(getattr(request, "reference_weight", 1.0))
         reference_embeds = None
@@ -959,15 +1033,16 @@ class DiffusersEngine:
         self._schedulers[key] = scheduler
         return scheduler
 
-    def _prompt_embeds(self, prompt: str, negative: str) -> Any:
-        """Encode a prompt pair once; the text encoder is the same for every job and seed."""
-        key = (prompt or "", negative or "")
+    def _prompt_embeds(self, prompt: str, negative: str, adapters: str = "") -> Any:
+        """Encode a prompt pair once per set of active LoRAs; the text encoder is the same
+        for every job and seed."""
+        key = (prompt or "", negative or "", adapters)
         cached = self._prompt_cache.get(key)
         if cached is not None:
             self._prompt_cache.move_to_end(key)
             return cached
         if self.family.loop == Loop.FLOW:
-            flow_embeds = self._flow.encode(*key)
+            flow_embeds = self._flow.encode(key[0], key[1])
             self._remember(key, flow_embeds)
             return flow_embeds
         import torch
@@ -995,7 +1070,7 @@ class DiffusersEngine:
         self._remember(key, embeds)
         return embeds
 
-    def _remember(self, key: tuple[str, str], embeds: Any) -> None:
+    def _remember(self, key: tuple[str, str, str], embeds: Any) -> None:
         self._prompt_cache[key] = embeds
         while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
             self._prompt_cache.popitem(last=False)
