@@ -150,6 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
                         ("loras", "list the daemon's LoRAs and embeddings")):
         _add_connect(sub.add_parser(name, help=help_))
 
+    p = sub.add_parser("train", help="teach the daemon a subject: train a LoRA from 3-30 pictures of it")
+    _add_connect(p)
+    p.add_argument("--images", required=True, type=Path, metavar="DIR",
+                   help="a folder of 3 to 30 pictures of the subject; NAME.mask.png beside NAME.png marks the subject in it")
+    p.add_argument("--token", required=True, help="the word prompts will call the subject by, e.g. sks")
+    p.add_argument("--class", dest="class_noun", required=True, metavar="NOUN", help="what the subject is, e.g. cat")
+    p.add_argument("--out", required=True, metavar="NAME", help="the LoRA's name (a file NAME.safetensors in the LoRA folder)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default %(default)s)")
+    p.add_argument("--resolution", type=int, default=0, metavar="PX", help="training size (default: the model's native size)")
+    p.add_argument("--prior-images", type=int, default=0, metavar="N",
+                   help="class pictures made by the model for prior preservation (default 0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="", help="model to train on (default: the daemon's default; SD 1.x or SDXL)")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="K",
+                   help="keep a checkpoint every K steps; the same command again resumes from it (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+
     p = sub.add_parser("vary", help="new variants of a result: Vary Subtle/Strong, or Remix with --prompt")
     _add_connect(p)
     p.add_argument("job", help="the job whose result to vary (`inpaintd history` lists them)")
@@ -326,6 +345,7 @@ def cmd_serve(args: argparse.Namespace, wrap_registry: Callable[[Any], Any] | No
             executor=executor, history=history, styles=Styles(data / "styles"),
             vary_strengths=(args.vary_subtle, args.vary_strong),
             library=Library(args.lora_dir or data / "loras", args.embeddings_dir or data / "embeddings", args.allow_pickle),
+            data_dir=data,
         )
     except ValueError as exc:
         print(f"inpaintd: {exc}", file=sys.stderr)
@@ -491,6 +511,74 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     print(f"model {job.result.get('model')} on {job.result.get('device')}: {timings.get('elapsed', 0):.2f} s", file=sys.stderr)
     for note in job.notes_for_user(options.prompt):
         print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _training_pictures(folder: Path) -> tuple[list[tuple[bytes, int, int, int]], list[bytes | None]]:
+    """The pictures in `folder` (sorted by name) and, for each, its NAME.mask.png or None."""
+    from PIL import Image
+
+    suffixes = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and not p.name.lower().endswith(".mask.png"))
+    images: list[tuple[bytes, int, int, int]] = []
+    masks: list[bytes | None] = []
+    for path in files:
+        with Image.open(path) as im:
+            rgb = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+        images.append((rgb.tobytes(), rgb.width, rgb.height, len(rgb.getbands())))
+        mask_path = path.with_name(f"{path.stem}.mask.png")
+        if mask_path.is_file():
+            with Image.open(mask_path) as m:
+                gray = m.convert("L")
+            if gray.size != rgb.size:
+                raise ValueError(f"mask {mask_path} is {gray.width}x{gray.height} but {path} is {rgb.width}x{rgb.height}")
+            masks.append(gray.tobytes())
+        else:
+            masks.append(None)
+    return images, masks
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    images, masks = _training_pictures(args.images)
+    settings = {"steps": args.steps, "rank": args.rank, "learning_rate": args.lr, "resolution": args.resolution,
+                "prior_images": args.prior_images, "seed": args.seed, "checkpoint_every": args.checkpoint_every}
+    if args.model:
+        settings["model"] = args.model
+    tty = sys.stderr.isatty()
+
+    def show(job: Job, _msg: Any) -> None:
+        if job.stage == "preparing":
+            line = f"making class pictures {job.step}/{job.total_steps}"
+        elif job.stage == "training":
+            filled = int(30 * job.step / max(job.total_steps, 1))
+            line = (f"[{'#' * filled}{'.' * (30 - filled)}] step {job.step}/{job.total_steps}  loss {job.loss or 0:.4f}  "
+                    f"{job.remaining or 0:5.0f} s left")
+        else:
+            return
+        if tty:
+            sys.stderr.write(f"\r{line}")
+            sys.stderr.flush()
+        elif job.step == job.total_steps or job.step % 50 == 0:
+            sys.stderr.write(line + "\n")
+
+    with Client(args.connect, name="inpaintd-cli") as client:
+        job = client.train(images, args.token, args.class_noun, args.out, masks=masks if any(masks) else (), **settings)
+        print(f"training job {job.id} accepted: {len(images)} pictures of '{args.token} {args.class_noun}'", file=sys.stderr)
+        try:
+            client.wait(job, args.timeout, on_event=show)
+        except KeyboardInterrupt:
+            client.cancel(job)
+            print(f"\ntraining job {job.id} cancelled; the same command resumes from its last checkpoint", file=sys.stderr)
+            return 130
+        if tty:
+            sys.stderr.write("\n")
+        job.raise_for_error()
+    made = job.result.get("trained") or {}
+    for note in job.result.get("notes") or []:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"LoRA '{made.get('name')}' written to {made.get('path')} after {made.get('steps')} steps (final loss "
+          f"{made.get('final_loss', 0):.4f}); use it with --lora {made.get('name')} or <lora:{made.get('name')}:1> and "
+          f"'{args.token} {args.class_noun}' in the prompt")
     return 0
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +37,14 @@ from . import __version__
 from . import executor as ex
 from .handlers import CAPABILITIES, dispatch  # noqa: F401  (CAPABILITIES: documented in PROTOCOL.md)
 from .history import Entry, History, Record, VariantEntry, thumbnail
-from .jobs import FairQueue, Finished, QueuedJob, ResultStore
+from .jobs import FairQueue, Finished, QueuedJob, ResultStore, TrainJob
 from .loras import Library
 from .models import ModelRegistry
+from .paths import data_dir as default_data_dir
 from .runner import JobOutput
 from .server import REPLAY_WINDOW, Server, short  # noqa: F401  (REPLAY_WINDOW: documented in PROTOCOL.md)
 from .styles import Styles
+from .training import Trained, Trainer, TrainEvent, TrainProgress, TrainRequest
 from .validation import SubmitRequest
 
 log = logging.getLogger("inpaintd")
@@ -73,13 +77,15 @@ class Daemon:
         styles: Styles | None = None,
         vary_strengths: tuple[float, float] = (0.35, 0.7),
         library: Library | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         """`preload`: load the default model before the first job (with the default executor).
         `executor`: where jobs run; by default a LocalExecutor on `registry`.
         `peer_timeout`: see Server.  `history`: where finished jobs are kept (None: not kept;
         `vary` and `rerun` then need the client's pixels).  `styles`: the style presets
         (None: jobs may name none).  `vary_strengths`: the strength of Vary Subtle and Vary
-        Strong."""
+        Strong.  `data_dir`: where training keeps its checkpoints and class images (None:
+        `paths.data_dir()`)."""
         self.stats: Counter[str] = Counter()
         self.server = Server(bind, key=key, limits=limits, curve=curve, peer_timeout=peer_timeout, stats=self.stats)
         self.registry = registry
@@ -103,6 +109,17 @@ class Daemon:
         self.vary_strengths = {"subtle": vary_strengths[0], "strong": vary_strengths[1]}
         self._stopping = threading.Event()
         self._seq = 0
+        # Training (`train` jobs, PROTOCOL.md 5.14): one at a time on its own thread, which
+        # takes turns on the GPU with the executor's jobs (a local executor's; jobs elsewhere
+        # need no turns).
+        self.data_dir = data_dir
+        self.turns = ex.GpuTurns()
+        if isinstance(self.executor, ex.LocalExecutor):
+            self.executor.turns = self.turns
+        self.trainings: deque[TrainJob] = deque()  # waiting for the trainer
+        self.training: TrainJob | None = None  # training now
+        self.trainer: Trainer | None = None
+        self._train_events: queue.SimpleQueue[TrainEvent] = queue.SimpleQueue()
 
     @property
     def endpoint(self) -> str:
@@ -142,12 +159,22 @@ class Daemon:
         """Queued jobs are cancelled first (their events go out first), then the running ones."""
         for job in self.queue.drain():
             self._end(job, JobState.CANCELLED, wire.message(Cancelled.because(job.id, CancelCode.SHUTDOWN)))
+        while self.trainings:
+            waiting = self.trainings.popleft()
+            self._end(waiting, JobState.CANCELLED, wire.message(Cancelled.because(waiting.id, CancelCode.SHUTDOWN)))
         for job in self.running.values():
             job.cancel_code = CancelCode.SHUTDOWN
             self.executor.cancel(job.id)
+        trainer = self.trainer
+        if trainer is not None and self.training is not None:
+            self.training.cancel_code = CancelCode.SHUTDOWN
+            trainer.cancel()
         self.executor.close(timeout=30)
         for event in self.executor.events():
             self._on_event(event)
+        if trainer is not None:
+            trainer.join(30)
+            self._drain_training()
         self.server.flush()
         self.registry.close()
         if self.history is not None:
@@ -172,8 +199,39 @@ class Daemon:
         self._schedule()
         return job
 
+    def enqueue_training(self, owner: bytes, request: TrainRequest, model: str, family: str, resolution: int) -> TrainJob:
+        """Queue a `train` job behind the trainings already waiting (one trains at a time), or
+        refuse: the same pictures and settings already queued or training (they would share
+        a checkpoint), or too many waiting."""
+        key = request.key(model, resolution)
+        for other in [*self.trainings, *([self.training] if self.training else [])]:
+            if other.key == key:
+                raise ProtocolError(Code.BAD_VALUE, f"the same training (pictures and settings) is already job "
+                                                    f"{other.id}; wait for it or cancel it", {"field": "images"})
+        if len(self.trainings) >= self.limits.max_queue_per_client:
+            raise ProtocolError(Code.QUEUE_FULL, f"{len(self.trainings)} trainings are already waiting; try again later")
+        job = TrainJob(owner=owner, request=request, model=model, name=request.name, key=key, family=family,
+                       resolution=resolution)
+        self.trainings.append(job)
+        job.position = len(self.trainings) - 1 + (1 if self.training else 0)
+        log.info("training job %s accepted: %d pictures of '%s %s', %d steps, model %s, LoRA '%s', position %d",
+                 job.id, len(request.images), request.token, request.class_noun, request.steps, model, request.name,
+                 job.position)
+        self._start_training()
+        return job
+
     def cancel(self, job_id: str) -> CancelOutcome | None:
         """Cancel a queued job at once or a running one at its next step; None: no such job."""
+        waiting = next((j for j in self.trainings if j.id == job_id), None)
+        if waiting is not None:
+            self.trainings.remove(waiting)
+            self._end(waiting, JobState.CANCELLED, wire.message(Cancelled.because(job_id, CancelCode.QUEUED)))
+            self.server.flush()
+            return CancelOutcome.CANCELLED
+        if self.training is not None and self.training.id == job_id and self.trainer is not None:
+            self.training.cancel_code = CancelCode.RUNNING
+            self.trainer.cancel()
+            return CancelOutcome.CANCELLING
         queued = self.queue.remove(job_id)
         if queued:
             self._announce_positions()
@@ -190,6 +248,11 @@ class Daemon:
     def reattach(self, job_id: str, owner: bytes) -> Progress | None:
         """Send a live job's events to `owner` from now on (a reconnected client takes over
         its job, and its turn in the queue); where the job is now, or None if it is not live."""
+        training = next((j for j in [*self.trainings, *([self.training] if self.training else [])] if j.id == job_id), None)
+        if training is not None:
+            training.owner = owner
+            position = training.position if training.state == JobState.QUEUED else None
+            return Progress(job_id, training.stage, training.step, training.total_steps, 0.0, position=position)
         job = self.running.get(job_id) or next((j for j in self.queue.order() if j.id == job_id), None)
         if job is None:
             return None
@@ -210,8 +273,78 @@ class Daemon:
         """After every wake-up of the socket loop: executor events, next jobs, load ticks."""
         for event in self.executor.events():
             self._on_event(event)
+        self._drain_training()
         self._schedule()
         self._tell_loading()
+
+    # -- training ---------------------------------------------------------------------------
+
+    def _start_training(self) -> None:
+        """Start the next waiting training when none runs."""
+        if self.stopping or self.trainer is not None or not self.trainings:
+            return
+        job = self.trainings.popleft()
+        self._seq += 1
+        job.seq, job.state, job.started = self._seq, JobState.RUNNING, time.monotonic()
+        job.clock = job.started
+        self.training = job
+        folder = self.data_dir or default_data_dir()
+        assert self.library is not None  # admitted only with a LoRA folder
+
+        def post(event: TrainEvent) -> None:
+            self._train_events.put(event)
+            self.server.wake()
+
+        self.trainer = Trainer(job.id, job.request, model=job.model, family=job.family, resolution=job.resolution,
+                               registry=self.registry, turns=self.turns, data_dir=folder,
+                               lora_dir=self.library.lora_dir, post=post)
+        self.trainer.start()
+        for index, waiting in enumerate(self.trainings):
+            if waiting.position != index + 1:
+                waiting.position = index + 1
+                self._post(waiting, wire.message(Progress(waiting.id, Stage.QUEUED, 0, 0, 0.0, position=index + 1)))
+
+    def _drain_training(self) -> None:
+        while True:
+            try:
+                event = self._train_events.get_nowait()
+            except queue.Empty:
+                return
+            self._on_training_event(event)
+
+    def _on_training_event(self, event: TrainEvent) -> None:
+        job = self.training
+        if job is None or job.id != event.job_id:
+            return
+        if isinstance(event, TrainProgress):
+            job.stage, job.step, job.total_steps = event.stage, event.step, event.total
+            self._post(job, wire.message(Progress(job.id, event.stage, event.step, event.total,
+                                                  round(event.at - job.clock, 4), loss=event.loss,
+                                                  remaining=event.remaining)))
+            return
+        if isinstance(event, Trained):
+            elapsed = event.at - job.clock
+            notes = [f"resumed from the checkpoint at step {event.resumed_from}"] if event.resumed_from else []
+            result = Result(job.id, job.model, "diffusers", event.device, [], Rect(0, 0, 0, 0),
+                            (job.resolution, job.resolution), job.seq, notes,
+                            {"queued": round(job.started - job.submitted, 4), "elapsed": round(elapsed, 4)},
+                            trained={"name": event.name, "path": event.path, "steps": event.steps,
+                                     "final_loss": event.final_loss})
+            log.info("training job %s done in %.1f s: LoRA %s", job.id, elapsed, event.path)
+            msg = wire.message(result)
+            state = JobState.DONE
+        elif isinstance(event, ex.Failed):
+            self.stats["jobs_failed_" + event.code] += 1
+            msg, state = wire.error_message(event.code, short(event.message), job=job.id), JobState.FAILED
+        else:
+            code = job.cancel_code or CancelCode.RUNNING
+            log.info("training job %s cancelled at step %d", job.id, job.step)
+            msg, state = wire.message(Cancelled.because(job.id, code)), JobState.CANCELLED
+        if self.trainer is not None:
+            self.trainer.join(5)
+        self.trainer = self.training = None
+        self._end(job, state, msg)
+        self._start_training()
 
     def _schedule(self) -> None:
         """Hand queued jobs to the executor, in the fair queue's order, while it has room."""
@@ -229,7 +362,7 @@ class Daemon:
             self.executor.submit(ex.JobRequest(job.id, job.model, r.image, r.mask, r.options, job.seeds, r.references,
                                                r.loras, r.embeddings))
 
-    def _post(self, job: QueuedJob, msg: Message) -> None:
+    def _post(self, job: QueuedJob | TrainJob, msg: Message) -> None:
         self.server.post(job.owner, msg)
 
     def _progress(self, job: QueuedJob, stage: Stage | str, step: int, total: int, at: float) -> None:
@@ -340,14 +473,17 @@ class Daemon:
         except Exception:  # the history is a convenience: it never fails a job
             log.exception("history: could not record job %s", job.id)
 
-    def _end(self, job: QueuedJob, state: JobState, msg: Message) -> None:
+    def _end(self, job: QueuedJob | TrainJob, state: JobState, msg: Message) -> None:
         """A job's terminal event: counted, kept for `fetch`, sent; the job's pixels let go."""
         self.running.pop(job.id, None)
         job.state = state
         self.stats[_COUNTERS[state]] += 1
         self.results.put(Finished(job.id, job.owner, msg))
         self._post(job, msg)
-        job.request = None  # type: ignore[assignment]
+        if isinstance(job, QueuedJob):
+            job.request = None  # type: ignore[assignment]
+        else:
+            job.request = None
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

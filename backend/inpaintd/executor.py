@@ -17,7 +17,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -172,6 +173,54 @@ class Models(Protocol):
     def caps(self, model_id: str) -> ModelCaps: ...
 
 
+class GpuTurns:
+    """Who has the GPU now: inpaint jobs or the trainer (`training.py`), which share it.
+
+    Not a lock that whoever asks first gets: an inpaint job that wants the GPU sets its
+    flag and waits only for the training step under way to end; the trainer takes a turn
+    for each step and waits while any inpaint job wants the GPU or has it.  So training
+    pauses between two steps while the artist's jobs run, and resumes after them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inpaint = 0  # inpaint jobs that want the GPU or have it
+        self._training = False  # a training step runs now
+
+    @contextmanager
+    def inpaint(self) -> Iterator[None]:
+        """Around an inpaint job: waits for the running training step (if any) to end."""
+        with self._cond:
+            self._inpaint += 1
+            while self._training:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inpaint -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def training_step(self, cancelled: Callable[[], bool] = lambda: False) -> Iterator[None]:
+        """Around one training step (or another short piece of training work): waits while
+        inpaint jobs want the GPU; raises JobCancelled if `cancelled` turns true meanwhile."""
+        with self._cond:
+            while self._inpaint:
+                self._cond.wait(0.1)
+                check_cancel(cancelled)
+            self._training = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._training = False
+                self._cond.notify_all()
+
+    @property
+    def inpaint_waiting(self) -> bool:
+        return self._inpaint > 0
+
+
 class LocalExecutor:
     """One job at a time on a worker thread, on the warm model of a ModelRegistry."""
 
@@ -187,6 +236,9 @@ class LocalExecutor:
         self._closing = threading.Event()
         self._wake: Callable[[], None] = lambda: None
         self._thread = threading.Thread(target=self._work, name="inpaintd-worker", daemon=True)
+        #: Shared with a trainer (the daemon sets it): each job takes the GPU from training
+        #: at its next step boundary and gives it back when it ends.  None: no training.
+        self.turns: GpuTurns | None = None
 
     @property
     def capacity(self) -> int:
@@ -288,13 +340,14 @@ class LocalExecutor:
         engine: Engine | None = None
         try:
             check_cancel(cancelled)
-            engine = self._load(request, progress)
-            # prepare -> generate -> finish (runner.run_job), prepared from the model's
-            # description (registry.caps), not from the loaded engine: an executor for a
-            # cluster prepares here and sends the request to a replica's engine.
-            caps = self.registry.caps(request.model)
-            output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled, caps,
-                             references=request.references, loras=request.loras, embeddings=request.embeddings)
+            with self.turns.inpaint() if self.turns is not None else nullcontext():  # training pauses meanwhile
+                engine = self._load(request, progress)
+                # prepare -> generate -> finish (runner.run_job), prepared from the model's
+                # description (registry.caps), not from the loaded engine: an executor for a
+                # cluster prepares here and sends the request to a replica's engine.
+                caps = self.registry.caps(request.model)
+                output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled,
+                                 caps, references=request.references, loras=request.loras, embeddings=request.embeddings)
         except JobCancelled:
             self._post(Cancelled(job_id=job_id))
             return

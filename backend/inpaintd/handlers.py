@@ -25,6 +25,7 @@ from . import __version__
 from .engines.base import EngineError
 from .history import MAX_PAGE, Entry, Expired, History
 from .runner import variant_seeds
+from .training import admit_train, parse_train
 from .validation import SubmitRequest, admit, admit_request, parse_options, parse_pixels
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ log = logging.getLogger("inpaintd")
 Handler = Callable[["Daemon", bytes, Message], Message]
 
 CAPABILITIES = ["progress", "cancel", "fetch", "soft_mask", "variants", "rgba", "stride", "hmac-sha256",
-                "queue_position", "color_match", "outpaint", "history", "vary", "styles", "loras"]
+                "queue_position", "color_match", "outpaint", "history", "vary", "styles", "loras", "train"]
 
 
 def dispatch(d: Daemon, identity: bytes, msg: Message) -> Message:
@@ -124,8 +125,8 @@ def status(d: Daemon, identity: bytes, msg: Message) -> Message:
         "loaded_model": d.loaded_model,
         "warm_models": warm_models(d),
         "loading": d.loading,
-        "running": [j.summary() for j in d.running.values()],
-        "queued": [j.summary() for j in d.queue.order()],
+        "running": [j.summary() for j in d.running.values()] + ([d.training.summary()] if d.training else []),
+        "queued": [j.summary() for j in d.queue.order()] + [j.summary() for j in d.trainings],
         "stats": dict(d.stats),
         "results_kept": len(d.results),
         "results_kept_bytes": d.results.nbytes,
@@ -349,6 +350,17 @@ def loras(d: Daemon, identity: bytes, msg: Message) -> Message:
     })
 
 
+def train(d: Daemon, identity: bytes, msg: Message) -> Message:
+    """Teach the daemon a subject (PROTOCOL.md 5.14): every field and picture checked, the
+    model (SD 1.x or SDXL) and the LoRA's name admitted, then the job queued for the trainer."""
+    if d.stopping:
+        raise ProtocolError(Code.SHUTTING_DOWN, "the daemon is shutting down and takes no new jobs")
+    request = parse_train(msg, d.limits)
+    model_id, family, resolution = admit_train(request, d.registry, d.library.lora_dir if d.library is not None else None)
+    job = d.enqueue_training(identity, request, model_id, family, resolution)
+    return wire.message(Accepted(job.id, job.position, [request.seed], model_id, d.instance), re=msg.id)
+
+
 def styles(d: Daemon, identity: bytes, msg: Message) -> Message:
     book = d.styles
     return reply(msg, Type.STYLES_REPLY, {
@@ -394,6 +406,7 @@ HANDLERS: dict[str, Handler] = {
     Type.STYLES: styles,
     Type.STYLE_SAVE: style_save,
     Type.LORAS: loras,
+    Type.TRAIN: train,
 }
 
 

@@ -200,3 +200,37 @@ class ResultStore:
                 break  # insertion order is age order
             del self._items[key]
             self._bytes -= first.nbytes
+
+
+@dataclass
+class TrainJob:
+    """A `train` job (PROTOCOL.md 5.14) from accept to its terminal event.  It runs on the
+    trainer's own thread (`training.Trainer`), not on the executor: one at a time, the
+    others waiting in line in the order they came."""
+
+    owner: bytes
+    request: Any  # training.TrainRequest (let go when the job ends)
+    model: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    state: JobState = JobState.QUEUED
+    submitted: float = field(default_factory=time.monotonic)
+    started: float = 0.0
+    stage: Stage | str = Stage.QUEUED
+    step: int = 0
+    total_steps: int = 0
+    seq: int = 0
+    cancel_code: CancelCode | None = None
+    position: int = -1
+    clock: float = 0.0
+    kind: str = "train"
+    name: str = ""  # the LoRA it makes
+    key: str = ""  # the hash of its images and settings: where its checkpoints are
+    family: str = ""  # the model's family (`families.Arch` value)
+    resolution: int = 0  # the side its pictures are trained at
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "job": self.id, "state": self.state, "kind": self.kind, "model": self.model, "name": self.name,
+            "stage": self.stage, "step": self.step, "total_steps": self.total_steps,
+            "waited": round((self.started or time.monotonic()) - self.submitted, 3),
+        }

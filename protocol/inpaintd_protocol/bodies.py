@@ -46,21 +46,29 @@ class Progress:
     total_steps: int = 0
     elapsed: float = 0.0
     position: int | None = None  # only while queued: jobs that start before this one
+    #: Training jobs only (stage `training`): the step's loss, and the seconds still to go.
+    loss: float | None = None
+    remaining: float | None = None
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"job": self.job, "stage": self.stage, "step": self.step, "total_steps": self.total_steps}
         if self.position is not None:
             body["position"] = self.position
         body["elapsed"] = self.elapsed
+        if self.loss is not None:
+            body["loss"] = self.loss
+        if self.remaining is not None:
+            body["remaining"] = self.remaining
         return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Progress:
-        position = body.get("position")
+        position, loss, remaining = body.get("position"), body.get("loss"), body.get("remaining")
         return cls(
             job=str(body.get("job", "")), stage=known(Stage, body.get("stage", "")), step=int(body.get("step", 0)),
             total_steps=int(body.get("total_steps", 0)), elapsed=float(body.get("elapsed", 0.0)),
             position=None if position is None else int(position),
+            loss=None if loss is None else float(loss), remaining=None if remaining is None else float(remaining),
         )
 
 
@@ -101,16 +109,21 @@ class Result:
     seq: int
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: A `train` job's outcome (no variants): {name, path, steps, final_loss}; None otherwise.
+    trained: dict[str, Any] | None = None
 
     def to_body(self) -> dict[str, Any]:
         r = self.region
-        return {
+        body = {
             "job": self.job, "model": self.model, "engine": self.engine, "device": self.device,
             "variants": [v.to_body() for v in self.variants],
             "region": {"x": r.x, "y": r.y, "width": r.width, "height": r.height},
             "processing_size": list(self.processing_size), "seq": self.seq, "notes": list(self.notes),
             "timings": dict(self.timings),
         }
+        if self.trained is not None:
+            body["trained"] = dict(self.trained)
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Result:
@@ -122,6 +135,7 @@ class Result:
             region=Rect(r.get("x", 0), r.get("y", 0), r.get("width", 0), r.get("height", 0)),
             processing_size=(size[0], size[1]), seq=int(body.get("seq", 0)),
             notes=[str(n) for n in body.get("notes") or []], timings=dict(body.get("timings") or {}),
+            trained=dict(body["trained"]) if isinstance(body.get("trained"), dict) else None,
         )
 
 

@@ -79,6 +79,9 @@ class Job:
     #: Why a cancelled job was cancelled: a `CancelCode` (compare this) and the text for people.
     cancel_code: str = ""
     cancel_reason: str = ""
+    #: A `train` job's last step loss and the seconds it still expects (None otherwise).
+    loss: float | None = None
+    remaining: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -502,6 +505,43 @@ class Client:
             body["options"] = dict(options)
         return self._send_job(Message(type=Type.RERUN, body=body), block, timeout)
 
+    def train(
+        self,
+        images: Sequence[tuple[bytes | memoryview, int, int, int]],
+        token: str,
+        class_noun: str,
+        name: str,
+        *,
+        masks: Sequence[bytes | memoryview | None] = (),
+        block: bool = True,
+        timeout: float = 30.0,
+        **settings: Any,
+    ) -> Job:
+        """Teach the daemon a subject (PROTOCOL.md 5.14): a LoRA named `name`, trained on
+        `images` ((pixels, width, height, channels), RGB or RGBA, tightly packed) of the
+        subject, called "`token` `class_noun`" in prompts.  `masks`: per image, 8-bit gray
+        of its size (the subject is learned where it is not 0) or None; empty: none.
+        `settings`: `steps`, `rank`, `learning_rate`, `resolution`, `prior_images`, `seed`,
+        `model`, `checkpoint_every`.  The Job's events are `progress` (stage `training`,
+        with `loss` and `remaining`) and a `result` whose `trained` names the LoRA."""
+        body: dict[str, Any] = {"token": token, "class_noun": class_noun, "name": name, **settings}
+        buffers: list[bytes | bytearray | memoryview] = []
+        descs = []
+        for pixels, width, height, channels in images:
+            buffers.append(pixels)
+            descs.append(ImageDesc(len(buffers), width, height, channels).to_wire())
+        body["images"] = descs
+        if masks:
+            mask_descs: list[dict[str, int] | None] = []
+            for mask, (_pixels, width, height, _channels) in zip(masks, images, strict=False):
+                if mask is None:
+                    mask_descs.append(None)
+                    continue
+                buffers.append(mask)
+                mask_descs.append(ImageDesc(len(buffers), width, height, 1).to_wire())
+            body["masks"] = mask_descs
+        return self._send_job(Message(type=Type.TRAIN, body=body, buffers=buffers), block, timeout)
+
     def history(self, query: str = "", *, offset: int = 0, limit: int = 20, starred: bool = False,
                 timeout: float = 10.0) -> dict[str, Any]:
         """A page of the daemon's history, newest first: the `history_reply` body, each
@@ -570,6 +610,8 @@ class Client:
             job.stage, job.step, job.total_steps, job.elapsed = progress.stage, progress.step, progress.total_steps, progress.elapsed
             if progress.position is not None:
                 job.position = progress.position
+            if progress.loss is not None:
+                job.loss, job.remaining = progress.loss, progress.remaining
         elif msg.type == Type.RESULT:
             job.state = JobState.DONE
             job.result = msg.body  # as sent: callers read its fields (notes, engine, timings, ...)

@@ -50,6 +50,7 @@ class Type(WireEnum):
     STYLES = "styles"
     STYLE_SAVE = "style_save"
     LORAS = "loras"
+    TRAIN = "train"
     # replies
     HELLO_REPLY = "hello_reply"
     PONG = "pong"
@@ -72,7 +73,8 @@ class Type(WireEnum):
 
 REQUEST_TYPES = frozenset(
     {Type.HELLO, Type.PING, Type.LIST_MODELS, Type.SUBMIT, Type.CANCEL, Type.STATUS, Type.FETCH, Type.SHUTDOWN,
-     Type.VARY, Type.RERUN, Type.HISTORY, Type.HISTORY_STAR, Type.STYLES, Type.STYLE_SAVE, Type.LORAS}
+     Type.VARY, Type.RERUN, Type.HISTORY, Type.HISTORY_STAR, Type.STYLES, Type.STYLE_SAVE, Type.LORAS,
+     Type.TRAIN}
 )
 #: Events after which a job sends nothing more.
 TERMINAL_EVENTS = frozenset({Type.RESULT, Type.ERROR, Type.CANCELLED})
@@ -116,6 +118,7 @@ class Stage(WireEnum):
     DENOISING = "denoising"
     DECODING = "decoding"
     COMPOSITING = "compositing"
+    TRAINING = "training"  # a `train` job (section 5.14): one step of LoRA training
 
 
 class JobState(WireEnum):
