@@ -261,3 +261,163 @@ def test_dialog_follows_the_model_argument():
     # an older daemon's entries: nothing applied, nothing switched off
     old = logic.ModelFollower([{"id": "flux", "engine": "diffusers"}], "", "")
     assert old.changed("flux") == ({}, {"negative-prompt": ""})
+
+
+# -- the artist's loop: the dialog's faces, styles, result records, Vary, History ------------
+
+_TINY = {"id": "/models/tiny-inpaint", "kind": "folder", "engine": "diffusers", "label": "Stable Diffusion 1.x",
+         "available": True, "defaults": {"steps": 20, "guidance_scale": 7.5, "strength": 1.0, "scheduler": "default"},
+         "takes": {"negative_prompt": True}}
+_QUICK = {"name": "Quick draft", "source": "shipped", "description": "Few steps, for trying ideas quickly",
+          "prompt": "", "settings": {"steps": 8}, "problem": ""}
+_OIL = {"name": "Oil painting", "source": "shipped", "description": "Thick oil paint", "prompt": "oil painting of {prompt}",
+        "settings": {"negative_prompt": "photo", "guidance_scale": 6.0, "model": "/models/tiny-inpaint"}, "problem": ""}
+
+
+def _arg(name, specs=ARGS):
+    return next(a for a in specs if a.name == name)
+
+
+def test_special_values_show_words_for_automatic_numbers():
+    assert {a.name: a.special for a in ARGS if a.special} == {
+        "steps": "auto", "seed": "random", "padding": "auto", "guidance-scale": "auto"}
+    assert _arg("steps").special_text(0) == "auto" and _arg("steps").special_text(20) is None
+    assert _arg("seed").special_text(-1) == "random" and _arg("seed").special_text(0) is None
+    assert _arg("padding").special_text(-1) == "auto" and _arg("guidance-scale").special_text(0.0) == "auto"
+    assert _arg("seed").special_value(" Random ") == -1 and _arg("padding").special_value("auto") == -1
+    assert _arg("steps").special_value("12") is None and _arg("variants").special_text(1) is None
+    assert _arg("seed", logic.VARY_ARGS).special_text(-1) == "random"
+
+
+def test_model_choices_name_the_default_and_every_model():
+    models = [_TINY, {"id": "patchmatch", "engine": "classical", "label": ""},
+              {"id": "org/big-model", "kind": "hub", "engine": "diffusers", "label": "", "available": False}]
+    rows = logic.model_choices(models, "/models/tiny-inpaint", "")
+    assert rows == [("", "The daemon's default: tiny-inpaint (Stable Diffusion 1.x)"),
+                    ("/models/tiny-inpaint", "tiny-inpaint (Stable Diffusion 1.x)"),
+                    ("patchmatch", "patchmatch (classical)"), ("org/big-model", "org/big-model – not available")]
+    assert logic.model_choices(models, "patchmatch", " gone ")[-1] == ("gone", "gone (not listed by the daemon)")
+    assert logic.model_choices([], "", "")[0] == ("", "The daemon's default")
+
+
+def test_style_choices_and_fill_rows():
+    broken = {"name": "Broken", "problem": "/x/Broken.json: not JSON"}
+    rows = logic.style_choices([_QUICK, broken, "junk"], "quick DRAFT")
+    assert rows == [("", "None"), ("Quick draft", "Quick draft – Few steps, for trying ideas quickly"),
+                    ("Broken", "Broken (cannot be used: see `inpaintd styles`)")]
+    assert logic.style_choices([], "Mine")[-1] == ("Mine", "Mine (not on this daemon)")
+    assert [value for value, _ in logic.choice_rows("fill")] == ["auto", "none", "neutral", "blur", "classical"]
+
+
+def test_style_settings_and_the_options_sent():
+    from inpaintd_protocol import editor
+
+    assert logic.find_style([_QUICK, _OIL], "quick draft") is _QUICK and logic.find_style([_QUICK], "") is None
+    assert logic.style_settings({"settings": {"steps": 8, "strength": "x", "nonsense": 1, "color_match": 1}}) == {"steps": 8}
+    caps = editor.model_caps(_TINY, "gimp")
+    opts = Options(prompt="a cat", style="Quick draft").job_options()
+    sent, runs = logic.options_for_job(opts, caps, _QUICK)
+    assert sent["steps"] == 0 and runs["steps"] == 8  # left to the style, which the daemon applies
+    assert editor.settings_text(runs, caps) == "Stable Diffusion 1.x: 8 steps, guidance 7.5, strength 1"
+    assert logic.options_for_job(opts, caps, None)[0]["steps"] == 20  # no style: the model's default
+    own = Options(prompt="a cat", style="Quick draft", steps=30).job_options()
+    assert logic.options_for_job(own, caps, _QUICK)[0]["steps"] == 30  # the job's own choice wins
+    assert logic.job_model(Options(style="Oil painting").job_options(), _OIL) == "/models/tiny-inpaint"
+    assert logic.job_model(Options(model="patchmatch").job_options(), _OIL) == "patchmatch"
+    sent, runs = logic.options_for_job(Options(style="Oil painting").job_options(), caps, _OIL)
+    assert sent["guidance_scale"] == 0.0 and runs["guidance_scale"] == 6.0 and sent["steps"] == 20
+
+
+def test_style_follower_puts_in_the_styles_settings_and_takes_them_back():
+    follower = logic.StyleFollower([_QUICK, _OIL], "")
+    current = {a.name: a.default for a in ARGS}
+    fallback = {**current, "steps": 20, "guidance-scale": 7.5}
+    assert follower.changed("", current, fallback) is None
+    assert follower.changed("Quick draft", current, fallback) == {"steps": 8}
+    current["steps"] = 8
+    assert follower.changed("quick draft ", current, fallback) is None  # the same style
+    change = follower.changed("Oil painting", current, fallback)
+    assert list(change) == ["model", "steps", "negative-prompt", "guidance-scale"]  # the model first
+    assert change == {"model": "/models/tiny-inpaint", "steps": 20, "negative-prompt": "photo", "guidance-scale": 6.0}
+    current.update(change, **{"guidance-scale": 4.0})  # the artist changed the guidance afterwards
+    assert follower.changed("", current, fallback) == {"model": "", "negative-prompt": ""}
+
+
+def test_result_record_round_trip_and_tolerance():
+    rec = logic.ResultRecord("0123456789abcdef", 1, 78, 113, 86, (96, 64), "tcp://127.0.0.1:7415",
+                             {"prompt": "a cup", "steps": 8, "not_an_option": 1})
+    again = logic.ResultRecord.from_bytes(rec.to_bytes())
+    assert again == logic.ResultRecord("0123456789abcdef", 1, 78, 113, 86, (96, 64), "tcp://127.0.0.1:7415",
+                                       {"prompt": "a cup", "steps": 8})
+    assert not again.is_group and logic.ResultRecord("j", -1, variants=2).is_group
+    assert logic.ResultRecord.from_bytes(list(rec.to_bytes())) == again  # GIMP may hand the data over as a list
+    for junk in (None, b"", b"not json", b"[]", b'{"job": ""}', b'{"job": 5}', b"\xff"):
+        assert logic.ResultRecord.from_bytes(junk) is None
+    odd = logic.ResultRecord.from_bytes(b'{"job": "j", "variant": true, "origin": [1], "options": [1], "endpoint": 3}')
+    assert odd == logic.ResultRecord("j", 0)
+    assert logic.vary_origin(rec, 209, 150) == (96, 64)  # unmoved
+    assert logic.vary_origin(rec, 219, 140) == (106, 54)  # moved by the artist: the new layers follow
+
+
+def test_image_remembers_where_jobs_went():
+    data = logic.remember_job(None, "a", (1, 2))
+    data = logic.remember_job(data, "b", (3, 4))
+    assert logic.known_jobs(data) == {"a": (1, 2), "b": (3, 4)}
+    assert list(logic.known_jobs(logic.remember_job(data, "c", (0, 0), limit=2))) == ["b", "c"]
+    assert logic.known_jobs(b"junk") == {} and logic.known_jobs(b'{"x": [1, "y"], "z": [5, 6]}') == {"z": (5, 6)}
+
+
+def test_vary_and_history_arguments():
+    assert [a.name for a in logic.VARY_ARGS] == ["preset", "prompt", "variants", "seed", "endpoint"]
+    assert [a.name for a in logic.HISTORY_ARGS] == ["job", "search", "endpoint"]
+    for specs in (logic.VARY_ARGS, logic.HISTORY_ARGS):
+        assert [a.position for a in specs] == list(range(len(specs)))
+        mnemonics = [a.label[a.label.index("_") + 1].lower() for a in specs]
+        assert len(set(mnemonics)) == len(mnemonics) and not set(mnemonics) & set("ocrhsl")
+    assert [c[0] for c in _arg("preset", logic.VARY_ARGS).choices] == ["subtle", "strong"]
+    good = {"preset": "strong", "prompt": None, "variants": 3, "seed": -1, "endpoint": None}
+    assert logic.arg_problems(logic.VARY_ARGS, good) == []
+    assert logic.arg_values_of(logic.VARY_ARGS, good) == {"preset": "strong", "prompt": "", "variants": 3, "seed": -1,
+                                                          "endpoint": ""}
+    bad = {"preset": "wild", "prompt": "x" * 4001, "variants": 0, "seed": -2, "endpoint": "localhost:1"}
+    problems = " | ".join(logic.arg_problems(logic.VARY_ARGS, bad))
+    for needle in ("'wild' is not one of subtle, strong", "4001 characters", "Variants must be at least 1",
+                   "Seed must be at least -1", "not a ZeroMQ endpoint"):
+        assert needle in problems, problems
+    assert "must be a whole" not in problems and logic.arg_problems(logic.VARY_ARGS, {"variants": True})
+    assert logic.arg_problems(logic.HISTORY_ARGS, {"job": None, "search": "cup", "endpoint": ""}) == []
+
+
+def test_vary_requests():
+    rec = logic.ResultRecord("j", 1, 78, 10, 20, (0, 0), "", {"prompt": "a cup", "steps": 8, "seed": 77,
+                                                              "strength": 1.0, "variants": 2, "style": "Quick draft"})
+    assert logic.vary_overrides("", 2, -1) == {"variants": 2}
+    assert logic.vary_overrides(" a pear ", 1, 5) == {"variants": 1, "prompt": "a pear", "seed": 5}
+    assert logic.vary_pixels_options(rec, {"variants": 1}) == {"prompt": "a cup", "steps": 8, "style": "Quick draft",
+                                                               "variants": 1}
+    assert logic.varied_options(rec, {"prompt": "a pear", "variants": 1}) == {
+        "prompt": "a pear", "steps": 8, "style": "Quick draft", "variants": 1}
+    assert logic.vary_group_name("subtle", "", rec) == "Vary (subtle): a cup"
+    assert logic.vary_group_name("strong", "a pear", rec) == "Remix: a pear"
+    assert "'photo' is not a result of inpaintd: select one of the variant layers" in logic.not_a_result("photo")
+    assert logic.vary_subject("Variant 2/2 (seed 78)", rec) == "Varies 'Variant 2/2 (seed 78)' (job j): a cup"
+
+
+def test_history_entry_choice_and_place():
+    entries = [{"job": "abc123", "prompt": "a cup", "created": 0.0, "variants": [{}, {}], "kind": "inpaint"},
+               {"job": "abd456", "prompt": "a pear", "kind": "vary", "variants": [{}]}]
+    assert logic.pick_entry(entries, "abc123")["prompt"] == "a cup"
+    assert logic.pick_entry(entries, "abd")["prompt"] == "a pear"
+    assert logic.pick_entry(entries, "ab") is None and logic.pick_entry(entries, "zz") is None
+    rows = logic.history_choices(entries, "")
+    assert rows[0][0] == "" and rows[1][0] == "abc123" and "a cup  (2 variants, abc123)" in rows[1][1]
+    assert "vary: a pear  (1 variant, abd456)" in rows[2][1] and rows[2][1].startswith("?")
+    entry = {"job": "v", "parent": "p", "canvas": {"width": 448, "height": 336}}
+    assert logic.history_origin(entry, {"v": (5, 6)}, (640, 480), None) == ((5, 6), "")
+    assert logic.history_origin(entry, {"p": (7, 8)}, (640, 480), None) == ((7, 8), "")  # where its parent went
+    assert logic.history_origin(entry, {}, (448, 336), None) == ((0, 0), "")  # the crop was the canvas
+    assert logic.history_origin(entry, {}, (640, 480), Rect(96, 64, 448, 336)) == ((96, 64), "")  # the layer's
+    origin, note = logic.history_origin(entry, {}, (640, 480), Rect(0, 0, 10, 10))
+    assert origin == (0, 0) and "top-left" in note
+    assert "no job 'x'" in logic.no_history_entry("x", "") and "containing 'cup'" in logic.no_history_entry("", "cup")
+    assert "empty" in logic.no_history_entry("", "")

@@ -100,9 +100,13 @@ def test_plugin_inside_gimp(gimp_root: Path, ci_dir: Path, daemon) -> None:
 
 
 def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> None:
-    """Full GIMP under Xvfb: one Ctrl+Z removes every result layer (one undo step) and the
-    interactive dialog opens; its capture becomes docs/gimp-dialog.png when
-    INPAINTD_UPDATE_SCREENSHOT=1."""
+    """Full GIMP under Xvfb: one Ctrl+Z removes every result layer (one undo step), and the
+    interactive dialogs open showing the daemon's lists and "auto" for automatic values:
+    Inpaint Selection (Model, Style and Start with as combo boxes; Steps, Guidance and
+    Context "auto", Seed "random"; a style picked with the keyboard puts its steps in, a
+    typed "auto" is read), Vary Result and Bring Back from History.  Their captures
+    become docs/gimp-dialog.png, docs/gimp-vary-dialog.png and docs/gimp-history-dialog.png
+    when INPAINTD_UPDATE_SCREENSHOT=1."""
     gimprc = gimp_root / "root" / ".config" / "GIMP" / "3.0" / "gimprc"
     gimprc.parent.mkdir(parents=True, exist_ok=True)
     if "show-welcome-dialog no" not in (gimprc.read_text() if gimprc.exists() else ""):
@@ -110,26 +114,50 @@ def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> No
             f.write("(show-welcome-dialog no)\n")
     inside = "/" + str(ci_dir.relative_to(gimp_root))
     extra = [f"{k}={v}" for k, v in daemon.env.items() if k != "INPAINTD_RUNTIME_DIR"]
-    cmd = ["timeout", "240", "chroot", str(gimp_root), "env", "-i", "HOME=/root", f"PATH={PATH}", "LANG=C.UTF-8",
-           f"INPAINTD_CI_DIR={inside}", *extra, "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24",
+    cmd = ["timeout", "400", "chroot", str(gimp_root), "env", "-i", "HOME=/root", f"PATH={PATH}", "LANG=C.UTF-8",
+           f"INPAINTD_CI_DIR={inside}", f"INPAINTD_GIMP_DIALOG_REPORT={inside}/dialogs.jsonl", *extra,
+           "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24",
            "gimp-3.0", "--no-splash", "--quit", "--batch-interpreter=python-fu-eval",
            "-b", f"exec(open('{inside}/ui_session.py').read())"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=460)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and (ci_dir / "ui.json").exists(), f"exit {proc.returncode}:\n{out[-5000:]}"
-    import json
 
     ui = json.loads((ci_dir / "ui.json").read_text())
-    print("in GIMP UI:", ui)
+    print("in GIMP UI:", json.dumps(ui, indent=1)[:6000])
     assert ui["status"].endswith("GIMP_PDB_SUCCESS of type Gimp.PDBStatusType>"), ui
     assert ui["after_run"] == ["Inpaint: an empty red saucer on a wooden\u2026", "photo", "background"] or (
         ui["after_run"][1:] == ["photo", "background"] and ui["after_run"][0].startswith("Inpaint: ")), ui
     assert ui["after_one_undo"] == ui["before"] == ["photo", "background"], ui
     assert ui["selection_kept"] and ui["source_unchanged"], ui
-    assert ui["dialog_status"].endswith("GIMP_PDB_CANCEL of type Gimp.PDBStatusType>"), ui
-    assert ui.get("dialog_png"), "the dialog was not captured"
+    for name in ("dialog", "vary", "history"):
+        assert ui[f"{name}_status"].endswith("GIMP_PDB_CANCEL of type Gimp.PDBStatusType>"), ui
+        assert ui[f"{name}_png"], f"the {name} dialog was not captured"
+    shown = {d["title"]: d["shown"] for d in ui["dialogs"] if d["when"] == "opened"}
+    closed = {d["title"]: d["shown"] for d in ui["dialogs"] if d["when"] == "closed"}
+    assert set(shown) == set(closed) == {"Inpaint Selection", "Vary Result", "Bring Back from History"}, ui["dialogs"]
+    inpaint = shown["Inpaint Selection"]
+    assert (inpaint["steps"], inpaint["guidance-scale"], inpaint["padding"], inpaint["seed"]) == (
+        "auto", "auto", "auto", "random"), inpaint
+    model, style, fill = inpaint["model"], inpaint["style"], inpaint["fill"]
+    assert model["combo"] == "" and model["rows"][0][1] == "The daemon's default: patchmatch (classical)", model
+    assert ["opencv-telea", "opencv-telea (classical)"] in model["rows"], model
+    assert style["combo"] == "" and style["rows"][0] == ["", "None"], style
+    assert any(value == "Quick draft" for value, _words in style["rows"]), style
+    assert fill["combo"] == "auto" and [value for value, _words in fill["rows"]] == [
+        "auto", "none", "neutral", "blur", "classical"], fill
+    # picked with the keyboard: the style brought its steps; a typed "auto" is read as -1
+    after = closed["Inpaint Selection"]
+    assert after["style"]["combo"] == "Quick draft" and after["steps"] == "8", after
+    assert after["padding"] == "auto" and after["seed"] == "123", after
+    vary = shown["Vary Result"]
+    assert vary["seed"] == "random" and vary["preset"]["combo"] == "subtle", vary
+    history = shown["Bring Back from History"]["job"]
+    assert history["combo"] == "" and "a blue cup" in history["rows"][1][1], history  # the newest first
     if os.environ.get("INPAINTD_UPDATE_SCREENSHOT") == "1":
         shutil.copy(ci_dir / "dialog.png", REPO / "docs" / "gimp-dialog.png")
+        shutil.copy(ci_dir / "vary-dialog.png", REPO / "docs" / "gimp-vary-dialog.png")
+        shutil.copy(ci_dir / "history-dialog.png", REPO / "docs" / "gimp-history-dialog.png")
 
 
 def _processes_of(root: Path, ci: Path, script: str) -> list[int]:
@@ -232,6 +260,37 @@ def test_new_family_model_in_gimp(gimp_root: Path, ci_dir: Path, tmp_path_factor
     print("in GIMP (new family):", (ci_dir / "family.json").read_text())
     accepted = [line for line in log.splitlines() if " accepted: " in line]
     assert len(accepted) == 1 and f"model {flux}," in accepted[0], accepted
+
+
+def test_artists_loop_in_gimp(gimp_root: Path, ci_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                              tiny_model_dir: Path) -> None:
+    """Inside GIMP, against the tiny diffusion pipeline (tests/gimp/in_gimp/test_in_gimp_loop.py):
+    result layers carry a parasite naming their job (kept in .xcf); Vary Result makes new
+    variants in place with new seeds (Subtle, Remix with a prompt, a result group, a job the
+    daemon does not know: its pixels are sent); a job with the style "Quick draft" runs 8
+    steps; Bring Back from History puts back the layers byte for byte where they were.
+    The daemon is this test's own (an empty history) and keeps finished results for 2 s
+    only, so that Bring Back reads them from the history's files, not from the results
+    kept for `fetch`."""
+    from daemons import start_daemon
+
+    d = start_daemon(tmp_path_factory.mktemp("gimp-loop-daemon"), "--model", str(tiny_model_dir), "--device", "cpu",
+                     "--results-ttl", "2")
+    try:
+        env = dict(d.env, INPAINTD_GIMP_TESTS="test_in_gimp_loop.py")
+        proc = gimp_batch(gimp_root, ci_dir, env, timeout=420)
+        log = d.log()
+    finally:
+        d.stop()
+    out = proc.stdout + proc.stderr
+    junit = ci_dir / "junit.xml"
+    report = (ci_dir / "loop.json").read_text() if (ci_dir / "loop.json").exists() else "{}"
+    print("in GIMP (artist's loop):", report)
+    assert junit.exists(), f"the in-GIMP tests did not run (exit {proc.returncode}):\n{out[-4000:]}"
+    assert proc.returncode == 0, (f"in-GIMP tests failed (exit {proc.returncode}):\n{out[-8000:]}\n"
+                                  f"--- daemon log ---\n{log[-2000:]}")
+    text = junit.read_text()
+    assert 'failures="0"' in text and 'errors="0"' in text and 'tests="8"' in text, text[-2000:]
 
 
 # -- the plug-in as `inpaintd package-gimp` ships it, in a GIMP without pyzmq or msgpack ----------

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""GIMP 3 plug-in: Filters > AI > Inpaint Selection... through the inpaintd daemon.
+"""GIMP 3 plug-in: Filters > AI > Inpaint Selection..., Vary Result... and Bring Back from
+History... through the inpaintd daemon.
 
-Thin glue only: it registers the procedure, shows the dialog, moves pixels between GIMP
-and the daemon, drives GIMP's progress bar and adds the result layers in one undo group.
+Thin glue only: it registers the procedures, shows their dialogs, moves pixels between GIMP
+and the daemon, drives GIMP's progress bar and adds the result layers in one undo group,
+each carrying a parasite that names its job (what Vary Result reads).
 Every decision that needs no GIMP (geometry, names, validation, messages) lives in
 inpaintd_logic.py beside this file, or, where the Krita plug-in decides the same, in
 inpaintd_protocol/editor.py; both are unit-tested outside GIMP.
@@ -21,7 +23,8 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+gi.require_version("Gtk", "3.0")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -54,16 +57,25 @@ class UserError(Exception):
 def run(procedure, run_mode, image, drawables, config, data):
     if run_mode == Gimp.RunMode.INTERACTIVE:
         GimpUi.init(logic.PROCEDURE_NAME)
-        for a in ARGS:  # GIMP keeps an empty string argument as NULL, which GtkEntry rejects
-            if a.kind == "str" and config.get_property(a.name) is None:
-                config.set_property(a.name, "")
+        empty_strings(config, ARGS)
         dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Inpaint Selection")
         for a in ARGS:  # GIMP's default step (1.0) would exceed e.g. strength's 0.01..1 range
             if a.kind == "float":
                 step = BY_NAME[a.field].step
                 dialog.get_spin_scale(a.name, 1.0).set_increments(step, 4 * step)
+        endpoint = config.get_property("endpoint") or ""
+        models, default_id, styles = daemon_lists(endpoint)
+        dialog_faces(dialog, config, ARGS)
+        use_combo(dialog, config, "fill", logic.choice_rows("fill"))
+        if models:
+            config.set_property("model", (config.get_property("model") or "").strip())
+            use_combo(dialog, config, "model", logic.model_choices(models, default_id, config.get_property("model")))
+        if styles:
+            use_combo(dialog, config, "style", logic.style_choices(styles, config.get_property("style")))
         dialog.fill(list(DIALOG_ORDER))
-        follow_model(config, *daemon_models(config.get_property("endpoint") or ""), dialog)
+        follower = follow_model(config, models, default_id, dialog)
+        follow_style(config, styles, follower)
+        report_dialog(dialog, ARGS)
         ok = dialog.run()
         dialog.destroy()
         if not ok:
@@ -73,27 +85,145 @@ def run(procedure, run_mode, image, drawables, config, data):
         problems = opts.validate()
         if problems:
             raise UserError("Inpaint Selection: " + "; ".join(problems))
-        used = inpaint(image, list(drawables), opts)
+        used, job_id = inpaint(image, list(drawables), opts)
     except UserError as exc:
         return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(str(exc)))
     finally:
         Gimp.progress_end()
+    return success(procedure, used, job_id)
+
+
+def success(procedure, *values: str):
+    """SUCCESS with the procedure's string return values, in order."""
     retval = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    retval.remove(1)  # the return value `job-settings` (see do_create_procedure)
-    retval.insert(1, GObject.Value(GObject.TYPE_STRING, used))
+    for i, value in enumerate(values, start=1):
+        retval.remove(i)
+        retval.insert(i, GObject.Value(GObject.TYPE_STRING, value))
     return retval
 
 
-def daemon_models(endpoint_setting: str) -> tuple[list, str]:
-    """The daemon's models and default model, for the dialog; ([], "") at once when none
-    answers (no daemon is started just to open the dialog) or the client cannot load."""
+def empty_strings(config, specs) -> None:
+    """GIMP keeps an empty string argument as NULL, which GtkEntry rejects."""
+    for a in specs:
+        if a.kind == "str" and config.get_property(a.name) is None:
+            config.set_property(a.name, "")
+
+
+def daemon_lists(endpoint_setting: str) -> tuple[list, str, list]:
+    """The daemon's models, default model and styles, for the dialog; ([], "", []) at once
+    when none answers (no daemon is started just to open the dialog) or the client cannot load."""
     try:
         proto = import_protocol()
         with proto.Client(editor.daemon_endpoint(endpoint_setting), name="inpaintd-gimp-dialog") as client:
             client.hello(timeout=1.0)
-            return logic.model_listing(client.request(proto.Type.LIST_MODELS, timeout=2.0).body)
-    except Exception:  # noqa: BLE001 - the dialog opens without the daemon's defaults
-        return [], ""
+            models, default_id = logic.model_listing(client.request(proto.Type.LIST_MODELS, timeout=2.0).body)
+            try:
+                styles = client.styles(timeout=2.0)
+            except proto.ProtocolError:  # an older daemon: no styles
+                styles = []
+            return models, default_id, styles
+    except Exception:  # noqa: BLE001 - the dialog opens without the daemon's lists
+        return [], "", []
+
+
+# -- the dialog's faces -------------------------------------------------------------------
+
+
+def dialog_faces(dialog, config, specs) -> None:
+    """Numbers whose lowest value means something else show its word: Steps "auto", Seed
+    "random", Context "auto" (the option table's `special`, as Krita's spin boxes show it).
+    GTK's "output" signal puts the word in the spin button; the "input" signal cannot give
+    a value back through PyGObject (its out-pointer), so a typed word is read when the
+    field is left or Enter is pressed."""
+    for a in specs:
+        if not a.special:
+            continue
+        widget = dialog.get_spin_scale(a.name, 1.0) if a.kind == "float" else dialog.get_widget(a.name, GObject.TYPE_NONE)
+        spin = widget.get_spin_button() if isinstance(widget, GimpUi.LabelSpin) else widget
+        if not isinstance(spin, Gtk.SpinButton):
+            continue
+        spin.set_numeric(False)  # a numeric spin button refuses letters, also the ones "output" sets
+        spin.set_update_policy(Gtk.SpinButtonUpdatePolicy.IF_VALID)  # a typed word is not read as 0
+        spin.set_width_chars(max(spin.get_width_chars(), len(a.special) + 1))
+        spin.connect("output", _show_special, a)
+        spin.connect("activate", _read_special, a)
+        spin.connect("focus-out-event", lambda s, _event, spec=a: _read_special(s, spec) and False)
+        spin.update()
+
+
+def _show_special(spin, spec) -> bool:
+    word = spec.special_text(spin.get_value())
+    if word is None:
+        return False  # GTK shows the number
+    if spin.get_text() != word:
+        spin.set_text(word)
+    return True
+
+
+def _read_special(spin, spec) -> bool:
+    value = spec.special_value(spin.get_text())
+    if value is not None:
+        spin.set_value(value)
+        spin.set_text(spec.special)
+    return False
+
+
+def use_combo(dialog, config, name: str, rows: list[tuple[str, str]]) -> bool:
+    """Show the string argument `name` as a combo box of `rows` (value, words) instead of a
+    text field: GIMP 3.0's procedure dialog makes a text field for every string argument and
+    takes no other widget for one, and a Gimp.Choice argument's values are fixed when the
+    procedure is registered (the daemon's models are not), so the combo box,
+    GimpUi.prop_string_combo_box_new bound to the same config property, takes the field's
+    place inside the argument's labelled row.  False (the text field stays) where the row
+    is not the GimpLabelEntry GIMP 3.0.4 makes."""
+    row = dialog.get_widget(name, GObject.TYPE_NONE)
+    if not isinstance(row, GimpUi.LabelEntry):
+        return False
+    value = config.get_property(name) or ""
+    if value not in [v for v, _ in rows]:
+        rows = [*rows, (value, value)]
+    store = Gtk.ListStore(str, str)
+    for v, words in rows:
+        store.append([v, words])
+    combo = GimpUi.prop_string_combo_box_new(config, name, store, 0, 1)
+    entry = row.get_entry()
+    combo.set_tooltip_text(entry.get_tooltip_text())
+    row.remove(entry)
+    row.attach(combo, 1, 0, 1, 1)
+    combo.set_hexpand(True)
+    combo.show()
+    row.get_label().set_mnemonic_widget(combo)
+    return True
+
+
+def report_dialog(dialog, specs) -> None:
+    """What the dialog shows, written as one JSON line to the file $INPAINTD_GIMP_DIALOG_REPORT
+    names once it is on screen: the UI test's view of it (GIMP runs the dialog in this
+    process, which the test cannot look into).  Nothing without the variable."""
+    path = os.environ.get("INPAINTD_GIMP_DIALOG_REPORT")
+    if not path:
+        return
+
+    def shown(name: str):
+        row = dialog.get_widget(name, GObject.TYPE_NONE)
+        widget = row.get_spin_button() if isinstance(row, GimpUi.LabelSpin) else row
+        if isinstance(row, GimpUi.Labeled) and not isinstance(row, GimpUi.LabelSpin):
+            widget = row.get_child_at(1, 0)  # a text field, or the combo box use_combo put there
+        if isinstance(widget, GimpUi.StringComboBox):
+            model = widget.get_model()
+            return {"combo": widget.get_active(), "rows": [[str(r[0]), str(r[1])] for r in model]}
+        if isinstance(widget, Gtk.Entry):  # spin buttons and text fields
+            return widget.get_text()
+        return type(widget).__name__
+
+    def write(when: str) -> bool:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"title": dialog.get_title(), "when": when,
+                                "shown": {a.name: shown(a.name) for a in specs}}) + "\n")
+        return False
+
+    dialog.connect("map", lambda *_: GLib.timeout_add(300, write, "opened"))
+    dialog.connect("response", lambda *_: write("closed"))
 
 
 def follow_model(config, models: list, default_id: str, dialog=None) -> logic.ModelFollower:
@@ -124,7 +254,26 @@ def follow_model(config, models: list, default_id: str, dialog=None) -> logic.Mo
     return follower
 
 
-def inpaint(image, drawables, opts: Options) -> str:
+def follow_style(config, styles: list, models: logic.ModelFollower) -> logic.StyleFollower:
+    """Put a style's settings into the arguments when the style argument changes
+    (logic.StyleFollower decides; what it put in and the artist left alone goes back)."""
+    follower = logic.StyleFollower(styles, config.get_property("style") or "")
+
+    def changed(cfg, _pspec) -> None:
+        current = {a.name: cfg.get_property(a.name) for a in ARGS}
+        fallback = {**{a.name: a.default for a in ARGS}, **logic.arg_values(models.caps().apply)}
+        for name, value in (follower.changed(cfg.get_property("style"), current, fallback) or {}).items():
+            cfg.set_property(name, value)
+
+    config.connect("notify::style", changed)
+    return follower
+
+
+# -- Inpaint Selection --------------------------------------------------------------------
+
+
+def inpaint(image, drawables, opts: Options) -> tuple[str, str]:
+    """Run the job; (the settings it ran with, its job id)."""
     layer = check_target(image, drawables, opts)
     _, nonempty, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
     if not nonempty or Gimp.Selection.is_empty(image):
@@ -142,18 +291,35 @@ def inpaint(image, drawables, opts: Options) -> str:
         pixels_from.get_image().delete()  # the duplicate made for 'Use visible image'
 
     Gimp.progress_init("Inpainting: connecting to inpaintd")
-    client = connect(opts)
+    client = connect(opts.endpoint, opts.start_daemon)
     try:
-        caps = picked_model(client, opts.model)
-        options = editor.for_model(opts.job_options(), caps)  # "auto" steps: the model's own, said below
-        used = editor.settings_text(options, caps)
-        job = run_job(client, pixels, plan.crop.width, plan.crop.height, channels, mask, options, used)
+        proto = import_protocol()
+        wanted = opts.job_options()
+        style = picked_style(client, wanted.get("style", ""))
+        caps = picked_model(client, logic.job_model(wanted, style))
+        # "auto" steps: the model's own, or the style's, said below
+        options, runs_with = logic.options_for_job(wanted, caps, style)
+        used = editor.settings_text(runs_with, caps)
+        try:
+            job = client.submit(pixels, plan.crop.width, plan.crop.height, channels, mask,
+                                proto.JobOptions(**options), timeout=30.0)
+        except proto.ProtocolError as exc:
+            raise UserError(f"inpaintd refused the job: {exc}") from None
+        run_job(client, job, used)
     finally:
         client.close()
-    add_results(image, layer, plan, job.layers, opts)
+    origin = (plan.crop.x, plan.crop.y)
+    try:
+        places = [plan.place(v.x, v.y, v.width, v.height) for v in job.layers]
+    except ValueError as exc:
+        raise UserError(f"inpaintd sent a result that does not fit: {exc}") from None
+    records = [logic.ResultRecord(job.id, v.index, v.seed, v.x, v.y, origin, opts.endpoint.strip(), options)
+               for v in job.layers]
+    group = logic.ResultRecord(job.id, -1, -1, 0, 0, origin, opts.endpoint.strip(), options, len(job.layers))
+    add_results(image, layer, editor.group_name(opts.prompt), job.layers, places, records, group)
     for note in job.notes_for_user(opts.prompt):
         Gimp.message(note)
-    return used
+    return used, job.id
 
 
 def picked_model(client, model: str) -> editor.ModelCaps:
@@ -165,6 +331,18 @@ def picked_model(client, model: str) -> editor.ModelCaps:
     except proto.ProtocolError:
         return editor.ModelCaps()
     return editor.model_caps(editor.find_model(models, model, default), GIMP)
+
+
+def picked_style(client, name: str):
+    """The daemon's entry for the style a job names (None: none named, or the daemon does not
+    list it; the daemon then refuses the job with its own words)."""
+    if not name.strip():
+        return None
+    proto = import_protocol()
+    try:
+        return logic.find_style(client.styles(timeout=10.0), name)
+    except proto.ProtocolError:
+        return None
 
 
 def check_target(image, drawables, opts: Options):
@@ -215,6 +393,259 @@ def read(drawable, rect: Rect, fmt: str) -> bytes:
     return bytes(buf.get(Gegl.Rectangle.new(rect.x, rect.y, rect.width, rect.height), 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
 
 
+# -- Vary Result ----------------------------------------------------------------------------
+
+
+def run_vary(procedure, run_mode, image, drawables, config, data):
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(logic.VARY_PROCEDURE)
+        empty_strings(config, logic.VARY_ARGS)
+        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Vary Result")
+        dialog_faces(dialog, config, logic.VARY_ARGS)
+        try:
+            layer, record = result_layer(list(drawables))
+            what = logic.vary_subject(layer.get_name(), record)
+        except UserError as exc:
+            what = str(exc)
+        label = dialog.get_label("vary-subject", what, False, False)  # GIMP 3.0: is_markup, with_mnemonic
+        label.set_line_wrap(True)
+        label.set_max_width_chars(60)
+        label.set_xalign(0.0)
+        dialog.fill(["vary-subject", *[a.name for a in logic.VARY_ARGS]])
+        report_dialog(dialog, logic.VARY_ARGS)
+        ok = dialog.run()
+        dialog.destroy()
+        if not ok:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    values = {a.name: config.get_property(a.name) for a in logic.VARY_ARGS}
+    try:
+        problems = logic.arg_problems(logic.VARY_ARGS, values)
+        if problems:
+            raise UserError("Vary Result: " + "; ".join(problems))
+        job_id = vary(image, list(drawables), **logic.arg_values_of(logic.VARY_ARGS, values))
+    except UserError as exc:
+        return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(str(exc)))
+    finally:
+        Gimp.progress_end()
+    return success(procedure, job_id)
+
+
+def record_of(item) -> logic.ResultRecord | None:
+    parasite = item.get_parasite(logic.RESULT_PARASITE)
+    return logic.ResultRecord.from_bytes(parasite.get_data()) if parasite is not None else None
+
+
+def result_layer(drawables):
+    """(the result layer to vary, its record), or a UserError naming what to select.  A
+    result group stands for its topmost visible variant."""
+    if len(drawables) != 1:
+        raise UserError(f"Vary Result works on one result layer: select one variant layer "
+                        f"({len(drawables)} are selected).")
+    item = drawables[0]
+    if not isinstance(item, Gimp.Layer) or isinstance(item, Gimp.LayerMask):
+        raise UserError(logic.not_a_result(item.get_name()))
+    record = record_of(item)
+    if record is not None and item.is_group():
+        for child in item.get_children():
+            child_record = record_of(child)
+            if child.get_visible() and child_record is not None and not child_record.is_group:
+                return child, child_record
+        raise UserError(f"No variant in the group '{item.get_name()}' is visible: select the variant layer to vary.")
+    if record is None or record.is_group or item.is_group():
+        raise UserError(logic.not_a_result(item.get_name()))
+    return item, record
+
+
+def vary(image, drawables, preset: str, prompt: str, variants: int, seed: int, endpoint: str) -> str:
+    """New variants of a result layer, in a group above its own; the new job's id."""
+    layer, record = result_layer(drawables)
+    _, lx, ly = layer.get_offsets()
+    origin = logic.vary_origin(record, lx, ly)
+    overrides = logic.vary_overrides(prompt, variants, seed)
+    setting = endpoint.strip() or record.endpoint
+    Gimp.progress_init("Varying: connecting to inpaintd")
+    client = connect(setting, True)
+    try:
+        proto = import_protocol()
+        try:
+            job = client.vary(record.job, record.variant, preset=preset, options=overrides, timeout=30.0)
+        except proto.ProtocolError as exc:
+            if exc.code not in (proto.Code.EXPIRED, proto.Code.NOT_FOUND):
+                raise UserError(f"inpaintd refused to vary '{layer.get_name()}': {exc}") from None
+            job = vary_from_pixels(client, image, layer, record, preset, overrides)
+        run_job(client, job, f"Vary ({preset})" if not prompt.strip() else "Remix")
+    finally:
+        client.close()
+    places = [Rect(v.x + origin[0], v.y + origin[1], v.width, v.height) for v in job.layers]
+    options = logic.varied_options(record, overrides)
+    records = [logic.ResultRecord(job.id, v.index, v.seed, v.x, v.y, origin, setting, options) for v in job.layers]
+    group = logic.ResultRecord(job.id, -1, -1, 0, 0, origin, setting, options, len(job.layers))
+    parent = layer.get_parent()
+    anchor = parent if parent is not None and record_of(parent) is not None else layer
+    add_results(image, anchor, logic.vary_group_name(preset, prompt, record), job.layers, places, records, group)
+    return job.id
+
+
+def vary_from_pixels(client, image, layer, record: logic.ResultRecord, preset: str, overrides: dict):
+    """`vary` with the layer's pixels and the selection over it, for a job the daemon no
+    longer keeps (`expired`, or `not_found` once its history entry was evicted)."""
+    proto = import_protocol()
+    _, lx, ly = layer.get_offsets()
+    rect = Rect(lx, ly, layer.get_width(), layer.get_height())
+    mask = read(image.get_selection(), rect, MASK)
+    if not editor.mask_selects(mask):
+        raise UserError(logic.VARY_NEEDS_SELECTION)
+    pixels = read(layer, Rect(0, 0, rect.width, rect.height), RGBA)
+    try:
+        return client.vary(record.job, record.variant, preset=preset, options=logic.vary_pixels_options(record, overrides),
+                           pixels=(pixels, rect.width, rect.height, 4, mask, record.x, record.y), timeout=30.0)
+    except proto.ProtocolError as exc:
+        raise UserError(f"inpaintd refused to vary '{layer.get_name()}': {exc}") from None
+
+
+# -- Bring Back from History --------------------------------------------------------------
+
+
+def run_history(procedure, run_mode, image, drawables, config, data):
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(logic.HISTORY_PROCEDURE)
+        empty_strings(config, logic.HISTORY_ARGS)
+        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Bring Back from History")
+        entries = recent_entries(config.get_property("endpoint") or "")
+        if entries:
+            use_combo(dialog, config, "job", logic.history_choices(entries, config.get_property("job") or ""))
+        dialog.fill([a.name for a in logic.HISTORY_ARGS])
+        report_dialog(dialog, logic.HISTORY_ARGS)
+        ok = dialog.run()
+        dialog.destroy()
+        if not ok:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    values = {a.name: config.get_property(a.name) for a in logic.HISTORY_ARGS}
+    try:
+        problems = logic.arg_problems(logic.HISTORY_ARGS, values)
+        if problems:
+            raise UserError("Bring Back from History: " + "; ".join(problems))
+        job_id = bring_back(image, list(drawables), **logic.arg_values_of(logic.HISTORY_ARGS, values))
+    except UserError as exc:
+        return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(str(exc)))
+    finally:
+        Gimp.progress_end()
+    return success(procedure, job_id)
+
+
+def recent_entries(endpoint_setting: str) -> list:
+    """The daemon's newest history entries, for the dialog; [] at once when none answers."""
+    try:
+        proto = import_protocol()
+        with proto.Client(editor.daemon_endpoint(endpoint_setting), name="inpaintd-gimp-dialog") as client:
+            client.hello(timeout=1.0)
+            return list(client.history(limit=30, timeout=2.0).get("entries") or [])
+    except Exception:  # noqa: BLE001 - the dialog opens with a text field instead
+        return []
+
+
+def find_entry(client, job: str, search: str) -> dict:
+    """The history entry to bring back: job `job` (its id or a unique start), else the newest
+    whose prompt contains `search`, else the newest."""
+    proto = import_protocol()
+    try:
+        if not job.strip():
+            entries = client.history(search.strip(), limit=1).get("entries") or []
+            if entries:
+                return entries[0]
+        else:
+            offset = 0
+            while offset < 5000:  # the history is searched by prompt only: page through it
+                page = client.history(offset=offset, limit=100)
+                entries = page.get("entries") or []
+                entry = logic.pick_entry(entries, job)
+                if entry is not None:
+                    return dict(entry)
+                offset += len(entries)
+                if not entries or offset >= int(page.get("total") or 0):
+                    break
+    except proto.ProtocolError as exc:
+        raise UserError(f"inpaintd could not read its history: {exc}") from None
+    raise UserError(logic.no_history_entry(job, search))
+
+
+def bring_back(image, drawables, job: str, search: str, endpoint: str) -> str:
+    """A history entry's variants as layers at their places in `image`; its job id."""
+    Gimp.progress_init("Bringing back from inpaintd's history")
+    client = connect(endpoint, True)
+    try:
+        proto = import_protocol()
+        entry = find_entry(client, job, search)
+        try:
+            fetched = client.fetch(entry["job"], timeout=60.0)
+            fetched.raise_for_error()
+        except proto.ProtocolError as exc:
+            raise UserError(f"inpaintd could not bring back job {entry['job']}: {exc}") from None
+        if not fetched.finished:
+            raise UserError(f"Job {entry['job']} is still running; bring it back once it is done.")
+    finally:
+        client.close()
+    selected = drawables[0] if len(drawables) == 1 and isinstance(drawables[0], Gimp.Layer) else None
+    layer_rect = None
+    if selected is not None:
+        _, sx, sy = selected.get_offsets()
+        layer_rect = Rect(sx, sy, selected.get_width(), selected.get_height())
+    jobs = image.get_parasite(logic.JOBS_PARASITE)
+    origin, note = logic.history_origin(entry, logic.known_jobs(jobs.get_data() if jobs else None),
+                                        (image.get_width(), image.get_height()), layer_rect)
+    options = dict(entry.get("options") or {})
+    setting = endpoint.strip()
+    places = [Rect(v.x + origin[0], v.y + origin[1], v.width, v.height) for v in fetched.layers]
+    records = [logic.ResultRecord(fetched.id, v.index, v.seed, v.x, v.y, origin, setting, options)
+               for v in fetched.layers]
+    group = logic.ResultRecord(fetched.id, -1, -1, 0, 0, origin, setting, options, len(fetched.layers))
+    add_results(image, selected, editor.group_name(str(entry.get("prompt") or "")), fetched.layers, places,
+                records, group)
+    if note:
+        Gimp.message(note)
+    return str(fetched.id)
+
+
+# -- results --------------------------------------------------------------------------
+
+
+def add_results(image, anchor, name: str, layers, places, records, group_record) -> None:
+    """One layer per variant, in a group named `name` above `anchor` (the top of the image
+    where it is None), as one undo step; each layer and the group carry their record, and
+    the image remembers where the job's layers sit."""
+    layer_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY else Gimp.ImageType.RGBA_IMAGE
+    image.undo_group_start()
+    try:
+        group = Gimp.GroupLayer.new(image, name)
+        if anchor is None:
+            image.insert_layer(group, None, 0)
+        else:
+            image.insert_layer(group, anchor.get_parent(), image.get_item_position(anchor))
+        attach(group, logic.RESULT_PARASITE, group_record.to_bytes())
+        for position, (variant, place, record) in enumerate(zip(layers, places, records, strict=True)):
+            out = Gimp.Layer.new(image, editor.variant_name(variant.index, len(layers), variant.seed),
+                                 variant.width, variant.height, layer_type, 100.0, Gimp.LayerMode.NORMAL)
+            image.insert_layer(out, group, position)
+            out.set_offsets(place.x, place.y)
+            buf = out.get_buffer()
+            buf.set(Gegl.Rectangle.new(0, 0, variant.width, variant.height), RGBA, variant.tight_bytes())
+            buf.flush()
+            out.update(0, 0, variant.width, variant.height)
+            attach(out, logic.RESULT_PARASITE, record.to_bytes())
+    finally:
+        image.undo_group_end()
+    jobs = image.get_parasite(logic.JOBS_PARASITE)
+    attach(image, logic.JOBS_PARASITE,
+           logic.remember_job(jobs.get_data() if jobs else None, group_record.job, group_record.origin))
+    Gimp.displays_flush()
+
+
+def attach(owner, name: str, data: bytes) -> None:
+    """A persistent parasite (saved in .xcf); not undoable, so that an undo of the layers
+    does not make the image forget where a job's layers went (Bring Back from History)."""
+    owner.attach_parasite(Gimp.Parasite.new(name, Gimp.PARASITE_PERSISTENT, data))
+
+
 # -- talking to the daemon --------------------------------------------------------------
 
 
@@ -231,10 +662,10 @@ def import_protocol():
     return inpaintd_protocol
 
 
-def connect(opts: Options):
+def connect(endpoint_setting: str, start_daemon: bool):
     """A Client that got a hello from the daemon, starting a local daemon if allowed."""
     proto = import_protocol()
-    client = proto.Client(editor.daemon_endpoint(opts.endpoint), name="inpaintd-gimp")
+    client = proto.Client(editor.daemon_endpoint(endpoint_setting), name="inpaintd-gimp")
     try:
         client.hello(timeout=3.0)
         return client
@@ -245,7 +676,7 @@ def connect(opts: Options):
         raise UserError(f"inpaintd at {client.endpoint} refused the connection: {exc}") from None
     endpoint = client.endpoint
     command = recorded_command()
-    if not (opts.start_daemon and command and editor.can_start_daemon(endpoint)):
+    if not (start_daemon and command and editor.can_start_daemon(endpoint)):
         raise UserError(logic.how_to_start(endpoint))
     argv = logic.serve_command(command, endpoint)
     Gimp.progress_set_text(f"Inpainting: starting inpaintd ({logic.quote_command(argv)})")
@@ -277,15 +708,11 @@ def recorded_command() -> list[str] | None:
     return [str(c) for c in command] if isinstance(command, list) and command else None
 
 
-def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask: bytes, options: dict,
-            used: str = ""):
-    """Send the job (`options`: JobOptions fields) and follow it on GIMP's progress bar,
-    whose text starts with `used`, the model and values it runs with."""
+def run_job(client, job, used: str = "") -> None:
+    """Follow an accepted job to its end on GIMP's progress bar, whose text starts with
+    `used` (the model and values it runs with); a UserError unless it succeeded.  The
+    watchdog cancels it if GIMP kills this process (the progress bar's cancel)."""
     proto = import_protocol()
-    try:
-        job = client.submit(pixels, width, height, channels, mask, proto.JobOptions(**options), timeout=30.0)
-    except proto.ProtocolError as exc:
-        raise UserError(f"inpaintd refused the job: {exc}") from None
     watchdog = start_watchdog(client, job.id)
     try:
         shown = None
@@ -302,9 +729,8 @@ def run_job(client, pixels: bytes, width: int, height: int, channels: int, mask:
     try:
         job.raise_for_error()
     except proto.ProtocolError as exc:
-        raise UserError(f"inpaintd could not inpaint: {exc}") from None
+        raise UserError(f"inpaintd could not finish the job: {exc}") from None
     Gimp.progress_update(1.0)
-    return job
 
 
 def start_watchdog(client, job_id: str):
@@ -336,32 +762,28 @@ def stop_watchdog(watchdog) -> None:
 # -- results --------------------------------------------------------------------------
 
 
-def add_results(image, source, plan, layers, opts: Options) -> None:
-    """One layer per variant, in a group above the source, as one undo step."""
-    layer_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY else Gimp.ImageType.RGBA_IMAGE
-    try:
-        places = [plan.place(v.x, v.y, v.width, v.height) for v in layers]
-    except ValueError as exc:
-        raise UserError(f"inpaintd sent a result that does not fit: {exc}") from None
-    image.undo_group_start()
-    try:
-        group = Gimp.GroupLayer.new(image, editor.group_name(opts.prompt))
-        image.insert_layer(group, source.get_parent(), image.get_item_position(source))
-        for position, (variant, place) in enumerate(zip(layers, places, strict=True)):
-            out = Gimp.Layer.new(image, editor.variant_name(variant.index, len(layers), variant.seed),
-                                 variant.width, variant.height, layer_type, 100.0, Gimp.LayerMode.NORMAL)
-            image.insert_layer(out, group, position)
-            out.set_offsets(place.x, place.y)
-            buf = out.get_buffer()
-            buf.set(Gegl.Rectangle.new(0, 0, variant.width, variant.height), RGBA, variant.tight_bytes())
-            buf.flush()
-            out.update(0, 0, variant.width, variant.height)
-    finally:
-        image.undo_group_end()
-    Gimp.displays_flush()
-
-
 # -- registration ---------------------------------------------------------------------
+
+
+def add_arguments(procedure, specs) -> None:
+    for a in specs:
+        if a.kind == "str":
+            procedure.add_string_argument(a.name, a.label, a.blurb, a.default, _PARAM)
+        elif a.kind == "choice":
+            choice = Gimp.Choice.new()
+            for i, (value, words, help_text) in enumerate(a.choices):
+                choice.add(value, i, words, help_text)
+            procedure.add_choice_argument(a.name, a.label, a.blurb, choice, a.default, _PARAM)
+        elif a.kind == "int":
+            assert a.minimum is not None and a.maximum is not None  # every number has bounds (the option table's rule)
+            procedure.add_int_argument(a.name, a.label, a.blurb, int(a.minimum), int(a.maximum), a.default, _PARAM)
+        elif a.kind == "float":
+            procedure.add_double_argument(a.name, a.label, a.blurb, a.minimum, a.maximum, a.default, _PARAM)
+        else:
+            procedure.add_boolean_argument(a.name, a.label, a.blurb, a.default, _PARAM)
+
+
+_JOB_ID_HELP = "The job id the layers came from (the daemon's history keeps it: `inpaintd history`)"
 
 
 class InpaintdPlugIn(Gimp.PlugIn):
@@ -369,9 +791,13 @@ class InpaintdPlugIn(Gimp.PlugIn):
         return False  # no translations shipped; also silences GIMP's locale warnings
 
     def do_query_procedures(self):
-        return [logic.PROCEDURE_NAME]
+        return [logic.PROCEDURE_NAME, logic.VARY_PROCEDURE, logic.HISTORY_PROCEDURE]
 
     def do_create_procedure(self, name):
+        if name == logic.VARY_PROCEDURE:
+            return self.vary_procedure(name)
+        if name == logic.HISTORY_PROCEDURE:
+            return self.history_procedure(name)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         procedure.set_image_types("RGB*, GRAY*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
@@ -385,21 +811,50 @@ class InpaintdPlugIn(Gimp.PlugIn):
             name,
         )
         procedure.set_attribution("inpaintd", "inpaintd", "2026")
-        for a in ARGS:
-            if a.kind == "str":
-                procedure.add_string_argument(a.name, a.label, a.blurb, a.default, _PARAM)
-            elif a.kind == "int":
-                assert a.minimum is not None and a.maximum is not None  # every number has bounds (the option table's rule)
-                procedure.add_int_argument(a.name, a.label, a.blurb, int(a.minimum), int(a.maximum), a.default, _PARAM)
-            elif a.kind == "float":
-                procedure.add_double_argument(a.name, a.label, a.blurb, a.minimum, a.maximum, a.default, _PARAM)
-            else:
-                procedure.add_boolean_argument(a.name, a.label, a.blurb, a.default, _PARAM)
+        add_arguments(procedure, ARGS)
         procedure.add_string_return_value(
             "job-settings", "Job settings",
             "The model and the values the job ran with, e.g. 'FLUX.1 Fill: 50 steps, guidance 30, strength 1' "
             "(steps left at auto are the model's default); empty for a classical model",
             "", _PARAM)
+        procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
+        return procedure
+
+    def vary_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_vary, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label(logic.VARY_MENU_LABEL)
+        procedure.add_menu_path(logic.MENU_PATH)
+        procedure.set_documentation(
+            "New variants of an inpaintd result",
+            "Makes new variants of the selected result layer (one that Inpaint Selection added) inside the same "
+            "selection: Subtle keeps the composition, Strong only the colours and layout; a new prompt repaints "
+            "it with that prompt (Remix). The new variants arrive as a layer group above the result's group.",
+            name,
+        )
+        procedure.set_attribution("inpaintd", "inpaintd", "2026")
+        add_arguments(procedure, logic.VARY_ARGS)
+        procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
+        return procedure
+
+    def history_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_history, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES
+                                       | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
+        procedure.set_menu_label(logic.HISTORY_MENU_LABEL)
+        procedure.add_menu_path(logic.MENU_PATH)
+        procedure.set_documentation(
+            "Bring back a result from inpaintd's history",
+            "Adds the variants of a job from the daemon's history (every finished job, kept across restarts) "
+            "as layers where they were made: the newest job, the newest whose prompt contains a text, or a "
+            "job by its id.",
+            name,
+        )
+        procedure.set_attribution("inpaintd", "inpaintd", "2026")
+        add_arguments(procedure, logic.HISTORY_ARGS)
+        procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
         return procedure
 
 

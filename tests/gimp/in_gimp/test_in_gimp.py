@@ -114,6 +114,20 @@ def test_registered_with_menu_and_arguments():
                            "color-match", "fill", "guidance-scale", "style"], names
     seed = next(a for a in proc.get_arguments() if a.name == "seed")
     assert (seed.minimum, seed.maximum, seed.default_value) == (-1, 2**31 - 1, -1)  # the protocol's table, in 32 bits
+    assert [v.name for v in proc.get_return_values()] == ["job-settings", "job-id"]
+
+
+def test_the_artists_loop_procedures_are_registered():
+    vary = Gimp.get_pdb().lookup_procedure("python-fu-inpaintd-vary")
+    history = Gimp.get_pdb().lookup_procedure("python-fu-inpaintd-history")
+    assert vary is not None and history is not None
+    assert "<Image>/Filters/AI" in vary.get_menu_paths() and "<Image>/Filters/AI" in history.get_menu_paths()
+    assert [a.name for a in vary.get_arguments()][-5:] == ["preset", "prompt", "variants", "seed", "endpoint"]
+    assert [a.name for a in history.get_arguments()][-3:] == ["job", "search", "endpoint"]
+    preset = next(a for a in vary.get_arguments() if a.name == "preset")
+    assert Gimp.param_spec_choice_get_choice(preset).list_nicks() == ["subtle", "strong"]
+    assert Gimp.param_spec_choice_get_default(preset) == "subtle"
+    assert [v.name for v in vary.get_return_values()] == [v.name for v in history.get_return_values()] == ["job-id"]
 
 
 def test_inpaint_feathered_selection_adds_exact_layers():
