@@ -274,3 +274,185 @@ def test_install_reports_missing_modules_with_a_fix(
     assert install_krita.install(tmp_path / "pykrita", enable=False) == 2
     err = capsys.readouterr().err
     assert "apt install python3-zmq python3-msgpack" in err and "pip install --target" in err
+
+
+# -- the artist's loop (krita_plugin/inpaintd_krita/loop.py) ----------------------------------------
+
+from inpaintd_krita import loop  # noqa: E402
+
+
+def test_result_map_round_trips_through_bytes() -> None:
+    known = loop.ResultMap()
+    record = loop.JobRecord("a" * 16, Rect(10, 20, 300, 200), "a red apple", {"prompt": "a red apple", "steps": 6})
+    known.add(record, [("{uid-1}", 0), ("{uid-2}", 1)])
+    back = loop.ResultMap.from_bytes(known.to_bytes())
+    assert back.lookup("{uid-2}") == loop.ResultRef("a" * 16, 1)
+    assert back.job("a" * 16) == record and back.layers_of("a" * 16) == ["{uid-1}", "{uid-2}"]
+    assert back.lookup("{other}") is None and back.job("b" * 16) is None
+
+
+def test_result_map_reads_anything_without_raising() -> None:
+    for junk in (None, b"", b"\xff\xfe", b"[1, 2]", b'{"jobs": [{"job": 1}], "layers": {"x": ["j", "0"]}}',
+                 b'{"jobs": "no", "layers": []}', b'{"layers": {"u": ["j", true]}}'):
+        known = loop.ResultMap.from_bytes(junk)
+        assert known.jobs == {} and known.layers == {}, junk
+    # a readable part survives a broken one
+    mixed = b'{"jobs": [{"job": "j", "crop": [0, 0, 8, 8]}, {"crop": "bad"}], "layers": {"u": ["j", 2], "v": 3}}'
+    known = loop.ResultMap.from_bytes(mixed)
+    assert list(known.jobs) == ["j"] and known.job("j").crop == Rect(0, 0, 8, 8)
+    assert known.layers == {"u": loop.ResultRef("j", 2)}
+
+
+def test_result_map_forgets_the_oldest_jobs_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "MAX_JOBS", 3)
+    known = loop.ResultMap()
+    for i in range(5):
+        known.add(loop.JobRecord(f"job{i}", Rect(0, 0, 1, 1)), [(f"uid{i}", 0)])
+    assert list(known.jobs) == ["job2", "job3", "job4"]
+    assert set(known.layers) == {"uid2", "uid3", "uid4"}
+    known.add(loop.JobRecord("job2", Rect(0, 0, 1, 1)), [("uid2b", 1)])  # seen again: the newest now
+    assert list(known.jobs) == ["job3", "job4", "job2"] and known.lookup("uid2b") == loop.ResultRef("job2", 1)
+
+
+def test_remix_sends_the_prompt_and_what_changed_but_never_seed_or_strength() -> None:
+    original = {"prompt": "a red apple", "steps": 20, "seed": 777, "strength": 1.0, "variants": 2, "style": ""}
+    current = {"prompt": "a green pear", "steps": 20, "seed": 5, "strength": 0.5, "variants": 3, "style": "Anime",
+               "grow": 8, "negative_prompt": ""}
+    assert loop.remix_options(current, original) == {"prompt": "a green pear", "variants": 3, "style": "Anime"}
+    # an option the job's record lacks counts as the protocol's default
+    assert loop.remix_options({"prompt": "p", "grow": 4}, {}) == {"prompt": "p", "grow": 4}
+    assert loop.remix_options({"prompt": "same"}, {"prompt": "same"}) == {"prompt": "same"}
+
+
+def test_vary_options_to_remember_and_to_send_with_pixels() -> None:
+    original = {"prompt": "apple", "steps": 6, "seed": 777, "strength": 1.0, "not_an_option": 1}
+    assert loop.varied_options(original, {"prompt": "pear"}, 0.35) == {
+        "prompt": "pear", "steps": 6, "seed": -1, "strength": 0.35}
+    assert loop.varied_options(original, {}, None)["strength"] == 1.0
+    # with its pixels the daemon knows none of the job's options: all go, but seed and strength
+    assert loop.resend_options(original, {"prompt": "pear", "seed": 3}) == {"prompt": "pear", "steps": 6}
+    assert loop.preset_strength({"vary_strengths": {"subtle": 0.35, "strong": 0.7}}, "strong") == 0.7
+    assert loop.preset_strength({}, "subtle") is None and loop.preset_strength(None, "subtle") is None
+
+
+def _entry(job: str = "0123456789abcdef", **more: object) -> dict:
+    thumb = {"frame": 1, "width": 4, "height": 2, "channels": 4, "stride": 16, "pixels": bytes(range(32))}
+    entry = {"job": job, "created": 1_700_000_000.0, "kind": "vary", "parent": "f" * 16, "parent_variant": 1,
+             "model": "tiny", "engine": "diffusers", "prompt": "a red apple", "options": {"steps": 6, "style": "Anime"},
+             "seeds": [5, 6], "region": {"x": 3, "y": 4, "width": 40, "height": 30},
+             "canvas": {"width": 64, "height": 48}, "starred": True, "pixels_kept": True, "bytes": 100,
+             "variants": [{"index": 0, "seed": 5, "width": 40, "height": 30, "thumbnail": thumb},
+                          {"index": 1, "seed": 6, "width": 40, "height": 30, "thumbnail": dict(thumb)}]}
+    entry.update(more)
+    return entry
+
+
+def test_history_cards_from_a_reply() -> None:
+    cards = loop.history_cards({"entries": [_entry(), {"prompt": "no job id"}, _entry("1" * 16, starred=False,
+                                                                                      variants=[])], "total": 9})
+    assert [c.job for c in cards] == ["0123456789abcdef", "1" * 16]
+    card = cards[0]
+    assert card.starred and card.kind == "vary" and card.parent == "f" * 16 and card.seeds == (5, 6)
+    assert card.region == Rect(3, 4, 40, 30) and card.canvas == (64, 48) and card.variants == 2
+    assert card.has_thumbnail and card.thumb_size == (4, 2) and card.thumbnail == bytes(range(32))
+    tip = card.tooltip()
+    assert "a red apple" in tip and "seeds 5, 6" in tip and "style Anime" in tip and "starred" in tip
+    assert not cards[1].has_thumbnail and not cards[1].starred
+    assert loop.history_cards({}) == []
+
+
+def test_history_place_is_the_jobs_own_where_the_document_made_it() -> None:
+    card = loop.history_card(_entry())
+    assert card is not None
+    known = loop.ResultMap()
+    assert loop.history_place(known, card) == Rect(0, 0, 64, 48)  # unknown: the entry's own x, y on the canvas
+    known.add(loop.JobRecord("f" * 16, Rect(100, 50, 64, 48)), [])
+    assert loop.history_place(known, card) == Rect(100, 50, 64, 48)  # a vary: its parent's place
+    known.add(loop.JobRecord(card.job, Rect(7, 8, 64, 48)), [])
+    assert loop.history_place(known, card) == Rect(7, 8, 64, 48)
+
+
+def test_copy_settings_values() -> None:
+    options = {"prompt": "  a red apple ", "steps": 500, "seed": -1, "strength": "high", "color_match": 1,
+               "style": "Anime", "model": "tiny", "unknown": 3, "fill": "nonsense"}
+    values = loop.option_values(options, (4242, 4243))
+    assert values["prompt"] == "a red apple" and values["steps"] == editor.bounds(editor.BY_NAME["steps"])[1]
+    assert values["seed"] == 4242 and values["style"] == "Anime" and values["model"] == "tiny"
+    assert values["fill"] == "auto"
+    assert "strength" not in values and "color_match" not in values and "unknown" not in values
+    assert loop.option_values({"seed": 9}) == {"seed": 9}
+    # a seed the Seed box cannot hold is not copied (clamped, it would make other pixels)
+    assert loop.option_values({"seed": -1}, (editor.EDITOR_INT_MAX + 5,)) == {"seed": -1}
+    assert loop.option_values({}, (editor.EDITOR_INT_MAX,)) == {"seed": editor.EDITOR_INT_MAX}
+
+
+def test_style_choices_and_values() -> None:
+    styles = [{"name": "Quick draft", "description": "Few steps", "prompt": "", "settings": {"steps": 8}, "problem": ""},
+              {"name": "Broken", "problem": "Broken.json: not JSON"},
+              {"name": "Watercolor", "prompt": "watercolor of {prompt}", "settings": {"negative_prompt": "photo",
+                                                                                    "model": "x", "loras": 1}},
+              {"description": "no name"}]
+    choices = loop.style_choices(styles)
+    assert [c[0] for c in choices] == ["", "Quick draft", "Broken", "Watercolor"]
+    assert choices[0][1] == "No style" and "cannot be used" in choices[2][1] and "not JSON" in choices[2][2]
+    assert "watercolor of {prompt}" in choices[3][2]
+    assert loop.find_style(styles, "quick DRAFT") is styles[0] and loop.find_style(styles, "none") is None
+    assert loop.style_values(styles[0]) == {"steps": 8}
+    assert loop.style_values(styles[2]) == {"negative_prompt": "photo"}  # the model is picked separately
+    assert loop.style_values(None) == {} and loop.style_values({"settings": "x"}) == {}
+
+
+def test_picking_styles_puts_their_values_in_and_takes_them_out_again() -> None:
+    controls = {"steps": 20, "negative_prompt": "", "guidance_scale": 7.5}
+    changes, state = loop.pick_style(controls, loop.StyleState(), "Quick draft", {"steps": 8})
+    assert changes == {"steps": 8} and state.before == {"steps": 20}
+    controls.update(changes)
+    # another style: the first one's steps go back, the new one's values go in
+    changes, state = loop.pick_style(controls, state, "Photo", {"guidance_scale": 6.0})
+    assert changes == {"steps": 20, "guidance_scale": 6.0}
+    controls.update(changes)
+    # a value the artist changed after picking stays when the style goes
+    controls["guidance_scale"] = 9.0
+    changes, state = loop.pick_style(controls, state, "", {})
+    assert changes == {} and state == loop.StyleState()
+
+
+def test_style_to_save_and_names() -> None:
+    values = Settings(prompt="{prompt}, watercolor", negative_prompt="photo", steps=0, guidance_scale=6.0,
+                      scheduler="euler_a", strength=1.0, color_match=True).job_options()
+    style = loop.style_to_save(values, "sd15")
+    assert style == {"description": "Saved from Krita", "prompt": "{prompt}, watercolor", "negative_prompt": "photo",
+                     "scheduler": "euler_a", "guidance_scale": 6.0, "color_match": True, "families": ["sd15"]}
+    plain = loop.style_to_save(Settings(prompt="a cat", steps=12, strength=0.6).job_options())
+    assert plain == {"description": "Saved from Krita", "steps": 12, "strength": 0.6}
+    assert loop.style_name_problem("My style 2.0_x-y") is None
+    for bad in ("", " lead", "-x", "a/b", "x" * 65):
+        assert loop.style_name_problem(bad), bad
+
+
+def test_style_to_save_is_what_the_daemon_accepts(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+    from inpaintd.styles import NAME, Styles
+
+    style = loop.style_to_save(Settings(prompt="{prompt} at dusk", negative_prompt="blur", steps=8, guidance_scale=5.0,
+                                        scheduler="ddim", strength=0.8, color_match=True).job_options(), "sd15")
+    saved = Styles(tmp_path).save("From Krita", style)
+    assert saved.problem == "" and saved.settings["steps"] == 8 and saved.prompt == "{prompt} at dusk"
+    assert loop.STYLE_NAME.pattern == NAME.pattern  # the rule PROTOCOL.md 5.12 gives, as the daemon checks it
+
+
+def test_reference_controls_follow_the_model() -> None:
+    kontext = {"id": "kontext", "label": "FLUX.1 Kontext", "takes": {"reference_image": True}}
+    sd = {"id": "sd", "label": "Stable Diffusion 1.x", "takes": {"reference_image": False}}
+    assert loop.takes_reference(kontext) and loop.reference_off(kontext) == ""
+    assert not loop.takes_reference(sd) and loop.reference_off(sd).startswith("Stable Diffusion 1.x takes no reference")
+    assert not loop.takes_reference(None) and loop.reference_off(None).startswith("This model")
+    assert not loop.takes_reference({"takes": {"reference_image": 1}})
+
+
+def test_reference_size() -> None:
+    assert loop.reference_size(800, 600) == (800, 600)
+    assert loop.reference_size(4000, 1000) == (1024, 256)
+    assert loop.reference_size(1000, 3001) == (341, 1024)
+    assert loop.reference_size(5000, 1) == (1024, 1)
+    assert loop.reference_size(0, 10) == (0, 0)

@@ -9,7 +9,12 @@ Three runs, each against a real daemon:
 3. The real `krita` binary starts with the plugin installed by `inpaintd install-krita`
    into a private Krita profile; a helper plugin opens the inpaintd docker, triggers the
    `inpaintd_inpaint_selection` action and takes a screenshot of the docker (classical).
-4. The zip from `inpaintd package-krita` (packaging.build_krita), imported by Krita's own
+4. `-k loop`, against a daemon on the tiny diffusion pipeline with a tiny IP-Adapter (it
+   takes reference images): the artist's loop in the docker (history strip, Vary Subtle and
+   Strong, Remix, a style from the box, Save style, Apply as layer, Star, Copy settings, a
+   reference layer, the layer -> job map across a .kra save, and a vary that sends its
+   pixels to a daemon that keeps no history).
+5. The zip from `inpaintd package-krita` (packaging.build_krita), imported by Krita's own
    Import Python Plugin from File code (helper plugin tests/krita/inpaintd_zipimport),
    then, in a Krita whose Python cannot see Debian's zmq and msgpack
    (tests/krita/hide_system), the self-test of 3 runs a job through it on the plugin's own
@@ -143,6 +148,38 @@ def test_new_family_model_inside_krita(family_daemon, tmp_path: Path) -> None:
     print(f"[timing] in-Krita new-family run: {elapsed:.1f} s")
     summary = [line for line in out.splitlines() if " passed" in line or " failed" in line or " skipped" in line]
     assert summary and re.search(r"\b1 passed\b", summary[-1]) and "failed" not in summary[-1], summary[-1:]
+
+
+@pytest.fixture(scope="module")
+def loop_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """The tiny SD pipeline as the default model, served with a tiny IP-Adapter (so it takes
+    reference images), keeping a history and styles in its own data folder."""
+    from daemons import start_daemon
+
+    from inpaintd.testmodel import make_test_ip_adapter
+
+    adapter = make_test_ip_adapter(tmp_path_factory.mktemp("ip-adapter") / "IP-Adapter", tiny_model_dir)
+    d = start_daemon(tmp_path_factory.mktemp("loop-daemon"), "--model", str(tiny_model_dir), "--device", "cpu",
+                     "--ip-adapter", str(adapter))
+    yield d
+    d.stop()
+
+
+LOOP_TESTS = 10  # the test_loop_* functions in tests/krita/test_in_krita.py
+
+
+def test_artists_loop_inside_krita(loop_daemon, tmp_path: Path) -> None:
+    """Vary, Remix, the history strip, styles and a reference layer through the docker
+    (tests/krita/test_in_krita.py, `-k loop`), checked against the daemon's history."""
+    shot = tmp_path / "krita-loop.png"
+    out, elapsed = run_pytest_in_krita(loop_daemon.env, tmp_path, "-k loop", INPAINTD_TEST_LOOP="1",
+                                       INPAINTD_TEST_LOOP_SHOT=str(shot))
+    print(f"[timing] in-Krita artist's loop run: {elapsed:.1f} s")
+    summary = [line for line in out.splitlines() if " passed" in line or " failed" in line or " skipped" in line]
+    assert summary and re.search(rf"\b{LOOP_TESTS} passed\b", summary[-1]) and "skipped" not in summary[-1], summary[-1:]
+    assert shot.is_file() and shot.stat().st_size > 5000, "no screenshot of the docker after the loop"
+    if os.environ.get("INPAINTD_UPDATE_SCREENSHOT"):
+        shutil.copy2(shot, ROOT / "docs" / "krita-loop.png")
 
 
 def krita_profile(tmp: Path, *helpers: str) -> tuple[Path, Path]:

@@ -3,9 +3,12 @@
 Why a timer and not a worker thread: Krita's document API must be called on the GUI
 thread, and a ZeroMQ socket belongs to one thread.  The client is non-blocking
 (`submit(block=False)` + `pump()`), so a 40 ms timer reads whatever the daemon sent and
-returns at once; the GUI never waits on the network.  The one blocking exchange,
-asking the daemon who it is (hello + model list), runs in a short-lived thread with its
-own socket and hands its answer back through a queue the timer drains.
+returns at once; the GUI never waits on the network.  Jobs (Generate, Vary, Remix) go
+through that client.  The blocking exchanges, asking the daemon who it is (hello + model
+list) and the artist's loop's requests that are not jobs (`history`, `history_star`,
+`fetch` for Apply as layer, `styles`, `style_save`), run in short-lived threads, each with
+its own socket and a short timeout, and hand their answers back through queues the timer
+drains: the GUI thread never waits on them.
 
 The controller does not import `krita`: reading the document and writing the result
 layers goes through `doc_access` (kritadoc.py in Krita, a fake in tests).
@@ -20,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PyQt5.QtCore import QObject, QTimer, pyqtSignal
@@ -27,7 +31,7 @@ from PyQt5.QtCore import QObject, QTimer, pyqtSignal
 from inpaintd_protocol import editor
 from inpaintd_protocol.options import KRITA
 
-from . import logic
+from . import logic, loop
 from .logic import Settings, UserError
 
 #: How often the timer runs while a job is in flight, and while idle.
@@ -38,6 +42,22 @@ PROBE_EVERY_CONNECTED = 5.0
 PROBE_EVERY_DISCONNECTED = 2.0
 #: How long to keep listening to a cancelled job for its final word.
 ORPHAN_TIMEOUT = 30.0
+#: Timeouts of the loop's requests in their threads: short for the small ones, longer
+#: for `fetch`, whose reply carries every layer of a job.
+REQUEST_TIMEOUT = 2.0
+FETCH_TIMEOUT = 20.0
+
+
+def _fetch_layers(client: Any, job_id: str) -> list[Any]:
+    """A finished job's layers (`fetch`, from the history where the daemon no longer keeps
+    it in memory), their pixels copied out of the reply before its socket closes."""
+    job = client.fetch(job_id, timeout=FETCH_TIMEOUT)
+    if job.state != "done":
+        reason = job.error.message if job.error is not None else f"the job ended {job.state}"
+        raise UserError(f"no layers to bring back: {reason}")
+    for layer in job.layers:
+        layer.data, layer.stride = memoryview(layer.tight_bytes()), layer.width * 4
+    return list(job.layers)
 
 
 def _bundled_problem() -> str | None:
@@ -61,6 +81,10 @@ class Controller(QObject):
     models_changed = pyqtSignal(list)
     #: names of the layers a finished job added.
     results_added = pyqtSignal(list)
+    #: [loop.HistoryCard], newest first; and a line about the history (how many, or why none).
+    history_changed = pyqtSignal(list, str)
+    #: the daemon's styles (`styles` reply entries).
+    styles_changed = pyqtSignal(list)
 
     def __init__(self, settings: Settings, doc_access: Any, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -86,12 +110,23 @@ class Controller(QObject):
         self.hello: dict[str, Any] | None = None
         self.models: list[dict[str, Any]] = []
         self._instance: str | None = None
+        self._seen_instance: str | None = None  # the daemon whose history and styles were asked for
         self._probe_results: queue.Queue[tuple[str, dict | None, list, str]] = queue.Queue()
         self._probe_running = False
         self._next_probe = 0.0
         self._daemon_proc: subprocess.Popen | None = None
         self._daemon_log = ""
         self._last_progress: tuple[int, str] | None = None
+        # the artist's loop
+        #: The running vary's preset, options to send again with its pixels, and its name.
+        self._vary_request: tuple[str, dict[str, Any], str] | None = None
+        self._answers: queue.Queue[tuple[Callable[[Any, Exception | None], None], Any, Exception | None]] = queue.Queue()
+        self._history_running = False
+        self._history_again = False
+        self.history: list[loop.HistoryCard] = []
+        self.styles: list[dict[str, Any]] = []
+        #: The reference layer's id ("" none), sent with Generate where the model takes references.
+        self.reference_layer = ""
         self._timer = QTimer(self)
         self._timer.timeout.connect(self._tick)
         self._timer.start(IDLE_INTERVAL_MS)
@@ -113,46 +148,293 @@ class Controller(QObject):
 
     def generate(self) -> bool:
         """Read the active document and send a job; False (with a message) when nothing was sent."""
-        if self._proto is None:
-            self.message.emit(self.import_error, "error")
-            return False
-        if self.busy:
-            self.message.emit("A job is already running; wait for it or press Cancel.", "error")
+        if not self._can_start():
             return False
         try:
             job_input = self.doc_access.capture(self.settings)
         except UserError as exc:
             self.message.emit(str(exc), "error")
             return False
+        if not self._check_connected():
+            return False
+        caps = self.model_caps()
+        sent = editor.for_model(self.settings.job_options(), caps)
+        references: list[tuple[bytes, int, int, int]] = []
+        if self.reference_layer and self.takes_reference():
+            reference = self.doc_access.reference_image(job_input.document, self.reference_layer)
+            if reference is None:
+                self.message.emit("The reference layer is gone from this document, or empty: pick another "
+                                  "(or None) under Reference layer.", "error")
+                return False
+            references.append(reference)
+        try:
+            client = self._job_client()
+            options = self._proto.JobOptions(**sent)
+            region = job_input.region
+            job = client.submit(job_input.rgba, region.width, region.height, 4, job_input.mask, options,
+                                references=references, block=False)
+        except Exception as exc:  # a bad endpoint, a closed context: say it, never raise into Krita
+            self.message.emit(f"Could not send the job: {exc}", "error")
+            return False
+        job_input.options = dict(sent)
+        mb = (len(job_input.rgba) + len(job_input.mask) + sum(len(r[0]) for r in references)) / 1e6
+        with_reference = f" with a {references[0][1]}x{references[0][2]} reference" if references else ""
+        self._start(job, job_input, editor.settings_text(sent, caps),
+                    f"Sent {region.width}x{region.height} px{with_reference} ({mb:.1f} MB) to {self.endpoint}.")
+        return True
+
+    def _can_start(self) -> bool:
+        if self._proto is None:
+            self.message.emit(self.import_error, "error")
+            return False
+        if self.busy:
+            self.message.emit("A job is already running; wait for it or press Cancel.", "error")
+            return False
+        return True
+
+    def _check_connected(self) -> bool:
         if self.connected is False:
             hint = self._not_running_hint()
             self.message.emit(f"No inpaintd daemon answers at {self.endpoint}. {hint}", "error")
             self._probe_now()
             return False
-        caps = self.model_caps()
-        sent = editor.for_model(self.settings.job_options(), caps)
-        try:
-            client = self._job_client()
-            options = self._proto.JobOptions(**sent)
-            region = job_input.region
-            job = client.submit(job_input.rgba, region.width, region.height, 4, job_input.mask, options, block=False)
-        except Exception as exc:  # a bad endpoint, a closed context: say it, never raise into Krita
-            self.message.emit(f"Could not send the job: {exc}", "error")
-            return False
+        return True
+
+    def _start(self, job: Any, job_input: Any, settings_text: str, text: str) -> None:
+        """A job went out: track it until its layers are in."""
         self._job, self._job_input = job, job_input
-        self._job_settings = editor.settings_text(sent, caps)
+        self._job_settings = settings_text
         self._last_progress = None
         self._set_busy(True)
         self._emit_progress("submitting", 0, 0, None)
-        mb = (len(job_input.rgba) + len(job_input.mask)) / 1e6
-        self.message.emit(f"Sent {region.width}x{region.height} px ({mb:.1f} MB) to {self.endpoint}.", "busy")
+        self.message.emit(text, "busy")
+
+    # -- the artist's loop: Vary, Remix, the history, styles -----------------------------
+
+    def vary(self, preset: str = "subtle") -> bool:
+        """New variants of the selected result layer, inside the same mask (PROTOCOL.md 5.10):
+        `preset` "subtle" or "strong"; new seeds; the layers go in a new group above its group."""
+        return self._vary_selected(preset, remix=False)
+
+    def remix(self) -> bool:
+        """A vary of the selected result layer with the docker's prompt, and whatever other
+        option the artist changed since that job."""
+        return self._vary_selected(loop.REMIX_PRESET, remix=True)
+
+    def _vary_selected(self, preset: str, remix: bool) -> bool:
+        if not self._can_start():
+            return False
+        try:
+            job_input = self.doc_access.selected_result()
+        except UserError as exc:
+            self.message.emit(str(exc), "error")
+            return False
+        if not self._check_connected():
+            return False
+        changes: dict[str, Any] = {}
+        if remix:
+            changes = loop.remix_options(editor.for_model(self.settings.job_options(), self.model_caps()),
+                                         job_input.options)
+            job_input.prompt = changes["prompt"]
+        return self._send_vary(job_input, preset, changes, "Remix" if remix else loop.PRESETS.get(preset, preset))
+
+    def vary_history(self, card: loop.HistoryCard, preset: str = "subtle") -> bool:
+        """Vary a history entry's first variant; the layers go where the entry's would (history_input)."""
+        if not self._can_start():
+            return False
+        try:
+            job_input = self.doc_access.history_input(card)
+        except UserError as exc:
+            self.message.emit(str(exc), "error")
+            return False
+        if not self._check_connected():
+            return False
+        job_input.vary_of = loop.ResultRef(card.job, 0)
+        return self._send_vary(job_input, preset, {}, loop.PRESETS.get(preset, preset))
+
+    def _send_vary(self, job_input: Any, preset: str, changes: dict[str, Any], what: str,
+                   pixels: tuple[Any, ...] | None = None) -> bool:
+        ref = job_input.vary_of
+        try:
+            job = self._job_client().vary(ref.job, ref.variant, preset=preset, options=changes or None,
+                                          pixels=pixels, block=False)
+        except Exception as exc:
+            self.message.emit(f"Could not send the vary: {exc}", "error")
+            return False
+        original = job_input.options
+        job_input.options = loop.varied_options(original, changes, loop.preset_strength(self.hello, preset))
+        self._vary_request = (preset, loop.resend_options(original, changes), what) if pixels is None else None
+        how = "with the layer's pixels, " if pixels is not None else ""
+        self._start(job, job_input, "", f"{what} of job {ref.job} variant {ref.variant + 1} sent ({how}new seeds).")
         return True
+
+    def _resend_vary_with_pixels(self, job_input: Any) -> bool:
+        """A vary of a job the daemon no longer keeps (`expired`): send the layer's pixels
+        and the selection over them instead.  False when that cannot be done (message said)."""
+        request, self._vary_request = self._vary_request, None
+        if request is None:
+            return False
+        preset, options, what = request
+        try:
+            rgba, mask, plan = self.doc_access.vary_pixels(job_input)
+        except UserError as exc:
+            self.message.emit(str(exc), "error")
+            return False
+        job_input.plan = plan
+        r = plan.crop
+        # the daemon knows none of the job's options now: they all go with the pixels
+        job_input.options = options
+        return self._send_vary(job_input, preset, options, what, pixels=(rgba, r.width, r.height, 4, mask, 0, 0))
+
+    def apply_history(self, card: loop.HistoryCard) -> bool:
+        """Bring a history entry back as layers (`fetch`), where its job put them."""
+        if self._proto is None:
+            self.message.emit(self.import_error, "error")
+            return False
+        try:
+            target = self.doc_access.history_input(card)
+        except UserError as exc:
+            self.message.emit(str(exc), "error")
+            return False
+        target.job_id = card.job
+        self.message.emit(f"Bringing back job {card.job} from the history…", "busy")
+        self._request(lambda c: _fetch_layers(c, card.job), lambda layers, error: self._applied(target, layers, error))
+        return True
+
+    def _applied(self, target: Any, layers: Any, error: Exception | None) -> None:
+        if error is not None:
+            code = getattr(error, "code", "")
+            why = ("the daemon no longer keeps its pixels (expired)" if code == "expired" else str(error))
+            self.message.emit(f"Could not bring job {target.job_id} back: {why}", "error")
+            return
+        self._adding = True
+        try:
+            names = self.doc_access.insert_results(target, layers)
+        except Exception as exc:
+            self.message.emit(f"The job's layers could not be added: {exc}", "error")
+            return
+        finally:
+            self._adding = False
+        self.message.emit(f"Brought back {len(names)} layer(s) of job {target.job_id} from the history.", "ok")
+        self.results_added.emit(names)
+
+    def star(self, card: loop.HistoryCard, starred: bool = True) -> None:
+        """Star (kept whatever the history's size) or unstar a history entry."""
+        self._request(lambda c: c.star(card.job, starred, timeout=REQUEST_TIMEOUT),
+                      lambda _entry, error: self._starred(card, starred, error))
+
+    def _starred(self, card: loop.HistoryCard, starred: bool, error: Exception | None) -> None:
+        if error is not None:
+            self.message.emit(f"Could not {'star' if starred else 'unstar'} job {card.job}: {error}", "error")
+            return
+        self.message.emit(f"{'Starred' if starred else 'Unstarred'} “{editor.short_prompt(card.prompt)}”.", "ok")
+        self.refresh_history()
+
+    def refresh_history(self) -> None:
+        """Ask for the newest history entries (at most one request at a time; a refresh
+        asked for meanwhile follows it)."""
+        if self._proto is None:
+            return
+        if self._history_running:
+            self._history_again = True
+            return
+        self._history_running = True
+        self._request(lambda c: c.history(limit=loop.STRIP_SIZE, timeout=REQUEST_TIMEOUT), self._got_history)
+
+    def _got_history(self, reply: Any, error: Exception | None) -> None:
+        self._history_running = False
+        if error is None:
+            self.history = loop.history_cards(reply)
+            total = reply.get("total", len(self.history))
+            status = f"History: the {len(self.history)} newest of {total}" if total > len(self.history) else "History"
+            self.history_changed.emit(self.history, status)
+        elif getattr(error, "code", "") == "expired":  # a daemon that keeps no history
+            self.history = []
+            self.history_changed.emit([], "This daemon keeps no history (serve --history-mb 0).")
+        else:
+            self.history_changed.emit(self.history, f"The history could not be read: {error}")
+        if self._history_again:
+            self._history_again = False
+            self.refresh_history()
+
+    def refresh_styles(self) -> None:
+        if self._proto is not None:
+            self._request(lambda c: c.styles(timeout=REQUEST_TIMEOUT), self._got_styles)
+
+    def _got_styles(self, styles: Any, error: Exception | None) -> None:
+        if error is None:
+            self.styles = list(styles)
+            self.styles_changed.emit(self.styles)
+
+    def save_style(self, name: str) -> bool:
+        """Save the docker's settings as the user style `name` on the daemon (style_save)."""
+        problem = loop.style_name_problem(name)
+        if problem:
+            self.message.emit(problem, "error")
+            return False
+        if self._proto is None:
+            self.message.emit(self.import_error, "error")
+            return False
+        entry = self.model_entry()
+        style = loop.style_to_save(self.settings.job_options(), str((entry or {}).get("family") or ""))
+        self._request(lambda c: c.save_style(name, style, timeout=REQUEST_TIMEOUT),
+                      lambda saved, error: self._style_saved(name, saved, error))
+        return True
+
+    def _style_saved(self, name: str, saved: Any, error: Exception | None) -> None:
+        if error is not None:
+            self.message.emit(f"Could not save the style '{name}': {error}", "error")
+            return
+        kept = ", ".join(k for k in ("prompt", *loop.STYLE_SETTINGS) if k in (saved or {}).get("settings", {})
+                         or (k == "prompt" and (saved or {}).get("prompt")))
+        self.message.emit(f"Saved the style '{name}' ({kept or 'no settings but the defaults'}); pick it under Style.",
+                          "ok")
+        self.refresh_styles()
+
+    def model_entry(self) -> dict[str, Any] | None:
+        """The `models` entry of the model picked in the settings ("" = the daemon's default)."""
+        default = str((self.hello or {}).get("default_model") or "")
+        entry = editor.find_model(self.models, self.settings.model, default)
+        return dict(entry) if entry is not None else None
+
+    def takes_reference(self) -> bool:
+        return loop.takes_reference(self.model_entry())
+
+    def _request(self, call: Callable[[Any], Any], then: Callable[[Any, Exception | None], None]) -> None:
+        """`call(client)` in a thread with its own client; `then(result, error)` on the GUI
+        thread (the timer drains the answers)."""
+        endpoint = self.endpoint
+
+        def run() -> None:
+            result: Any = None
+            error: Exception | None = None
+            try:
+                with self._proto.Client(endpoint, name="inpaintd-krita-loop") as client:
+                    result = call(client)
+            except Exception as exc:
+                error = exc
+            self._answers.put((then, result, error))
+
+        threading.Thread(target=run, name="inpaintd-request", daemon=True).start()
+        self._timer.setInterval(BUSY_INTERVAL_MS)  # pick the answer up soon
+
+    def _drain_answers(self) -> None:
+        while True:
+            try:
+                then, result, error = self._answers.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                then(result, error)
+            except Exception as exc:  # never into Krita's event loop, and never the running job's end
+                self.message.emit(f"Internal error in the inpaintd plugin: {exc!r}", "error")
+            if self._job is None and not self._orphans:
+                self._timer.setInterval(IDLE_INTERVAL_MS)
 
     def model_caps(self) -> editor.ModelCaps:
         """What the model picked in the settings ("" = the daemon's default) takes and
         starts from, by the daemon's last `models` reply; empty where it does not say."""
-        default = str((self.hello or {}).get("default_model") or "")
-        return editor.model_caps(editor.find_model(self.models, self.settings.model, default), KRITA)
+        return editor.model_caps(self.model_entry(), KRITA)
 
     def cancel(self) -> None:
         """Stop the running job now: the GUI is free at once, the daemon is told to stop,
@@ -160,7 +442,7 @@ class Controller(QObject):
         job = self._job
         if job is None:
             return
-        self._job, self._job_input = None, None
+        self._job, self._job_input, self._vary_request = None, None, None
         self._orphans.append((job, time.monotonic() + ORPHAN_TIMEOUT, False))
         self._send_orphan_cancels()
         self._set_busy(False)
@@ -168,8 +450,11 @@ class Controller(QObject):
         self.message.emit("Cancelled. The source layer is unchanged.", "info")
 
     def refresh(self) -> None:
-        """Ask the daemon again who it is and which models it has."""
+        """Ask the daemon again who it is, which models and styles it has, and its history."""
         self._probe_now()
+        if self.connected:
+            self.refresh_history()
+            self.refresh_styles()
 
     def start_daemon(self) -> bool:
         """Start a local daemon with the configured command (`{endpoint}` filled in)."""
@@ -223,6 +508,7 @@ class Controller(QObject):
             return
         try:
             self._drain_probes()
+            self._drain_answers()
             events = []
             if self._client is not None and (self._job is not None or self._orphans):
                 events = self._client.pump(0)
@@ -249,6 +535,13 @@ class Controller(QObject):
     def _finish(self, job: Any) -> None:
         job_input = self._job_input
         self._job, self._job_input = None, None
+        if (job.state == "failed" and job.error is not None and job.error.code == "expired"
+                and self._vary_request is not None and job_input is not None and job_input.source is not None):
+            if not self._resend_vary_with_pixels(job_input):  # sent again with the layer's pixels, or said why not
+                self._set_busy(False)
+                self.progress.emit(0, "Failed")
+            return
+        self._vary_request = None
         # Busy until the layers are in: adding them runs Krita's event loop (waitForDone),
         # and whatever checks `busy` from a timer meanwhile must not see an idle plugin
         # with no layers yet (a CI run caught the self-test reading the document then).
@@ -261,6 +554,7 @@ class Controller(QObject):
 
     def _report_end(self, job: Any, job_input: Any) -> None:
         if job.state == "done":
+            job_input.job_id = job.id or ""
             try:
                 names = self.doc_access.insert_results(job_input, job.layers)
             except Exception as exc:
@@ -275,6 +569,7 @@ class Controller(QObject):
             self.message.emit(f"Added {len(names)} variant layer(s) (seeds {seeds}).{more}{used}{notes}",
                               "info" if notes else "ok")
             self.results_added.emit(names)
+            self.refresh_history()
         elif job.state == "cancelled":
             self.progress.emit(0, "Cancelled")
             self.message.emit("The daemon cancelled the job.", "info")
@@ -384,6 +679,10 @@ class Controller(QObject):
                 if models != self.models or was is not True:
                     self.models = models
                     self.models_changed.emit(logic.model_choices(models))
+                if was is not True or instance != self._seen_instance:
+                    self._seen_instance = instance
+                    self.refresh_history()  # on connect (and a restarted daemon): its history and styles
+                    self.refresh_styles()
                 if was is False:
                     self.message.emit("Connected to the daemon.", "ok")
             else:

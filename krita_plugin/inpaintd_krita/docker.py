@@ -3,6 +3,11 @@
 The job options' controls are made from the option table, so a new option shows up here
 with its range, default and tooltip without a line of Qt code.
 
+Below Generate: the artist's loop.  Vary Subtle, Vary Strong and Remix act on the
+selected result layer; the history strip (history_strip.py) shows the daemon's newest
+jobs; the Style box is filled from the daemon's styles, and a reference layer can go with
+Generate where the model takes one.  What they decide is in loop.py.
+
 `InpaintPanel` is a plain QWidget so tests can build it without a Krita window;
 `InpaintDocker` only wraps it in Krita's DockWidget.
 """
@@ -19,6 +24,7 @@ from PyQt5.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLayout,
     QLineEdit,
@@ -33,8 +39,9 @@ from PyQt5.QtWidgets import (
 from inpaintd_protocol import editor
 from inpaintd_protocol.options import KRITA, Option
 
-from . import logic
+from . import logic, loop
 from .controller import Controller
+from .history_strip import HistoryStrip
 
 _LEVEL_STYLE = {"error": "color: #e05050;", "ok": "color: #50b050;", "busy": "", "info": ""}
 
@@ -85,17 +92,33 @@ class InpaintPanel(QWidget):
         # above the form, numbers and lists in it, switches below it.
         texts, form, switches = QVBoxLayout(), QFormLayout(), QVBoxLayout()
         self.option_widgets: dict[str, QWidget] = {}
+        self._style_state = loop.StyleState()
+        #: Asks the artist for a text (the new style's name): (text, ok).  Tests replace it.
+        self.ask_text: Callable[[str, str], tuple[str, bool]] = (
+            lambda title, label: QInputDialog.getText(self, title, label))
+        self.save_style_button = QPushButton("Save style…")
+        self.save_style_button.setToolTip("Save the current negative prompt, sampler, steps, guidance, strength and "
+                                          "color match (and the prompt as a template if it holds {prompt}) as a style")
+        self.reference_layer = _LayerCombo(controller.doc_access)
+        self.reference_layer.setToolTip("A layer whose look steers the result (a style reference), sent with Generate")
         for opt in editor.shown_in(KRITA):
             widget = self.option_widgets[opt.name] = self._option_widget(opt, getattr(s, opt.name))
             if not hasattr(QWidget, opt.name):  # panel.seed, panel.steps, ... (declared above)
                 setattr(self, opt.name, widget)
             if opt.kind is bool:
                 switches.addWidget(widget)
-            elif opt.kind is str and not opt.choices and opt.name != "model":
+            elif opt.kind is str and not opt.choices and opt.name not in ("model", "style"):
                 texts.addWidget(widget)
+            elif opt.name == "style":
+                form.addRow(opt.plain_label, _row(widget, self.save_style_button))
+            elif opt.name == "reference_weight":  # the layer and its weight in one row
+                form.addRow("Reference", _row(self.reference_layer, widget))
             else:
                 form.addRow(opt.plain_label, widget)
         self._check_declared_controls()
+        style_box = self.option_widgets["style"]
+        assert isinstance(style_box, QComboBox)  # made by _option_widget
+        self.style_box = style_box
         self.use_composite = QCheckBox("Use visible image (all layers)")
         self.use_composite.setChecked(s.use_composite)
         switches.insertWidget(0, self.use_composite)
@@ -122,6 +145,19 @@ class InpaintPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button, 2)
         buttons.addWidget(self.cancel_button, 1)
+        self.vary_subtle_button = QPushButton(loop.PRESETS["subtle"])
+        self.vary_subtle_button.setToolTip("New variants of the selected result layer that keep its composition "
+                                           "and change details (same mask, new seeds)")
+        self.vary_strong_button = QPushButton(loop.PRESETS["strong"])
+        self.vary_strong_button.setToolTip("New variants of the selected result layer that keep its colours and "
+                                           "layout loosely (same mask, new seeds)")
+        self.remix_button = QPushButton("Remix")
+        self.remix_button.setToolTip("Vary the selected result layer with the prompt above (and any setting you "
+                                     "changed since it was made)")
+        vary_row = QHBoxLayout()
+        for button in (self.vary_subtle_button, self.vary_strong_button, self.remix_button):
+            vary_row.addWidget(button)
+        self.history_strip = HistoryStrip(self._history_action)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
         self.progress_bar.setValue(0)
@@ -140,8 +176,10 @@ class InpaintPanel(QWidget):
         layout.addWidget(self.show_connection)
         layout.addWidget(conn_box)
         layout.addLayout(buttons)
+        layout.addLayout(vary_row)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.message_label)
+        layout.addWidget(self.history_strip)
         layout.addStretch(1)
         # Never squash the controls below the height their text needs (a long message made
         # Qt shrink every row): the dock area gives the panel room, other dockers yield.
@@ -157,19 +195,31 @@ class InpaintPanel(QWidget):
         self.cancel_button.clicked.connect(controller.cancel)
         self.start_button.clicked.connect(controller.start_daemon)
         self.refresh_button.clicked.connect(controller.refresh)
+        self.vary_subtle_button.clicked.connect(lambda: controller.vary("subtle"))
+        self.vary_strong_button.clicked.connect(lambda: controller.vary("strong"))
+        self.remix_button.clicked.connect(controller.remix)
+        self.save_style_button.clicked.connect(self._save_style)
+        self.reference_layer.currentIndexChanged.connect(
+            lambda _i: setattr(controller, "reference_layer", self.reference_layer.currentData() or ""))
         # controller -> widgets
         controller.message.connect(self._show_message)
         controller.progress.connect(self._show_progress)
         controller.busy_changed.connect(self._show_busy)
         controller.connection_changed.connect(self._show_connection)
         controller.models_changed.connect(self._show_models)
+        controller.history_changed.connect(self.history_strip.show_cards)
+        controller.styles_changed.connect(self._show_styles)
+        self._show_reference_controls()
 
     def _check_declared_controls(self) -> None:
         """The controls written out in the class body are the ones the option table made:
-        the same names, each of the declared class."""
+        the same names, each of the declared class.  A name QWidget already has (`style`)
+        is declared all the same (for readers and tests/test_option_table.py) but is not
+        made an attribute, so `panel.style()` stays Qt's: its control is
+        `option_widgets["style"]`, also `panel.style_box`."""
         made = {name: type(w).__name__ for name, w in self.option_widgets.items() if not hasattr(QWidget, name)}
         declared = {name: kind if isinstance(kind, str) else kind.__name__
-                    for name, kind in InpaintPanel.__annotations__.items()}
+                    for name, kind in InpaintPanel.__annotations__.items() if not hasattr(QWidget, name)}
         if made != declared:
             raise AssertionError(f"InpaintPanel's declared controls and the option table disagree: {declared} != {made}")
 
@@ -191,6 +241,13 @@ class InpaintPanel(QWidget):
             widget = QComboBox()
             widget.addItem("Daemon default", "")
             widget.currentIndexChanged.connect(lambda _i: self._model_picked(widget.currentData() or ""))
+        elif opt.name == "style":  # the daemon's styles, filled in by _show_styles
+            widget = QComboBox()
+            widget.addItem("No style", "")
+            if value:  # until the daemon's list comes, the saved choice shows as it is
+                widget.addItem(value, value)
+                widget.setCurrentIndex(1)
+            widget.currentIndexChanged.connect(lambda _i: self._style_picked(widget.currentData() or ""))
         elif opt.kind is bool:
             widget = QCheckBox(opt.plain_label)
             widget.setChecked(value)
@@ -227,31 +284,129 @@ class InpaintPanel(QWidget):
 
     def _model_picked(self, model_id: str) -> None:
         """The artist picked a model: its defaults go into the controls (steps, strength, ...;
-        whatever the daemon's `models` reply gives for the options shown here).  What the
-        artist changes afterwards stays until another model is picked."""
+        whatever the daemon's `models` reply gives for the options shown here), then the
+        picked style's settings over them.  What the artist changes afterwards stays until
+        another model is picked."""
         self._set("model", model_id)
         caps = self.controller.model_caps()
         for name, value in caps.apply.items():
-            widget: Any = self.option_widgets.get(name)
-            if isinstance(widget, QComboBox):
-                index = widget.findData(value)
-                if index >= 0:
-                    widget.setCurrentIndex(index)
-            elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
-                widget.setValue(value)
-            elif isinstance(widget, QCheckBox):
-                widget.setChecked(value)
-            elif isinstance(widget, QLineEdit):
-                widget.setText(value)
+            self._put(name, value)
+        if self._style_state.applied:  # the style's values win over the model's defaults
+            changes, self._style_state = loop.pick_style(self._control_values(), loop.StyleState(),
+                                                         self._style_state.name, self._style_state.applied)
+            for name, value in changes.items():
+                self._put(name, value)
         self._show_model_caps(caps)
+
+    def _put(self, name: str, value: Any) -> None:
+        """Set one job option's control (which writes the settings through its signal)."""
+        widget: Any = self.option_widgets.get(name)
+        if isinstance(widget, QComboBox):
+            index = widget.findData(value)
+            if index >= 0:
+                widget.setCurrentIndex(index)
+        elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+            widget.setValue(value)
+        elif isinstance(widget, QCheckBox):
+            widget.setChecked(value)
+        elif isinstance(widget, QLineEdit):
+            widget.setText(value)
+        elif isinstance(widget, QPlainTextEdit):
+            widget.setPlainText(value)
+
+    def _control_values(self) -> dict[str, Any]:
+        """The job options' values as the controls hold them (the settings mirror them)."""
+        return {opt.name: getattr(self.controller.settings, opt.name) for opt in editor.shown_in(KRITA)}
+
+    # -- styles ----------------------------------------------------------------------
+
+    def _style_picked(self, name: str) -> None:
+        """A style picked in the box: its settings go into the controls (loop.style_values
+        says why), the previous style's go back where the artist left them alone."""
+        self._set("style", name)
+        style = loop.find_style(self.controller.styles, name) if name else None
+        changes, self._style_state = loop.pick_style(self._control_values(), self._style_state, "", {})
+        for key, value in changes.items():  # the previous style's values out first
+            self._put(key, value)
+        model = str(((style or {}).get("settings") or {}).get("model") or "")
+        if model and self.model.findData(model) >= 0 and model != self.controller.settings.model:
+            self.model.setCurrentIndex(self.model.findData(model))  # its defaults first, the style's over them
+        changes, self._style_state = loop.pick_style(self._control_values(), self._style_state, name,
+                                                     loop.style_values(style))
+        for key, value in changes.items():
+            self._put(key, value)
+
+    def _show_styles(self, styles: list) -> None:
+        wanted = self.controller.settings.style
+        box = self.style_box
+        box.blockSignals(True)
+        box.clear()
+        for name, label, tip in loop.style_choices(styles):
+            box.addItem(label, name)
+            box.setItemData(box.count() - 1, tip, Qt.ToolTipRole)
+        index = box.findData(wanted)
+        if index < 0 and wanted:  # the name as typed, in another case
+            style = loop.find_style(styles, wanted)
+            index = box.findData(style["name"]) if style else -1
+        box.setCurrentIndex(max(index, 0))
+        box.blockSignals(False)
+        if index < 0 and wanted:
+            self._set("style", "")  # the saved style is gone from this daemon
+        elif index >= 0 and box.currentData() != wanted:
+            self._set("style", box.currentData())
+
+    def _save_style(self) -> None:
+        name, ok = self.ask_text("Save style", "Name of the new style (the current negative prompt, sampler, steps, "
+                                               "guidance, strength and color match):")
+        if ok and name.strip():
+            self.controller.save_style(name.strip())
+
+    # -- the history strip ---------------------------------------------------------------
+
+    def _history_action(self, action: str, card: loop.HistoryCard) -> None:
+        if action == "apply":
+            self.controller.apply_history(card)
+        elif action == "vary":
+            self.controller.vary_history(card, "subtle")
+        elif action == "star":
+            self.controller.star(card, not card.starred)
+        elif action == "copy":
+            self.copy_settings(card)
+
+    def copy_settings(self, card: loop.HistoryCard) -> None:
+        """Put a history entry's options into the controls: its model first (whose defaults
+        they then overwrite), its style shown without applying it again (its values are in
+        the entry's options already), and its first seed."""
+        values = loop.option_values(card.options, card.seeds)
+        model = values.pop("model", None)
+        if model is not None and self.model.findData(model) >= 0:
+            self.model.setCurrentIndex(self.model.findData(model))
+        style = values.pop("style", "")
+        for name, value in values.items():
+            self._put(name, value)
+        box = self.style_box
+        box.blockSignals(True)
+        index = box.findData(style)
+        if index < 0 and style:
+            box.addItem(style, style)
+            index = box.count() - 1
+        box.setCurrentIndex(max(index, 0))
+        box.blockSignals(False)
+        self._set("style", style)
+        self._style_state = loop.StyleState(style)
+        seed = card.seeds[0] if card.seeds else None
+        again = ("press Generate to make it again" if seed is not None and values.get("seed") == seed
+                 else f"its seed {seed} does not fit the Seed box, so Generate picks new ones")
+        self.controller.message.emit(f"Copied the settings of “{editor.short_prompt(card.prompt)}”: {again}.", "ok")
 
     def _show_model_caps(self, caps: editor.ModelCaps | None = None) -> None:
         """Switch off the controls the picked model ignores (the tooltip says why) and the
         list choices it does not take; everything back on for a model that takes them."""
         caps = caps if caps is not None else self.controller.model_caps()
+        off = self.disabled_controls(caps)
         for opt in editor.shown_in(KRITA):
             widget = self.option_widgets[opt.name]
-            why = caps.disabled.get(opt.name, "")
+            why = off.get(opt.name, "")
             widget.setEnabled(not why)
             widget.setToolTip(why or opt.tip)
             if opt.choices and isinstance(widget, QComboBox):
@@ -261,6 +416,23 @@ class InpaintPanel(QWidget):
                     item = items.item(i) if hasattr(items, "item") else None
                     if item is not None:
                         item.setEnabled(widget.itemData(i) in allowed)
+        self._show_reference_controls()
+
+    def disabled_controls(self, caps: editor.ModelCaps | None = None) -> dict[str, str]:
+        """Option name -> why its control is off for the picked model: what the model
+        ignores (editor.model_caps), and the reference weight where it takes no reference."""
+        caps = caps if caps is not None else self.controller.model_caps()
+        off = dict(caps.disabled)
+        why = loop.reference_off(self.controller.model_entry())
+        if why:
+            off["reference_weight"] = why
+        return off
+
+    def _show_reference_controls(self) -> None:
+        why = loop.reference_off(self.controller.model_entry())
+        self.reference_layer.setEnabled(not why)
+        self.reference_layer.setToolTip(why or "A layer whose look steers the result (a style reference), sent with "
+                                               f"Generate, at most {loop.REFERENCE_SIDE} px a side")
 
     def _endpoint_edited(self) -> None:
         self.controller.set_endpoint(self.endpoint.text().strip())
@@ -281,6 +453,8 @@ class InpaintPanel(QWidget):
     def _show_busy(self, busy: bool) -> None:
         self.generate_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
+        for button in (self.vary_subtle_button, self.vary_strong_button, self.remix_button):
+            button.setEnabled(not busy)
 
     def _show_connection(self, text: str, connected: bool) -> None:
         self.connection_label.setText(text)
@@ -301,6 +475,47 @@ class InpaintPanel(QWidget):
         self._show_model_caps()  # the values stay: they are the artist's until a model is picked
 
 
+def _row(*widgets: QWidget) -> QWidget:
+    """Widgets side by side in one form row (the first takes the room)."""
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    for i, w in enumerate(widgets):
+        row.addWidget(w, 1 if i == 0 else 0)
+    return box
+
+
+class _LayerCombo(QComboBox):
+    """The reference-layer picker: "None", then the active document's paint layers, read
+    afresh each time it opens (layers come and go; Krita 5.1's Python API has no signal)."""
+
+    def __init__(self, doc_access: Any) -> None:
+        super().__init__()
+        self._doc_access = doc_access
+        self.addItem("None", "")
+
+    def refresh(self) -> None:
+        wanted = self.currentData() or ""
+        try:
+            layers = self._doc_access.paint_layers()
+        except Exception:  # no Krita document API (tests with a fake): keep what is there
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItem("None", "")
+        for uid, name in layers:
+            self.addItem(name, uid)
+        index = self.findData(wanted)
+        self.setCurrentIndex(max(index, 0))
+        self.blockSignals(False)
+        if index < 0 and wanted:
+            self.currentIndexChanged.emit(0)  # the layer is gone: back to None
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self.refresh()
+        super().showPopup()
+
+
 try:  # the DockWidget wrapper exists only inside Krita
     from krita import DockWidget
 
@@ -316,7 +531,7 @@ try:  # the DockWidget wrapper exists only inside Krita
             self.setWidget(self.panel)
 
         def canvasChanged(self, canvas: Any) -> None:  # required by DockWidget; jobs read the active document
-            pass
+            self.panel.reference_layer.refresh()  # the reference is one of this document's layers
 
 except ImportError:  # pragma: no cover - outside Krita
     InpaintDocker = None  # type: ignore[misc, assignment]  # no docker class outside Krita

@@ -9,21 +9,28 @@ node with `Node.addChildNode` is one undo step, while `setPixelData` is not undo
 all.  So the variant layers are filled and put into their group while the group is not
 yet part of the image, and the group goes into the image last, with one
 `addChildNode`: a single Ctrl+Z then removes the group with every variant in it.
+
+Which job and variant each result layer is (for Vary and Remix) is kept in the document
+itself, as an annotation (`Document.setAnnotation`): Krita 5.1 saves annotations in a .kra
+file and keeps node ids (`Node.uniqueId()`) across a save, so a reopened document still
+knows its results (checked in tests/krita/test_in_krita.py).  The map's rules are in loop.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from krita import Krita
-from PyQt5.QtCore import QByteArray, QTimer
+from PyQt5.QtCore import QByteArray, Qt, QTimer
+from PyQt5.QtGui import QImage
 
 from inpaintd_protocol import editor
 from inpaintd_protocol.editor import CropPlan
 
-from . import logic
+from . import logic, loop
 from .logic import Rect, Settings, UserError
+from .loop import HistoryCard, JobRecord, ResultMap, ResultRef
 
 SETTINGS_GROUP = "inpaintd"
 
@@ -40,6 +47,14 @@ class JobInput:
     rgba: bytearray
     mask: bytes
     prompt: str
+    #: The job options it was sent with, remembered with its layers (for Remix).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The daemon's id for the job, once it accepted it; the layers are remembered under it.
+    job_id: str = ""
+    #: For a vary: the variant it varies.
+    vary_of: ResultRef | None = None
+    #: The node made active once the layers are in (None: the anchor).
+    active_after: Any = None
 
     @property
     def region(self) -> Rect:
@@ -104,13 +119,16 @@ def insert_results(job: JobInput, layers: list) -> list[str]:
     parent, above = _results_parent(doc, job.anchor)
     parent.addChildNode(group, above)  # the one undoable step
     doc.waitForDone()
-    if above is not None and job.anchor is not None:
+    if job.job_id:
+        remember(doc, JobRecord(job.job_id, job.plan.crop, job.prompt, dict(job.options)),
+                 [(node_id(node), layer.index) for node, layer in zip(nodes, layers, strict=True)])
+    back = job.active_after if job.active_after is not None and _in_document(doc, job.active_after) else job.anchor
+    if above is not None and back is not None:
         # Krita makes the new group the active node; give the artist the source back so the
         # next Generate (or the action's shortcut) works on the same layer again.
         # The switch happens through queued signals, so it is made again once they ran.
-        anchor = job.anchor
-        doc.setActiveNode(anchor)
-        QTimer.singleShot(0, lambda: doc.setActiveNode(anchor))
+        doc.setActiveNode(back)
+        QTimer.singleShot(0, lambda: doc.setActiveNode(back))
     doc.refreshProjection()
     return names
 
@@ -125,6 +143,156 @@ def _results_parent(doc: Any, anchor: Any) -> tuple[Any, Any]:
     root = doc.rootNode()
     children = root.childNodes()
     return root, (children[-1] if children else None)
+
+
+# -- which layer came from which job (for Vary and Remix) ------------------------------------
+
+
+def node_id(node: Any) -> str:
+    """A node's id as the result map keeps it (Krita keeps it across a .kra save)."""
+    return str(node.uniqueId().toString())
+
+
+def result_map(doc: Any) -> ResultMap:
+    """The document's result map (empty for a document without one)."""
+    try:
+        data = bytes(doc.annotation(loop.ANNOTATION_TYPE))
+    except Exception:  # an older Krita without annotations: nothing remembered
+        return ResultMap()
+    return ResultMap.from_bytes(data)
+
+
+def remember(doc: Any, record: JobRecord, layers: list[tuple[str, int]]) -> None:
+    """Add a job's layers to the document's result map."""
+    known = result_map(doc)
+    known.add(record, layers)
+    try:
+        doc.setAnnotation(loop.ANNOTATION_TYPE, loop.ANNOTATION_DESCRIPTION, QByteArray(known.to_bytes()))
+    except Exception:  # pragma: no cover - Krita before 5.0 has no annotations: Vary then says "not a result"
+        pass
+
+
+def _walk(node: Any) -> list[Any]:
+    """Every node under `node`, top of the layer stack first, depth first."""
+    out: list[Any] = []
+    for child in reversed(node.childNodes()):
+        out.append(child)
+        out.extend(_walk(child))
+    return out
+
+
+def find_node(doc: Any, uid: str) -> Any:
+    """The node of id `uid` in `doc`, or None (deleted, or another document's)."""
+    return next((n for n in _walk(doc.rootNode()) if node_id(n) == uid), None)
+
+
+def _in_document(doc: Any, node: Any) -> bool:
+    try:
+        return find_node(doc, node_id(node)) is not None
+    except Exception:
+        return False
+
+
+def _active_document() -> Any:
+    doc = Krita.instance().activeDocument()
+    if doc is None:
+        raise UserError("No open document. Open an image first.")
+    return doc
+
+
+def selected_result() -> JobInput:
+    """The active layer as a result to vary: its document, job and variant, and where the
+    new layers go (a new group above its group).  UserError when it is not a result layer
+    the plugin added."""
+    doc = _active_document()
+    logic.check_color_space(doc.colorModel(), doc.colorDepth())
+    node: Any = doc.activeNode()
+    known = result_map(doc)
+    ref = known.lookup(node_id(node)) if node is not None else None
+    if ref is None:
+        raise UserError(loop.NOT_A_RESULT)
+    record = known.job(ref.job)
+    if record is None:
+        raise UserError("This document no longer remembers where that result's job sits (it keeps the last "
+                        f"{loop.MAX_JOBS} jobs). Generate again, or bring the job back from the history strip.")
+    group = node.parentNode()
+    anchor = group if group is not None and group.parentNode() is not None else node
+    return JobInput(doc, node, anchor, CropPlan(record.crop, record.crop), bytearray(), b"", record.prompt,
+                    options=dict(record.options), vary_of=ref, active_after=node)
+
+
+def vary_pixels(job: JobInput) -> tuple[bytearray, bytes, CropPlan]:
+    """A varied layer's pixels (RGBA) and the selection over them, for a vary the daemon no
+    longer keeps (it answered `expired`): both over the layer's bounds, which become the
+    new job's place."""
+    node, doc = job.source, job.document
+    if node is None or not _in_document(doc, node):
+        raise UserError("The daemon no longer keeps that job's pixels, and there is no layer to send instead. "
+                        "Generate again.")
+    b = node.bounds()
+    rect = Rect(b.x(), b.y(), b.width(), b.height())
+    if rect.empty:
+        raise UserError("The layer to vary is empty.")
+    selection = doc.selection()
+    mask = bytes(selection.pixelData(*rect.as_tuple())) if selection is not None else b""
+    if not mask or not editor.mask_selects(mask):
+        raise UserError("The daemon no longer keeps that job's pixels, so the plugin sends the layer instead, and "
+                        "needs the area to vary: select it (e.g. the selection you generated with), then press again.")
+    rgba = logic.swap_red_blue(bytes(node.pixelData(*rect.as_tuple())))
+    return rgba, mask, CropPlan(rect, rect)
+
+
+def history_input(card: HistoryCard) -> JobInput:
+    """Where a history entry's layers go in the active document: at the place of the job
+    (or the job it varied) where this document made it, else at the entry's own x, y;
+    above the active layer."""
+    doc = _active_document()
+    logic.check_color_space(doc.colorModel(), doc.colorDepth())
+    crop = loop.history_place(result_map(doc), card)
+    anchor: Any = doc.activeNode()
+    if anchor is not None and anchor.type().endswith("mask"):
+        anchor = anchor.parentNode()
+    return JobInput(doc, None, anchor, CropPlan(crop, crop), bytearray(), b"", card.prompt, options=dict(card.options))
+
+
+# -- the reference layer ----------------------------------------------------------------------
+
+
+def paint_layers() -> list[tuple[str, str]]:
+    """(id, name) of the active document's paint layers, top first (for the reference picker)."""
+    doc: Any = Krita.instance().activeDocument()
+    if doc is None:
+        return []
+    out = []
+    for node in _walk(doc.rootNode()):
+        if node.type() == "paintlayer":
+            parent = node.parentNode()
+            inside = parent is not None and parent.parentNode() is not None
+            out.append((node_id(node), f"{parent.name()} › {node.name()}" if inside else node.name()))
+    return out
+
+
+def reference_image(doc: Any, uid: str) -> tuple[bytes, int, int, int] | None:
+    """Layer `uid` of `doc` as a reference image (RGBA, at most loop.REFERENCE_SIDE a side),
+    as `Client.submit(references=...)` takes it; None when the layer is gone or empty."""
+    node = find_node(doc, uid)
+    if node is None:
+        return None
+    b = node.bounds()
+    w, h = b.width(), b.height()
+    if w <= 0 or h <= 0:
+        return None
+    bgra = bytes(node.pixelData(b.x(), b.y(), w, h))
+    tw, th = loop.reference_size(w, h)
+    if (tw, th) == (w, h):
+        return bytes(logic.swap_red_blue(bgra)), w, h, 4
+    image = QImage(bgra, w, h, w * 4, QImage.Format_ARGB32)  # Krita's B, G, R, A bytes
+    scaled = image.scaled(tw, th, Qt.IgnoreAspectRatio, Qt.SmoothTransformation).convertToFormat(QImage.Format_RGBA8888)
+    data = scaled.constBits().asstring(scaled.byteCount())
+    stride = scaled.bytesPerLine()
+    if stride != tw * 4:
+        data = b"".join(data[r * stride : r * stride + tw * 4] for r in range(th))
+    return data, tw, th, 4
 
 
 def load_settings() -> Settings:

@@ -26,7 +26,7 @@ from PyQt5.QtCore import QByteArray
 from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication
 
-from inpaintd_krita import kritadoc, logic
+from inpaintd_krita import kritadoc, logic, loop
 from inpaintd_krita.controller import IDLE_INTERVAL_MS, Controller
 from inpaintd_krita.docker import InpaintPanel
 from inpaintd_krita.logic import Settings
@@ -133,6 +133,9 @@ class Spy:
             self.busy_after_adding.append(self.controller.busy)
         return names
 
+    def __getattr__(self, name: str) -> Any:  # the rest of kritadoc as it is (selected_result, history_input, ...)
+        return getattr(kritadoc, name)
+
 
 # -- fixtures -----------------------------------------------------------------------------
 
@@ -201,10 +204,13 @@ def test_the_dockers_controls_are_made_from_the_option_table(plugin: Any) -> Non
     assert list(panel.option_widgets) == [o.name for o in editor.shown_in(KRITA)]
     caps = controller.model_caps()  # the classical default ignores some: their tooltips say so
     assert caps.known and "negative_prompt" in caps.disabled and not panel.option_widgets["negative_prompt"].isEnabled()
+    off = panel.disabled_controls()  # and the reference weight: a classical model takes no reference image
+    assert set(off) == set(caps.disabled) | {"reference_weight"} and "takes no reference image" in off["reference_weight"]
+    assert not panel.reference_layer.isEnabled() and not controller.takes_reference()
     for opt in editor.shown_in(KRITA):
         widget = panel.option_widgets[opt.name]
-        assert widget.toolTip() == (caps.disabled.get(opt.name) or opt.tip), opt.name
-        assert widget.isEnabled() == (opt.name not in caps.disabled), opt.name
+        assert widget.toolTip() == (off.get(opt.name) or opt.tip), opt.name
+        assert widget.isEnabled() == (opt.name not in off), opt.name
         if opt.kind in (int, float) and opt.name != "model":
             assert (widget.minimum(), widget.maximum()) == pytest.approx(editor.bounds(opt)), opt.name
             assert widget.value() == pytest.approx(getattr(controller.settings, opt.name)), opt.name
@@ -217,6 +223,10 @@ def test_the_dockers_controls_are_made_from_the_option_table(plugin: Any) -> Non
     assert controller.settings.fill == panel.option_widgets["fill"].itemData(2) == "neutral"
     panel.color_match.setChecked(True)
     assert controller.settings.job_options()["color_match"] is True
+    # the style box is filled from the daemon's styles, "No style" first; panel.style() stays Qt's
+    assert panel.option_widgets["style"] is panel.style_box and callable(panel.style)
+    assert wait_for(lambda: panel.style_box.findData("Quick draft") >= 0, 10), "no styles from the daemon"
+    assert panel.style_box.itemData(0) == "" and panel.style_box.itemText(0) == "No style"
 
 
 # -- the main path ----------------------------------------------------------------------------
@@ -329,6 +339,16 @@ def test_visible_composite_from_a_group_layer(open_doc: Callable[..., Any], plug
 
 
 # -- refusals -------------------------------------------------------------------------------
+
+
+def test_vary_of_a_layer_that_is_no_result_says_so(open_doc: Callable[..., Any], plugin: Any) -> None:
+    controller, panel, spy = plugin
+    doc = open_doc(300, 200)
+    names = node_names(doc.rootNode())
+    for button in (panel.vary_subtle_button, panel.vary_strong_button, panel.remix_button):
+        button.click()
+        assert not controller.busy and panel.message_label.text() == loop.NOT_A_RESULT
+    assert node_names(doc.rootNode()) == names and not spy.results
 
 
 def test_no_selection_says_so_and_sends_nothing(open_doc: Callable[..., Any], plugin: Any) -> None:
@@ -673,3 +693,463 @@ def test_family_model_picked_applies_its_defaults_and_runs(open_doc: Callable[..
         controller.cancel()
         controller.shutdown()
         panel.close()
+
+
+# -- the artist's loop (#13): vary, remix, history, styles, style reference ---------------------
+#
+# A fourth kritarunner session, against a daemon on the tiny SD pipeline served with a tiny
+# IP-Adapter, so that it takes reference images (INPAINTD_TEST_LOOP=1).  The tests share
+# one document and run in order: a Generate first, then what the loop does with its result.
+
+LOOP = os.environ.get("INPAINTD_TEST_LOOP") == "1"
+needs_loop = pytest.mark.skipif(not LOOP, reason="needs the tiny diffusion daemon with history (INPAINTD_TEST_LOOP=1)")
+LOOP_GROW, LOOP_FEATHER, LOOP_STEPS = 4, 8, 4
+
+
+def make_active(doc: Any, node: Any) -> None:
+    """Make `node` the active layer, as a click in the Layers docker does (asked again until
+    it holds: Krita and insert_results switch the active node through queued signals)."""
+    def active() -> bool:
+        now = doc.activeNode()
+        if now is not None and kritadoc.node_id(now) == kritadoc.node_id(node):
+            return True
+        doc.setActiveNode(node)
+        return False
+
+    assert wait_for(active, 5), f"{node.name()} did not become the active layer"
+    pump(0.05)
+    assert kritadoc.node_id(doc.activeNode()) == kritadoc.node_id(node)
+
+
+class LoopSession:
+    def __init__(self, window: Any) -> None:
+        self.spy = Spy()
+        self.controller = Controller(Settings(), self.spy)
+        self.spy.controller = self.controller
+        self.panel = InpaintPanel(self.controller)
+        self.panel.show()
+        p = self.panel
+        p.prompt.setPlainText("a red apple")
+        p.variants.setValue(2)
+        p.grow.setValue(LOOP_GROW)
+        p.feather.setValue(LOOP_FEATHER)
+        p.seed.setValue(777)
+        p.steps.setValue(LOOP_STEPS)
+        assert wait_for(lambda: self.controller.connected, 10), "the plugin did not connect to the daemon"
+        doc = Krita.instance().createDocument(480, 360, "loop", "RGBA", "U8", "", 72.0)
+        window.addView(doc)
+        QApplication.setActiveWindow(window.qwindow())
+        pump(0.05)
+        self.doc = doc
+        self.source = doc.topLevelNodes()[0]
+        self.source.setName("photo")
+        self.source.setPixelData(QByteArray(photo_bgra(480, 360)), 0, 0, 480, 360)
+        doc.waitForDone()
+        doc.refreshProjection()
+        soft_ellipse(doc, 260, 170, 70, 50, soft=12)
+        self.select(self.source)
+        self.first_job = ""  # the Generate's job id, once test_loop_generate... ran
+        self.last_group: Any = None  # the group the last run() added
+
+    def select(self, node: Any) -> None:
+        make_active(self.doc, node)
+
+    def run(self, button: Any, timeout: float = 120.0) -> Any:
+        """Click a button that starts a job; wait for its layers; the job input it went with."""
+        before, groups = len(self.spy.results), {kritadoc.node_id(g) for g in self.groups()}
+        self.panel.progress_log.clear()
+        button.click()
+        assert self.controller.busy, self.panel.message_log[-3:]
+        assert wait_for(lambda: not self.controller.busy, timeout), "the job did not finish"
+        assert len(self.spy.results) == before + 1, f"no layers; messages: {self.panel.message_log[-3:]}"
+        new = [g for g in self.groups() if kritadoc.node_id(g) not in groups]
+        assert len(new) == 1, [g.name() for g in new]
+        self.last_group = new[0]  # results go above the active layer's group: not always on top
+        return self.spy.results[-1][0]
+
+    def groups(self) -> list[Any]:
+        """The document's result groups, bottom to top."""
+        return [n for n in self.doc.rootNode().childNodes() if n.type() == "grouplayer"]
+
+    def shoot(self) -> None:
+        """The docker after the loop (the strip full, a star, the last job's message), for
+        the README when $INPAINTD_TEST_LOOP_SHOT names a file."""
+        shot = os.environ.get("INPAINTD_TEST_LOOP_SHOT")
+        if shot:
+            self.panel.resize(340, self.panel.minimumSizeHint().height())
+            pump(0.3)
+            assert self.panel.grab().save(shot)
+
+    def close(self) -> None:
+        self.controller.cancel()
+        self.controller.shutdown()
+        self.panel.close()
+        self.doc.setModified(False)
+        self.doc.close()
+
+
+@pytest.fixture(scope="module")
+def loop_session(window: Any) -> Any:
+    if not LOOP:
+        pytest.skip("needs the tiny diffusion daemon with history (INPAINTD_TEST_LOOP=1)")
+    session = LoopSession(window)
+    yield session
+    session.close()
+
+
+def layer_pixels(node: Any) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    b = node.bounds()
+    return (b.x(), b.y(), b.width(), b.height()), as_array(node.pixelData(b.x(), b.y(), b.width(), b.height()),
+                                                          b.width(), b.height())
+
+
+def assert_outside_unchanged(s: LoopSession, node: Any) -> np.ndarray:
+    """Every pixel of `node` out of the selection's reach (grown, feathered) is the source's;
+    returns where the selection is fully on, over the node."""
+    (x, y, w, h), got = layer_pixels(node)
+    doc = s.doc
+    sel = as_array(doc.selection().pixelData(0, 0, doc.width(), doc.height()), doc.width(), doc.height(), 1)
+    keep = ~dilate(sel > 0, LOOP_GROW + LOOP_FEATHER + 2)[y : y + h, x : x + w]
+    src = as_array(s.source.pixelData(x, y, w, h), w, h)
+    assert keep.any()
+    bad = np.argwhere((got != src).any(axis=2) & keep)
+    assert not len(bad), f"{len(bad)} pixels out of the selection's reach differ from the source, first at {bad[:3]}"
+    return sel[y : y + h, x : x + w] == 255
+
+
+def history_entry(job_id: str) -> dict:
+    with Client(name="checker") as c:
+        for entry in c.history(limit=50)["entries"]:
+            if entry["job"] == job_id:
+                return entry
+    raise AssertionError(f"job {job_id} is not in the daemon's history")
+
+
+@needs_loop
+def test_loop_generate_shows_in_the_history_strip(loop_session: LoopSession) -> None:
+    s = loop_session
+    panel = s.panel
+    job_input = s.run(panel.generate_button)
+    s.first_job = job_input.job_id
+    assert s.first_job, "the job's id did not reach the layers"
+    group = s.last_group
+    variants = group.childNodes()[::-1]
+    assert [n.name() for n in variants] == ["Variant 1/2 (seed 777)", "Variant 2/2 (seed 778)"]
+    # the document remembers each layer's job and variant
+    known = kritadoc.result_map(s.doc)
+    assert [known.lookup(kritadoc.node_id(n)) for n in variants] == [loop.ResultRef(s.first_job, 0),
+                                                                     loop.ResultRef(s.first_job, 1)]
+    assert known.job(s.first_job).crop == job_input.region
+    # the strip shows the new entry first, with the daemon's thumbnail
+    strip = panel.history_strip
+    assert wait_for(lambda: strip.cards and strip.cards[0].job == s.first_job, 15), [c.job for c in strip.cards]
+    card = strip.cards[0]
+    entry = history_entry(s.first_job)
+    thumb = entry["variants"][0]["thumbnail"]
+    assert card.has_thumbnail and card.thumb_size == (thumb["width"], thumb["height"]) and max(card.thumb_size) <= 128
+    assert card.thumbnail == thumb["pixels"] and card.prompt == "a red apple" and card.seeds == (777, 778)
+    button = strip.buttons[0]
+    assert not button.icon().isNull() and "a red apple" in button.toolTip()
+    assert [a.data() for a in button.menu().actions()] == ["apply", "vary", "copy", "star"]
+    assert s.doc.activeNode().name() == s.source.name()
+
+
+@needs_loop
+def test_loop_vary_subtle_adds_new_variants_at_the_same_place(loop_session: LoopSession) -> None:
+    s = loop_session
+    assert s.first_job, "needs test_loop_generate_shows_in_the_history_strip"
+    source_group = s.last_group  # the Generate's
+    varied = source_group.childNodes()[::-1][0]  # Variant 1/2
+    s.select(varied)
+    place, varied_pixels = layer_pixels(varied)
+    job_input = s.run(s.panel.vary_subtle_button)
+    assert job_input.vary_of == loop.ResultRef(s.first_job, 0) and job_input.job_id != s.first_job
+    # a new group directly above the source group, named like any result
+    siblings = s.doc.rootNode().childNodes()
+    index = [kritadoc.node_id(n) for n in siblings].index(kritadoc.node_id(source_group))
+    group = siblings[index + 1]
+    assert kritadoc.node_id(group) == kritadoc.node_id(s.last_group)
+    assert group.type() == "grouplayer" and group.name() == editor.group_name("a red apple")
+    layers = group.childNodes()[::-1]
+    entry = history_entry(job_input.job_id)
+    assert entry["kind"] == "vary" and entry["parent"] == s.first_job and entry["parent_variant"] == 0
+    assert entry["options"]["strength"] == pytest.approx(0.35)
+    seeds = entry["seeds"]
+    assert len(layers) == len(seeds) == 2 and not set(seeds) & {777, 778}, seeds  # new seeds
+    assert [n.name() for n in layers] == [editor.variant_name(i, 2, seed) for i, seed in enumerate(seeds)]
+    for node in layers:
+        got_place, got = layer_pixels(node)
+        assert got_place == place, "the variation is not where the varied layer is"
+        inside = assert_outside_unchanged(s, node)
+        assert (got != varied_pixels).any(axis=2)[inside].mean() > 0.2, "the vary changed nothing in the selection"
+    known = kritadoc.result_map(s.doc)
+    assert known.lookup(kritadoc.node_id(layers[1])) == loop.ResultRef(job_input.job_id, 1)
+    assert known.job(job_input.job_id).crop == known.job(s.first_job).crop
+    assert wait_for(lambda: s.doc.activeNode().name() == varied.name(), 2), "the varied layer should stay active"
+    assert wait_for(lambda: s.panel.history_strip.cards[0].job == job_input.job_id, 15)
+
+
+@needs_loop
+def test_loop_remix_with_a_new_prompt(loop_session: LoopSession) -> None:
+    s = loop_session
+    first_group = next(g for g in s.groups() if any(
+        kritadoc.result_map(s.doc).lookup(kritadoc.node_id(n)) == loop.ResultRef(s.first_job, 1) for n in g.childNodes()))
+    varied = first_group.childNodes()[::-1][1]  # Variant 2/2 of the Generate
+    s.select(varied)
+    place, _ = layer_pixels(varied)
+    s.panel.prompt.setPlainText("a green pear")
+    try:
+        job_input = s.run(s.panel.remix_button)
+    finally:
+        s.panel.prompt.setPlainText("a red apple")
+    entry = history_entry(job_input.job_id)
+    assert entry["kind"] == "vary" and entry["parent"] == s.first_job and entry["parent_variant"] == 1
+    assert entry["prompt"] == "a green pear" and entry["options"]["strength"] == pytest.approx(0.7)
+    group = s.groups()[[kritadoc.node_id(g) for g in s.groups()].index(kritadoc.node_id(first_group)) + 1]
+    assert group.name() == "Inpaint: a green pear"
+    for node in group.childNodes():
+        assert layer_pixels(node)[0] == place
+        assert_outside_unchanged(s, node)
+
+
+@needs_loop
+def test_loop_a_style_from_the_box_runs_with_its_settings(loop_session: LoopSession) -> None:
+    """"Quick draft" (a shipped style: 8 steps) picked in the Style box puts 8 in Steps; the
+    job runs 8 denoising steps, and the daemon records the style; "No style" puts 4 back."""
+    s = loop_session
+    panel, box = s.panel, s.panel.style_box
+    assert wait_for(lambda: box.findData("Quick draft") >= 0, 10), [box.itemData(i) for i in range(box.count())]
+    assert box.itemText(0) == "No style" and box.findData("Watercolor") >= 0
+    assert panel.steps.value() == LOOP_STEPS
+    box.setCurrentIndex(box.findData("Quick draft"))
+    assert s.controller.settings.style == "Quick draft" and panel.steps.value() == 8
+    s.select(s.source)
+    job_input = s.run(panel.generate_button)
+    totals = {n for _, n in denoising_steps(panel)}
+    assert totals == {8}, denoising_steps(panel)
+    entry = history_entry(job_input.job_id)
+    assert entry["options"]["style"] == "Quick draft" and entry["options"]["steps"] == 8
+    box.setCurrentIndex(box.findData(""))
+    assert s.controller.settings.style == "" and panel.steps.value() == LOOP_STEPS
+
+
+@needs_loop
+def test_loop_save_style_adds_it_to_the_list(loop_session: LoopSession) -> None:
+    s = loop_session
+    panel, box = s.panel, s.panel.style_box
+    panel.ask_text = lambda title, label: ("not/a name", True)
+    panel.save_style_button.click()
+    assert "A style name has" in panel.message_label.text()
+    panel.negative_prompt.setText("blurry, text")
+    panel.guidance_scale.setValue(5.5)
+    panel.ask_text = lambda title, label: ("Krita test style", True)
+    try:
+        panel.save_style_button.click()
+        assert wait_for(lambda: box.findData("Krita test style") >= 0, 10), panel.message_log[-3:]
+    finally:
+        panel.negative_prompt.setText("")
+        panel.guidance_scale.setValue(0.0)
+    assert "Saved the style 'Krita test style'" in panel.message_label.text()
+    with Client(name="checker") as c:
+        saved = next(st for st in c.styles() if st["name"] == "Krita test style")
+    assert saved["source"] == "user" and saved["problem"] == ""
+    assert saved["settings"] == {"negative_prompt": "blurry, text", "steps": LOOP_STEPS, "guidance_scale": 5.5}
+    # picked, it puts its values in the controls
+    box.setCurrentIndex(box.findData("Krita test style"))
+    assert panel.negative_prompt.text() == "blurry, text" and panel.guidance_scale.value() == 5.5
+    box.setCurrentIndex(0)
+    assert panel.negative_prompt.text() == "" and panel.guidance_scale.value() == 0.0
+
+
+@needs_loop
+def test_loop_apply_a_history_entry_brings_back_its_layers(loop_session: LoopSession) -> None:
+    s = loop_session
+    known = kritadoc.result_map(s.doc)
+    uids = sorted(known.layers_of(s.first_job), key=lambda uid: known.lookup(uid).variant)  # variant 1, 2
+    original = [layer_pixels(kritadoc.find_node(s.doc, uid)) for uid in uids]
+    strip = s.panel.history_strip
+    assert wait_for(lambda: any(c.job == s.first_job for c in strip.cards), 10)
+    before = [kritadoc.node_id(g) for g in s.groups()]
+    strip.trigger([c.job for c in strip.cards].index(s.first_job), "apply")
+    assert wait_for(lambda: len(s.groups()) == len(before) + 1, 30), s.panel.message_log[-3:]
+    group = next(g for g in s.groups() if kritadoc.node_id(g) not in before)
+    assert group.name() == editor.group_name("a red apple") and "Brought back 2 layer(s)" in s.panel.message_label.text()
+    back = [layer_pixels(n) for n in group.childNodes()[::-1]]
+    assert [n.name() for n in group.childNodes()[::-1]] == ["Variant 1/2 (seed 777)", "Variant 2/2 (seed 778)"]
+    assert len(back) == len(original) == 2
+    for (place, pixels), (want_place, want) in zip(back, original, strict=True):
+        assert place == want_place and np.array_equal(pixels, want), "the layer brought back differs from the original"
+    # the layers brought back are results too: they can be varied
+    assert kritadoc.result_map(s.doc).lookup(kritadoc.node_id(group.childNodes()[0])).job == s.first_job
+    # Vary from the strip: the entry's first variant, its variants where the job put its layers
+    before, done = {kritadoc.node_id(g) for g in s.groups()}, len(s.spy.results)
+    strip.trigger([c.job for c in strip.cards].index(s.first_job), "vary")
+    assert s.controller.busy, s.panel.message_log[-3:]
+    assert wait_for(lambda: not s.controller.busy, 60) and len(s.spy.results) == done + 1, s.panel.message_log[-3:]
+    varied = next(g for g in s.groups() if kritadoc.node_id(g) not in before)
+    assert all(layer_pixels(n)[0] == original[0][0] for n in varied.childNodes())
+    entry = history_entry(s.spy.results[-1][0].job_id)
+    assert (entry["kind"], entry["parent"], entry["parent_variant"]) == ("vary", s.first_job, 0)
+
+
+@needs_loop
+def test_loop_star_and_copy_settings(loop_session: LoopSession) -> None:
+    s = loop_session
+    strip, panel = s.panel.history_strip, s.panel
+    index = [c.job for c in strip.cards].index(s.first_job)
+    strip.trigger(index, "star")
+    assert wait_for(lambda: any(c.job == s.first_job and c.starred for c in strip.cards), 10), panel.message_log[-3:]
+    with Client(name="checker") as c:
+        assert [e["job"] for e in c.history(starred=True)["entries"]] == [s.first_job]
+    index = [c.job for c in strip.cards].index(s.first_job)
+    assert [a.text() for a in strip.buttons[index].menu().actions()][-1] == "Unstar"
+    # copy the Quick draft job's settings into the controls
+    draft = next(c for c in strip.cards if c.options.get("style") == "Quick draft")
+    panel.seed.setValue(1)
+    panel.steps.setValue(2)
+    strip.trigger(strip.cards.index(draft), "copy")
+    assert panel.steps.value() == 8 and panel.seed.value() == draft.seeds[0]
+    assert panel.style_box.currentData() == "Quick draft" and s.controller.settings.style == "Quick draft"
+    assert "Copied the settings" in panel.message_label.text()
+    panel.style_box.setCurrentIndex(0)
+    panel.steps.setValue(LOOP_STEPS)
+    panel.seed.setValue(777)
+
+
+@needs_loop
+def test_loop_style_reference_layer_goes_with_generate(loop_session: LoopSession) -> None:
+    """A daemon with an IP-Adapter: the reference picker is on, and a job with a reference
+    layer (same seed, same settings) comes out different inside the selection."""
+    s = loop_session
+    panel, doc = s.panel, s.doc
+    assert s.controller.takes_reference() and panel.reference_layer.isEnabled()
+    assert "reference_weight" not in panel.disabled_controls() and panel.reference_weight.isEnabled()
+    ref = doc.createNode("style reference", "paintlayer")
+    rng = np.random.default_rng(3)
+    pattern = np.repeat(np.repeat(rng.integers(0, 255, (15, 20, 4), np.uint8), 24, 0), 24, 1)  # 360 x 480, blocks
+    pattern[..., 3] = 255
+    ref.setPixelData(QByteArray(pattern.tobytes()), 0, 0, 480, 360)
+    ref.setVisible(False)
+    doc.rootNode().addChildNode(ref, None)
+    doc.waitForDone()
+    panel.reference_layer.refresh()
+    index = panel.reference_layer.findData(kritadoc.node_id(ref))
+    assert index > 0 and panel.reference_layer.itemText(0) == "None", [
+        panel.reference_layer.itemText(i) for i in range(panel.reference_layer.count())]
+    assert kritadoc.reference_image(doc, kritadoc.node_id(ref))[1:] == (480, 360, 4)
+    panel.variants.setValue(1)
+    try:
+        s.select(s.source)
+        plain = s.run(panel.generate_button)
+        plain_pixels = layer_pixels(s.last_group.childNodes()[0])[1]
+        panel.reference_layer.setCurrentIndex(index)
+        assert s.controller.reference_layer == kritadoc.node_id(ref)
+        s.select(s.source)
+        styled = s.run(panel.generate_button)
+        assert any("with a 480x360 reference" in text for text, _ in panel.message_log[-6:]), panel.message_log[-6:]
+        styled_node = s.last_group.childNodes()[0]
+        styled_pixels = layer_pixels(styled_node)[1]
+        inside = assert_outside_unchanged(s, styled_node)
+        assert (styled_pixels != plain_pixels).any(axis=2)[inside].mean() > 0.2, "the reference changed nothing"
+        assert plain.options["seed"] == styled.options["seed"] == 777
+    finally:
+        panel.reference_layer.setCurrentIndex(0)
+        panel.variants.setValue(2)
+    assert s.controller.reference_layer == ""
+
+
+@needs_loop
+def test_loop_results_are_known_after_saving_and_reopening(loop_session: LoopSession, window: Any, tmp_path: Path) -> None:
+    """The layer -> job map lives in the document (an annotation): a saved and reopened .kra
+    still knows its results, and Vary works on them."""
+    s = loop_session
+    known = kritadoc.result_map(s.doc)
+    uid = known.layers_of(s.first_job)[0]
+    path = str(tmp_path / "loop.kra")
+    s.doc.setBatchmode(True)
+    assert s.doc.saveAs(path)
+    s.doc.waitForDone()
+    s.doc.close()
+    pump(0.05)
+    s.doc = doc = Krita.instance().openDocument(path)  # the session closes it
+    assert doc is not None
+    window.addView(doc)
+    QApplication.setActiveWindow(window.qwindow())
+    pump(0.05)
+    assert Krita.instance().activeDocument() == doc
+    reopened = kritadoc.result_map(doc)
+    assert reopened.layers == known.layers and reopened.jobs == known.jobs
+    node = kritadoc.find_node(doc, uid)
+    assert node is not None
+    make_active(doc, node)
+    target = kritadoc.selected_result()
+    assert target.document == doc and target.vary_of == known.lookup(uid)
+    groups = len(s.groups())
+    job_input = s.run(s.panel.vary_strong_button)
+    assert job_input.document == doc and len(s.groups()) == groups + 1
+    assert history_entry(job_input.job_id)["options"]["strength"] == pytest.approx(0.7)
+    assert wait_for(lambda: s.panel.history_strip.cards[0].job == job_input.job_id, 15)
+    s.shoot()
+
+
+@needs_loop
+def test_loop_vary_sends_the_pixels_to_a_daemon_that_keeps_no_history(open_doc: Callable[..., Any], tmp_path: Path) -> None:
+    """A daemon started with --history-mb 0 answers a vary `expired`: the plugin sends the
+    layer's pixels and the selection instead, and the variation lands on the layer."""
+    python = os.environ.get("INPAINTD_TEST_PYTHON")
+    if not python:
+        pytest.skip("INPAINTD_TEST_PYTHON is not set: no interpreter to run the daemon with")
+    import subprocess
+
+    saved = {k: os.environ.get(k) for k in ("INPAINTD_KEY", "INPAINTD_RUNTIME_DIR", "INPAINTD_ENDPOINT", "INPAINTD_DATA_DIR")}
+    os.environ.pop("INPAINTD_KEY", None)
+    os.environ.pop("INPAINTD_ENDPOINT", None)
+    os.environ["INPAINTD_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    os.environ["INPAINTD_DATA_DIR"] = str(tmp_path / "data")
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    log = open(tmp_path / "daemon.log", "w")
+    proc = subprocess.Popen([python, "-m", "inpaintd", "serve", "--bind", endpoint, "--engine", "classical",
+                             "--history-mb", "0"], stdout=log, stderr=subprocess.STDOUT)
+    spy = Spy()
+    controller = Controller(Settings(endpoint=endpoint, variants=1, grow=LOOP_GROW, feather=LOOP_FEATHER), spy)
+    panel = InpaintPanel(controller)
+    panel.show()
+    try:
+        assert wait_for(lambda: controller.connected, 60), panel.message_log[-3:]
+        assert wait_for(lambda: "keeps no history" in panel.history_strip.status, 10), panel.history_strip.status
+        doc = open_doc(400, 300)
+        source = doc.activeNode()
+        soft_ellipse(doc, 200, 150, 50, 40, soft=10)
+        run_job(controller)
+        group = [n for n in doc.rootNode().childNodes() if n.type() == "grouplayer"][-1]
+        varied = group.childNodes()[0]
+        make_active(doc, varied)
+        b = varied.bounds()
+        panel.vary_subtle_button.click()
+        assert wait_for(lambda: not controller.busy, 60), "the vary did not finish"
+        assert any("with the layer's pixels" in t for t, _ in panel.message_log), panel.message_log[-4:]
+        assert len(spy.results) == 2, panel.message_log[-4:]
+        job_input = spy.results[-1][0]
+        assert job_input.plan.crop.as_tuple() == (b.x(), b.y(), b.width(), b.height())
+        groups = [n for n in doc.rootNode().childNodes() if n.type() == "grouplayer"]
+        assert len(groups) == 2
+        node = groups[-1].childNodes()[0]
+        assert node.bounds() == b
+        (x, y, w, h), got = layer_pixels(node)
+        sel = as_array(doc.selection().pixelData(x, y, w, h), w, h, 1)
+        keep = ~dilate(sel > 0, LOOP_GROW + LOOP_FEATHER + 2)
+        src = as_array(source.pixelData(x, y, w, h), w, h)
+        assert keep.any() and not ((got != src).any(axis=2) & keep).any()
+        # the vary of a vary, too: its layers are remembered at the layer's place
+        assert kritadoc.result_map(doc).lookup(kritadoc.node_id(node)).job == job_input.job_id
+    finally:
+        controller.shutdown()
+        panel.close()
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
