@@ -456,3 +456,81 @@ def test_reference_size() -> None:
     assert loop.reference_size(1000, 3001) == (341, 1024)
     assert loop.reference_size(5000, 1) == (1024, 1)
     assert loop.reference_size(0, 10) == (0, 0)
+
+
+# -- LoRAs and Teach subject (loras.py) -------------------------------------------------------------
+
+from inpaintd_krita import loras as lora_rules  # noqa: E402
+
+LORAS = [
+    {"name": "ink", "family": "sd15", "trigger_words": ["ink style"], "default_weight": 0.8, "problem": ""},
+    {"name": "xl_only", "family": "sdxl", "trigger_words": [], "default_weight": 1.0, "problem": ""},
+    {"name": "Fill_detail", "family": "flux", "trigger_words": [], "default_weight": 1.0, "problem": ""},
+    {"name": "old", "family": "sd15", "trigger_words": [], "default_weight": 1.0, "problem": "a pickle file"},
+]
+
+
+def test_only_loras_of_the_models_family_are_offered() -> None:
+    assert [c.name for c in lora_rules.lora_choices(LORAS, "sd15")] == ["ink", "old"]
+    assert [c.name for c in lora_rules.lora_choices(LORAS, "sdxl")] == ["xl_only"]
+    assert [c.name for c in lora_rules.lora_choices(LORAS, "flux-fill")] == ["Fill_detail"]  # FLUX.1 Fill: flux
+    assert [c.name for c in lora_rules.lora_choices(LORAS, "flux-kontext")] == ["Fill_detail"]
+    assert len(lora_rules.lora_choices(LORAS, "")) == 4  # family unknown: all of them
+    ink, old = lora_rules.lora_choices(LORAS, "sd15")
+    assert ink.usable and ink.default_weight == 0.8 and "Trigger words: ink style" in ink.tip
+    assert not old.usable and old.label == "old (unusable)" and "a pickle file" in old.tip
+    assert lora_rules.lora_family("flux2-klein") == "flux2"
+
+
+def test_takes_lora_reads_the_models_entry() -> None:
+    assert lora_rules.takes_lora(None) and lora_rules.takes_lora({"takes": {}})
+    assert lora_rules.takes_lora({"takes": {"lora": True}})
+    assert not lora_rules.takes_lora({"takes": {"lora": False}})
+
+
+def test_the_loras_payload() -> None:
+    chosen = [("ink", 0.8), ("INK", 1.0), ("xl_only", 1.0), ("old", 1.0), ("gone", 1.0), ("off", 0.0)]
+    assert lora_rules.loras_payload(chosen, LORAS, "sd15") == [("ink", 0.8)]
+    # the daemon's list not known yet: what was chosen, weight 0 (off) left out, each name once
+    assert lora_rules.loras_payload(chosen, None, "sd15") == [("ink", 0.8), ("xl_only", 1.0), ("old", 1.0),
+                                                              ("gone", 1.0)]
+    assert lora_rules.loras_payload([("ink", 5.0)], LORAS, "") == [("ink", 2.0)]  # clamped to -2…2
+    many = [(f"l{i}", 1.0) for i in range(12)]
+    assert len(lora_rules.loras_payload(many, None, "")) == lora_rules.MAX_LORAS
+    assert lora_rules.prompt_with_tags("a cat", [("ink", 0.8)]) == "a cat <lora:ink:0.8>"
+    assert lora_rules.prompt_with_tags("a cat", []) == "a cat"
+
+
+def test_chosen_loras_round_trip_through_the_settings() -> None:
+    chosen = [("ink", 0.8), ("my.subject-1", -0.5)]
+    text = lora_rules.format_chosen(chosen)
+    assert text == "ink:0.8,my.subject-1:-0.5"
+    assert lora_rules.parse_chosen(text) == chosen
+    assert lora_rules.parse_chosen("") == []
+    assert lora_rules.parse_chosen("a:x, b ,a:2") == [("a", 1.0), ("b", 1.0)]
+    s = Settings(loras=text)
+    assert Settings.from_strings(s.to_strings()).loras == text
+    assert "loras" not in s.job_options()
+
+
+def test_teach_subject_checks_and_texts() -> None:
+    ok = lora_rules.TeachRequest("sks", "mug", "my_mug", steps=6, resolution=64)
+    assert lora_rules.teach_problem(ok, 3, LORAS, "sd15") is None
+    assert "3 to 30 paint layers" in lora_rules.teach_problem(ok, 2)
+    assert "At most 30" in lora_rules.teach_problem(ok, 31)
+    assert "one word" in lora_rules.teach_problem(lora_rules.TeachRequest("two words", "mug", "x"), 3)
+    assert "class" in lora_rules.teach_problem(lora_rules.TeachRequest("sks", "", "x"), 3)
+    assert "name" in lora_rules.teach_problem(lora_rules.TeachRequest("sks", "mug", "-bad"), 3)
+    assert "already has" in lora_rules.teach_problem(lora_rules.TeachRequest("sks", "mug", "INK"), 3, LORAS)
+    assert "cannot be trained" in lora_rules.teach_problem(ok, 3, [], "flux-fill")
+    assert "multiple of 64" in lora_rules.teach_problem(lora_rules.TeachRequest("sks", "mug", "x", 6, 100), 3)
+    assert lora_rules.train_settings(ok) == {"steps": 6, "resolution": 64}
+    assert lora_rules.train_settings(lora_rules.TeachRequest(steps=10), "m") == {"steps": 10, "model": "m"}
+    assert lora_rules.train_size(2048, 1024) == (512, 256)
+    assert lora_rules.train_size(300, 200) == (300, 200)  # never scaled up
+    assert lora_rules.training_progress("training", 3, 6, 0.1234, 75.0) == (50, "Training 3/6 · loss 0.123 · 1 min 15 s left")
+    assert lora_rules.training_progress("training", 6, 6, 0.1, 0.0) == (100, "Training 6/6 · loss 0.100")
+    assert lora_rules.training_progress("queued", 0, 0, None, None) == (0, "Training: waiting")
+    assert lora_rules.training_progress("preparing", 1, 2, None, None) == (0, "Training: class pictures 1/2")
+    text = lora_rules.trained_text({"name": "my_mug", "steps": 6, "final_loss": 0.25}, ok)
+    assert "'my_mug'" in text and "final loss 0.250" in text and "“sks mug”" in text

@@ -19,6 +19,9 @@ Three runs, each against a real daemon:
    then, in a Krita whose Python cannot see Debian's zmq and msgpack
    (tests/krita/hide_system), the self-test of 3 runs a job through it on the plugin's own
    pyzmq wheel and msgpack; and a package lacking the wheel for this Python names it.
+6. `-k teach`, against a daemon on the tiny diffusion pipeline with a tiny LoRA: the LoRA
+   picker (a LoRA changes a same-seed Generate, weight 0 does not) and Teach subject from
+   three selected layers.
 
 Skipped, with the reason, only where Krita or xvfb is not installed.
 """
@@ -180,6 +183,33 @@ def test_artists_loop_inside_krita(loop_daemon, tmp_path: Path) -> None:
     assert shot.is_file() and shot.stat().st_size > 5000, "no screenshot of the docker after the loop"
     if os.environ.get("INPAINTD_UPDATE_SCREENSHOT"):
         shutil.copy2(shot, ROOT / "docs" / "krita-loop.png")
+
+
+@pytest.fixture(scope="module")
+def teach_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """The tiny SD pipeline, its --lora-dir holding a tiny random LoRA `ink` (trigger words
+    "inky lines"); it trains LoRAs too (Teach subject)."""
+    from daemons import start_daemon
+
+    from inpaintd.testmodel import make_test_lora
+
+    folder = tmp_path_factory.mktemp("krita-loras")
+    make_test_lora(tiny_model_dir, folder / "ink.safetensors", seed=1)
+    (folder / "ink.json").write_text(json.dumps({"trigger_words": ["inky lines"]}))
+    d = start_daemon(tmp_path_factory.mktemp("teach-daemon"), "--model", str(tiny_model_dir), "--device", "cpu",
+                     "--lora-dir", str(folder))
+    yield d
+    d.stop()
+
+
+def test_loras_and_teach_subject_inside_krita(teach_daemon, tmp_path: Path) -> None:
+    """The LoRA picker (a LoRA changes a same-seed Generate, weight 0 does not) and Teach
+    subject from 3 selected layers, whose LoRA then shows in the picker
+    (tests/krita/test_in_krita.py, `-k teach`)."""
+    out, elapsed = run_pytest_in_krita(teach_daemon.env, tmp_path, "-k teach", INPAINTD_TEST_TEACH="1")
+    print(f"[timing] in-Krita LoRA and teach run: {elapsed:.1f} s")
+    summary = [line for line in out.splitlines() if " passed" in line or " failed" in line or " skipped" in line]
+    assert summary and re.search(r"\b2 passed\b", summary[-1]) and "skipped" not in summary[-1], summary[-1:]
 
 
 def krita_profile(tmp: Path, *helpers: str) -> tuple[Path, Path]:

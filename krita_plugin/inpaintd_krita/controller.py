@@ -3,10 +3,10 @@
 Why a timer and not a worker thread: Krita's document API must be called on the GUI
 thread, and a ZeroMQ socket belongs to one thread.  The client is non-blocking
 (`submit(block=False)` + `pump()`), so a 40 ms timer reads whatever the daemon sent and
-returns at once; the GUI never waits on the network.  Jobs (Generate, Vary, Remix) go
-through that client.  The blocking exchanges, asking the daemon who it is (hello + model
+returns at once; the GUI never waits on the network.  Jobs (Generate, Vary, Remix, and a
+Teach subject's `train`, which runs beside them) go through that client.  The blocking exchanges, asking the daemon who it is (hello + model
 list) and the artist's loop's requests that are not jobs (`history`, `history_star`,
-`fetch` for Apply as layer, `styles`, `style_save`), run in short-lived threads, each with
+`fetch` for Apply as layer, `styles`, `style_save`, `loras`), run in short-lived threads, each with
 its own socket and a short timeout, and hand their answers back through queues the timer
 drains: the GUI thread never waits on them.
 
@@ -32,6 +32,7 @@ from inpaintd_protocol import editor
 from inpaintd_protocol.options import KRITA
 
 from . import logic, loop
+from . import loras as lora_rules
 from .logic import Settings, UserError
 
 #: How often the timer runs while a job is in flight, and while idle.
@@ -85,6 +86,10 @@ class Controller(QObject):
     history_changed = pyqtSignal(list, str)
     #: the daemon's styles (`styles` reply entries).
     styles_changed = pyqtSignal(list)
+    #: the daemon's LoRAs (`loras` reply entries, PROTOCOL.md 5.13).
+    loras_changed = pyqtSignal(list)
+    #: whether a training (Teach subject) runs.
+    training_changed = pyqtSignal(bool)
 
     def __init__(self, settings: Settings, doc_access: Any, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -127,6 +132,11 @@ class Controller(QObject):
         self.styles: list[dict[str, Any]] = []
         #: The reference layer's id ("" none), sent with Generate where the model takes references.
         self.reference_layer = ""
+        #: The daemon's LoRAs (its `loras` reply); None until it answered.
+        self.loras: list[dict[str, Any]] | None = None
+        #: The running training (Teach subject) and what was asked for.
+        self._train_job: Any = None
+        self._train_request: lora_rules.TeachRequest | None = None
         self._timer = QTimer(self)
         self._timer.timeout.connect(self._tick)
         self._timer.start(IDLE_INTERVAL_MS)
@@ -172,14 +182,18 @@ class Controller(QObject):
             options = self._proto.JobOptions(**sent)
             region = job_input.region
             job = client.submit(job_input.rgba, region.width, region.height, 4, job_input.mask, options,
-                                references=references, block=False)
+                                references=references, loras=self.lora_payload(), block=False)
         except Exception as exc:  # a bad endpoint, a closed context: say it, never raise into Krita
             self.message.emit(f"Could not send the job: {exc}", "error")
             return False
         job_input.options = dict(sent)
         mb = (len(job_input.rgba) + len(job_input.mask) + sum(len(r[0]) for r in references)) / 1e6
         with_reference = f" with a {references[0][1]}x{references[0][2]} reference" if references else ""
-        self._start(job, job_input, editor.settings_text(sent, caps),
+        used = editor.settings_text(sent, caps)
+        payload = self.lora_payload()
+        if payload:
+            used += ("; " if used else "") + "LoRA " + ", ".join(f"{name} {weight:g}" for name, weight in payload)
+        self._start(job, job_input, used,
                     f"Sent {region.width}x{region.height} px{with_reference} ({mb:.1f} MB) to {self.endpoint}.")
         return True
 
@@ -236,6 +250,8 @@ class Controller(QObject):
             changes = loop.remix_options(editor.for_model(self.settings.job_options(), self.model_caps()),
                                          job_input.options)
             job_input.prompt = changes["prompt"]
+            # a vary has no `loras` field: the chosen LoRAs go as <lora:NAME:W> tags in the prompt
+            changes["prompt"] = lora_rules.prompt_with_tags(changes["prompt"], self.lora_payload())
         return self._send_vary(job_input, preset, changes, "Remix" if remix else loop.PRESETS.get(preset, preset))
 
     def vary_history(self, card: loop.HistoryCard, preset: str = "subtle") -> bool:
@@ -391,6 +407,116 @@ class Controller(QObject):
                           "ok")
         self.refresh_styles()
 
+    # -- LoRAs and Teach subject -----------------------------------------------------------
+
+    def model_family(self) -> str:
+        """The picked model's family ("" where the daemon does not say)."""
+        return str((self.model_entry() or {}).get("family") or "")
+
+    def lora_payload(self) -> list[tuple[str, float]]:
+        """The chosen LoRAs a job sends (loras.loras_payload), none for a model that takes none."""
+        if not lora_rules.takes_lora(self.model_entry()):
+            return []
+        return lora_rules.loras_payload(lora_rules.parse_chosen(self.settings.loras), self.loras, self.model_family())
+
+    def refresh_loras(self) -> None:
+        if self._proto is not None:
+            self._request(lambda c: c.request("loras", timeout=REQUEST_TIMEOUT).body, self._got_loras)
+
+    def _got_loras(self, body: Any, error: Exception | None) -> None:
+        if error is None:
+            self.loras = [dict(x) for x in (body or {}).get("loras") or []]
+            self.loras_changed.emit(self.loras)
+
+    @property
+    def training(self) -> bool:
+        return self._train_job is not None
+
+    def teach(self, request: lora_rules.TeachRequest) -> bool:
+        """Teach the daemon a subject from the selected paint layers (PROTOCOL.md 5.14): a
+        LoRA trained in the background, its progress on the bar; False (with a message)
+        when nothing was sent."""
+        if self._proto is None:
+            self.message.emit(self.import_error, "error")
+            return False
+        if self._train_job is not None:
+            self.message.emit("A subject is being taught already; wait for it or press Cancel.", "error")
+            return False
+        try:
+            pictures = self.doc_access.training_pictures()
+        except UserError as exc:
+            self.message.emit(str(exc), "error")
+            return False
+        problem = lora_rules.teach_problem(request, len(pictures), self.loras or [], self.model_family())
+        if problem:
+            self.message.emit(problem, "error")
+            return False
+        if not self._check_connected():
+            return False
+        try:
+            job = self._job_client().train(pictures, request.token.strip(), request.class_noun.strip(),
+                                           request.name.strip(), block=False,
+                                           **lora_rules.train_settings(request, self.settings.model))
+        except Exception as exc:
+            self.message.emit(f"Could not send the training: {exc}", "error")
+            return False
+        self._train_job, self._train_request = job, request
+        self._timer.setInterval(BUSY_INTERVAL_MS)
+        self.training_changed.emit(True)
+        if self._job is None:
+            self.progress.emit(0, "Training: waiting")
+        self.message.emit(f"Teaching “{request.token.strip()} {request.class_noun.strip()}” from {len(pictures)} "
+                          f"pictures as the LoRA '{request.name.strip()}' ({request.steps} steps). Krita stays free; "
+                          "Generate works meanwhile.", "busy")
+        return True
+
+    def cancel_training(self) -> None:
+        job = self._train_job
+        if job is None:
+            return
+        self._train_job, self._train_request = None, None
+        self._orphans.append((job, time.monotonic() + ORPHAN_TIMEOUT, False))
+        self._send_orphan_cancels()
+        self.training_changed.emit(False)
+        if self._job is None:
+            self.progress.emit(0, "Cancelled")
+        self.message.emit("Cancelled the training (sending it again resumes from its last checkpoint).", "info")
+
+    def _pump_training(self, events: list[Any]) -> None:
+        job = self._train_job
+        if job is None:
+            return
+        if self._job is None:  # the bar is the inpaint job's while one runs
+            for ev in events:
+                if ev.job == job.id and ev.type == self._proto.Type.PROGRESS:
+                    b = ev.body
+                    self._emit_training(b.get("stage", ""), b.get("step", 0), b.get("total_steps", 0),
+                                        b.get("loss"), b.get("remaining"))
+            self._emit_training(job.stage if job.state not in ("submitting", "queued") else job.state,
+                                job.step, job.total_steps, job.loss, job.remaining)
+        if not job.finished:
+            return
+        request = self._train_request or lora_rules.TeachRequest()
+        self._train_job, self._train_request = None, None
+        self.training_changed.emit(False)
+        if job.state == "done":
+            if self._job is None:
+                self.progress.emit(100, "Training done")
+            self.message.emit(lora_rules.trained_text(job.result.get("trained") or {}, request), "ok")
+            self.refresh_loras()
+        else:
+            if self._job is None:
+                self.progress.emit(0, "Training failed" if job.state != "cancelled" else "Cancelled")
+            err = job.error
+            why = logic.error_text(err.code, err.message) if err else f"it ended {job.state}"
+            self.message.emit(f"The training did not finish: {why}", "error")
+
+    def _emit_training(self, stage: str, step: int, total: int, loss: Any, remaining: Any) -> None:
+        value = lora_rules.training_progress(stage, step, total, loss, remaining)
+        if value != self._last_progress:
+            self._last_progress = value
+            self.progress.emit(*value)
+
     def model_entry(self) -> dict[str, Any] | None:
         """The `models` entry of the model picked in the settings ("" = the daemon's default)."""
         default = str((self.hello or {}).get("default_model") or "")
@@ -428,7 +554,7 @@ class Controller(QObject):
                 then(result, error)
             except Exception as exc:  # never into Krita's event loop, and never the running job's end
                 self.message.emit(f"Internal error in the inpaintd plugin: {exc!r}", "error")
-            if self._job is None and not self._orphans:
+            if self._job is None and not self._orphans and self._train_job is None:
                 self._timer.setInterval(IDLE_INTERVAL_MS)
 
     def model_caps(self) -> editor.ModelCaps:
@@ -441,6 +567,7 @@ class Controller(QObject):
         and whatever the job still produces is thrown away."""
         job = self._job
         if job is None:
+            self.cancel_training()
             return
         self._job, self._job_input, self._vary_request = None, None, None
         self._orphans.append((job, time.monotonic() + ORPHAN_TIMEOUT, False))
@@ -455,6 +582,7 @@ class Controller(QObject):
         if self.connected:
             self.refresh_history()
             self.refresh_styles()
+            self.refresh_loras()
 
     def start_daemon(self) -> bool:
         """Start a local daemon with the configured command (`{endpoint}` filled in)."""
@@ -510,7 +638,7 @@ class Controller(QObject):
             self._drain_probes()
             self._drain_answers()
             events = []
-            if self._client is not None and (self._job is not None or self._orphans):
+            if self._client is not None and (self._job is not None or self._orphans or self._train_job is not None):
                 events = self._client.pump(0)
             self._send_orphan_cancels()
             self._reap_orphans()
@@ -524,7 +652,8 @@ class Controller(QObject):
                                     job.step, job.total_steps, job.position)
                 if job.finished:
                     self._finish(job)
-            elif time.monotonic() >= self._next_probe:
+            self._pump_training(events)
+            if job is None and time.monotonic() >= self._next_probe:
                 self._probe_now()
             self._check_daemon_proc()
         except Exception as exc:  # never let an exception escape into Krita's event loop
@@ -592,7 +721,8 @@ class Controller(QObject):
             self.progress.emit(*value)
 
     def _set_busy(self, busy: bool) -> None:
-        self._timer.setInterval(BUSY_INTERVAL_MS if busy or self._orphans else IDLE_INTERVAL_MS)
+        self._timer.setInterval(BUSY_INTERVAL_MS if busy or self._orphans or self._train_job is not None
+                                else IDLE_INTERVAL_MS)
         self.busy_changed.emit(busy)
 
     # -- cancelled jobs ----------------------------------------------------------------
@@ -613,7 +743,7 @@ class Controller(QObject):
                 self.cancelled_final_states.append(job.state if job.finished else "no answer")
             else:
                 keep.append((job, deadline, sent))
-        if self._orphans and not keep and self._job is None:
+        if self._orphans and not keep and self._job is None and self._train_job is None:
             # The last cancelled job had its final word: back to the idle pace, or the
             # timer would go on ticking every 40 ms in an idle Krita until the next job.
             self._timer.setInterval(IDLE_INTERVAL_MS)
@@ -672,7 +802,8 @@ class Controller(QObject):
             self.connected = hello is not None
             if hello is not None:
                 instance = hello.get("instance")
-                if self._instance is not None and instance != self._instance and self._job is None:
+                if (self._instance is not None and instance != self._instance and self._job is None
+                        and self._train_job is None):
                     self._drop_client()  # restarted daemon: new key, new client
                 self._instance = instance
                 self.hello = hello
@@ -681,8 +812,9 @@ class Controller(QObject):
                     self.models_changed.emit(logic.model_choices(models))
                 if was is not True or instance != self._seen_instance:
                     self._seen_instance = instance
-                    self.refresh_history()  # on connect (and a restarted daemon): its history and styles
+                    self.refresh_history()  # on connect (and a restarted daemon): its history, styles, LoRAs
                     self.refresh_styles()
+                    self.refresh_loras()
                 if was is False:
                     self.message.emit("Connected to the daemon.", "ok")
             else:

@@ -21,6 +21,8 @@ from PyQt5.QtCore import Qt
 from PyQt5.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
@@ -32,6 +34,7 @@ from PyQt5.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -40,6 +43,7 @@ from inpaintd_protocol import editor
 from inpaintd_protocol.options import KRITA, Option
 
 from . import logic, loop
+from . import loras as lora_rules
 from .controller import Controller
 from .history_strip import HistoryStrip
 
@@ -116,6 +120,26 @@ class InpaintPanel(QWidget):
             else:
                 form.addRow(opt.plain_label, widget)
         self._check_declared_controls()
+        # LoRAs: "Add LoRA…" lists the daemon's LoRAs for the picked model; each chosen one
+        # gets a row (name, weight, remove) under it; Teach subject trains a new one.
+        self.lora_box = QComboBox()
+        self.lora_box.addItem("Add LoRA…", "")
+        self.lora_box.setToolTip("The daemon's LoRAs for the picked model: pick one to use it in Generate and "
+                                 "Remix, at the weight beside it")
+        self.teach_button = QPushButton("Teach subject…")
+        self.teach_button.setToolTip(f"Train a LoRA of a subject from {lora_rules.MIN_PICTURES} or more paint layers "
+                                     "selected in the Layers docker (Ctrl+click); it runs in the background")
+        self.lora_rows: dict[str, tuple[QWidget, QDoubleSpinBox]] = {}
+        self.lora_list = QWidget()
+        self._lora_list_layout = QVBoxLayout(self.lora_list)
+        self._lora_list_layout.setContentsMargins(0, 0, 0, 0)
+        form.addRow("LoRA", _row(self.lora_box, self.teach_button))
+        form.addRow(self.lora_list)
+        for name, weight in lora_rules.parse_chosen(s.loras):
+            self.add_lora(name, weight, save=False)
+        #: Asks for a training's token, class, name and steps: a TeachRequest, None if cancelled.  Tests replace it.
+        self.ask_teach: Callable[[lora_rules.TeachRequest], lora_rules.TeachRequest | None] = (
+            lambda request: TeachDialog.ask(self, request))
         style_box = self.option_widgets["style"]
         assert isinstance(style_box, QComboBox)  # made by _option_widget
         self.style_box = style_box
@@ -199,6 +223,8 @@ class InpaintPanel(QWidget):
         self.vary_strong_button.clicked.connect(lambda: controller.vary("strong"))
         self.remix_button.clicked.connect(controller.remix)
         self.save_style_button.clicked.connect(self._save_style)
+        self.lora_box.currentIndexChanged.connect(self._lora_picked)
+        self.teach_button.clicked.connect(self.teach)
         self.reference_layer.currentIndexChanged.connect(
             lambda _i: setattr(controller, "reference_layer", self.reference_layer.currentData() or ""))
         # controller -> widgets
@@ -209,6 +235,8 @@ class InpaintPanel(QWidget):
         controller.models_changed.connect(self._show_models)
         controller.history_changed.connect(self.history_strip.show_cards)
         controller.styles_changed.connect(self._show_styles)
+        controller.loras_changed.connect(lambda _loras: self._show_loras())
+        controller.training_changed.connect(self._show_training)
         self._show_reference_controls()
 
     def _check_declared_controls(self) -> None:
@@ -297,6 +325,7 @@ class InpaintPanel(QWidget):
             for name, value in changes.items():
                 self._put(name, value)
         self._show_model_caps(caps)
+        self._show_loras()
 
     def _put(self, name: str, value: Any) -> None:
         """Set one job option's control (which writes the settings through its signal)."""
@@ -360,6 +389,104 @@ class InpaintPanel(QWidget):
                                                "guidance, strength and color match):")
         if ok and name.strip():
             self.controller.save_style(name.strip())
+
+    # -- LoRAs and Teach subject -----------------------------------------------------------
+
+    def _show_loras(self) -> None:
+        """Fill "Add LoRA…" with the daemon's LoRAs that fit the picked model; grey out the
+        chosen rows that do not (they are not sent)."""
+        loras = self.controller.loras or []
+        family = self.controller.model_family()
+        box = self.lora_box
+        box.blockSignals(True)
+        box.clear()
+        box.addItem("Add LoRA…" if loras else "Add LoRA… (the daemon has none)", "")
+        items: Any = box.model()
+        for choice in lora_rules.lora_choices(loras, family):
+            box.addItem(choice.label, choice.name)
+            box.setItemData(box.count() - 1, choice.tip, Qt.ToolTipRole)
+            item = items.item(box.count() - 1) if hasattr(items, "item") else None
+            if item is not None and not choice.usable:
+                item.setEnabled(False)
+        box.setCurrentIndex(0)
+        box.blockSignals(False)
+        by_name = {str(x.get("name") or "").lower(): x for x in loras}
+        for name, (row, _spin) in self.lora_rows.items():
+            lora = by_name.get(name.lower())
+            sent = lora is not None and not lora.get("problem") and lora_rules.fits(lora, family)
+            row.setEnabled(sent or self.controller.loras is None)
+            why = ("" if sent else "Not sent: the daemon has no LoRA of that name" if lora is None
+                   else f"Not sent: it is not for the picked model ({family})")
+            row.setToolTip("\n".join(t for t in (lora_rules.lora_tip(lora) if lora else "", why) if t))
+
+    def _lora_picked(self, index: int) -> None:
+        name = self.lora_box.itemData(index) or ""
+        if name:
+            choice = next((c for c in lora_rules.lora_choices(self.controller.loras or [], self.controller.model_family())
+                           if c.name == name), None)
+            self.add_lora(name, choice.default_weight if choice else 1.0)
+        self.lora_box.blockSignals(True)
+        self.lora_box.setCurrentIndex(0)
+        self.lora_box.blockSignals(False)
+
+    def add_lora(self, name: str, weight: float = 1.0, save: bool = True) -> None:
+        """A row for a chosen LoRA: its name, its weight (-2…2; 0: off), a remove button."""
+        if name in self.lora_rows or len(self.lora_rows) >= lora_rules.MAX_LORAS:
+            return
+        row = QWidget()
+        layout = QHBoxLayout(row)
+        layout.setContentsMargins(0, 0, 0, 0)
+        label = QLabel(name)
+        spin = QDoubleSpinBox()
+        spin.setRange(lora_rules.WEIGHT_MIN, lora_rules.WEIGHT_MAX)
+        spin.setSingleStep(0.05)
+        spin.setValue(lora_rules.clamp_weight(weight))
+        spin.setToolTip("The LoRA's weight (0: off)")
+        remove = QToolButton()
+        remove.setText("✕")
+        remove.setToolTip(f"Do not use {name}")
+        layout.addWidget(label, 1)
+        layout.addWidget(spin)
+        layout.addWidget(remove)
+        self.lora_rows[name] = (row, spin)
+        self._lora_list_layout.addWidget(row)
+        spin.valueChanged.connect(lambda _v: self._save_loras())
+        remove.clicked.connect(lambda: self.remove_lora(name))
+        if save:
+            self._save_loras()
+            self._show_loras()
+
+    def remove_lora(self, name: str) -> None:
+        row = self.lora_rows.pop(name, None)
+        if row is not None:
+            self._lora_list_layout.removeWidget(row[0])
+            row[0].hide()
+            row[0].deleteLater()
+            self._save_loras()
+
+    def chosen_loras(self) -> list[tuple[str, float]]:
+        return [(name, spin.value()) for name, (_row, spin) in self.lora_rows.items()]
+
+    def _save_loras(self) -> None:
+        self._set("loras", lora_rules.format_chosen(self.chosen_loras()))
+
+    def teach(self) -> bool:
+        """Teach subject…: the selected paint layers, then the dialog, then the training."""
+        try:
+            count = len(self.controller.doc_access.selected_paint_layers())
+        except Exception as exc:  # no document, no view
+            self.controller.message.emit(f"Cannot read the selected layers: {exc}", "error")
+            return False
+        problem = lora_rules.teach_problem(lora_rules.TeachRequest(class_noun="x", name="x"), count)
+        if problem:
+            self.controller.message.emit(problem, "error")
+            return False
+        request = self.ask_teach(lora_rules.TeachRequest())
+        return request is not None and self.controller.teach(request)
+
+    def _show_training(self, training: bool) -> None:
+        self.teach_button.setEnabled(not training)
+        self.cancel_button.setEnabled(training or self.controller.busy)
 
     # -- the history strip ---------------------------------------------------------------
 
@@ -452,7 +579,7 @@ class InpaintPanel(QWidget):
 
     def _show_busy(self, busy: bool) -> None:
         self.generate_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
+        self.cancel_button.setEnabled(busy or self.controller.training)
         for button in (self.vary_subtle_button, self.vary_strong_button, self.remix_button):
             button.setEnabled(not busy)
 
@@ -472,7 +599,8 @@ class InpaintPanel(QWidget):
         self.model.blockSignals(False)
         if index < 0 and wanted:
             self._set("model", "")  # the saved model is gone from this daemon: back to its default
-        self._show_model_caps()  # the values stay: they are the artist's until a model is picked
+        self._show_model_caps()
+        self._show_loras()  # the values stay: they are the artist's until a model is picked
 
 
 def _row(*widgets: QWidget) -> QWidget:
@@ -483,6 +611,49 @@ def _row(*widgets: QWidget) -> QWidget:
     for i, w in enumerate(widgets):
         row.addWidget(w, 1 if i == 0 else 0)
     return box
+
+
+class TeachDialog(QDialog):
+    """Teach subject: the token, class, the new LoRA's name, steps and resolution."""
+
+    def __init__(self, parent: QWidget | None, request: lora_rules.TeachRequest) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Teach subject")
+        self.token = QLineEdit(request.token)
+        self.token.setToolTip("One word prompts will call the subject by (e.g. sks)")
+        self.class_noun = QLineEdit(request.class_noun)
+        self.class_noun.setPlaceholderText("cat, person, mug…")
+        self.name = QLineEdit(request.name)
+        self.name.setPlaceholderText("my_cat")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 20000)
+        self.steps.setValue(request.steps)
+        self.resolution = QSpinBox()
+        self.resolution.setRange(0, 2048)
+        self.resolution.setSingleStep(64)
+        self.resolution.setSpecialValueText("auto")
+        self.resolution.setValue(request.resolution)
+        form = QFormLayout(self)
+        form.addRow(QLabel("The selected paint layers are pictures of the subject; the daemon trains a LoRA "
+                           "of it in the background."))
+        form.addRow("Token", self.token)
+        form.addRow("Class", self.class_noun)
+        form.addRow("LoRA name", self.name)
+        form.addRow("Steps", self.steps)
+        form.addRow("Resolution", self.resolution)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def request(self) -> lora_rules.TeachRequest:
+        return lora_rules.TeachRequest(self.token.text().strip(), self.class_noun.text().strip(),
+                                       self.name.text().strip(), self.steps.value(), self.resolution.value())
+
+    @classmethod
+    def ask(cls, parent: QWidget | None, request: lora_rules.TeachRequest) -> lora_rules.TeachRequest | None:
+        dialog = cls(parent, request)
+        return dialog.request() if dialog.exec_() == QDialog.Accepted else None
 
 
 class _LayerCombo(QComboBox):

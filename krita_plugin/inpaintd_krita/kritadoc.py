@@ -28,7 +28,7 @@ from PyQt5.QtGui import QImage
 from inpaintd_protocol import editor
 from inpaintd_protocol.editor import CropPlan
 
-from . import logic, loop
+from . import logic, loop, loras
 from .logic import Rect, Settings, UserError
 from .loop import HistoryCard, JobRecord, ResultMap, ResultRef
 
@@ -293,6 +293,44 @@ def reference_image(doc: Any, uid: str) -> tuple[bytes, int, int, int] | None:
     if stride != tw * 4:
         data = b"".join(data[r * stride : r * stride + tw * 4] for r in range(th))
     return data, tw, th, 4
+
+
+# -- Teach subject: the selected layers as pictures ------------------------------------------
+
+
+def selected_paint_layers() -> list[Any]:
+    """The paint layers selected in the Layers docker of the active view (Ctrl+click)."""
+    app: Any = Krita.instance()
+    window = app.activeWindow()
+    view = window.activeView() if window is not None else None
+    if view is None:
+        return []
+    return [n for n in view.selectedNodes() if n.type() == "paintlayer"]
+
+
+def training_pictures() -> list[tuple[bytes, int, int, int]]:
+    """The selected paint layers as RGB pictures of the subject (their bounds, scaled to at
+    most loras.TRAIN_SIDE a side), as `Client.train(images=...)` takes them."""
+    doc = _active_document()
+    logic.check_color_space(doc.colorModel(), doc.colorDepth())
+    out = []
+    for node in selected_paint_layers():
+        b = node.bounds()
+        w, h = b.width(), b.height()
+        if w <= 0 or h <= 0:
+            continue  # an empty layer is no picture
+        bgra = bytes(node.pixelData(b.x(), b.y(), w, h))
+        tw, th = loras.train_size(w, h)
+        image = QImage(bgra, w, h, w * 4, QImage.Format_ARGB32)  # Krita's B, G, R, A bytes
+        if (tw, th) != (w, h):
+            image = image.scaled(tw, th, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+        rgb = image.convertToFormat(QImage.Format_RGB888)
+        data = rgb.constBits().asstring(rgb.byteCount())
+        stride = rgb.bytesPerLine()
+        if stride != tw * 3:
+            data = b"".join(data[r * stride : r * stride + tw * 3] for r in range(th))
+        out.append((data, tw, th, 3))
+    return out
 
 
 def load_settings() -> Settings:

@@ -180,6 +180,7 @@ EXTRA_SETTINGS: tuple[tuple[str, type, Any], ...] = (
     ("endpoint", str, ""),
     ("daemon_command", str, "inpaintd serve --bind {endpoint}"),
     ("autostart", bool, False),
+    ("loras", str, ""),  # the chosen LoRAs, loras.format_chosen's `name:weight,...`
 )
 
 
@@ -218,6 +219,7 @@ class Settings:
     endpoint: str = ""
     daemon_command: str = "inpaintd serve --bind {endpoint}"
     autostart: bool = False
+    loras: str = ""
 
     def job_options(self) -> dict[str, Any]:
         """The protocol's JobOptions fields (as a dict: this module does not import the client)."""

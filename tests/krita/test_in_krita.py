@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 from krita import Krita, Selection  # type: ignore
-from PyQt5.QtCore import QByteArray
+from PyQt5.QtCore import QByteArray, Qt
 from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication
 
-from inpaintd_krita import kritadoc, logic, loop
+from inpaintd_krita import kritadoc, logic, loop, loras
 from inpaintd_krita.controller import IDLE_INTERVAL_MS, Controller
 from inpaintd_krita.docker import InpaintPanel
 from inpaintd_krita.logic import Settings
@@ -1153,3 +1153,103 @@ def test_loop_vary_sends_the_pixels_to_a_daemon_that_keeps_no_history(open_doc: 
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- LoRAs and Teach subject ---------------------------------------------------------------------
+# A fifth kritarunner session (INPAINTD_TEST_TEACH=1), against a daemon on the tiny SD pipeline
+# whose --lora-dir holds a tiny random LoRA `ink` (trigger words "inky lines").
+
+TEACH = os.environ.get("INPAINTD_TEST_TEACH") == "1"
+needs_teach = pytest.mark.skipif(not TEACH, reason="needs the tiny diffusion daemon with a LoRA (INPAINTD_TEST_TEACH=1)")
+
+
+@pytest.fixture(scope="module")
+def teach_session(window: Any) -> Any:
+    if not TEACH:
+        pytest.skip("needs the tiny diffusion daemon with a LoRA (INPAINTD_TEST_TEACH=1)")
+    session = LoopSession(window)
+    session.panel.variants.setValue(1)
+    yield session
+    session.close()
+
+
+@needs_teach
+def test_teach_a_picked_lora_changes_the_pixels_and_weight_0_does_not(teach_session: LoopSession) -> None:
+    s = teach_session
+    panel, controller = s.panel, s.controller
+    assert wait_for(lambda: panel.lora_box.findData("ink") > 0, 15), [panel.lora_box.itemText(i)
+                                                                       for i in range(panel.lora_box.count())]
+    index = panel.lora_box.findData("ink")
+    assert "inky lines" in panel.lora_box.itemData(index, Qt.ToolTipRole)
+    assert controller.model_family() == "sd15"
+    s.select(s.source)
+    plain = s.run(panel.generate_button)
+    plain_pixels = layer_pixels(s.last_group.childNodes()[0])[1]
+    panel.lora_box.setCurrentIndex(index)  # "Add LoRA…" -> ink: a row with its weight
+    assert panel.lora_box.currentIndex() == 0 and panel.chosen_loras() == [("ink", 1.0)]
+    assert controller.settings.loras == "ink:1" and controller.lora_payload() == [("ink", 1.0)]
+    try:
+        s.select(s.source)
+        with_lora = s.run(panel.generate_button)
+        assert any("LoRA ink 1" in text for text, _ in panel.message_log[-3:]), panel.message_log[-3:]
+        lora_node = s.last_group.childNodes()[0]
+        inside = assert_outside_unchanged(s, lora_node)
+        lora_pixels = layer_pixels(lora_node)[1]
+        assert (lora_pixels != plain_pixels).any(axis=2)[inside].mean() > 0.2, "the LoRA changed nothing"
+        assert plain.options["seed"] == with_lora.options["seed"] == 777
+        panel.lora_rows["ink"][1].setValue(0.0)  # weight 0: off
+        assert controller.settings.loras == "ink:0" and controller.lora_payload() == []
+        s.select(s.source)
+        s.run(panel.generate_button)
+        off_pixels = layer_pixels(s.last_group.childNodes()[0])[1]
+        assert (off_pixels == plain_pixels).all(), "weight 0 is not the base model's pixels"
+    finally:
+        panel.remove_lora("ink")
+    assert panel.chosen_loras() == [] and controller.settings.loras == ""
+
+
+@needs_teach
+def test_teach_subject_from_three_selected_layers(window: Any, teach_session: LoopSession) -> None:
+    s = teach_session
+    panel, controller = s.panel, s.controller
+    doc = Krita.instance().createDocument(160, 120, "subject", "RGBA", "U8", "", 72.0)
+    window.addView(doc)
+    QApplication.setActiveWindow(window.qwindow())
+    pump(0.05)
+    try:
+        rng = np.random.default_rng(5)
+        first = doc.topLevelNodes()[0]
+        for i in range(2):
+            doc.rootNode().addChildNode(doc.createNode(f"picture {i + 2}", "paintlayer"), None)
+        for i, node in enumerate(n for n in doc.topLevelNodes() if n.type() == "paintlayer"):
+            pixels = np.repeat(np.repeat(rng.integers(0, 255, (6, 8, 4), np.uint8), 20, 0), 20, 1)
+            pixels[..., 3] = 255
+            pixels[40:80, 40 + 10 * i : 100 + 10 * i, :3] = (30, 60, 200)  # the "subject", moving a bit
+            node.setPixelData(QByteArray(pixels.tobytes()), 0, 0, 160, 120)
+        doc.waitForDone()
+        make_active(doc, first)
+        said: list[str] = []
+        controller.message.connect(lambda text, level: said.append(text))
+        assert not panel.teach(), "taught from one selected layer"
+        assert "3 to 30 paint layers" in said[-1]
+        Krita.instance().action("select_all_layers").trigger()
+        assert wait_for(lambda: len(kritadoc.selected_paint_layers()) == 3, 5), len(kritadoc.selected_paint_layers())
+        pictures = kritadoc.training_pictures()
+        assert [(w, h, c, len(p)) for p, w, h, c in pictures] == [(160, 120, 3, 160 * 120 * 3)] * 3
+        panel.ask_teach = lambda request: loras.TeachRequest("sks", "mug", "taught_mug", steps=6, resolution=64)
+        panel.progress_log.clear()
+        panel.teach_button.click()
+        assert controller.training, said[-3:]
+        assert panel.cancel_button.isEnabled() and not panel.teach_button.isEnabled()
+        assert wait_for(lambda: not controller.training, 240), "the training did not finish"
+        assert "taught_mug" in said[-1] and "Taught the subject" in said[-1], said[-3:]
+        steps = [text for _percent, text in panel.progress_log if re.match(r"Training \d+/6", text)]
+        assert steps and all("loss" in t for t in steps), panel.progress_log
+        assert any(t.startswith("Training 6/6") for t in steps), steps
+        assert wait_for(lambda: panel.lora_box.findData("taught_mug") > 0, 15), "the new LoRA is not in the picker"
+        tip = panel.lora_box.itemData(panel.lora_box.findData("taught_mug"), Qt.ToolTipRole)
+        assert "sks mug" in tip, tip
+    finally:
+        doc.setModified(False)
+        doc.close()
+        pump(0.05)
