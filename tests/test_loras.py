@@ -99,6 +99,7 @@ def addons(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Pa
     make_test_lora(tiny_model_dir, data / "loras" / "ink.safetensors", seed=1)
     make_test_lora(tiny_model_dir, data / "loras" / "film.safetensors", seed=2, text_encoder=False)
     make_test_lora(tiny_model_dir, data / "loras" / "xl_only.safetensors", seed=3, family="sdxl")
+    make_test_lora(tiny_model_dir, data / "loras" / "ink_kohya.safetensors", seed=1, kohya=True)  # ink's weights
     (data / "loras" / "ink.txt").write_text("inkwash\n")
     make_test_embedding(data / "embeddings" / "mytoken.safetensors")
     return data
@@ -133,6 +134,8 @@ def test_loras_change_the_pixels_and_the_base_model_comes_back(lora_daemon: Daem
         zero = run(c, loras=(("ink", 0.0),))
         both = run(c, loras=(("ink", 1.0), ("film", 0.8)))
         tagged = run(c, prompt="a <lora:ink:1.0> cat")
+        kohya = run(c, loras=(("ink_kohya", 1.0),))
+        assert names["ink_kohya"]["format"] == "kohya" and names["ink_kohya"]["family"] == "sd15"
         after = run(c)
     inside = MASK == 255
     d_full = float(np.abs(inked - base)[inside].mean())
@@ -143,6 +146,8 @@ def test_loras_change_the_pixels_and_the_base_model_comes_back(lora_daemon: Daem
     assert np.array_equal(zero, base)  # weight 0: the base model's pixels
     assert not np.array_equal(both, inked)  # a second LoRA at once changes them again
     assert np.array_equal(tagged, inked)  # <lora:ink:1.0> in the prompt = the loras field (tag removed from the text)
+    # the same weights in kohya's layout (diffusers converts them): the same picture, to float rounding
+    assert np.abs(kohya - inked).max() <= 2 and not np.array_equal(kohya, base), np.abs(kohya - inked).max()
     assert np.array_equal(after, base)  # after LoRA jobs the base model is exactly as before
     assert np.array_equal(inked[~inside], base[~inside])
 

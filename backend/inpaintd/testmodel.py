@@ -890,11 +890,13 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
 
 
 def make_test_lora(model_dir: str | Path, path: str | Path, *, seed: int = 1, text_encoder: bool = True,
-                   family: str = "sd15") -> Path:
+                   family: str = "sd15", kohya: bool = False) -> Path:
     """A random LoRA for the tiny SD pipeline in `model_dir`, in diffusers' format (the UNet's
     attention projections, and with `text_encoder` its CLIP's), saved as one .safetensors
     file whose ModelSpec metadata names `family` (the tiny model's widths are no real
-    family's).  Both LoRA matrices are random, so it visibly changes the output."""
+    family's).  Both LoRA matrices are random, so it visibly changes the output.  `kohya`: the
+    same weights in kohya/A1111's key layout (`lora_unet_..._to_q.lora_down.weight`, `.alpha`),
+    as most downloaded LoRAs are."""
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -913,10 +915,19 @@ def make_test_lora(model_dir: str | Path, path: str | Path, *, seed: int = 1, te
                                                  target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
         te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
     path.parent.mkdir(parents=True, exist_ok=True)
+    arch = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}[family]
+    metadata = {"modelspec.architecture": f"{arch}/lora"}
+    if kohya:
+        from diffusers.utils import convert_state_dict_to_kohya
+
+        peft_keys = {f"unet.{k}": v for k, v in get_peft_model_state_dict(pipe.unet).items()}
+        if text_encoder:
+            peft_keys |= {f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(pipe.text_encoder).items()}
+        save_file({k: v.contiguous() for k, v in convert_state_dict_to_kohya(peft_keys).items()}, str(path), metadata=metadata)
+        return path
     type(pipe).save_lora_weights(str(path.parent), unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
                                  weight_name=path.name)
-    arch = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2", "sdxl": "stable-diffusion-xl-v1-base"}[family]
-    save_file(load_file(str(path)), str(path), metadata={"modelspec.architecture": f"{arch}/lora"})
+    save_file(load_file(str(path)), str(path), metadata=metadata)
     return path
 
 
