@@ -203,8 +203,9 @@ def test_arguments_keep_their_positions_and_the_dialog_shows_them_all():
     # The first release's arguments, in their order: scripts may pass them by position.
     assert names[:13] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model", "grow",
                           "feather", "padding", "endpoint", "sample-merged", "start-daemon"]
-    assert names[13:] == ["color-match", "fill", "guidance-scale", "style"]
+    assert names[13:] == ["color-match", "fill", "guidance-scale", "style", "loras"]
     assert sorted(DIALOG_ORDER) == sorted(names) and len(DIALOG_ORDER) == len(names)
+    assert DIALOG_ORDER[DIALOG_ORDER.index("style") + 1] == "loras"  # the LoRAs under the style
 
 
 def test_plugins_folder_follows_the_newest_gimp_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -421,3 +422,103 @@ def test_history_entry_choice_and_place():
     assert origin == (0, 0) and "top-left" in note
     assert "no job 'x'" in logic.no_history_entry("x", "") and "containing 'cup'" in logic.no_history_entry("", "cup")
     assert "empty" in logic.no_history_entry("", "")
+
+
+# -- LoRAs and Teach Subject from Layers (issue #12) ------------------------------------------------
+
+
+def test_loras_argument_is_parsed():
+    assert logic.parse_loras("") == ([], []) and logic.parse_loras(" , ") == ([], [])
+    assert logic.parse_loras("ink:0.8, my_cat:1") == ([("ink", 0.8), ("my_cat", 1.0)], [])
+    # a name alone: the LoRA's default weight (None here); names may hold spaces; A1111 tags are taken
+    assert logic.parse_loras("film grain, ink : -0.5,<lora:sks_cat:0.7>") == (
+        [("film grain", None), ("ink", -0.5), ("sks_cat", 0.7)], [])
+    assert logic.parse_loras("v1.5:2") == ([("v1.5", 2.0)], [])
+    assert logic.parse_loras("ink:0")[0] == [("ink", 0.0)]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("ink:strong", "the weight after ':' must be a number, e.g. 'ink:0.8'"),
+    ("ink:2.5", "weight 2.5 is out of range -2 to 2"),
+    ("ink:nan", "out of range"),
+    (":0.5", "has no name"),
+    (",".join(f"l{i}" for i in range(9)), "9 LoRAs given; a job takes at most 8"),
+])
+def test_bad_loras_argument_is_refused_in_words(text, needle):
+    parsed, problems = logic.parse_loras(text)
+    assert problems and needle in problems[0], problems
+    assert needle in " | ".join(Options(loras=text).validate())
+
+
+def test_lora_weights_default_to_the_daemons():
+    listed = logic.lora_entries({"loras": [{"name": "Ink", "default_weight": 0.6}, {"name": "x"}, "junk", {}]})
+    assert [e["name"] for e in listed] == ["Ink", "x"]
+    assert logic.lora_weights([("ink", None), ("x", None), ("y", 0.3)], listed) == [
+        ("ink", 0.6), ("x", 1.0), ("y", 0.3)]
+    assert logic.lora_weights([("ink", None)]) == [("ink", 1.0)]
+
+
+def test_the_dialog_names_the_daemons_loras():
+    body = {"lora_dir": "/data/loras", "loras": [
+        {"name": "ink", "family": "sd15", "trigger_words": ["inkwash"]},
+        {"name": "odd", "family": "", "trigger_words": []},
+        {"name": "old", "family": "sd15", "problem": "a pickle file:\n start with --allow-pickle"}]}
+    text = logic.loras_listing(body)
+    assert text == ("The daemon's LoRAs in /data/loras: ink (sd15; trigger words: inkwash); odd (unknown family); "
+                    "old (cannot be used: a pickle file: start with --allow-pickle).")
+    assert "no LoRAs in /data/loras" in logic.loras_listing({"lora_dir": "/data/loras", "loras": []})
+    assert "no LoRAs" in logic.loras_listing(None)
+    many = logic.loras_listing({"loras": [{"name": f"l{i}", "family": "sd15"} for i in range(15)]})
+    assert many.endswith("l11 (sd15); and 3 more (`inpaintd loras`).") and "l12" not in many
+
+
+def test_teach_subject_arguments():
+    specs = logic.TRAIN_ARGS
+    assert [a.name for a in specs] == ["token", "class-noun", "name", "steps", "resolution", "model", "endpoint"]
+    assert [a.position for a in specs] == list(range(len(specs)))
+    mnemonics = [a.label[a.label.index("_") + 1].lower() for a in specs]
+    assert len(set(mnemonics)) == len(mnemonics) and not set(mnemonics) & set("ocrhsl")
+    good = {"token": "sks", "class-noun": "cat", "name": "", "steps": 6, "resolution": 64, "model": None,
+            "endpoint": ""}
+    assert logic.train_problems(good) == []
+    assert logic.arg_values_of(specs, good)["model"] == ""
+    for change, needle in [({"token": "two words"}, "Token must be one word"), ({"class-noun": " "}, "Class noun"),
+                           ({"name": "bad name!"}, "LoRA name 'bad name!'"), ({"resolution": 100}, "multiple of 64"),
+                           ({"steps": 0}, "Steps must be at least 1"), ({"endpoint": "nope"}, "ZeroMQ")]:
+        problems = logic.train_problems({**good, **change})
+        assert problems and needle in problems[0], (change, problems)
+    assert logic.lora_name_for("sks", "teddy bear") == "sks_teddy_bear"
+    assert logic.lora_name_for("", "!!") == "subject"
+    assert logic.train_settings(6, 64, " ") == {"steps": 6, "resolution": 64}
+    assert logic.train_settings(6, 0, "m")["model"] == "m"
+
+
+def test_training_pictures_and_masks():
+    assert "3 to 30 pictures" in logic.training_layers_problem([("a", 8, 8), ("b", 8, 8)])
+    assert "2 selected)" in logic.training_layers_problem([("a", 8, 8), ("b", 8, 8)])
+    assert "'big' is 5000×10" in logic.training_layers_problem([("a", 8, 8), ("b", 8, 8), ("big", 5000, 10)])
+    assert logic.training_layers_problem([("a", 8, 8)] * 3) == ""
+    rgb, alpha = logic.split_alpha(bytes([1, 2, 3, 255, 4, 5, 6, 0]))
+    assert (rgb, alpha) == (bytes([1, 2, 3, 4, 5, 6]), bytes([255, 0]))
+    assert logic.subject_mask(b"\xff\xff", None, "a") is None  # opaque: the whole picture
+    assert logic.subject_mask(b"\xff\x00", None, "a") == b"\xff\x00"  # its alpha
+    assert logic.subject_mask(b"\xff\xff", b"\x00\x80", "a") == b"\x00\x80"  # the selection wins
+    with pytest.raises(ValueError, match="fully transparent"):
+        logic.subject_mask(b"\x00\x00", None, "a")
+    with pytest.raises(ValueError, match="does not reach layer 'a'"):
+        logic.subject_mask(b"\xff\xff", b"\x00\x00", "a")
+    assert "3 layers: 'a', 'b', 'c' (the selection marks" in logic.training_subject(["a", "b", "c"], True)
+    assert "1 selected)" in logic.training_subject(["a"], False)
+
+
+def test_training_progress_and_message():
+    assert logic.training_progress("training", 12, 400, None, 0.08312, 190.2) == (
+        "Training 12/400 – loss 0.0831 – about 3 min 11 s left", 12 / 400)
+    assert logic.training_progress("training", 1, 6, None, None, None) == ("Training 1/6", 1 / 6)
+    assert logic.training_progress("queued", 0, 0, 1, None, None) == ("Queued: 1 job ahead", 0.0)
+    assert logic.training_progress("preparing", 3, 10, None, None, None)[0] == "Making pictures of the class 3/10"
+    assert [logic.duration_words(s) for s in (0, 44.2, 61, 1800, 3725)] == [
+        "0 s", "45 s", "1 min 01 s", "30 min", "1 h 02 min"]
+    text = logic.trained_message({"name": "sks_cat", "steps": 6, "final_loss": 0.1234}, "sks", "cat")
+    assert "learned 'sks cat' as the LoRA 'sks_cat' (6 steps, final loss 0.1234)" in text
+    assert "<lora:sks_cat:1>" in text and "'sks_cat:1' in the LoRAs field" in text

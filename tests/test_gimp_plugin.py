@@ -104,7 +104,8 @@ def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> No
     interactive dialogs open showing the daemon's lists and "auto" for automatic values:
     Inpaint Selection (Model, Style and Start with as combo boxes; Steps, Guidance and
     Context "auto", Seed "random"; a style picked with the keyboard puts its steps in, a
-    typed "auto" is read), Vary Result and Bring Back from History.  Their captures
+    typed "auto" is read; the daemon's LoRAs named under the LoRAs field), Vary Result, Bring
+    Back from History and Teach Subject from Layers (the layers it teaches from).  Their captures
     become docs/gimp-dialog.png, docs/gimp-vary-dialog.png and docs/gimp-history-dialog.png
     when INPAINTD_UPDATE_SCREENSHOT=1."""
     gimprc = gimp_root / "root" / ".config" / "GIMP" / "3.0" / "gimprc"
@@ -130,12 +131,13 @@ def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> No
         ui["after_run"][1:] == ["photo", "background"] and ui["after_run"][0].startswith("Inpaint: ")), ui
     assert ui["after_one_undo"] == ui["before"] == ["photo", "background"], ui
     assert ui["selection_kept"] and ui["source_unchanged"], ui
-    for name in ("dialog", "vary", "history"):
+    for name in ("dialog", "vary", "history", "train"):
         assert ui[f"{name}_status"].endswith("GIMP_PDB_CANCEL of type Gimp.PDBStatusType>"), ui
         assert ui[f"{name}_png"], f"the {name} dialog was not captured"
     shown = {d["title"]: d["shown"] for d in ui["dialogs"] if d["when"] == "opened"}
     closed = {d["title"]: d["shown"] for d in ui["dialogs"] if d["when"] == "closed"}
-    assert set(shown) == set(closed) == {"Inpaint Selection", "Vary Result", "Bring Back from History"}, ui["dialogs"]
+    assert set(shown) == set(closed) == {"Inpaint Selection", "Vary Result", "Bring Back from History",
+                                         "Teach Subject from Layers"}, ui["dialogs"]
     inpaint = shown["Inpaint Selection"]
     assert (inpaint["steps"], inpaint["guidance-scale"], inpaint["padding"], inpaint["seed"]) == (
         "auto", "auto", "auto", "random"), inpaint
@@ -152,6 +154,13 @@ def test_undo_and_dialog_in_gimp_ui(gimp_root: Path, ci_dir: Path, daemon) -> No
     assert after["padding"] == "auto" and after["seed"] == "123", after
     vary = shown["Vary Result"]
     assert vary["seed"] == "random" and vary["preset"]["combo"] == "subtle", vary
+    # the daemon's LoRAs under the LoRAs field (this daemon has none: it says where they go)
+    listed = [d["labels"] for d in ui["dialogs"] if d["title"] == "Inpaint Selection" and d["when"] == "opened"][0]
+    assert listed["loras-listed"].startswith("The daemon has no LoRAs in "), listed
+    assert shown["Inpaint Selection"]["loras"] == "", inpaint
+    train = [d for d in ui["dialogs"] if d["title"] == "Teach Subject from Layers" and d["when"] == "opened"][0]
+    assert train["labels"]["train-subject"].startswith("Teaches the daemon the subject of 3 layers: 'photo', "), train
+    assert (train["shown"]["token"], train["shown"]["steps"], train["shown"]["resolution"]) == ("sks", "400", "auto"), train
     history = shown["Bring Back from History"]["job"]
     assert history["combo"] == "" and "a blue cup" in history["rows"][1][1], history  # the newest first
     if os.environ.get("INPAINTD_UPDATE_SCREENSHOT") == "1":
@@ -291,6 +300,84 @@ def test_artists_loop_in_gimp(gimp_root: Path, ci_dir: Path, tmp_path_factory: p
                                   f"--- daemon log ---\n{log[-2000:]}")
     text = junit.read_text()
     assert 'failures="0"' in text and 'errors="0"' in text and 'tests="8"' in text, text[-2000:]
+
+
+def test_loras_and_training_in_gimp(gimp_root: Path, ci_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                                    tiny_model_dir: Path) -> None:
+    """Inside GIMP, against the tiny diffusion pipeline with a LoRA folder (#12,
+    tests/gimp/in_gimp/test_in_gimp_lora.py): the Inpaint Selection procedure's `loras`
+    argument changes the pixels of a fixed-seed job (weight 0 does not; `<lora:ink:1>` in the
+    prompt gives the same pixels; a name alone takes the sidecar's weight), bad LoRAs are
+    refused with the daemon's words; Teach Subject from Layers trains a LoRA on 3 layers
+    (6 steps at 64 px) that the daemon then lists and a next job uses; and a training whose
+    plug-in process is killed (GIMP's progress-bar cancel) is cancelled in the daemon by the
+    watchdog."""
+    pytest.importorskip("peft")
+    from daemons import start_daemon
+
+    from inpaintd.testmodel import make_test_lora
+
+    loras = tmp_path_factory.mktemp("gimp-loras")
+    make_test_lora(tiny_model_dir, loras / "ink.safetensors", seed=1)
+    (loras / "ink.json").write_text(json.dumps({"trigger_words": ["inkwash"], "weight": 0.5}))
+    make_test_lora(tiny_model_dir, loras / "xl_only.safetensors", seed=3, family="sdxl")
+    d = start_daemon(tmp_path_factory.mktemp("gimp-lora-daemon"), "--model", str(tiny_model_dir), "--device", "cpu",
+                     "--lora-dir", str(loras))
+    seen: dict = {}
+    try:
+        env = dict(d.env, INPAINTD_GIMP_TESTS="test_in_gimp_lora.py")
+        gimp = subprocess.Popen(gimp_batch_command(gimp_root, ci_dir, env, timeout=420),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            with d.client() as client:
+                while gimp.poll() is None and "killed_at" not in seen:
+                    time.sleep(0.05)
+                    if not (ci_dir / "train-cancel-armed").exists():
+                        continue
+                    running = [j for j in client.status()["running"] if j.get("kind") == "train"]
+                    if not (running and running[0]["name"] == "killed_ball" and running[0]["step"] >= 1):
+                        continue  # kill in the middle of the training, as a user would
+                    pids = _processes_of(gimp_root, ci_dir, "inpaintd_gimp.py")
+                    if not pids:
+                        continue
+                    seen["job"], seen["at_step"] = running[0]["job"], running[0]["step"]
+                    (ci_dir / "killed").touch()
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    seen["killed_at"] = time.monotonic()
+                if "killed_at" not in seen:
+                    out = gimp.communicate(timeout=60)[0] if gimp.poll() is not None else ""
+                    report = (ci_dir / "lora.json").read_text() if (ci_dir / "lora.json").exists() else "{}"
+                    raise AssertionError(f"the plug-in never ran a training that could be killed: {report}\n"
+                                         f"{out[-6000:]}\n--- daemon log ---\n{d.log()[-2000:]}")
+                while time.monotonic() - seen["killed_at"] < 15:
+                    st = client.status()
+                    if seen["job"] not in [j["job"] for j in st["running"] + st["queued"]]:
+                        break
+                    time.sleep(0.05)
+                seen["job_gone_after_s"] = round(time.monotonic() - seen["killed_at"], 3)
+                seen["job_state"] = client.fetch(seen["job"], timeout=10).state
+                seen["listed"] = sorted(e["name"] for e in client.request("loras").body["loras"])
+            out, _ = gimp.communicate(timeout=420)
+        finally:
+            if gimp.poll() is None:
+                gimp.kill()
+                gimp.wait()
+        log = d.log()
+    finally:
+        d.stop()
+    report = (ci_dir / "lora.json").read_text() if (ci_dir / "lora.json").exists() else "{}"
+    print("in GIMP (LoRAs, training):", report, seen)
+    assert seen.get("job_state") == "cancelled", f"training {seen.get('job')} ended {seen.get('job_state')}\n{log[-2000:]}"
+    assert seen["job_gone_after_s"] < 5, f"the cancel took {seen['job_gone_after_s']} s\n{log[-2000:]}"
+    assert seen["listed"] == ["ink", "sks_ball", "xl_only"], seen  # the cancelled training wrote no LoRA
+    assert not _processes_of(gimp_root, ci_dir, "inpaintd_watchdog.py"), "a watchdog process was left behind"
+    junit = ci_dir / "junit.xml"
+    assert junit.exists(), f"the in-GIMP tests did not run (exit {gimp.returncode}):\n{out[-4000:]}"
+    assert gimp.returncode == 0, (f"in-GIMP tests failed (exit {gimp.returncode}):\n{out[-8000:]}\n"
+                                  f"--- daemon log ---\n{log[-3000:]}")
+    text = junit.read_text()
+    assert 'failures="0"' in text and 'errors="0"' in text and 'tests="5"' in text, text[-2000:]
 
 
 # -- the plug-in as `inpaintd package-gimp` ships it, in a GIMP without pyzmq or msgpack ----------

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""GIMP 3 plug-in: Filters > AI > Inpaint Selection..., Vary Result... and Bring Back from
-History... through the inpaintd daemon.
+"""GIMP 3 plug-in: Filters > AI > Inpaint Selection..., Vary Result..., Bring Back from
+History... and Teach Subject from Layers... through the inpaintd daemon.
 
 Thin glue only: it registers the procedures, shows their dialogs, moves pixels between GIMP
 and the daemon, drives GIMP's progress bar and adds the result layers in one undo group,
@@ -38,6 +38,8 @@ DEPS = bundled.prepare_plugin_folder(HERE)
 import inpaintd_logic as logic  # noqa: E402
 from inpaintd_logic import ARGS, DIALOG_ORDER, Options, Rect  # noqa: E402
 
+BY_ARG = {a.name: a for a in ARGS}
+
 from inpaintd_protocol import editor  # noqa: E402
 from inpaintd_protocol.options import BY_NAME, GIMP  # noqa: E402
 
@@ -64,7 +66,7 @@ def run(procedure, run_mode, image, drawables, config, data):
                 step = BY_NAME[a.field].step
                 dialog.get_spin_scale(a.name, 1.0).set_increments(step, 4 * step)
         endpoint = config.get_property("endpoint") or ""
-        models, default_id, styles = daemon_lists(endpoint)
+        models, default_id, styles, loras = daemon_lists(endpoint)
         dialog_faces(dialog, config, ARGS)
         use_combo(dialog, config, "fill", logic.choice_rows("fill"))
         if models:
@@ -72,10 +74,11 @@ def run(procedure, run_mode, image, drawables, config, data):
             use_combo(dialog, config, "model", logic.model_choices(models, default_id, config.get_property("model")))
         if styles:
             use_combo(dialog, config, "style", logic.style_choices(styles, config.get_property("style")))
-        dialog.fill(list(DIALOG_ORDER))
+        order, loras_label = show_loras(dialog, loras, list(DIALOG_ORDER))
+        dialog.fill(order)
         follower = follow_model(config, models, default_id, dialog)
         follow_style(config, styles, follower)
-        report_dialog(dialog, ARGS)
+        report_dialog(dialog, ARGS, {"loras-listed": loras_label} if loras_label else None)
         ok = dialog.run()
         dialog.destroy()
         if not ok:
@@ -109,9 +112,10 @@ def empty_strings(config, specs) -> None:
             config.set_property(a.name, "")
 
 
-def daemon_lists(endpoint_setting: str) -> tuple[list, str, list]:
-    """The daemon's models, default model and styles, for the dialog; ([], "", []) at once
-    when none answers (no daemon is started just to open the dialog) or the client cannot load."""
+def daemon_lists(endpoint_setting: str) -> tuple[list, str, list, dict | None]:
+    """The daemon's models, default model, styles and `loras` reply, for the dialog;
+    ([], "", [], None) at once when none answers (no daemon is started just to open the
+    dialog) or the client cannot load."""
     try:
         proto = import_protocol()
         with proto.Client(editor.daemon_endpoint(endpoint_setting), name="inpaintd-gimp-dialog") as client:
@@ -121,9 +125,32 @@ def daemon_lists(endpoint_setting: str) -> tuple[list, str, list]:
                 styles = client.styles(timeout=2.0)
             except proto.ProtocolError:  # an older daemon: no styles
                 styles = []
-            return models, default_id, styles
+            try:
+                loras = dict(client.request(proto.Type.LORAS, timeout=2.0).body)
+            except proto.ProtocolError:  # an older daemon: no LoRAs
+                loras = None
+            return models, default_id, styles, loras
     except Exception:  # noqa: BLE001 - the dialog opens without the daemon's lists
-        return [], "", []
+        return [], "", [], None
+
+
+def show_loras(dialog, loras: dict | None, order: list[str]):
+    """Where the daemon answered with its LoRAs: name them (family, trigger words) in a
+    label under the LoRAs field and in its tooltip; (the dialog's fill order with that
+    label, the label or None)."""
+    if loras is None:
+        return order, None
+    text = logic.loras_listing(loras)
+    row = dialog.get_widget("loras", GObject.TYPE_NONE)
+    for widget in (row, row.get_entry() if isinstance(row, GimpUi.LabelEntry) else None):
+        if widget is not None:
+            widget.set_tooltip_text(f"{BY_ARG['loras'].blurb}\n\n{text}")
+    label = dialog.get_label("loras-listed", text, False, False)  # GIMP 3.0: is_markup, with_mnemonic
+    label.set_line_wrap(True)
+    label.set_max_width_chars(60)
+    label.set_xalign(0.0)
+    at = order.index("loras") + 1 if "loras" in order else len(order)
+    return [*order[:at], "loras-listed", *order[at:]], label
 
 
 # -- the dialog's faces -------------------------------------------------------------------
@@ -196,10 +223,11 @@ def use_combo(dialog, config, name: str, rows: list[tuple[str, str]]) -> bool:
     return True
 
 
-def report_dialog(dialog, specs) -> None:
+def report_dialog(dialog, specs, labels: dict | None = None) -> None:
     """What the dialog shows, written as one JSON line to the file $INPAINTD_GIMP_DIALOG_REPORT
     names once it is on screen: the UI test's view of it (GIMP runs the dialog in this
-    process, which the test cannot look into).  Nothing without the variable."""
+    process, which the test cannot look into), with the text of `labels` (id -> Gtk.Label).
+    Nothing without the variable."""
     path = os.environ.get("INPAINTD_GIMP_DIALOG_REPORT")
     if not path:
         return
@@ -219,7 +247,8 @@ def report_dialog(dialog, specs) -> None:
     def write(when: str) -> bool:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"title": dialog.get_title(), "when": when,
-                                "shown": {a.name: shown(a.name) for a in specs}}) + "\n")
+                                "shown": {a.name: shown(a.name) for a in specs},
+                                "labels": {k: v.get_text() for k, v in (labels or {}).items()}}) + "\n")
         return False
 
     dialog.connect("map", lambda *_: GLib.timeout_add(300, write, "opened"))
@@ -300,9 +329,10 @@ def inpaint(image, drawables, opts: Options) -> tuple[str, str]:
         # "auto" steps: the model's own, or the style's, said below
         options, runs_with = logic.options_for_job(wanted, caps, style)
         used = editor.settings_text(runs_with, caps)
+        loras = job_loras(client, opts.loras)
         try:
             job = client.submit(pixels, plan.crop.width, plan.crop.height, channels, mask,
-                                proto.JobOptions(**options), timeout=30.0)
+                                proto.JobOptions(**options), loras=loras, timeout=30.0)
         except proto.ProtocolError as exc:
             raise UserError(f"inpaintd refused the job: {exc}") from None
         run_job(client, job, used)
@@ -331,6 +361,20 @@ def picked_model(client, model: str) -> editor.ModelCaps:
     except proto.ProtocolError:
         return editor.ModelCaps()
     return editor.model_caps(editor.find_model(models, model, default), GIMP)
+
+
+def job_loras(client, text: str) -> list[tuple[str, float]]:
+    """The LoRAs argument as submit's `loras`; a LoRA given without a weight gets the
+    daemon's default weight for it (its `loras` reply), else 1."""
+    parsed, _ = logic.parse_loras(text)
+    listed: list = []
+    if any(weight is None for _, weight in parsed):
+        proto = import_protocol()
+        try:
+            listed = logic.lora_entries(client.request(proto.Type.LORAS, timeout=10.0).body)
+        except proto.ProtocolError:
+            listed = []  # an older daemon: it refuses the LoRAs with its own words
+    return logic.lora_weights(parsed, listed)
 
 
 def picked_style(client, name: str):
@@ -708,28 +752,41 @@ def recorded_command() -> list[str] | None:
     return [str(c) for c in command] if isinstance(command, list) and command else None
 
 
-def run_job(client, job, used: str = "") -> None:
-    """Follow an accepted job to its end on GIMP's progress bar, whose text starts with
-    `used` (the model and values it runs with); a UserError unless it succeeded.  The
-    watchdog cancels it if GIMP kills this process (the progress bar's cancel)."""
+def job_progress(job, used: str = "") -> tuple[str, float]:
+    """An inpaint job's progress text (after `used`, the model and values it runs with) and fraction."""
+    now = (editor.shown_stage(job.state, job.stage), job.step, job.total_steps, job.position)
+    text = editor.progress_text(*now)
+    return (f"{used} – {text}" if used else text), editor.progress_fraction(*now[:3])
+
+
+def train_progress(job, used: str = "") -> tuple[str, float]:
+    """A `train` job's progress text (step, loss, time left) and fraction."""
+    text, fraction = logic.training_progress(editor.shown_stage(job.state, job.stage), job.step, job.total_steps,
+                                             job.position, job.loss, job.remaining)
+    return (f"{used} – {text}" if used else text), fraction
+
+
+def run_job(client, job, used: str = "", progress=job_progress, failed: str = "inpaintd could not finish the job") -> None:
+    """Follow an accepted job to its end on GIMP's progress bar (`progress` gives its text
+    and fraction, the text starting with `used`); a UserError (`failed`: ...) unless it
+    succeeded.  The watchdog cancels it if GIMP kills this process (the progress bar's cancel)."""
     proto = import_protocol()
     watchdog = start_watchdog(client, job.id)
     try:
         shown = None
         while not job.finished:
             client.pump(0.1)
-            now = (editor.shown_stage(job.state, job.stage), job.step, job.total_steps, job.position)
+            now = progress(job, used)
             if now != shown:
                 shown = now
-                text = editor.progress_text(*now)
-                Gimp.progress_set_text(f"{used} – {text}" if used else text)
-                Gimp.progress_update(editor.progress_fraction(*now[:3]))
+                Gimp.progress_set_text(now[0])
+                Gimp.progress_update(now[1])
     finally:
         stop_watchdog(watchdog)
     try:
         job.raise_for_error()
     except proto.ProtocolError as exc:
-        raise UserError(f"inpaintd could not finish the job: {exc}") from None
+        raise UserError(f"{failed}: {exc}") from None
     Gimp.progress_update(1.0)
 
 
@@ -759,7 +816,92 @@ def stop_watchdog(watchdog) -> None:
         pass
 
 
-# -- results --------------------------------------------------------------------------
+# -- Teach Subject from Layers ----------------------------------------------------------------
+
+
+def run_train(procedure, run_mode, image, drawables, config, data):
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(logic.TRAIN_PROCEDURE)
+        empty_strings(config, logic.TRAIN_ARGS)
+        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Teach Subject from Layers")
+        dialog_faces(dialog, config, logic.TRAIN_ARGS)
+        what = logic.training_subject([d.get_name() for d in drawables], not Gimp.Selection.is_empty(image))
+        label = dialog.get_label("train-subject", what, False, False)  # GIMP 3.0: is_markup, with_mnemonic
+        label.set_line_wrap(True)
+        label.set_max_width_chars(60)
+        label.set_xalign(0.0)
+        dialog.fill(["train-subject", *[a.name for a in logic.TRAIN_ARGS]])
+        report_dialog(dialog, logic.TRAIN_ARGS, {"train-subject": label})
+        ok = dialog.run()
+        dialog.destroy()
+        if not ok:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    values = {a.name: config.get_property(a.name) for a in logic.TRAIN_ARGS}
+    try:
+        problems = logic.train_problems(values)
+        if problems:
+            raise UserError("Teach Subject from Layers: " + "; ".join(problems))
+        name, job_id = teach(image, list(drawables), **logic.arg_values_of(logic.TRAIN_ARGS, values))
+    except UserError as exc:
+        return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(str(exc)))
+    finally:
+        Gimp.progress_end()
+    return success(procedure, name, job_id)
+
+
+def training_pictures(image, drawables) -> tuple[list, list]:
+    """The selected layers as `train`'s pictures (RGB: alpha dropped) and subject masks
+    (the selection over each layer, else its alpha where it has transparent parts, else None)."""
+    for item in drawables:
+        if not isinstance(item, Gimp.Layer) or isinstance(item, Gimp.LayerMask) or item.is_group():
+            raise UserError(f"'{item.get_name()}' is not a pixel layer: Teach Subject takes pixel layers, one picture "
+                            "of the subject each.")
+    problem = logic.training_layers_problem([(d.get_name(), d.get_width(), d.get_height()) for d in drawables])
+    if problem:
+        raise UserError(problem)
+    with_selection = not Gimp.Selection.is_empty(image)
+    pictures, masks = [], []
+    for layer in drawables:
+        width, height = layer.get_width(), layer.get_height()
+        rgb, alpha = logic.split_alpha(read(layer, Rect(0, 0, width, height), RGBA))
+        selection = None
+        if with_selection:
+            _, ox, oy = layer.get_offsets()
+            buf = image.get_selection().get_buffer()  # outside the canvas: nothing selected
+            selection = bytes(buf.get(Gegl.Rectangle.new(ox, oy, width, height), 1.0, MASK, Gegl.AbyssPolicy.NONE))
+        try:
+            masks.append(logic.subject_mask(alpha, selection, layer.get_name()))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        pictures.append((rgb, width, height, 3))
+    return pictures, masks
+
+
+def teach(image, drawables, token: str, class_noun: str, name: str, steps: int, resolution: int, model: str,
+          endpoint: str) -> tuple[str, str]:
+    """Train a LoRA on the selected layers in the daemon; (the LoRA's name, the job id)."""
+    pictures, masks = training_pictures(image, drawables)
+    token, class_noun = token.strip(), class_noun.strip()
+    name = name.strip() or logic.lora_name_for(token, class_noun)
+    Gimp.progress_init(f"Teaching '{token} {class_noun}': connecting to inpaintd")
+    client = connect(endpoint, True)
+    try:
+        proto = import_protocol()
+        Gimp.progress_set_text(f"Teaching '{token} {class_noun}': sending {len(pictures)} pictures")
+        try:
+            job = client.train(pictures, token, class_noun, name,
+                               masks=masks if any(m is not None for m in masks) else (), timeout=120.0,
+                               **logic.train_settings(steps, resolution, model))
+        except proto.ProtocolError as exc:
+            raise UserError(f"inpaintd refused the training: {exc}") from None
+        run_job(client, job, f"Teaching '{token} {class_noun}'", train_progress, "inpaintd could not finish the training")
+    finally:
+        client.close()
+    trained = dict(job.result.get("trained") or {})
+    Gimp.message(logic.trained_message(trained, token, class_noun))
+    for note in job.notes_for_user():
+        Gimp.message(note)
+    return str(trained.get("name") or name), str(job.id)
 
 
 # -- registration ---------------------------------------------------------------------
@@ -791,11 +933,13 @@ class InpaintdPlugIn(Gimp.PlugIn):
         return False  # no translations shipped; also silences GIMP's locale warnings
 
     def do_query_procedures(self):
-        return [logic.PROCEDURE_NAME, logic.VARY_PROCEDURE, logic.HISTORY_PROCEDURE]
+        return [logic.PROCEDURE_NAME, logic.VARY_PROCEDURE, logic.HISTORY_PROCEDURE, logic.TRAIN_PROCEDURE]
 
     def do_create_procedure(self, name):
         if name == logic.VARY_PROCEDURE:
             return self.vary_procedure(name)
+        if name == logic.TRAIN_PROCEDURE:
+            return self.train_procedure(name)
         if name == logic.HISTORY_PROCEDURE:
             return self.history_procedure(name)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
@@ -855,6 +999,26 @@ class InpaintdPlugIn(Gimp.PlugIn):
         procedure.set_attribution("inpaintd", "inpaintd", "2026")
         add_arguments(procedure, logic.HISTORY_ARGS)
         procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
+        return procedure
+
+    def train_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_train, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES)
+        procedure.set_menu_label(logic.TRAIN_MENU_LABEL)
+        procedure.add_menu_path(logic.MENU_PATH)
+        procedure.set_documentation(
+            "Teach inpaintd a subject from layers",
+            "Trains a LoRA in the daemon on the selected layers (3 to 30 pictures of one subject; the selection, "
+            "or a layer's transparency, marks the subject), so that Inpaint Selection can paint it: "
+            "'a photo of TOKEN CLASS' with <lora:NAME:1> in the prompt or NAME:1 in its LoRAs field.",
+            name,
+        )
+        procedure.set_attribution("inpaintd", "inpaintd", "2026")
+        add_arguments(procedure, logic.TRAIN_ARGS)
+        procedure.add_string_return_value("lora-name", "LoRA name", "The new LoRA's name (for the LoRAs field)", "",
+                                          _PARAM)
+        procedure.add_string_return_value("job-id", "Job id", "The training job's id", "", _PARAM)
         return procedure
 
 

@@ -11,6 +11,8 @@ between GIMP and these functions.
 from __future__ import annotations
 
 import json
+import math
+import re
 import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +34,8 @@ MENU_PATH = "<Image>/Filters/AI"
 MENU_LABEL = "_Inpaint Selection..."
 VARY_MENU_LABEL = "_Vary Result..."
 HISTORY_MENU_LABEL = "_Bring Back from History..."
+TRAIN_PROCEDURE = "python-fu-inpaintd-train"
+TRAIN_MENU_LABEL = "_Teach Subject from Layers..."
 
 
 # -- arguments -----------------------------------------------------------------------
@@ -85,6 +89,10 @@ EXTRA_ARGS: tuple[ArgSpec, ...] = (
             "Send what is visible (all layers) instead of the selected layer", False, position=11),
     ArgSpec("start-daemon", "start_daemon", "bool", "Start a local daemon if none r_uns",
             "Start inpaintd on this computer when nothing answers at the address", True, position=12),
+    ArgSpec("loras", "loras", "str", "LoRAs (ad_just the model)",
+            "LoRAs for this job, as name:weight separated by commas (e.g. 'ink:0.8, my_cat:1'; a name alone: its "
+            "default weight; empty = none); `inpaintd loras` lists the daemon's. <lora:name:weight> in the prompt "
+            "works too", "", position=17),
 )
 
 #: Every argument in its position: the job options GIMP shows (options.OPTIONS, each with
@@ -93,9 +101,11 @@ ARGS: tuple[ArgSpec, ...] = tuple(sorted([*map(_from_option, editor.shown_in(GIM
                                          key=lambda a: a.position))
 
 #: The dialog's order, which need not be the argument order: the job options in the
-#: editors' form order, then the plug-in's own.
-DIALOG_ORDER: tuple[str, ...] = tuple(o.name.replace("_", "-") for o in editor.shown_in(GIMP)) + tuple(
-    a.name for a in EXTRA_ARGS)
+#: editors' form order (the LoRAs right after the style), then the plug-in's own.
+DIALOG_ORDER: tuple[str, ...] = tuple(
+    n for o in editor.shown_in(GIMP) for n in ((o.name.replace("_", "-"), "loras") if o.name == "style"
+                                               else (o.name.replace("_", "-"),))
+) + tuple(a.name for a in EXTRA_ARGS if a.name != "loras")
 
 _PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
@@ -126,6 +136,7 @@ class Options:
     fill: str = "auto"
     guidance_scale: float = 0.0
     style: str = ""
+    loras: str = ""
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> Options:
@@ -152,6 +163,8 @@ class Options:
             problem = editor.endpoint_problem(self.endpoint)
             if problem:
                 problems.append(problem)
+        if isinstance(self.loras, str):
+            problems += parse_loras(self.loras)[1]
         return problems
 
     def job_options(self) -> dict[str, Any]:
@@ -696,3 +709,247 @@ def no_history_entry(job: str, search: str) -> str:
     if search.strip():
         return f"No entry in the daemon's history has a prompt containing '{search.strip()}'."
     return "The daemon's history is empty: run Inpaint Selection first."
+
+
+# -- LoRAs (issue #12) ------------------------------------------------------------------------
+
+#: What the daemon allows (PROTOCOL.md 5.4, 5.13): weights -2 ... 2, at most 8 LoRAs a job.
+LORA_MIN_WEIGHT, LORA_MAX_WEIGHT = -2.0, 2.0
+MAX_LORAS = 8
+#: How many of the daemon's LoRAs the dialog names (the rest: `inpaintd loras`).
+LORAS_SHOWN = 12
+
+_LORA_TAG = re.compile(r"^<\s*lora\s*:(.*)>$", re.IGNORECASE)
+
+
+def parse_loras(text: str) -> tuple[list[tuple[str, float | None]], list[str]]:
+    """The LoRAs argument ("name:weight, name:weight"; empty = none) as (name, weight)
+    pairs, a weight None where only the name is given (the LoRA's default weight then), and
+    the problems, phrased for the user.  A name may hold spaces (a file's name); the weight
+    is what follows its last colon when that is a number.  `<lora:name:weight>`, as typed
+    in prompts, is taken too."""
+    out: list[tuple[str, float | None]] = []
+    problems: list[str] = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        tag = _LORA_TAG.match(item)
+        if tag:
+            item = tag.group(1).strip()
+        name, weight = item, None
+        if ":" in item:
+            head, tail = item.rsplit(":", 1)
+            try:
+                weight = float(tail.strip())
+            except ValueError:
+                problems.append(f"LoRA '{item}': the weight after ':' must be a number, e.g. '{head.strip()}:0.8'")
+                continue
+            name = head.strip()
+            if not math.isfinite(weight) or not LORA_MIN_WEIGHT <= weight <= LORA_MAX_WEIGHT:
+                problems.append(f"LoRA '{name}': weight {tail.strip()} is out of range "
+                                f"{LORA_MIN_WEIGHT:g} to {LORA_MAX_WEIGHT:g}")
+                continue
+        if not name:
+            problems.append(f"LoRA '{item}' has no name: write name:weight, e.g. 'ink:0.8'")
+            continue
+        out.append((name, weight))
+    if len(out) > MAX_LORAS:
+        problems.append(f"{len(out)} LoRAs given; a job takes at most {MAX_LORAS}")
+    return out, problems
+
+
+def lora_entries(body: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The LoRA entries of a `loras_reply` body (PROTOCOL.md 5.13), whatever was sent."""
+    loras = body.get("loras") if isinstance(body, Mapping) else None
+    return [e for e in loras or [] if isinstance(e, Mapping) and isinstance(e.get("name"), str) and e["name"]]
+
+
+def lora_weights(parsed: Iterable[tuple[str, float | None]],
+                 listed: Iterable[Mapping[str, Any]] = ()) -> list[tuple[str, float]]:
+    """The (name, weight) pairs to send: a LoRA given without a weight gets the daemon's
+    `default_weight` for it (its sidecar's), else 1."""
+    defaults = {}
+    for e in listed:
+        weight = e.get("default_weight")
+        if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+            defaults[str(e["name"]).lower()] = float(weight)
+    return [(name, weight if weight is not None else defaults.get(name.lower(), 1.0)) for name, weight in parsed]
+
+
+def lora_label(entry: Mapping[str, Any]) -> str:
+    """One LoRA of the daemon in words: name, family, trigger words, or why it cannot be used."""
+    name = str(entry.get("name"))
+    if entry.get("problem"):
+        return f"{name} (cannot be used: {' '.join(str(entry['problem']).split())})"
+    family = str(entry.get("family") or "") or "unknown family"
+    words = [str(w) for w in entry.get("trigger_words") or [] if str(w).strip()]
+    return f"{name} ({family}" + (f"; trigger words: {', '.join(words)}" if words else "") + ")"
+
+
+def loras_listing(body: Mapping[str, Any] | None) -> str:
+    """What the Inpaint Selection dialog says of the daemon's LoRAs (its `loras` reply)."""
+    entries = lora_entries(body)
+    folder = str(body.get("lora_dir") or "") if isinstance(body, Mapping) else ""
+    where = f" in {folder}" if folder else ""
+    if not entries:
+        return (f"The daemon has no LoRAs{where}: put .safetensors files there, or teach it a subject "
+                "(Filters > AI > Teach Subject from Layers...).")
+    shown = "; ".join(lora_label(e) for e in entries[:LORAS_SHOWN])
+    more = len(entries) - LORAS_SHOWN
+    tail = f"; and {more} more (`inpaintd loras`)" if more > 0 else ""
+    return f"The daemon's LoRAs{where}: {shown}{tail}."
+
+
+# -- Teach Subject from Layers (issue #12) ------------------------------------------------------
+
+#: What the daemon takes (PROTOCOL.md 5.14).
+TRAIN_MIN_IMAGES, TRAIN_MAX_IMAGES = 3, 30
+TRAIN_MAX_SIDE = 4096
+LORA_NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: Teach Subject from Layers' arguments, in their positions.  Mnemonics as in EXTRA_ARGS.
+TRAIN_ARGS: tuple[ArgSpec, ...] = (
+    ArgSpec("token", "token", "str", "_Token",
+            "The word prompts will call the subject by: one rare word of at most 32 characters (e.g. 'sks')",
+            "sks", position=0),
+    ArgSpec("class-noun", "class_noun", "str", "Class _noun",
+            "What the subject is, e.g. 'cat', 'mug', 'person' (prompts say 'TOKEN CLASS')", "", position=1),
+    ArgSpec("name", "name", "str", "LoRA na_me",
+            "The new LoRA's name (letters, digits, _ . -; a LoRA of that name must not exist yet); "
+            "empty = TOKEN_CLASS", "", position=2),
+    ArgSpec("steps", "steps", "int", "St_eps", "Training steps: more learns more (and takes longer)", 400, 1, 20000,
+            position=3),
+    ArgSpec("resolution", "resolution", "int", "Resolut_ion",
+            "The side the pictures are trained at, a multiple of 64 (0 = auto: the model's native size)", 0, 0, 2048,
+            position=4, special="auto"),
+    ArgSpec("model", "model", "str", "Mo_del",
+            "The model to teach (an SD 1.x or SDXL model id from `inpaintd models`; empty = the daemon's default)",
+            "", position=5),
+    ArgSpec("endpoint", "endpoint", "str", "Daemon _address",
+            f"ZeroMQ address of inpaintd (empty = $INPAINTD_ENDPOINT or {DEFAULT_ENDPOINT})", "", position=6),
+)
+
+
+def lora_name_for(token: str, class_noun: str) -> str:
+    """The LoRA name when none is given: TOKEN_CLASS, made of the characters a name may hold."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{token.strip()}_{class_noun.strip()}").strip("_.-")
+    return name[:64] or "subject"
+
+
+def train_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with Teach Subject's arguments (GIMP names), beyond their types and ranges."""
+    problems = arg_problems(TRAIN_ARGS, values)
+    if problems:
+        return problems
+    token = (values.get("token") or "").strip()
+    noun = (values.get("class-noun") or "").strip()
+    name = (values.get("name") or "").strip()
+    if not token or len(token.split()) != 1 or len(token) > 32:
+        problems.append(f"Token must be one word of at most 32 characters, got '{token}'")
+    if not noun or len(noun) > 64:
+        problems.append("Class noun must say what the subject is (e.g. 'cat'), at most 64 characters"
+                        + (f", got {len(noun)}" if noun else ""))
+    if name and not LORA_NAME_RULE.match(name):
+        problems.append(f"LoRA name '{name}' may hold only letters, digits, _ . - (at most 64, starting with a "
+                        "letter or digit)")
+    resolution = values.get("resolution", 0)
+    if resolution % 64:
+        problems.append(f"Resolution must be a multiple of 64 (or 0 = auto), got {resolution}")
+    return problems
+
+
+def train_settings(steps: int, resolution: int, model: str) -> dict[str, Any]:
+    """The `train` request's settings the procedure sets (the rest: the daemon's defaults)."""
+    settings: dict[str, Any] = {"steps": steps, "resolution": resolution}
+    if model.strip():
+        settings["model"] = model.strip()
+    return settings
+
+
+def training_layers_problem(layers: Sequence[tuple[str, int, int]]) -> str:
+    """Why the selected layers ((name, width, height) each) cannot be the training pictures; ""."""
+    if not TRAIN_MIN_IMAGES <= len(layers) <= TRAIN_MAX_IMAGES:
+        return (f"Teach Subject needs {TRAIN_MIN_IMAGES} to {TRAIN_MAX_IMAGES} pictures of the subject, one layer "
+                f"each: select them in the Layers dialog (Ctrl+click; {len(layers)} selected).")
+    for name, width, height in layers:
+        if max(width, height) > TRAIN_MAX_SIDE:
+            return (f"Layer '{name}' is {width}×{height}; the daemon takes pictures of at most {TRAIN_MAX_SIDE} px "
+                    "a side: scale it (Layer > Scale Layer) and run it again.")
+    return ""
+
+
+def split_alpha(rgba: bytes) -> tuple[bytes, bytes]:
+    """RGBA u8 pixels -> (RGB, alpha)."""
+    rgb = bytearray(len(rgba) // 4 * 3)
+    rgb[0::3], rgb[1::3], rgb[2::3] = rgba[0::4], rgba[1::4], rgba[2::4]
+    return bytes(rgb), bytes(rgba[3::4])
+
+
+def subject_mask(alpha: bytes, selection: bytes | None, layer: str) -> bytes | None:
+    """A picture's subject mask for `train` (learned where not 0): the selection over the
+    layer where there is a selection, else the layer's alpha where it is not all opaque,
+    else None (the whole picture).  ValueError, in words, where it would select nothing."""
+    if selection is not None:
+        if selection.count(0) == len(selection):
+            raise ValueError(f"The selection does not reach layer '{layer}': the selection marks the subject in "
+                             "every picture, so select it where all the layers show it, or select none.")
+        return selection
+    if alpha.count(255) == len(alpha):
+        return None
+    if alpha.count(0) == len(alpha):
+        raise ValueError(f"Layer '{layer}' is fully transparent: there is no subject to learn in it.")
+    return alpha
+
+
+def training_subject(names: Sequence[str], with_selection: bool) -> str:
+    """What the Teach Subject dialog says it teaches from."""
+    problem = training_layers_problem([(n, 0, 0) for n in names])
+    if problem:
+        return problem
+    shown = ", ".join(f"'{n}'" for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    how = ("the selection marks the subject in each" if with_selection
+           else "a layer's transparent parts are left out; select the subject to mark it in each")
+    return f"Teaches the daemon the subject of {len(names)} layers: {shown} ({how})."
+
+
+def duration_words(seconds: float) -> str:
+    """A time left, roughly: "45 s", "3 min 10 s", "1 h 05 min"."""
+    s = max(0, math.ceil(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def training_progress(stage: str, step: int, total: int, position: int | None, loss: float | None,
+                      remaining: float | None) -> tuple[str, float]:
+    """(the progress bar's text, its fraction) for a `train` job's state and last event."""
+    if stage == "training" and total > 0:
+        parts = [f"Training {min(step, total)}/{total}"]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if remaining is not None:
+            parts.append(f"about {duration_words(remaining)} left")
+        return " – ".join(parts), min(max(step, 0), total) / total
+    if stage == "preparing" and total > 1:
+        return f"Making pictures of the class {min(step, total)}/{total}", 0.0
+    if stage == "done":
+        return "Done", 1.0
+    return editor.progress_text(stage, step, total, position), 0.0
+
+
+def trained_message(trained: Mapping[str, Any], token: str, class_noun: str) -> str:
+    """What the artist hears when a training is done: the new LoRA and how to use it."""
+    name = str(trained.get("name") or "")
+    loss = trained.get("final_loss")
+    loss_text = f", final loss {loss:.4f}" if isinstance(loss, (int, float)) and not isinstance(loss, bool) else ""
+    steps = trained.get("steps")
+    subject = f"{token.strip()} {class_noun.strip()}"
+    return (f"The daemon learned '{subject}' as the LoRA '{name}' ({steps} steps{loss_text}).\n"
+            f"Use it in Filters > AI > Inpaint Selection...: write '{subject}' in the prompt, e.g. "
+            f"'a photo of {subject}', and either add <lora:{name}:1> to the prompt or put '{name}:1' in the LoRAs "
+            f"field (a lower weight, e.g. '{name}:0.7', applies it more gently).")

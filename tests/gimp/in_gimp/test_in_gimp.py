@@ -109,9 +109,9 @@ def test_registered_with_menu_and_arguments():
     assert "<Image>/Filters/AI" in proc.get_menu_paths()
     names = [a.name for a in proc.get_arguments()]
     # in their positions (scripts pass them by position), after GIMP's run-mode, image and drawables
-    assert names[-17:] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
+    assert names[-18:] == ["prompt", "negative-prompt", "variants", "strength", "steps", "seed", "model",
                            "grow", "feather", "padding", "endpoint", "sample-merged", "start-daemon",
-                           "color-match", "fill", "guidance-scale", "style"], names
+                           "color-match", "fill", "guidance-scale", "style", "loras"], names
     seed = next(a for a in proc.get_arguments() if a.name == "seed")
     assert (seed.minimum, seed.maximum, seed.default_value) == (-1, 2**31 - 1, -1)  # the protocol's table, in 32 bits
     assert [v.name for v in proc.get_return_values()] == ["job-settings", "job-id"]
@@ -128,6 +128,11 @@ def test_the_artists_loop_procedures_are_registered():
     assert Gimp.param_spec_choice_get_choice(preset).list_nicks() == ["subtle", "strong"]
     assert Gimp.param_spec_choice_get_default(preset) == "subtle"
     assert [v.name for v in vary.get_return_values()] == [v.name for v in history.get_return_values()] == ["job-id"]
+    train = Gimp.get_pdb().lookup_procedure("python-fu-inpaintd-train")  # Teach Subject from Layers (#12)
+    assert train is not None and "<Image>/Filters/AI" in train.get_menu_paths()
+    assert [a.name for a in train.get_arguments()][-7:] == ["token", "class-noun", "name", "steps", "resolution",
+                                                            "model", "endpoint"]
+    assert [v.name for v in train.get_return_values()] == ["lora-name", "job-id"]
 
 
 def test_inpaint_feathered_selection_adds_exact_layers():

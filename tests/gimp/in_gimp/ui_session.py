@@ -2,7 +2,7 @@
 # python-fu-eval.  Plug-ins cannot call GIMP's Undo action through the PDB, so the undo
 # check presses Ctrl+Z in the image window with xdotool, as a user would.  Then it opens
 # the plug-in's dialogs interactively (Inpaint Selection, Vary Result, Bring Back from
-# History) and captures each with xwd; GIMP itself converts the captures to PNG.  What
+# History, Teach Subject from Layers) and captures each with xwd; GIMP itself converts the captures to PNG.  What
 # each dialog showed comes from the plug-in ($INPAINTD_GIMP_DIALOG_REPORT).  Results go to
 # $INPAINTD_CI_DIR/ui.json, dialog.png, vary-dialog.png and history-dialog.png.
 import json
@@ -104,6 +104,9 @@ variant = image.get_layers()[0].get_children()[0]
 _ui["vary_status"], _ui["vary_png"] = capture("Vary Result", "vary-dialog.png", "python-fu-inpaintd-vary", [variant])
 _ui["history_status"], _ui["history_png"] = capture("Bring Back from History", "history-dialog.png",
                                                     "python-fu-inpaintd-history", [variant])
+# Teach Subject from Layers' dialog, on three layers
+_ui["train_status"], _ui["train_png"] = capture("Teach Subject from Layers", "train-dialog.png",
+                                                "python-fu-inpaintd-train", [photo, image.get_layers()[-1], variant])
 report = os.environ.get("INPAINTD_GIMP_DIALOG_REPORT", "")
 _ui["dialogs"] = ([json.loads(line) for line in open(report, encoding="utf-8")]
                   if report and os.path.exists(report) else [])
