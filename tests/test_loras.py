@@ -179,3 +179,33 @@ def test_bad_loras_are_refused_before_any_work_and_the_daemon_serves_on(lora_dae
             c.submit(IMAGE.tobytes(), W, H, 3, MASK.tobytes(), JobOptions(prompt="x", model="opencv-telea"), loras=(("ink", 1),))
         assert "takes no LoRA" in err.value.message
         assert run(c).shape == (H, W, 4)  # still serving
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "lora_family"), [("sd3", "sd3"), ("flux-fill", "flux")])
+def test_the_transformer_families_take_loras_too(family: str, lora_family: str, tmp_path: Path) -> None:
+    """SD 3 and FLUX.1 Fill through their stock pipelines' LoRA loaders: the LoRA changes the
+    masked pixels, weight 0 and the next job without it give the base model's."""
+    from inpaintd.engines.base import EngineRequest
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.testmodel import make_family_test_model, make_test_transformer_lora
+
+    folder = make_family_test_model(tmp_path / family, family)
+    path = make_test_transformer_lora(folder, tmp_path / "loras" / "shapes.safetensors")
+    addon = describe(path, "lora", False)
+    assert addon.family == lora_family and addon.serves(family) and not addon.problem
+    engine = DiffusersEngine(folder, device="cpu")
+    try:
+        def job(weight: float | None) -> np.ndarray:
+            loras = [] if weight is None else [("shapes", str(path), weight)]
+            out = engine.generate(EngineRequest(
+                image=IMAGE, mask=MASK, prompt="a cat", negative_prompt="", seeds=[1], steps=2, guidance_scale=3.0,
+                strength=1.0, scheduler="default", loras=loras), lambda *a: None, lambda: False)
+            return out.images[0].astype(int)
+
+        base, with_lora, zero, after = job(None), job(1.0), job(0.0), job(None)
+    finally:
+        engine.close()
+    print(f"\n[lora] {family}: mean |difference| with the LoRA at 1.0: {np.abs(with_lora - base).mean():.2f} of 255")
+    assert not np.array_equal(with_lora, base)
+    assert np.array_equal(zero, base) and np.array_equal(after, base)

@@ -944,3 +944,25 @@ def make_test_embedding(path: str | Path, *, seed: int = 1, vectors: int = 2, fa
     save_file({"emb_params": torch.randn(vectors, _TEXT_HIDDEN, generator=generator)}, str(path),
               metadata={"modelspec.architecture": f"{arch}/textual-inversion"})
     return path
+
+
+def make_test_transformer_lora(model_dir: str | Path, path: str | Path, *, seed: int = 1) -> Path:
+    """A random LoRA of the attention projections of a tiny SD 3 or FLUX.1 pipeline's
+    transformer (`make_family_test_model`), in diffusers' format, its family in the ModelSpec
+    metadata (SD 3 or FLUX.1, read from the saved pipeline's class)."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir))
+    torch.manual_seed(seed)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(str(path.parent), transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+                                 weight_name=path.name)
+    arch = "flux-1-dev" if "Flux" in type(pipe).__name__ else "stable-diffusion-3-medium"
+    save_file(load_file(str(path)), str(path), metadata={"modelspec.architecture": f"{arch}/lora"})
+    return path
