@@ -12,10 +12,11 @@ prior preservation).  The result is a diffusers-format LoRA `.safetensors` in th
 LoRA folder, which the next job may use at once.
 
 What does the work: peft (`LoraConfig` on the UNet's attention projections, its state
-dicts), diffusers (the noise schedule, `save_lora_weights`, `cast_training_params`) and
-torch (AdamW, autocast, gradient checkpointing on CUDA; bitsandbytes' 8-bit AdamW there when
-it is installed).  accelerate's `prepare` is not used: it would wrap the forward of the UNet
-that the artist's jobs share.
+dicts), diffusers (the noise schedule, `save_lora_weights`, `cast_training_params`,
+gradient checkpointing on CUDA), accelerate (mixed precision: its autocast, backward and
+gradient clipping, and the optimizer it prepares) and torch's AdamW (bitsandbytes' 8-bit
+AdamW on CUDA when it is installed).  The UNet itself is not handed to accelerate's
+`prepare`: that would wrap the forward of the model the artist's jobs share.
 
 Sharing the GPU with the artist.  The trainer runs on its own thread, one step at a time,
 each step inside a turn of `executor.GpuTurns`: an inpaint job that wants the GPU waits only
@@ -453,7 +454,11 @@ class LoraTraining:
         self._adapter_on()
         cast_training_params(self.unet, dtype=torch.float32)  # the LoRA learns in float32 under bf16 autocast
         self.params = [p for n, p in self.unet.named_parameters() if ADAPTER in n]
-        self.optimizer = self._optimizer(self.params, r.learning_rate)
+        from accelerate import Accelerator
+
+        mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "no") if self.cuda else "no"
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not self.cuda)
+        self.optimizer = self.accelerator.prepare_optimizer(self._optimizer(self.params, r.learning_rate))
         if self.cuda:
             self.unet.enable_gradient_checkpointing()
         self.generator = torch.Generator("cpu").manual_seed(r.seed)
@@ -559,9 +564,7 @@ class LoraTraining:
             added = None
             if embeds[0]["added"] is not None:
                 added = {k: torch.cat([e["added"][k] for e in embeds]) for k in embeds[0]["added"]}
-            autocast = torch.autocast("cuda", dtype=self.dtype) if self.cuda and self.dtype != torch.float32 \
-                else nullcontext()
-            with autocast:
+            with self.accelerator.autocast():
                 pred = self.unet(inputs.to(self.dtype), t, encoder_hidden_states=hidden,
                                  added_cond_kwargs=added, return_dict=False)[0]
             # 6. the loss: squared error, only where the subject is (its mask), per picture
@@ -569,8 +572,8 @@ class LoraTraining:
             per_picture = error.sum(dim=(1, 2, 3)) / (weight_latent.sum(dim=(1, 2, 3)) * error.shape[1] + 1e-8)
             loss = per_picture[0] + (PRIOR_LOSS_WEIGHT * per_picture[1] if len(per_picture) > 1 else 0.0)
             # 7. learn
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.accelerator.backward(loss)
+            self.accelerator.clip_grad_norm_(self.params, 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         finally:
