@@ -148,3 +148,11 @@ class Section:
     name: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def sync(device: str) -> None:
+    """Wait for the device (CUDA runs asynchronously: a time taken without this is the launch's)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()

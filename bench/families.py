@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Config, Row, Section, interleaved, ms
+from .common import Config, Row, Section, interleaved, ms, sync
 
 PROMPT = "a ceramic cup on a wooden table, soft light"
 FAMILIES = ("sd3", "flux-fill")
@@ -279,7 +279,7 @@ class Job:
             out = self.pipe(prompt=PROMPT, image=image, mask_image=mask, height=side, width=side,
                             num_inference_steps=self.steps, guidance_scale=self.guidance, strength=1.0,
                             generator=torch.Generator("cpu").manual_seed(1)).images
-            _sync(self.device)
+            sync(self.device)
             return out
 
         return call
@@ -294,17 +294,10 @@ class Job:
 
         def call() -> Any:
             out = run_job(engine, self.image, self.mask, options, seeds)
-            _sync(self.device)
+            sync(self.device)
             return out
 
         return call
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def with_peak(call: Callable[[], Any], device: str, peaks: list[int]) -> Callable[[], Any]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Config, Row, Section, interleaved, mib, ms
+from .common import Config, Row, Section, interleaved, mib, ms, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a ceramic cup on a wooden table, soft light"
@@ -206,7 +206,7 @@ class Sides:
             try:
                 out = self.pipe(prompt=PROMPT, image=image, mask_image=mask, num_inference_steps=steps, strength=1.0,
                                 num_images_per_prompt=n, generator=torch.Generator("cpu").manual_seed(seed)).images
-                _sync(self.device)
+                sync(self.device)
             finally:
                 torch.backends.cudnn.benchmark = tuned
             return out
@@ -223,17 +223,10 @@ class Sides:
 
         def call() -> Any:
             out = run_job(engine, self.image, self.mask, options, seeds)
-            _sync(self.device)
+            sync(self.device)
             return out
 
         return call
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def make_sides(kind: str, tiny: bool, device: str, tokenizer_dir: Path, compile_mode: str = "off") -> Sides:
@@ -278,11 +271,11 @@ def matmul_peak(device: str, n: int = 8192, reps: int = 20) -> float:
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync(device)
     return reps * 2 * n**3 / (time.perf_counter() - t0)
 
 
@@ -325,7 +318,7 @@ def cold_child(kind: str, side_name: str, tiny: bool, device: str, compile_mode:
             engine = DiffusersEngine.from_pipeline(pipe, model_id=f"random-{kind}", device=device, speedups=speedups)
         sides = Sides(pipe, engine, None, *inputs(side), TINY_STEPS if tiny else STEPS, device)
         call = sides.stock(1) if side_name == "stock" else sides.inpaintd(1)
-    _sync(device)
+    sync(device)
     t2 = time.perf_counter()
     call()
     t3 = time.perf_counter()

@@ -26,7 +26,7 @@ from .engines.base import EngineError
 from .history import MAX_PAGE, Entry, Expired, History
 from .runner import variant_seeds
 from .training import admit_train, parse_train
-from .validation import SubmitRequest, admit, admit_request, parse_options, parse_pixels
+from .validation import SubmitRequest, admit, admit_request, any_selected, parse_options, parse_pixels
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -280,16 +280,12 @@ def rerun(d: Daemon, identity: bytes, msg: Message) -> Message:
 
 
 def _enqueue_derived(d: Daemon, identity: bytes, msg: Message, request: SubmitRequest, **lineage: Any) -> Message:
-    if not mask_selects(request.mask):
+    if not any_selected(request.mask):
         raise ProtocolError(Code.EMPTY_MASK, "the mask selects nothing (every value is 0); select the area to vary")
     request, model_id = admit_request(request, d.registry, d.styles, d.library)
     seeds = variant_seeds(request.options.seed, request.options.variants)
     job = d.enqueue(identity, request, model_id, seeds, **lineage)
     return wire.message(Accepted(job.id, job.position, seeds, model_id, d.instance), re=msg.id)
-
-
-def mask_selects(mask: Any) -> bool:
-    return bool(mask.any())
 
 
 def _entry_wire(entry: Entry, buffers: list[Any]) -> dict[str, Any]:

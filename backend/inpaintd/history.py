@@ -235,14 +235,8 @@ class History:
         self._db.execute("DELETE FROM variants WHERE job = ?", (job,))
         shutil.rmtree(self._pixels_dir / job, ignore_errors=True)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every recorded job's pixels are written (tests, shutdown)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for event in list(self._pending.values()):
-            event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
     def close(self) -> None:
-        self.flush(30)
+        self._settle()
         self._queue.put(None)
         self._writer.join(30)
         with self._lock:

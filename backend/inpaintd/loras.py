@@ -204,13 +204,26 @@ class LoraChoice:
 
 
 class Library:
-    """The daemon's LoRA and embeddings folders, read afresh when asked (files are added
-    while it runs; a header read is cheap)."""
+    """The daemon's LoRA and embeddings folders, listed afresh when asked (files are added
+    while it runs); a file's header is read again only when it or its sidecar changed, since
+    every submit to a model that takes embeddings looks through the folder."""
 
     def __init__(self, lora_dir: Path, embeddings_dir: Path, allow_pickle: bool = False) -> None:
         self.lora_dir = Path(lora_dir)
         self.embeddings_dir = Path(embeddings_dir)
         self.allow_pickle = allow_pickle
+        self._described: dict[tuple[str, str], tuple[tuple[int, ...], Addon]] = {}
+
+    def _describe(self, path: Path, kind: str) -> Addon:
+        stamp = tuple(
+            v for p in (path, path.with_suffix(".json"), path.with_suffix(".txt"))
+            for v in ((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else (0, -1))
+        )
+        known = self._described.get((str(path), kind))
+        if known is None or known[0] != stamp:
+            known = (stamp, describe(path, kind, self.allow_pickle))
+            self._described[(str(path), kind)] = known
+        return known[1]
 
     def _files(self, folder: Path) -> list[Path]:
         if not folder.is_dir():
@@ -219,10 +232,10 @@ class Library:
         return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
     def loras(self) -> list[Addon]:
-        return [describe(p, "lora", self.allow_pickle) for p in self._files(self.lora_dir)]
+        return [self._describe(p, "lora") for p in self._files(self.lora_dir)]
 
     def embeddings(self) -> list[Addon]:
-        return [describe(p, "embedding", self.allow_pickle) for p in self._files(self.embeddings_dir)]
+        return [self._describe(p, "embedding") for p in self._files(self.embeddings_dir)]
 
     def lora(self, name: str) -> Addon | None:
         return next((a for a in self.loras() if a.name.lower() == name.lower()), None)
@@ -230,12 +243,14 @@ class Library:
     def choose(self, requested: Iterable[tuple[str, float]], model_family: str, model_label: str) -> list[LoraChoice]:
         """The job's LoRAs, each checked; ProtocolError (field `loras`) naming the first problem."""
         chosen: dict[str, LoraChoice] = {}
+        available = self.loras()
+        by_name = {a.name.lower(): a for a in available}
         for name, weight in requested:
             if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
                 raise _bad(f"LoRA '{name}': weight {weight} is out of range {MIN_WEIGHT} to {MAX_WEIGHT}")
-            addon = self.lora(name)
+            addon = by_name.get(name.lower())
             if addon is None:
-                known = ", ".join(a.name for a in self.loras()) or "none"
+                known = ", ".join(a.name for a in available) or "none"
                 raise _bad(f"no LoRA '{name}' in {self.lora_dir}; the LoRAs there: {known}")
             if addon.problem:
                 raise ProtocolError(Code.MODEL_REFUSED if addon.format == "pickle" else Code.BAD_VALUE,

@@ -626,13 +626,18 @@ def _flux_test_model(path: str | Path, pipeline_class: str, *, fill: bool, class
     _remove_tree(path / "_tok")
     if class_name:
         _set_class_name(path, class_name)
-    # FLUX's transformer config has no sample size (its pipeline assumes 1024 px); the tiny
-    # one says it works at 64 px, which `families.native_size_of_folder` reads.
+    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    return path
+
+
+def _say_native_size(path: Path, latent_side: int) -> None:
+    """Write a sample size into the saved transformer's config.  FLUX's and Qwen-Image's
+    configs have none (their pipelines assume 1024 px); the tiny ones say they work at 64
+    px, which `families.native_size_of_folder` reads."""
     config_path = path / "transformer" / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["sample_size"] = TEST_NATIVE_SIZE // scale
+    config["sample_size"] = latent_side
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return path
 
 
 def make_flux_fill_test_model(path: str | Path) -> Path:
@@ -741,10 +746,7 @@ def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> 
     pipe.save_pretrained(str(path), safe_serialization=True)
     _remove_tree(path / "_tok")
     _set_class_name(path, "Flux2KleinPipeline")
-    config_path = path / "transformer" / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["sample_size"] = TEST_NATIVE_SIZE // scale  # as for FLUX.1: the tiny one works at 64 px
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _say_native_size(path, TEST_NATIVE_SIZE // scale)
     return path
 
 
@@ -853,10 +855,7 @@ def make_qwen_edit_test_model(path: str | Path) -> Path:
     pipe.save_pretrained(str(path), safe_serialization=True)
     _remove_tree(path / "_tok")
     _set_class_name(path, "QwenImageEditPipeline")
-    config_path = path / "transformer" / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["sample_size"] = TEST_NATIVE_SIZE // scale  # as for FLUX: the tiny one works at 64 px
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _say_native_size(path, TEST_NATIVE_SIZE // scale)
     return path
 
 

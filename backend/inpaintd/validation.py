@@ -141,7 +141,7 @@ def parse_pixels(msg: Message, limits: Limits = LIMITS) -> tuple[np.ndarray, np.
             Code.SIZE_MISMATCH,
             f"image is {image.shape[1]}x{image.shape[0]} but mask is {mask.shape[1]}x{mask.shape[0]}; they must be the same size",
         )
-    if not _any_nonzero(mask):
+    if not any_selected(mask):
         raise ProtocolError(Code.EMPTY_MASK, "the mask selects nothing (every value is 0); select the area to inpaint")
     return image, mask
 
@@ -163,7 +163,7 @@ def _references(msg: Message, limits: Limits) -> list[np.ndarray]:
     ]
 
 
-def _any_nonzero(mask: np.ndarray) -> bool:
+def any_selected(mask: np.ndarray) -> bool:
     if mask.flags.c_contiguous:
         return bool(mask.view(np.uint8).reshape(-1).any())
     return bool(mask.any())

@@ -936,91 +936,57 @@ class InpaintdPlugIn(Gimp.PlugIn):
         return [logic.PROCEDURE_NAME, logic.VARY_PROCEDURE, logic.HISTORY_PROCEDURE, logic.TRAIN_PROCEDURE]
 
     def do_create_procedure(self, name):
+        mask = Gimp.ProcedureSensitivityMask
         if name == logic.VARY_PROCEDURE:
-            return self.vary_procedure(name)
-        if name == logic.TRAIN_PROCEDURE:
-            return self.train_procedure(name)
-        if name == logic.HISTORY_PROCEDURE:
-            return self.history_procedure(name)
-        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
-        procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.set_menu_label(logic.MENU_LABEL)
-        procedure.add_menu_path(logic.MENU_PATH)
-        procedure.set_documentation(
-            "Inpaint the selection with inpaintd",
-            "Repaints the selected area of the selected layer with Stable Diffusion (or the classical "
-            "engine) running in the inpaintd daemon, and adds one layer per variant in a new layer group "
-            "above the layer. The layer itself is not changed.",
-            name,
-        )
-        procedure.set_attribution("inpaintd", "inpaintd", "2026")
-        add_arguments(procedure, ARGS)
-        procedure.add_string_return_value(
-            "job-settings", "Job settings",
-            "The model and the values the job ran with, e.g. 'FLUX.1 Fill: 50 steps, guidance 30, strength 1' "
-            "(steps left at auto are the model's default); empty for a classical model",
-            "", _PARAM)
+            procedure = self._procedure(
+                name, run_vary, mask.DRAWABLE, logic.VARY_MENU_LABEL, logic.VARY_ARGS,
+                "New variants of an inpaintd result",
+                "Makes new variants of the selected result layer (one that Inpaint Selection added) inside the same "
+                "selection: Subtle keeps the composition, Strong only the colours and layout; a new prompt repaints "
+                "it with that prompt (Remix). The new variants arrive as a layer group above the result's group.")
+        elif name == logic.HISTORY_PROCEDURE:
+            procedure = self._procedure(
+                name, run_history, mask.DRAWABLE | mask.DRAWABLES | mask.NO_DRAWABLES, logic.HISTORY_MENU_LABEL,
+                logic.HISTORY_ARGS, "Bring back a result from inpaintd's history",
+                "Adds the variants of a job from the daemon's history (every finished job, kept across restarts) "
+                "as layers where they were made: the newest job, the newest whose prompt contains a text, or a "
+                "job by its id.")
+        elif name == logic.TRAIN_PROCEDURE:
+            procedure = self._procedure(
+                name, run_train, mask.DRAWABLE | mask.DRAWABLES, logic.TRAIN_MENU_LABEL, logic.TRAIN_ARGS,
+                "Teach inpaintd a subject from layers",
+                "Trains a LoRA in the daemon on the selected layers (3 to 30 pictures of one subject; the selection, "
+                "or a layer's transparency, marks the subject), so that Inpaint Selection can paint it: "
+                "'a photo of TOKEN CLASS' with <lora:NAME:1> in the prompt or NAME:1 in its LoRAs field.")
+            procedure.add_string_return_value("lora-name", "LoRA name", "The new LoRA's name (for the LoRAs field)", "",
+                                              _PARAM)
+            procedure.add_string_return_value("job-id", "Job id", "The training job's id", "", _PARAM)
+            return procedure
+        else:
+            procedure = self._procedure(
+                name, run, mask.DRAWABLE, logic.MENU_LABEL, ARGS, "Inpaint the selection with inpaintd",
+                "Repaints the selected area of the selected layer with Stable Diffusion (or the classical "
+                "engine) running in the inpaintd daemon, and adds one layer per variant in a new layer group "
+                "above the layer. The layer itself is not changed.")
+            procedure.add_string_return_value(
+                "job-settings", "Job settings",
+                "The model and the values the job ran with, e.g. 'FLUX.1 Fill: 50 steps, guidance 30, strength 1' "
+                "(steps left at auto are the model's default); empty for a classical model",
+                "", _PARAM)
         procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
         return procedure
 
-    def vary_procedure(self, name):
-        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_vary, None)
+    def _procedure(self, name, run_function, sensitivity, menu_label, args, blurb, help_text):
+        """One of the plug-in's image procedures, in the Filters > AI menu, with its arguments."""
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_function, None)
         procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.set_menu_label(logic.VARY_MENU_LABEL)
+        procedure.set_sensitivity_mask(sensitivity)
+        procedure.set_menu_label(menu_label)
         procedure.add_menu_path(logic.MENU_PATH)
-        procedure.set_documentation(
-            "New variants of an inpaintd result",
-            "Makes new variants of the selected result layer (one that Inpaint Selection added) inside the same "
-            "selection: Subtle keeps the composition, Strong only the colours and layout; a new prompt repaints "
-            "it with that prompt (Remix). The new variants arrive as a layer group above the result's group.",
-            name,
-        )
+        procedure.set_documentation(blurb, help_text, name)
         procedure.set_attribution("inpaintd", "inpaintd", "2026")
-        add_arguments(procedure, logic.VARY_ARGS)
-        procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
+        add_arguments(procedure, args)
         return procedure
-
-    def history_procedure(self, name):
-        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_history, None)
-        procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES
-                                       | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
-        procedure.set_menu_label(logic.HISTORY_MENU_LABEL)
-        procedure.add_menu_path(logic.MENU_PATH)
-        procedure.set_documentation(
-            "Bring back a result from inpaintd's history",
-            "Adds the variants of a job from the daemon's history (every finished job, kept across restarts) "
-            "as layers where they were made: the newest job, the newest whose prompt contains a text, or a "
-            "job by its id.",
-            name,
-        )
-        procedure.set_attribution("inpaintd", "inpaintd", "2026")
-        add_arguments(procedure, logic.HISTORY_ARGS)
-        procedure.add_string_return_value("job-id", "Job id", _JOB_ID_HELP, "", _PARAM)
-        return procedure
-
-    def train_procedure(self, name):
-        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_train, None)
-        procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES)
-        procedure.set_menu_label(logic.TRAIN_MENU_LABEL)
-        procedure.add_menu_path(logic.MENU_PATH)
-        procedure.set_documentation(
-            "Teach inpaintd a subject from layers",
-            "Trains a LoRA in the daemon on the selected layers (3 to 30 pictures of one subject; the selection, "
-            "or a layer's transparency, marks the subject), so that Inpaint Selection can paint it: "
-            "'a photo of TOKEN CLASS' with <lora:NAME:1> in the prompt or NAME:1 in its LoRAs field.",
-            name,
-        )
-        procedure.set_attribution("inpaintd", "inpaintd", "2026")
-        add_arguments(procedure, logic.TRAIN_ARGS)
-        procedure.add_string_return_value("lora-name", "LoRA name", "The new LoRA's name (for the LoRAs field)", "",
-                                          _PARAM)
-        procedure.add_string_return_value("job-id", "Job id", "The training job's id", "", _PARAM)
-        return procedure
-
 
 if __name__ == "__main__":
     Gimp.main(InpaintdPlugIn.__gtype__, sys.argv)

@@ -56,18 +56,28 @@ def make_image(select: bool = True):
     return image, photo
 
 
-def run_proc(image, drawables, **values):
-    proc = Gimp.get_pdb().lookup_procedure(PROC)
+def call(procedure, image, drawables, **values):
+    """Run `procedure` non-interactively: (status, the return values after it or the error message).
+    (Not `name`: the train procedure has an argument of that name.)"""
+    proc = Gimp.get_pdb().lookup_procedure(procedure)
     config = proc.create_config()
     config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
     config.set_property("image", image)
     config.set_core_object_array("drawables", drawables)
-    for name, value in values.items():
-        config.set_property(name.replace("_", "-"), value)
+    for key, value in values.items():
+        config.set_property(key.replace("_", "-"), value)
     result = proc.run(config)
     status = result.index(0)
-    message = result.index(1) if result.length() > 1 and status != Gimp.PDBStatusType.SUCCESS else ""
-    return status, message
+    rest = [result.index(i) for i in range(1, result.length())]
+    if status != Gimp.PDBStatusType.SUCCESS:
+        return status, rest[0] if rest else ""
+    return status, rest
+
+
+def run_proc(image, drawables, **values):
+    """Inpaint Selection: (status, the error message, "" on success)."""
+    status, rest = call(PROC, image, drawables, **values)
+    return status, rest if status != Gimp.PDBStatusType.SUCCESS else ""
 
 
 def check_variant(v, before, sel_mask, bounds, grow=GROW, feather=FEATHER, padding=PADDING):

@@ -22,7 +22,7 @@ import pytest
 
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, Gio  # noqa: E402
-from test_in_gimp import FEATHER, GROW, LH, LW, PADDING, H, W, check_variant, make_image, read  # noqa: E402
+from test_in_gimp import FEATHER, GROW, LH, LW, PADDING, H, W, call, check_variant, make_image, read  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.environ.get("HOME", "/root"), ".config", "GIMP", "3.0", "plug-ins", "inpaintd_gimp"))
 from inpaintd_protocol import Client  # noqa: E402  (the client the plug-in installed)
@@ -44,21 +44,6 @@ def _save_report():
         json.dump(REPORT, f, indent=1)
 
 
-def call(name, image, drawables, **values):
-    """Run procedure `name` non-interactively: (status, the return values after it or the error message)."""
-    proc = Gimp.get_pdb().lookup_procedure(name)
-    config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", drawables)
-    for key, value in values.items():
-        config.set_property(key.replace("_", "-"), value)
-    result = proc.run(config)
-    status = result.index(0)
-    rest = [result.index(i) for i in range(1, result.length())]
-    if status != Gimp.PDBStatusType.SUCCESS:
-        return status, rest[0] if rest else ""
-    return status, rest
 
 
 def record(item):
