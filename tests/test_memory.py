@@ -7,6 +7,7 @@ loaded pipeline's own count; the peaks are estimates, so what is checked is thei
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,17 @@ def test_models_entry_carries_defaults_takes_and_memory(tiny_sd3_dir: Path) -> N
     assert mem["mode"] == "group" and mem["auto"] == "gpu"  # a CPU: auto keeps it whole
     classical = registry.get("patchmatch").to_wire()
     assert classical["defaults"] == NO_DEFAULTS and not any(classical["takes"].values()) and classical["memory"] is None
+
+
+def test_a_half_imported_torch_reads_as_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The socket thread lists models while the worker thread may still be importing torch:
+    a module without `cuda` yet means no CUDA, not an internal error (`inpaintd demo
+    --test-model` hit this on its first hello)."""
+    import types
+
+    from inpaintd.memory import cuda_available
+    from inpaintd.models import ModelRegistry
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    assert cuda_available() is False
+    assert ModelRegistry([]).precision == "fp32"

@@ -365,6 +365,19 @@ def step_down(mode: str) -> str | None:
     return MODES[i + 1] if i + 1 < len(MODES) else None
 
 
+def cuda_available() -> bool:
+    """Whether torch is imported and sees a CUDA device.  Never imports torch, and never
+    raises: a listing on the socket thread may run while the worker thread is still
+    importing it (a partly initialised module has no `cuda` yet)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    try:
+        return torch is not None and bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
 def free_device_memory(device: str | None) -> int | None:
     """Free bytes on a CUDA device, None elsewhere (or where torch is not imported yet: the
     listing never imports it; a loaded diffusion engine has)."""

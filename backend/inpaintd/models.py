@@ -50,7 +50,7 @@ from .families import (
     no_reference_message,
     single_file_problem,
 )
-from .memory import Weights, folder_weights, free_device_memory, single_file_weights
+from .memory import Weights, cuda_available, folder_weights, free_device_memory, single_file_weights
 from .memory import report as memory_report
 from .policy import SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal
 
@@ -408,10 +408,7 @@ class ModelRegistry:
         where the device is still to be picked and torch is not imported yet)."""
         device = self.device
         if device is None:
-            import sys
-
-            torch = sys.modules.get("torch")
-            device = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+            device = "cuda" if cuda_available() else "cpu"
         return "bf16" if device.startswith("cuda") else "fp32"
 
     @property
