@@ -508,6 +508,12 @@ def bridge_main() -> None:
     """`python -c "from inpaintd.ray_executor import bridge_main; bridge_main()" FD`: FD is
     the bridge's end of the socket pair.  (Not `-m`: the deployment class must be pickled
     by its importable name, not as `__main__`'s.)"""
+    # The bridge holds the router.  A job it sends to a replica without its model costs a
+    # model load (tens of seconds on a GPU), so a busy replica gets longer than Serve's 0.1 s
+    # to answer the queue-length probe before the router looks elsewhere.  (Read when
+    # ray.serve is imported, below this.)
+    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
+    os.environ.setdefault("RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "5.0")
     conn = Connection(int(sys.argv[1]))
     kind, registry_args, options, preload, level = conn.recv()
     logging.basicConfig(level=level or logging.INFO, format="%(asctime)s %(levelname)s %(name)s (ray bridge): %(message)s",
@@ -742,10 +748,10 @@ class _Driver:
                 job.response = response
                 if job.cancelled:
                     response.cancel()
-                async for batch in response:
-                    for item in batch:
-                        self._item(job, item)
-                if not job.ended:
+                end = await self._stream(job, response)
+                if end is not None:
+                    self._end(job, end)
+                elif not job.ended:
                     why = "the Ray replica ended the job without a result"
                     self._end(job, Failed(job_id=job_id, code=Code.ENGINE_FAILURE, message=why))
             except (RequestCancelledError, TaskCancelledError, asyncio.CancelledError):
@@ -770,8 +776,27 @@ class _Driver:
                     self._end(job, Failed(job_id=job_id, code=Code.ENGINE_FAILURE, message=why))
             return
 
-    def _item(self, job: _Job, item: tuple) -> None:
-        """One streamed item -> one event."""
+    async def _stream(self, job: _Job, response: Any) -> Event | None:
+        """Read one run's stream to its close; the job's end, which the caller tells only now.
+
+        The replica yields the result and then returns: told at once, a client's next job
+        could reach the router while the replica still counts the last one as running
+        (`max_ongoing_requests` is 1), and the router would send it to another replica,
+        which loads the model again.  Told after the close, the replica that holds the
+        model is free for it."""
+        end: Event | None = None
+        try:
+            async for batch in response:
+                for item in batch:
+                    end = self._item(job, item) or end
+        except Exception:
+            if end is None:
+                raise
+            log.warning("job %s: its Ray stream broke after the job ended; the end stands", job.request.job_id, exc_info=True)
+        return end
+
+    def _item(self, job: _Job, item: tuple) -> Event | None:
+        """One streamed item -> one event; a terminal one is returned, not posted."""
         job_id = job.request.job_id
         kind = item[0]
         if kind == "started":
@@ -788,11 +813,12 @@ class _Driver:
         elif kind == "succeeded":
             body = item[1]
             output = body["output"]
-            self._end(job, Succeeded(job_id=job_id, output=output, engine=body["engine"], device=body["device"], notes=output.notes))
+            return Succeeded(job_id=job_id, output=output, engine=body["engine"], device=body["device"], notes=output.notes)
         elif kind == "failed":
-            self._end(job, Failed(job_id=job_id, code=item[1], message=item[2]))
+            return Failed(job_id=job_id, code=item[1], message=item[2])
         elif kind == "cancelled":
-            self._end(job, Cancelled(job_id=job_id))
+            return Cancelled(job_id=job_id)
+        return None
 
 
 @dataclass
