@@ -248,3 +248,123 @@ def test_without_a_history_vary_says_expired_and_takes_the_pixels(tmp_path: Path
             assert c.hello()["history"] is None
     finally:
         d.stop()
+
+
+# -- vary and rerun keep a job's LoRAs and style reference, or change them ------------------
+
+
+@pytest.fixture(scope="module")
+def addon_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    from inpaintd.testmodel import make_test_ip_adapter, make_test_lora
+
+    data = tmp_path_factory.mktemp("loop-addons")
+    make_test_lora(tiny_model_dir, data / "loras" / "ink.safetensors", seed=1)
+    adapter = make_test_ip_adapter(data / "IP-Adapter", tiny_model_dir)
+    d = start_daemon(data / "daemon", "--model", str(tiny_model_dir), "--device", "cpu", "--lora-dir", str(data / "loras"),
+                     "--ip-adapter", str(adapter))
+    yield d
+    d.stop()
+
+
+def reference(seed: int) -> tuple[bytes, int, int, int]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (40, 48, 3), dtype=np.uint8).tobytes(), 48, 40, 3
+
+
+@pytest.mark.slow
+def test_vary_and_rerun_keep_the_jobs_loras_and_references_or_change_them(addon_daemon: DaemonProcess) -> None:
+    """A job sent with a LoRA and a style reference: `rerun` gives its pixels again and a
+    `vary` keeps both (the history keeps them), `loras: []` / `references: []` drop them
+    (the pixels of the same job sent without), and a new reference changes the pixels."""
+    common = JobOptions(prompt="a red apple", seed=5, steps=4, grow=GROW, feather=FEATHER)
+    with addon_daemon.client() as c:
+        def run(job: Job) -> Job:
+            return c.wait(job, timeout=180).raise_for_error()
+
+        plain = run(c.submit(IMAGE.tobytes(), W, H, 3, MASK.tobytes(), common))
+        dressed = run(c.submit(IMAGE.tobytes(), W, H, 3, MASK.tobytes(), common, loras=[("ink", 1.0)],
+                               references=[reference(1)]))
+        entry = next(e for e in c.history(limit=5)["entries"] if e["job"] == dressed.id)
+        assert entry["loras"] == [{"name": "ink", "weight": 1.0}] and entry["references"] == 1, entry
+        again = run(c.rerun(dressed.id))
+        bare = run(c.rerun(dressed.id, loras=[], references=[]))
+        other_reference = run(c.rerun(dressed.id, references=[reference(2)]))
+        kept = run(c.vary(dressed.id, options={"seed": 77}))
+        dropped = run(c.vary(dressed.id, options={"seed": 77}, loras=[], references=[]))
+        with pytest.raises(ProtocolError) as err:
+            c.rerun(dressed.id, loras=[("no_such_lora", 1.0)])
+        assert "no_such_lora" in str(err.value)
+        assert c.ping()
+    assert not np.array_equal(layers(dressed)[0], layers(plain)[0])
+    assert np.array_equal(layers(again)[0], layers(dressed)[0])  # the LoRA and the reference came back
+    assert np.array_equal(layers(bare)[0], layers(plain)[0])  # dropped: the job as sent without them
+    assert not np.array_equal(layers(other_reference)[0], layers(dressed)[0])
+    reach, inside = region_masks(dressed)
+    diff = np.abs(layers(kept)[0] - layers(dropped)[0])
+    print(f"\n[loop] vary keeping the LoRA and reference vs dropping them: mean |difference| inside the mask "
+          f"{diff[..., :3][inside].mean():.2f} of 255, outside the grown mask {diff[~reach].max()}")
+    assert diff[..., :3][inside].mean() > 1.0 and diff[~reach].max() == 0
+
+
+@pytest.mark.slow
+def test_the_cli_reruns_without_the_jobs_loras_and_references(addon_daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`inpaintd rerun JOB --no-loras --no-references`, as a user runs it: the pixels of the
+    job sent without them; `--lora` and `--no-loras` together are refused by the parser."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    common = JobOptions(prompt="a pear", seed=8, steps=3, grow=GROW, feather=FEATHER)
+    with addon_daemon.client() as c:
+        plain = c.wait(c.submit(IMAGE.tobytes(), W, H, 3, MASK.tobytes(), common), 180).raise_for_error()
+        dressed = c.wait(c.submit(IMAGE.tobytes(), W, H, 3, MASK.tobytes(), common, loras=[("ink", 0.8)],
+                                  references=[reference(3)]), 180).raise_for_error()
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "inpaintd", *args], env={**os.environ, **addon_daemon.env},
+                              capture_output=True, text=True, timeout=180)
+
+    done = cli("rerun", dressed.id, "--no-loras", "--no-references", "--out", str(tmp_path / "bare.png"))
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "bare.png") as im:
+        bare = np.asarray(im.convert("RGBA")).astype(int)
+    assert np.array_equal(bare, layers(plain)[0]) and not np.array_equal(bare, layers(dressed)[0])
+    both = cli("rerun", dressed.id, "--lora", "ink", "--no-loras", "--out", str(tmp_path / "x.png"))
+    assert both.returncode == 2 and "not allowed with" in both.stderr, both.stderr
+
+
+def test_a_history_file_of_an_earlier_version_gains_the_new_columns(tmp_path: Path) -> None:
+    """A history.sqlite3 written before entries kept LoRAs and references opens, reads its
+    entries as having none, and keeps new entries with them."""
+    import sqlite3
+
+    from inpaintd.history import Entry as HistoryEntry
+    from inpaintd.history import History, Record, VariantEntry
+
+    old = sqlite3.connect(str(tmp_path / "history.sqlite3"))
+    old.executescript("""
+        CREATE TABLE entries (job TEXT PRIMARY KEY, created REAL NOT NULL, kind TEXT NOT NULL,
+            parent TEXT NOT NULL DEFAULT '', parent_variant INTEGER NOT NULL DEFAULT -1, model TEXT NOT NULL,
+            engine TEXT NOT NULL, prompt TEXT NOT NULL, options TEXT NOT NULL, seeds TEXT NOT NULL, region TEXT NOT NULL,
+            canvas TEXT NOT NULL, starred INTEGER NOT NULL DEFAULT 0, pixels INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO entries VALUES ('a1', 1.0, 'inpaint', '', -1, 'm', 'diffusers', 'old', '{"prompt": "old"}', '[3]',
+            '[0, 0, 8, 8]', '[8, 8]', 1, 0, 10);
+    """)
+    old.close()
+    history = History(tmp_path, 1 << 20)
+    try:
+        was = history.get("a1")
+        assert was is not None and was.loras == [] and was.references == 0 and was.prompt == "old" and was.starred
+        rgba = np.zeros((8, 8, 4), np.uint8)
+        entry = HistoryEntry("b2", 2.0, "inpaint", "m", {"prompt": "new"}, [4], (0, 0, 8, 8), (8, 8),
+                             [VariantEntry(0, 4, 8, 8, rgba)], loras=[("ink", 0.5)], references=1)
+        ref = np.full((5, 6, 3), 200, np.uint8)
+        history.record(Record(entry, [rgba], rgba[..., :3], np.full((8, 8), 255, np.uint8), [ref]))
+        now = history.get("b2")
+        assert now is not None and now.loras == [("ink", 0.5)] and now.references == 1
+        assert np.array_equal(history.references("b2")[0], ref)
+    finally:
+        history.close()

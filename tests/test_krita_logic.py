@@ -497,8 +497,6 @@ def test_the_loras_payload() -> None:
     assert lora_rules.loras_payload([("ink", 5.0)], LORAS, "") == [("ink", 2.0)]  # clamped to -2…2
     many = [(f"l{i}", 1.0) for i in range(12)]
     assert len(lora_rules.loras_payload(many, None, "")) == lora_rules.MAX_LORAS
-    assert lora_rules.prompt_with_tags("a cat", [("ink", 0.8)]) == "a cat <lora:ink:0.8>"
-    assert lora_rules.prompt_with_tags("a cat", []) == "a cat"
 
 
 def test_chosen_loras_round_trip_through_the_settings() -> None:

@@ -252,6 +252,15 @@ def _add_derived_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--model", default=None)
+    loras = p.add_mutually_exclusive_group()
+    loras.add_argument("--lora", action="append", default=None, metavar="NAME[:WEIGHT]",
+                       help="LoRAs instead of the job's (repeatable; default: the job's own)")
+    loras.add_argument("--no-loras", action="store_true", help="without the job's LoRAs")
+    references = p.add_mutually_exclusive_group()
+    references.add_argument("--reference", action="append", default=None, type=Path, metavar="FILE",
+                            help="reference images instead of the job's (repeatable; default: the job's own)")
+    references.add_argument("--no-references", action="store_true", help="without the job's reference images")
+    p.add_argument("--reference-weight", type=float, default=None, help="how strongly the references steer, 0-2")
     p.add_argument("--out", required=True, type=Path, help="output image; with several variants, OUT-1.png, ...")
     p.add_argument("--image", type=Path, default=None,
                    help="the image the job was made on: write each variant composited into it (default: the layers alone)")
@@ -583,8 +592,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _derived_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("prompt", "negative_prompt", "style", "seed", "variants", "steps", "model")
+    names = ("prompt", "negative_prompt", "style", "seed", "variants", "steps", "model", "reference_weight")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _derived_addons(args: argparse.Namespace) -> dict[str, Any]:
+    """vary's and rerun's `loras` and `references`: left out (the job's own) unless given."""
+    out: dict[str, Any] = {}
+    if args.no_loras or args.lora:
+        out["loras"] = [] if args.no_loras else [_lora_arg(text) for text in args.lora]
+    if args.no_references or args.reference:
+        out["references"] = [] if args.no_references else [_load_reference(path) for path in args.reference]
+    return out
 
 
 def _run_and_write(client: Client, job: Job, args: argparse.Namespace) -> int:
@@ -617,13 +636,13 @@ def _write_result(job: Job, out: Path, image: Path | None) -> None:
 def cmd_vary(args: argparse.Namespace) -> int:
     with Client(args.connect, name="inpaintd-cli") as client:
         job = client.vary(args.job, args.variant, preset=args.preset, strength=args.strength,
-                          options=_derived_options(args))
+                          options=_derived_options(args), **_derived_addons(args))
         return _run_and_write(client, job, args)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     with Client(args.connect, name="inpaintd-cli") as client:
-        return _run_and_write(client, client.rerun(args.job, _derived_options(args)), args)
+        return _run_and_write(client, client.rerun(args.job, _derived_options(args), **_derived_addons(args)), args)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

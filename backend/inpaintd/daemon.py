@@ -464,12 +464,13 @@ class Daemon:
             (region.x, region.y, region.width, region.height), job.canvas or (w, h),
             [VariantEntry(layer.index, layer.seed, layer.rgba.shape[1], layer.rgba.shape[0], thumbnail(layer.rgba))
              for layer in output.layers],
-            job.parent, job.parent_variant, engine,
+            job.parent, job.parent_variant, engine, loras=list(r.lora_requests), references=len(r.references),
         )
         rows, cols = slice(local.y, local.y + local.height), slice(local.x, local.x + local.width)
         try:
             self.history.record(Record(entry, [layer.rgba for layer in output.layers],
-                                       np.ascontiguousarray(r.image[rows, cols]), np.ascontiguousarray(r.mask[rows, cols])))
+                                       np.ascontiguousarray(r.image[rows, cols]), np.ascontiguousarray(r.mask[rows, cols]),
+                                       [np.ascontiguousarray(ref) for ref in r.references]))
         except Exception:  # the history is a convenience: it never fails a job
             log.exception("history: could not record job %s", job.id)
 

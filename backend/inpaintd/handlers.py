@@ -24,11 +24,14 @@ from inpaintd_protocol.wire import Message
 from . import __version__
 from .engines.base import EngineError
 from .history import MAX_PAGE, Entry, Expired, History
+from .loras import parse_loras_field
 from .runner import variant_seeds
 from .training import admit_train, parse_train
-from .validation import SubmitRequest, admit, admit_request, any_selected, parse_options, parse_pixels
+from .validation import SubmitRequest, admit, admit_request, any_selected, parse_options, parse_pixels, parse_references
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .daemon import Daemon
 
 log = logging.getLogger("inpaintd")
@@ -251,7 +254,7 @@ def vary(d: Daemon, identity: bytes, msg: Message) -> Message:
         image, mask = parse_pixels(msg, d.limits)
         origin = (_int(msg, "x", 0, -(1 << 30)), _int(msg, "y", 0, -(1 << 30)))
         base: dict[str, Any] = {}
-        canvas = None
+        canvas, entry = None, None
     else:
         entry = _entry(d, job_id)
         if index not in [v.index for v in entry.variants]:
@@ -261,8 +264,10 @@ def vary(d: Daemon, identity: bytes, msg: Message) -> Message:
         _, mask = _history_call(d, job_id, lambda h: h.source(job_id))
         origin, canvas, base = (entry.region[0], entry.region[1]), entry.canvas, dict(entry.options)
     options = parse_options({**base, "seed": -1, **overrides, "strength": overrides.get("strength", strength)}, d.limits)
-    return _enqueue_derived(d, identity, msg, SubmitRequest(image=image, mask=mask, options=options),
-                            origin=origin, canvas=canvas, kind="vary", parent=job_id, parent_variant=index)
+    references, loras = _addons(d, msg, entry)
+    request = SubmitRequest(image=image, mask=mask, options=options, references=references, lora_requests=loras)
+    return _enqueue_derived(d, identity, msg, request, origin=origin, canvas=canvas, kind="vary", parent=job_id,
+                            parent_variant=index)
 
 
 def rerun(d: Daemon, identity: bytes, msg: Message) -> Message:
@@ -275,8 +280,24 @@ def rerun(d: Daemon, identity: bytes, msg: Message) -> Message:
     entry = _entry(d, job_id)
     image, mask = _history_call(d, job_id, lambda h: h.source(job_id))
     options = parse_options({**entry.options, "seed": entry.seeds[0], "variants": len(entry.seeds), **overrides}, d.limits)
-    return _enqueue_derived(d, identity, msg, SubmitRequest(image=image, mask=mask, options=options),
-                            origin=(entry.region[0], entry.region[1]), canvas=entry.canvas, kind="rerun", parent=job_id)
+    references, loras = _addons(d, msg, entry)
+    request = SubmitRequest(image=image, mask=mask, options=options, references=references, lora_requests=loras)
+    return _enqueue_derived(d, identity, msg, request, origin=(entry.region[0], entry.region[1]), canvas=entry.canvas,
+                            kind="rerun", parent=job_id)
+
+
+def _addons(d: Daemon, msg: Message, entry: Entry | None) -> tuple[list[np.ndarray], list[tuple[str, float]]]:
+    """The reference images and LoRAs of a job made from another: the body's where it
+    gives them (an empty list: none), else those the job it comes from was sent with."""
+    if "references" in msg.body:
+        references = parse_references(msg, d.limits)
+    elif entry is not None and entry.references:
+        job = entry.job
+        references = _history_call(d, job, lambda h: h.references(job))
+    else:
+        references = []
+    loras = parse_loras_field(msg.body["loras"]) if "loras" in msg.body else list(entry.loras) if entry else []
+    return references, loras
 
 
 def _enqueue_derived(d: Daemon, identity: bytes, msg: Message, request: SubmitRequest, **lineage: Any) -> Message:
@@ -303,6 +324,7 @@ def _entry_wire(entry: Entry, buffers: list[Any]) -> dict[str, Any]:
         "options": dict(entry.options), "seeds": list(entry.seeds), "region": {"x": x, "y": y, "width": w, "height": h},
         "canvas": {"width": entry.canvas[0], "height": entry.canvas[1]}, "starred": entry.starred,
         "pixels_kept": entry.pixels_kept, "bytes": entry.bytes, "variants": variants,
+        "loras": [{"name": name, "weight": weight} for name, weight in entry.loras], "references": entry.references,
     }
 
 

@@ -3,8 +3,9 @@
 For each job that ends with a result the daemon keeps its parameters (model, options as it
 ran, seeds, the style), where it sat on the canvas, a thumbnail of each variant, and the
 full pixels needed to bring it back or build on it: each variant's layer, the source
-region the job started from and its mask over that region.  `vary` and `rerun` start new
-jobs from these files, so no pixels travel again.
+region the job started from and its mask over that region, and the reference images it was
+sent with.  `vary` and `rerun` start new jobs from these files (and the job's LoRAs), so no
+pixels travel again.
 
 The rows are in SQLite (`history.sqlite3`), the pixels in PNG files beside it (lossless, so
 a fetched layer is the result byte for byte).  Rows and thumbnails are written at once, on
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS entries (
     canvas TEXT NOT NULL,
     starred INTEGER NOT NULL DEFAULT 0,
     pixels INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0
+    bytes INTEGER NOT NULL DEFAULT 0,
+    loras TEXT NOT NULL DEFAULT '[]',
+    refs INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 CREATE TABLE IF NOT EXISTS variants (
@@ -68,6 +71,10 @@ CREATE TABLE IF NOT EXISTS variants (
     PRIMARY KEY (job, idx)
 );
 """
+
+#: Columns added since the first history files, with their definitions: an older file
+#: gains them when it is opened (its entries: no LoRAs, no references).
+_ADDED_COLUMNS = {"loras": "TEXT NOT NULL DEFAULT '[]'", "refs": "INTEGER NOT NULL DEFAULT 0"}
 
 # `entries.pixels`: whether the full-size files are there.
 _NONE, _KEPT, _WRITING = 0, 1, 2
@@ -106,6 +113,10 @@ class Entry:
     starred: bool = False
     pixels_kept: bool = False
     bytes: int = 0
+    #: The LoRAs the job was sent with (name, weight); those of `<lora:…>` tags stay in its prompt.
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    #: How many reference images it was sent with (kept beside its pixels: `History.references`).
+    references: int = 0
 
     @property
     def prompt(self) -> str:
@@ -120,6 +131,7 @@ class Record:
     layers: list[np.ndarray]  # each H x W x 4 uint8, the region's size
     source: np.ndarray  # the region of the image the job started from, H x W x 3|4
     mask: np.ndarray  # the job's mask over the region, H x W uint8
+    references: list[np.ndarray] = field(default_factory=list)  # as sent, each h x w x 3|4
 
 
 def thumbnail(rgba: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
@@ -155,6 +167,10 @@ class History:
         self._db = sqlite3.connect(str(self.folder / "history.sqlite3"), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+        for name, definition in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE entries ADD COLUMN {name} {definition}")
         # Pixels a stopped daemon was still writing are not to be trusted.
         for (job,) in self._db.execute("SELECT job FROM entries WHERE pixels = ?", (_WRITING,)).fetchall():
             shutil.rmtree(self._pixels_dir / job, ignore_errors=True)
@@ -174,10 +190,12 @@ class History:
             self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT OR REPLACE INTO entries (job, created, kind, parent, parent_variant, model, engine, prompt, options, "
-                "seeds, region, canvas, starred, pixels, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seeds, region, canvas, starred, pixels, bytes, loras, refs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (e.job, e.created, e.kind, e.parent, e.parent_variant, e.model, e.engine, e.prompt, json.dumps(e.options),
                  json.dumps(e.seeds), json.dumps(list(e.region)), json.dumps(list(e.canvas)), int(e.starred), _WRITING,
-                 sum(len(t[4]) for t in thumbs)),
+                 sum(len(t[4]) for t in thumbs), json.dumps([[name, weight] for name, weight in e.loras]),
+                 len(rec.references)),
             )
             self._db.execute("DELETE FROM variants WHERE job = ?", (e.job,))
             self._db.executemany("INSERT INTO variants (job, idx, seed, width, height, thumbnail) VALUES (?, ?, ?, ?, ?, ?)",
@@ -197,6 +215,7 @@ class History:
                 folder.mkdir(parents=True, exist_ok=True)
                 size = 0
                 files = [("source.png", rec.source), ("mask.png", rec.mask)]
+                files += [(f"r{i}.png", reference) for i, reference in enumerate(rec.references)]
                 files += [(f"v{i}.png", layer) for i, layer in zip((v.index for v in rec.entry.variants), rec.layers, strict=True)]
                 for name, array in files:
                     data = _png(array)
@@ -285,7 +304,7 @@ class History:
 
     def _entry(self, row: Sequence[Any]) -> Entry:
         (job, created, kind, parent, parent_variant, model, engine, _prompt, options, seeds, region, canvas, starred, pixels,
-         nbytes) = row
+         nbytes, loras, refs) = row
         variants = [
             VariantEntry(idx, seed, w, h, _unpng(bytes(thumb)))
             for idx, seed, w, h, thumb in self._db.execute(
@@ -293,7 +312,7 @@ class History:
         ]
         return Entry(job, created, kind, model, json.loads(options), json.loads(seeds), tuple(json.loads(region)),
                      tuple(json.loads(canvas)), variants, parent, parent_variant, engine, bool(starred), pixels == _KEPT,
-                     nbytes)
+                     nbytes, [(str(name), float(weight)) for name, weight in json.loads(loras)], int(refs))
 
     def star(self, job: str, on: bool) -> Entry:
         self._settle()
@@ -351,6 +370,16 @@ class History:
         folder = self._files(job)
         try:
             return _unpng(folder / "source.png"), _unpng(folder / "mask.png")
+        except OSError as exc:
+            raise Expired(job) from exc
+
+    def references(self, job: str) -> list[np.ndarray]:
+        """The reference images `job` was sent with, as sent (alpha and all)."""
+        folder = self._files(job)
+        entry = self.get(job)
+        assert entry is not None
+        try:
+            return [_unpng(folder / f"r{i}.png") for i in range(entry.references)]
         except OSError as exc:
             raise Expired(job) from exc
 

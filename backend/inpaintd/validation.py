@@ -128,7 +128,7 @@ def _image(msg: Message, name: str, channels: tuple[int, ...], limits: Limits, d
 def parse_submit(msg: Message, limits: Limits = LIMITS) -> SubmitRequest:
     options = parse_options(msg.body, limits)
     image, mask = parse_pixels(msg, limits)
-    return SubmitRequest(image=image, mask=mask, options=options, references=_references(msg, limits),
+    return SubmitRequest(image=image, mask=mask, options=options, references=parse_references(msg, limits),
                          lora_requests=parse_loras_field(msg.body.get("loras")))
 
 
@@ -146,7 +146,7 @@ def parse_pixels(msg: Message, limits: Limits = LIMITS) -> tuple[np.ndarray, np.
     return image, mask
 
 
-def _references(msg: Message, limits: Limits) -> list[np.ndarray]:
+def parse_references(msg: Message, limits: Limits = LIMITS) -> list[np.ndarray]:
     """The optional reference images (a list of descriptors, each checked as an image)."""
     descs = msg.body.get("references")
     if descs is None:

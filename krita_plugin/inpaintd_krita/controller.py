@@ -123,8 +123,8 @@ class Controller(QObject):
         self._daemon_log = ""
         self._last_progress: tuple[int, str] | None = None
         # the artist's loop
-        #: The running vary's preset, options to send again with its pixels, and its name.
-        self._vary_request: tuple[str, dict[str, Any], str] | None = None
+        #: The running vary's preset, options to send again with its pixels, its name, and its LoRAs and references.
+        self._vary_request: tuple[str, dict[str, Any], str, dict[str, Any]] | None = None
         self._answers: queue.Queue[tuple[Callable[[Any, Exception | None], None], Any, Exception | None]] = queue.Queue()
         self._history_running = False
         self._history_again = False
@@ -169,14 +169,9 @@ class Controller(QObject):
             return False
         caps = self.model_caps()
         sent = editor.for_model(self.settings.job_options(), caps)
-        references: list[tuple[bytes, int, int, int]] = []
-        if self.reference_layer and self.takes_reference():
-            reference = self.doc_access.reference_image(job_input.document, self.reference_layer)
-            if reference is None:
-                self.message.emit("The reference layer is gone from this document, or empty: pick another "
-                                  "(or None) under Reference layer.", "error")
-                return False
-            references.append(reference)
+        references = self._references(job_input.document)
+        if references is None:
+            return False
         try:
             client = self._job_client()
             options = self._proto.JobOptions(**sent)
@@ -235,6 +230,18 @@ class Controller(QObject):
         option the artist changed since that job."""
         return self._vary_selected(loop.REMIX_PRESET, remix=True)
 
+    def _references(self, document: Any) -> list[tuple[bytes, int, int, int]] | None:
+        """The docker's reference layer as a job's reference image (none where no layer is
+        picked or the model takes none); None, with a message, when the layer is gone."""
+        if not (self.reference_layer and self.takes_reference()):
+            return []
+        reference = self.doc_access.reference_image(document, self.reference_layer)
+        if reference is None:
+            self.message.emit("The reference layer is gone from this document, or empty: pick another "
+                              "(or None) under Reference layer.", "error")
+            return None
+        return [reference]
+
     def _vary_selected(self, preset: str, remix: bool) -> bool:
         if not self._can_start():
             return False
@@ -246,13 +253,16 @@ class Controller(QObject):
         if not self._check_connected():
             return False
         changes: dict[str, Any] = {}
+        addons: dict[str, Any] = {}  # a Vary keeps the job's LoRAs and reference; a Remix sends the docker's
         if remix:
             changes = loop.remix_options(editor.for_model(self.settings.job_options(), self.model_caps()),
                                          job_input.options)
             job_input.prompt = changes["prompt"]
-            # a vary has no `loras` field: the chosen LoRAs go as <lora:NAME:W> tags in the prompt
-            changes["prompt"] = lora_rules.prompt_with_tags(changes["prompt"], self.lora_payload())
-        return self._send_vary(job_input, preset, changes, "Remix" if remix else loop.PRESETS.get(preset, preset))
+            references = self._references(job_input.document)
+            if references is None:
+                return False
+            addons = {"loras": self.lora_payload(), "references": references}
+        return self._send_vary(job_input, preset, changes, "Remix" if remix else loop.PRESETS.get(preset, preset), addons)
 
     def vary_history(self, card: loop.HistoryCard, preset: str = "subtle") -> bool:
         """Vary a history entry's first variant; the layers go where the entry's would (history_input)."""
@@ -269,17 +279,19 @@ class Controller(QObject):
         return self._send_vary(job_input, preset, {}, loop.PRESETS.get(preset, preset))
 
     def _send_vary(self, job_input: Any, preset: str, changes: dict[str, Any], what: str,
-                   pixels: tuple[Any, ...] | None = None) -> bool:
+                   addons: dict[str, Any] | None = None, pixels: tuple[Any, ...] | None = None) -> bool:
+        """`addons`: the vary's `loras` and `references` where it changes them (a Remix)."""
         ref = job_input.vary_of
+        addons = addons or {}
         try:
             job = self._job_client().vary(ref.job, ref.variant, preset=preset, options=changes or None,
-                                          pixels=pixels, block=False)
+                                          pixels=pixels, block=False, **addons)
         except Exception as exc:
             self.message.emit(f"Could not send the vary: {exc}", "error")
             return False
         original = job_input.options
         job_input.options = loop.varied_options(original, changes, loop.preset_strength(self.hello, preset))
-        self._vary_request = (preset, loop.resend_options(original, changes), what) if pixels is None else None
+        self._vary_request = (preset, loop.resend_options(original, changes), what, addons) if pixels is None else None
         how = "with the layer's pixels, " if pixels is not None else ""
         self._start(job, job_input, "", f"{what} of job {ref.job} variant {ref.variant + 1} sent ({how}new seeds).")
         return True
@@ -290,7 +302,7 @@ class Controller(QObject):
         request, self._vary_request = self._vary_request, None
         if request is None:
             return False
-        preset, options, what = request
+        preset, options, what, addons = request
         try:
             rgba, mask, plan = self.doc_access.vary_pixels(job_input)
         except UserError as exc:
@@ -300,7 +312,7 @@ class Controller(QObject):
         r = plan.crop
         # the daemon knows none of the job's options now: they all go with the pixels
         job_input.options = options
-        return self._send_vary(job_input, preset, options, what, pixels=(rgba, r.width, r.height, 4, mask, 0, 0))
+        return self._send_vary(job_input, preset, options, what, addons, pixels=(rgba, r.width, r.height, 4, mask, 0, 0))
 
     def apply_history(self, card: loop.HistoryCard) -> bool:
         """Bring a history entry back as layers (`fetch`), where its job put them."""

@@ -134,13 +134,6 @@ def loras_payload(chosen: Sequence[tuple[str, float]], loras: Iterable[Mapping[s
     return out[:MAX_LORAS]
 
 
-def prompt_with_tags(prompt: str, loras: Sequence[tuple[str, float]]) -> str:
-    """The prompt with A1111's `<lora:NAME:WEIGHT>` tags, which the daemon takes out and
-    applies (PROTOCOL.md 5.4): how a Remix (a `vary`, which has no `loras` field) carries them."""
-    tags = " ".join(f"<lora:{name}:{weight:g}>" for name, weight in loras)
-    return f"{prompt} {tags}".strip() if tags else prompt
-
-
 # -- Teach subject (train) ----------------------------------------------------------------------
 
 #: The pictures go at most this many pixels a side (the daemon trains at 512 or its model's size).

@@ -132,6 +132,19 @@ def _handshake_advice(endpoint: str, event: int, has_curve_key: bool) -> str:
     )
 
 
+
+def _add_addons(body: dict[str, Any], buffers: list[bytes | bytearray | memoryview],
+                loras: Sequence[tuple[str, float]] | None,
+                references: Sequence[tuple[bytes | memoryview, int, int, int]] | None) -> None:
+    """A job request's `loras` and `references` (None: the field is left out), the
+    references' pixels in the buffer frames after those already there."""
+    if loras is not None:
+        body["loras"] = [{"name": name, "weight": float(weight)} for name, weight in loras]
+    if references is not None:
+        first = len(buffers) + 1
+        body["references"] = [ImageDesc(first + i, w, h, c).to_wire() for i, (_pixels, w, h, c) in enumerate(references)]
+        buffers += [pixels for pixels, _w, _h, _c in references]
+
 class Client:
     def __init__(
         self,
@@ -424,13 +437,7 @@ class Client:
         body["image"] = ImageDesc(1, width, height, channels, image_stride).to_wire()
         body["mask"] = ImageDesc(2, width, height, 1, mask_stride).to_wire()
         buffers: list[bytes | bytearray | memoryview] = [image, mask]
-        if loras:
-            body["loras"] = [{"name": name, "weight": float(weight)} for name, weight in loras]
-        if references:
-            body["references"] = [
-                ImageDesc(3 + i, w, h, c).to_wire() for i, (_pixels, w, h, c) in enumerate(references)
-            ]
-            buffers += [pixels for pixels, _w, _h, _c in references]
+        _add_addons(body, buffers, loras if loras else None, references if references else None)
         return self._send_job(Message(type=Type.SUBMIT, body=body, buffers=buffers), block, timeout)
 
     def _send_job(self, msg: Message, block: bool, timeout: float) -> Job:
@@ -474,6 +481,8 @@ class Client:
         strength: float | None = None,
         options: dict[str, Any] | None = None,
         pixels: tuple[bytes | memoryview, int, int, int, bytes | memoryview, int, int] | None = None,
+        loras: Sequence[tuple[str, float]] | None = None,
+        references: Sequence[tuple[bytes | memoryview, int, int, int]] | None = None,
         block: bool = True,
         timeout: float = 30.0,
     ) -> Job:
@@ -481,7 +490,8 @@ class Client:
         "subtle" or "strong" (or an explicit `strength`), new seeds; `options` changes any job
         option (a new prompt: Remix).  `pixels` = (image, width, height, channels, mask, x, y)
         sends the variant's pixels and mask where the daemon no longer keeps them (it says
-        `expired`); x, y: where they sit on the canvas."""
+        `expired`); x, y: where they sit on the canvas.  `loras`, `references` (as in
+        `submit`) replace those of the job; None keeps them, an empty list drops them."""
         body: dict[str, Any] = {"job": job_id, "variant": variant, "preset": preset}
         if strength is not None:
             body["strength"] = strength
@@ -494,16 +504,22 @@ class Client:
             body["mask"] = ImageDesc(2, width, height, 1).to_wire()
             body["x"], body["y"] = x, y
             buffers = [image, mask]
+        _add_addons(body, buffers, loras, references)
         return self._send_job(Message(type=Type.VARY, body=body, buffers=buffers), block, timeout)
 
-    def rerun(self, job_id: str, options: dict[str, Any] | None = None, *, block: bool = True,
-              timeout: float = 30.0) -> Job:
-        """Job `job_id` again from the history: the same region, mask, options and seeds (the
-        same pixels), or with `options` changed."""
+    def rerun(self, job_id: str, options: dict[str, Any] | None = None, *,
+              loras: Sequence[tuple[str, float]] | None = None,
+              references: Sequence[tuple[bytes | memoryview, int, int, int]] | None = None,
+              block: bool = True, timeout: float = 30.0) -> Job:
+        """Job `job_id` again from the history: the same region, mask, options, seeds, LoRAs
+        and references (the same pixels), or with `options` changed; `loras`, `references`
+        replace the job's (an empty list drops them)."""
         body: dict[str, Any] = {"job": job_id}
         if options:
             body["options"] = dict(options)
-        return self._send_job(Message(type=Type.RERUN, body=body), block, timeout)
+        buffers: list[bytes | bytearray | memoryview] = []
+        _add_addons(body, buffers, loras, references)
+        return self._send_job(Message(type=Type.RERUN, body=body, buffers=buffers), block, timeout)
 
     def train(
         self,

@@ -1203,6 +1203,14 @@ def test_teach_a_picked_lora_changes_the_pixels_and_weight_0_does_not(teach_sess
         s.run(panel.generate_button)
         off_pixels = layer_pixels(s.last_group.childNodes()[0])[1]
         assert (off_pixels == plain_pixels).all(), "weight 0 is not the base model's pixels"
+        # A Vary of the LoRA's layer keeps the job's LoRA (the daemon's history has it); a
+        # Remix takes the docker's LoRAs: none, at weight 0.
+        s.select(lora_node)
+        varied = s.run(panel.vary_subtle_button)
+        assert history_entry(varied.job_id)["loras"] == [{"name": "ink", "weight": 1.0}]
+        s.select(lora_node)
+        remixed = s.run(panel.remix_button)
+        assert history_entry(remixed.job_id)["loras"] == []
     finally:
         panel.remove_lora("ink")
     assert panel.chosen_loras() == [] and controller.settings.loras == ""
