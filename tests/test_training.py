@@ -176,6 +176,11 @@ def test_a_training_job_can_be_cancelled(train_daemon: DaemonProcess) -> None:
         job = train(c, "cancelled", steps=5000, seed=7)
         wait_for_step(c, job, 3)
         assert c.status()["running"][0]["kind"] == "train"
+        # another training that would write the same LoRA (its file does not exist yet) is refused
+        with pytest.raises(ProtocolError) as err:
+            train(c, "Cancelled", steps=10, seed=99)
+        assert err.value.code == "bad_value" and err.value.details.get("field") == "name", err.value
+        assert job.id in err.value.message and "will write" in err.value.message
         assert c.cancel(job)["state"] == "cancelling"
         c.wait(job, 30)
         assert job.state == "cancelled" and job.cancel_code == "running"

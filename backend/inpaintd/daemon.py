@@ -202,12 +202,16 @@ class Daemon:
     def enqueue_training(self, owner: bytes, request: TrainRequest, model: str, family: str, resolution: int) -> TrainJob:
         """Queue a `train` job behind the trainings already waiting (one trains at a time), or
         refuse: the same pictures and settings already queued or training (they would share
-        a checkpoint), or too many waiting."""
+        a checkpoint), a LoRA name another queued or running training will write (the file
+        is checked at admission, but it does not exist until that one ends), or too many waiting."""
         key = request.key(model, resolution)
         for other in [*self.trainings, *([self.training] if self.training else [])]:
             if other.key == key:
                 raise ProtocolError(Code.BAD_VALUE, f"the same training (pictures and settings) is already job "
                                                     f"{other.id}; wait for it or cancel it", {"field": "images"})
+            if other.name.lower() == request.name.lower():
+                raise ProtocolError(Code.BAD_VALUE, f"training job {other.id} will write a LoRA '{other.name}' already; "
+                                                    "pick another name, or cancel that job", {"field": "name"})
         if len(self.trainings) >= self.limits.max_queue_per_client:
             raise ProtocolError(Code.QUEUE_FULL, f"{len(self.trainings)} trainings are already waiting; try again later")
         job = TrainJob(owner=owner, request=request, model=model, name=request.name, key=key, family=family,
