@@ -66,8 +66,9 @@ class Plan:
 
 
 def variant_seeds(seed: int, variants: int, rng: np.random.Generator | None = None) -> list[int]:
-    """Seed i of a job is base + i, so any one variant can be made again on its own."""
-    base = seed if seed >= 0 else int((rng or np.random.default_rng()).integers(0, 2**32 - variants))
+    """Seed i of a job is base + i, so any one variant can be made again on its own.  A
+    picked base keeps every seed below 2**31: each fits an editor's Seed box, to type back."""
+    base = seed if seed >= 0 else int((rng or np.random.default_rng()).integers(0, 2**31 - variants))
     return [(base + i) % 2**32 for i in range(variants)]
 
 
