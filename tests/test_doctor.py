@@ -335,3 +335,33 @@ def test_curve_daemon_without_its_key_is_a_refused_handshake(tmp_path: Path, mon
         monkeypatch.setenv("INPAINTD_KEY", d.key.decode())
         line = doctor.check_daemon(d.endpoint, timeout=1.5)
     assert line.status == FAIL and "refused the connection's handshake" in line.detail and "connection file" in line.fix
+
+
+def test_a_packaged_plugin_is_checked_with_its_own_bundled_pyzmq(tmp_path: Path) -> None:
+    """A plugin from `inpaintd package-krita` carries pyzmq in `_deps/`: the check imports
+    the wheel the plugin itself would put first for that Python (here a stand-in `zmq` that
+    says 9.9.9), and fails naming the missing wheel where the package has none for it."""
+    import shutil
+
+    from inpaintd_protocol import bundled
+
+    plugin = tmp_path / "pykrita" / "inpaintd_krita"
+    shutil.copytree(Path(bundled.__file__).parent, plugin / "_vendor" / "inpaintd_protocol")
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    fitting = f"pyzmq-99.0.0-{tag}-{tag}-manylinux_2_17_x86_64.manylinux_2_17_aarch64.macosx_10_9_universal2.win_amd64.whl"
+    stand_in = plugin / "_deps" / fitting[:-4] / "zmq"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("def zmq_version():\n    return '9.9.9'\n")
+    manifest = plugin / "_deps" / bundled.MANIFEST
+    manifest.write_text(json.dumps({"wheels": [{"wheel": fitting, "folder": fitting[:-4]}]}))
+    krita = Editor("krita", "krita on PATH", Path("/usr/bin/krita"), python=(sys.executable,))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin")}
+    answers = {c.name: c for c in doctor.check_editor_python(krita, plugin, env)}
+    ok = answers["Krita Python pyzmq+msgpack"]
+    if bundled.choose([bundled.Wheel.from_filename(fitting)], bundled.this_platform(), sys.version_info[:2]) is None:
+        pytest.skip(f"no stand-in wheel tag fits this machine ({bundled.this_platform()})")
+    assert ok.status == OK and "9.9.9" in ok.detail and "_deps" in ok.detail, ok
+    other = "pyzmq-27.3.0-cp39-cp39-win_arm64.whl"  # a package built for another Python and machine
+    manifest.write_text(json.dumps({"wheels": [{"wheel": other, "folder": other[:-4]}]}))
+    bad = {c.name: c for c in doctor.check_editor_python(krita, plugin, env)}["Krita Python pyzmq+msgpack"]
+    assert bad.status == FAIL and "--python" in bad.detail and "package-krita --python" in bad.fix, bad

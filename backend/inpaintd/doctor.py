@@ -400,14 +400,36 @@ def check_editor_python(editor: Editor, plugin: Path, env: Mapping[str, str], ru
     vendor = plugin / ("_vendor" if editor.kind == "krita" else "vendor")
     if vendor.is_dir():
         cmd_env["PYTHONPATH"] = str(vendor)
-    ok, detail = python_can_import(editor.python, CLIENT_IMPORTS, env=cmd_env, runner=runner)
+    bundles = (plugin / "_deps").is_dir()
+    code = bundled_imports(editor.kind, plugin) if bundles else CLIENT_IMPORTS
+    ok, detail = python_can_import(editor.python, code, env=cmd_env, runner=runner)
     if ok:
-        checks.append(Check(f"{name} pyzmq+msgpack", OK, f"{shown} imports them (zmq {detail})"))
+        checks.append(Check(f"{name} pyzmq+msgpack", OK, f"{shown} imports them (zmq {detail})"
+                            + (", pyzmq from the plugin's own _deps" if bundles else "")))
+    elif bundles:
+        checks.append(Check(f"{name} pyzmq+msgpack", FAIL, f"{shown} cannot import the plugin's bundled pyzmq: {detail}",
+                            f"build the package for this Python: inpaintd package-{editor.kind} --python "
+                            "X.Y (the version this editor's Python reports), and install that"))
     else:
         checks.append(Check(f"{name} pyzmq+msgpack", FAIL, f"{shown} cannot import them: {detail}",
                             "sudo apt install python3-zmq python3-msgpack; or "
                             f"{shown} -m pip install --target '{vendor}' pyzmq msgpack"))
     return checks
+
+
+def bundled_imports(kind: str, plugin: Path) -> str:
+    """The client import check for a plugin that carries pyzmq in `_deps/` (a package from
+    `inpaintd package-krita|gimp`): the editor's Python sets up its path the way the plugin
+    does at import (the client library beside it, then the wheel built for that Python),
+    and fails naming the missing wheel where none fits."""
+    library = plugin / "_vendor" if kind == "krita" else plugin
+    setup = (f"act = bundled.activate({str(plugin / '_deps')!r})" if kind == "krita"
+             else f"act = bundled.prepare_plugin_folder({str(plugin)!r})")
+    return (f"import sys; sys.path.insert(0, {str(library)!r})\n"
+            "from inpaintd_protocol import bundled\n"
+            f"{setup}\n"
+            "if act is not None and act.problem: raise SystemExit(act.problem)\n"
+            f"{CLIENT_IMPORTS}")
 
 
 def check_krita_trap(env: Mapping[str, str], which: Callable[..., str | None] = shutil.which) -> Check:
