@@ -6,11 +6,15 @@
 - FLUX.1 as BFL ships `flux1-fill-dev.safetensors`: the transformer alone, bare names
   (`double_blocks.*`, `single_blocks.*`, `img_in.weight`); ComfyUI's saves put
   `model.diffusion_model.` in front.
+- Z-Image as ComfyUI's `z_image_turbo_bf16.safetensors` holds it (and bare re-saves): the
+  transformer alone, one fused `attention.qkv` per block, `x_embedder`/`final_layer` without
+  diffusers' per-patch-size `all_*.2-1.` dicts, bare or with `model.diffusion_model.` in front.
 - GGUF as city96's `flux1-fill-dev-Q8_0.gguf` / `sd3.5_large-Q8_0.gguf`: the same bare
   names, the Linear layers' 2-D weights quantised (Q8_0) or all of them F16.
 
-The key layouts are the inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`
-and `convert_flux_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py),
+The key layouts are the inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`,
+`convert_flux_transformer_checkpoint_to_diffusers` and
+`convert_z_image_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py),
 written for any config so that the tiny ones round-trip: every parameter is renamed or the
 call fails, and loading the file through diffusers must give the tiny model's tensors back.
 
@@ -204,6 +208,32 @@ def write_flux_file(folder: Path, out: Path, *, prefix: str = "", metadata: dict
     for ComfyUI's layout)."""
     tensors = flux_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
     return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+
+
+# -- Z-Image (ComfyUI's layout) ---------------------------------------------------------------
+
+
+def z_image_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ZImageTransformer2DModel state dict (2x2 patches only) in the original names."""
+    r = _Renamer(state)
+    r.move("all_x_embedder.2-1", "x_embedder")
+    r.move("all_final_layer.2-1.linear", "final_layer.linear")
+    r.move("all_final_layer.2-1.adaLN_modulation.1", "final_layer.adaLN_modulation.1")
+    blocks = sorted({k.rsplit(".attention.", 1)[0] for k in r.source if ".attention.to_q." in k})
+    for b in blocks:
+        r.put(f"{b}.attention.qkv.weight", torch.cat([r.take(f"{b}.attention.to_{x}.weight") for x in "qkv"], dim=0))
+        r.move(f"{b}.attention.to_out.0", f"{b}.attention.out")
+        r.move(f"{b}.attention.norm_q", f"{b}.attention.q_norm")
+        r.move(f"{b}.attention.norm_k", f"{b}.attention.k_norm")
+    for key in list(r.source):  # the rest keeps its name: embedders, pads, norms, feed-forwards, adaLN
+        r.put(key, r.take(key))
+    return r.done()
+
+
+def write_z_image_file(folder: Path, out: Path, *, prefix: str = DENOISER_PREFIX) -> Path:
+    """The tiny Z-Image transformer in `folder` as ComfyUI's file (`prefix` "" for bare names)."""
+    tensors = z_image_original(_component_weights(folder, "transformer"))
+    return _save({prefix + k: v for k, v in tensors.items()}, out, None, None)
 
 
 def _save(tensors: dict[str, torch.Tensor], out: Path, dtype: torch.dtype | None, metadata: dict[str, str] | None) -> Path:

@@ -47,6 +47,9 @@ def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
         ("Flux2KleinInpaintPipeline", 768, Arch.FLUX2_KLEIN),
         ("QwenImageEditPipeline", 3584, Arch.QWEN_EDIT),  # what Qwen-Image-Edit's model_index.json says
         ("QwenImageEditInpaintPipeline", 3584, Arch.QWEN_EDIT),
+        ("ZImagePipeline", 2560, Arch.Z_IMAGE),  # what Z-Image-Turbo's and Z-Image's model_index.json say
+        ("ZImageImg2ImgPipeline", 2560, Arch.Z_IMAGE),
+        ("ZImageInpaintPipeline", 2560, Arch.Z_IMAGE),
     ],
 )
 def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
@@ -57,7 +60,8 @@ def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch
     "class_name",
     [
         "StableDiffusionUpscalePipeline", "FluxPipeline", "FluxKontextInpaintPipelineX", "Flux2Pipeline",
-        "Flux2KleinKVPipeline", "StableDiffusion3ControlNetPipeline", "QwenImageEditPlusPipeline", "",
+        "Flux2KleinKVPipeline", "StableDiffusion3ControlNetPipeline", "QwenImageEditPlusPipeline",
+        "ZImageOmniPipeline", "ZImageControlNetInpaintPipeline", "",
     ],
 )
 def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) -> None:
@@ -65,7 +69,8 @@ def test_other_pipelines_are_refused_by_name(tmp_path: Path, class_name: str) ->
     served now, by its own row, and FLUX text-to-image is still neither a Fill nor a
     Kontext model (its transformer never saw the image's tokens); names match exactly.
     FLUX.2 [dev] (Mistral encoder) and klein 9B KV (cached image tokens) are not klein;
-    Qwen-Image-Edit 2509/2511 (another template, several pictures) are not Qwen-Image-Edit."""
+    Qwen-Image-Edit 2509/2511 (another template, several pictures) are not Qwen-Image-Edit;
+    Z-Image-Omni (a SigLIP branch) and Z-Image's ControlNet pipelines are not Z-Image."""
     with pytest.raises(UnsupportedModel) as err:
         family_of_folder(_folder(tmp_path, class_name, denoiser="transformer"))
     assert (class_name or "unknown class") in str(err.value) and "supported:" in str(err.value)
@@ -100,6 +105,23 @@ def test_single_files(tmp_path: Path) -> None:
     assert inspect_single_file(tmp_path / "e.ckpt") is None
 
 
+def test_z_image_single_files_by_their_keys(tmp_path: Path) -> None:
+    """A Z-Image transformer, bare or ComfyUI-prefixed, whatever its name;
+    Lumina 2 (the same lineage: its adaLN starts with a SiLU, `adaLN_modulation.1`), Z-Image-Omni
+    (SigLIP) and the ControlNets (`control_*`) are not taken for it."""
+    z = {"layers.0.adaLN_modulation.0.weight": [15360, 256], "cap_embedder.1.weight": [3840, 2560],
+         "x_embedder.weight": [3840, 64], "layers.0.attention.qkv.weight": [11520, 3840]}
+    for name, prefix in (("flux1-fill-dev.safetensors", ""), ("sd3.5_large.safetensors", "model.diffusion_model.")):
+        sf = inspect_single_file(_safetensors(tmp_path / name, {prefix + k: v for k, v in z.items()}))
+        assert sf and sf.family.arch == Arch.Z_IMAGE and sf.components == {"transformer"}
+        assert sf.reference_repo == "Tongyi-MAI/Z-Image-Turbo" and "Z-Image transformer" in sf.what
+    lumina = {k.replace("adaLN_modulation.0", "adaLN_modulation.1"): v for k, v in z.items()}
+    omni = {**z, "siglip_embedder.1.weight": [3840, 1152]}
+    control = {**z, "control_all_x_embedder.2-1.weight": [3840, 132]}
+    for i, keys in enumerate((lumina, omni, control)):
+        assert inspect_single_file(_safetensors(tmp_path / f"other{i}.safetensors", keys)) is None
+
+
 def test_every_row_is_complete() -> None:
     for arch, fam in FAMILIES.items():
         assert fam.arch == arch
@@ -131,7 +153,23 @@ def test_klein_row() -> None:
     assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
     assert fam.default_steps == 4 and fam.default_guidance == 1.0 and fam.negative_prompt
     assert not fam.pooled_prompt and not fam.pins_size and fam.max_pixels == 1024 * 1024
-    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN, Arch.QWEN_EDIT]
+    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN, Arch.QWEN_EDIT, Arch.Z_IMAGE]
+
+
+def test_z_image_row() -> None:
+    """Z-Image: the flow loop, Qwen3 hidden states only (no pooled embedding) handed over as
+    lists, Turbo's guidance 0 and 8 transformer evaluations, a negative prompt for the base
+    model's CFG, 16 px multiples (VAE 8 x 2x2 patches), LoRAs, and the only listed-prompt row."""
+    fam = FAMILIES[Arch.Z_IMAGE]
+    assert fam.arch.value == "z-image" and fam.loop == Loop.FLOW and fam.denoiser == "transformer"
+    assert fam.inpaint_pipeline == "ZImageInpaintPipeline"
+    assert fam.pipeline_classes == {"ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"}
+    assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
+    assert fam.default_steps == 8 and fam.default_guidance == 0.0 and fam.negative_prompt and fam.lora
+    assert not fam.pooled_prompt and not fam.pins_size and fam.max_pixels is None and not fam.reference_image
+    assert fam.large_text_encoder == "text_encoder" and not fam.optional_components
+    assert fam.reference_repos == ("Tongyi-MAI/Z-Image-Turbo", "Tongyi-MAI/Z-Image-Turbo")
+    assert [f.arch for f in FAMILIES.values() if f.listed_prompt] == [Arch.Z_IMAGE]
 
 
 @pytest.mark.parametrize(
@@ -140,6 +178,7 @@ def test_klein_row() -> None:
         ("flux-kontext", "FluxKontextPipeline", Arch.FLUX_KONTEXT),
         ("flux2-klein", "Flux2KleinPipeline", Arch.FLUX2_KLEIN),
         ("qwen-edit", "QwenImageEditPipeline", Arch.QWEN_EDIT),
+        ("z-image", "ZImagePipeline", Arch.Z_IMAGE),
     ],
 )
 def test_the_tiny_models_are_recognised(tmp_path: Path, family: str, class_name: str, arch: Arch) -> None:

@@ -1,4 +1,4 @@
-"""SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein and Qwen-Image-Edit end to end, on tiny random
+"""SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein, Qwen-Image-Edit and Z-Image end to end, on tiny random
 pipelines built offline (#11).
 
 One daemon per family, over a real socket: the `models` reply names the family, pixels
@@ -34,7 +34,7 @@ from inpaintd.testmodel import (  # noqa: E402
 from inpaintd_protocol.client import Client, Job  # noqa: E402
 from inpaintd_protocol.messages import CancelCode, JobOptions, ProtocolError  # noqa: E402
 
-FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit")
+FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit", "z-image")
 W, H = 96, 80
 GROW, FEATHER = 8, 16  # the option defaults
 
@@ -317,6 +317,7 @@ def test_drop_t5_leaves_sd3s_t5_out_and_says_what_it_costs(flow_models: dict[str
         ("black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", 28),
         ("black-forest-labs/FLUX.2-klein-4B", "flux2-klein", 4),
         ("Qwen/Qwen-Image-Edit", "qwen-edit", 50),
+        ("Tongyi-MAI/Z-Image-Turbo", "z-image", 8),
     ],
 )
 def test_a_cached_snapshot_is_listed_with_its_family(tmp_path: Path, flow_models: dict[str, Path],
@@ -395,6 +396,66 @@ def test_klein_guidance_negative_prompt_and_decoding(flow_models: dict[str, Path
                           height=48, width=80, strength=1.0, num_inference_steps=3, guidance_scale=4.0,
                           generator=[torch.Generator().manual_seed(9)], output_type="np", return_dict=False)[0][0]
         assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_z_image_prompt_lists_guidance_and_decoding(flow_models: dict[str, Path]) -> None:
+    """Z-Image through the loop: its `encode_prompt` gives lists (one variable-length tensor per
+    prompt) and its `__call__` takes them, a variant per element, the negative list only when it
+    guides; at Turbo's guidance 0 the negative prompt changes nothing, above 0 it does (the
+    pipeline's CFG); and the loop's own decoding (FLUX.1's VAE: scale and shift) gives the
+    pipeline's own pixels."""
+    import torch
+    from PIL import Image
+
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.engines.flow_inpaint import FlowInputs
+
+    engine = DiffusersEngine(flow_models["z-image"], device="cpu")
+    try:
+        pipe = engine.pipe
+        assert engine.caps.family == "z-image" and engine.caps.default_steps == 8 and engine.caps.default_guidance == 0.0
+        assert pipe.vae.config.shift_factor and pipe.vae.config.scaling_factor != 1.0  # both matter in `_decode`
+        image = np.random.default_rng(5).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+        mask = np.zeros((48, 80), np.uint8)
+        mask[8:40, 16:64] = 255
+
+        emb = engine._flow.encode("a cat", "blurry")
+        assert emb.pooled is None and emb.positive is not None and emb.negative is not None
+        # the prompt's real tokens only (chat template included), tokens x the Qwen3 width
+        assert emb.positive.ndim == 2 and emb.positive.shape[1] == pipe.transformer.config.cap_feat_dim
+        assert emb.positive.shape[0] != emb.negative.shape[0]
+        job = FlowInputs(image=image, mask=mask, prompt=emb, generators=[], steps=3, guidance_scale=0.0, strength=1.0)
+        picture = Image.fromarray(image)
+        plain = engine._flow._prompt_kwargs(job, picture, 2)
+        assert set(plain) == {"prompt_embeds"} and plain["prompt_embeds"] == [emb.positive, emb.positive]
+        job.guidance_scale = 4.0
+        guided = engine._flow._prompt_kwargs(job, picture, 2)
+        assert isinstance(guided["negative_prompt_embeds"], list) and len(guided["negative_prompt_embeds"]) == 2
+
+        def run(negative: str, guidance: float) -> np.ndarray:
+            out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
+                                           negative_prompt=negative), lambda *a: None, lambda: False)
+            assert not out.notes and out.images[0].shape == (48, 80, 3)
+            return out.images[0]
+
+        turbo = run("", 0.0)
+        assert np.array_equal(turbo, run("blurry", 0.0))
+        guided_plain, guided_negative = run("", 4.0), run("blurry", 4.0)
+        assert not np.array_equal(guided_plain, guided_negative) and not np.array_equal(turbo, guided_plain)
+
+        for guidance, negative in ((0.0, None), (4.0, "blurry")):
+            emb = engine._flow.encode("a cat", negative or "")
+            ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
+                                           steps=3, guidance_scale=guidance, strength=1.0), pacer=None)[0]
+            with torch.inference_mode():
+                theirs = pipe(image=picture, mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
+                              negative_prompt=negative, height=48, width=80, strength=1.0, num_inference_steps=3,
+                              guidance_scale=guidance, generator=[torch.Generator().manual_seed(9)], output_type="np",
+                              return_dict=False)[0][0]
+            assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1, guidance
     finally:
         engine.close()
 

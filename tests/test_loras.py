@@ -57,13 +57,19 @@ def _header_file(path: Path, tensors: dict[str, list[int]], metadata: dict[str, 
         ({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.lora_A.weight": [4, 768]}, "sd15", "diffusers"),
         ({"transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": [16, 3072]}, "flux", "diffusers"),
         ({"transformer.transformer_blocks.0.attn.add_k_proj.lora_A.weight": [16, 1536]}, "sd3", "diffusers"),
+        # Z-Image: diffusers' names, ai-toolkit's ComfyUI prefix, kohya's (musubi-tuner's)
+        ({"transformer.layers.0.attention.to_q.lora_A.weight": [16, 3840]}, "z-image", "diffusers"),
+        ({"diffusion_model.layers.12.feed_forward.w1.lora_A.weight": [16, 3840]}, "z-image", "diffusers"),
+        ({"lora_unet_layers_3_attention_to_k.lora_down.weight": [16, 3840]}, "z-image", "kohya"),
+        # a CLIP text-encoder LoRA's `layers.N.self_attn` is not Z-Image's `layers.N.attention`
+        ({"lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight": [8, 768]}, "", "kohya"),
     ],
 )
 def test_a_loras_family_is_read_from_its_tensors(keys: dict, family: str, fmt: str, tmp_path: Path) -> None:
     assert lora_family({k: {"shape": s} for k, s in keys.items()}) == (family, fmt)
     # named as another family's, it is still what its tensors say
     addon = describe(_header_file(tmp_path / "flux_dev_lora.safetensors", keys), "lora", False)
-    assert addon.family == family and not addon.problem
+    assert addon.family == family and bool(addon.problem) == (not family)
 
 
 def test_trigger_words_weights_and_problems_are_listed(tmp_path: Path) -> None:
@@ -182,10 +188,10 @@ def test_bad_loras_are_refused_before_any_work_and_the_daemon_serves_on(lora_dae
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "lora_family"), [("sd3", "sd3"), ("flux-fill", "flux")])
+@pytest.mark.parametrize(("family", "lora_family"), [("sd3", "sd3"), ("flux-fill", "flux"), ("z-image", "z-image")])
 def test_the_transformer_families_take_loras_too(family: str, lora_family: str, tmp_path: Path) -> None:
-    """SD 3 and FLUX.1 Fill through their stock pipelines' LoRA loaders: the LoRA changes the
-    masked pixels, weight 0 and the next job without it give the base model's."""
+    """SD 3, FLUX.1 Fill and Z-Image through their stock pipelines' LoRA loaders: the LoRA
+    changes the masked pixels, weight 0 and the next job without it give the base model's."""
     from inpaintd.engines.base import EngineRequest
     from inpaintd.engines.diffusers_engine import DiffusersEngine
     from inpaintd.testmodel import make_family_test_model, make_test_transformer_lora

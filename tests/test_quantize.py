@@ -76,6 +76,7 @@ def test_aliases_resolve_per_family() -> None:
     assert resolve_plan(plan, Arch.FLUX_FILL).methods == {"transformer": "int8", "text_encoder_2": "nf4"}
     assert resolve_plan(plan, FAMILIES[Arch.FLUX_KONTEXT]).methods == {"transformer": "int8", "text_encoder_2": "nf4"}
     assert resolve_plan(plan, "flux2-klein").methods == {"transformer": "int8", "text_encoder": "nf4"}
+    assert resolve_plan(plan, Arch.Z_IMAGE).methods == {"transformer": "int8", "text_encoder": "nf4"}
     assert resolve_plan({"transformer": "fp8", "text_encoder": "none"}, "sd3").methods == {"transformer": "fp8"}
 
 
@@ -114,6 +115,9 @@ def test_quantized_bytes_per_method() -> None:
     assert quantized_bytes(8_060_000_000, "fp8", kept_share=0.33) == 10_719_800_000
     assert kept_share("flux-fill", "text_encoder", "int8") == 0.24  # T5's wo and embeddings
     assert kept_share("flux2-klein", "denoiser", "fp8") == 0.0 and kept_share("sdxl", "unet", "nf4") == 0.0
+    # Z-Image: its Qwen3-4B keeps its embedding as klein's does; its transformer keeps 0.2% under fp8
+    assert kept_share("z-image", "text_encoder", "nf4") == kept_share("flux2-klein", "text_encoder", "nf4") == 0.09
+    assert kept_share("z-image", "transformer", "fp8") == 0.0
     with pytest.raises(ValueError, match="kept_share"):
         quantized_bytes(n, "fp8", kept_share=1.5)
     with pytest.raises(ValueError, match="file size"):
@@ -335,11 +339,38 @@ def test_fp8_keeps_a_language_model_encoders_prompt_dtype(tmp_path: Path) -> Non
     difference = float((embeds - expected).abs().mean().detach() / expected.abs().mean().detach())
     print(f"\nfp8 Qwen3 prompt embeddings: mean relative difference {difference:.3f}")
     assert 0.0 < difference < 0.2
-    image = _generate_klein(pipe)
+    image = _generate_one(pipe)
     assert image.shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3)
 
 
-def _generate_klein(pipe: Any) -> np.ndarray:
+@pytest.mark.slow
+def test_fp8_keeps_z_images_prompt_lists_in_the_compute_dtype(tmp_path: Path) -> None:
+    """Z-Image's Qwen3 (a bare `Qwen3Model`) cast to fp8 as `--quantize fp8,text_encoder=fp8`
+    does it: its embedding stays in the compute dtype, so the listed prompt embeddings (and the
+    latents the pipeline types after them) stay float32, and a job runs."""
+    import torch
+    from diffusers import ZImageInpaintPipeline
+
+    from inpaintd.testmodel import make_z_image_test_model
+
+    folder = make_z_image_test_model(tmp_path / "z-image")
+    ref = ZImageInpaintPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    expected = ref.encode_prompt("a cat", device="cpu", do_classifier_free_guidance=False)[0][0]
+    pipe = ZImageInpaintPipeline.from_pretrained(str(folder), dtype=torch.float32)
+    config, after_load = pipeline_quantization(parse_quantize("fp8,text_encoder=fp8"), "z-image", "cpu")
+    assert config is None
+    assert [n.split(":")[0] for n in after_load(pipe)] == ["transformer", "text_encoder"]
+    assert pipe.text_encoder.layers[0].mlp.up_proj.weight.dtype == torch.float8_e4m3fn
+    assert pipe.transformer.layers[0].attention.to_q.weight.dtype == torch.float8_e4m3fn
+    embeds = pipe.encode_prompt("a cat", device="cpu", do_classifier_free_guidance=False)[0][0]
+    assert embeds.dtype == torch.float32 and embeds.shape == expected.shape
+    difference = float((embeds - expected).abs().mean().detach() / expected.abs().mean().detach())
+    assert 0.0 < difference < 0.2
+    image = _generate_one(pipe, guidance=4.0)
+    assert image.shape == (TEST_NATIVE_SIZE, TEST_NATIVE_SIZE, 3)
+
+
+def _generate_one(pipe: Any, guidance: float = 1.0) -> np.ndarray:
     from inpaintd.engines.diffusers_engine import DiffusersEngine
 
     size = TEST_NATIVE_SIZE
@@ -349,7 +380,7 @@ def _generate_klein(pipe: Any) -> np.ndarray:
     engine = DiffusersEngine.from_pipeline(pipe, "quantize-klein", device="cpu")
     out = engine.generate(EngineRequest(
         image=image, mask=mask, prompt="a cat", negative_prompt="", seeds=[1], steps=2,
-        guidance_scale=1.0, strength=1.0, scheduler="default",
+        guidance_scale=guidance, strength=1.0, scheduler="default",
     ), lambda stage, step, total: None, lambda: False)
     return out.images[0]
 

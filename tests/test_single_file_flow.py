@@ -1,8 +1,8 @@
-"""SD 3.5 and FLUX.1 single files and GGUF transformers, as people download them (#11).
+"""SD 3.5, FLUX.1 and Z-Image single files and GGUF transformers, as people download them (#11).
 
-The tiny SD 3, FLUX.1 Fill and Kontext pipelines are written in the original layouts
-(`single_file_layouts.py`: Stability's SD 3.x file with its VAE, BFL's bare FLUX.1
-transformer, ComfyUI's prefixed one, city96's GGUFs), and each is:
+The tiny SD 3, FLUX.1 Fill and Kontext and Z-Image pipelines are written in the original
+layouts (`single_file_layouts.py`: Stability's SD 3.x file with its VAE, BFL's bare FLUX.1
+transformer, ComfyUI's prefixed FLUX.1 and Z-Image ones, city96's GGUFs), and each is:
 
 - recognised from its tensors, shapes and metadata, never its name (a file renamed to
   another family's name is still what it is);
@@ -45,19 +45,22 @@ from single_file_layouts import (  # noqa: E402
     write_flux_file,
     write_gguf,
     write_sd3_file,
+    write_z_image_file,
+    z_image_original,
 )
 
 from inpaintd.engines.base import EngineError  # noqa: E402
 from inpaintd.engines.diffusers_engine import DiffusersEngine  # noqa: E402
 from inpaintd.families import Arch, inspect_single_file, read_single_file_header, single_file_problem  # noqa: E402
 from inpaintd.models import ModelRegistry  # noqa: E402
-from inpaintd.testmodel import TEST_NATIVE_SIZE, make_family_test_model  # noqa: E402
+from inpaintd.testmodel import TEST_NATIVE_SIZE, _component_weights, make_family_test_model  # noqa: E402
 from inpaintd_protocol.messages import JobOptions  # noqa: E402
 
 SIZE = TEST_NATIVE_SIZE
 SD3_REPO = "stabilityai/stable-diffusion-3.5-large"
 FILL_REPO = "black-forest-labs/FLUX.1-Fill-dev"
 KONTEXT_REPO = "black-forest-labs/FLUX.1-Kontext-dev"
+Z_IMAGE_REPO = "Tongyi-MAI/Z-Image-Turbo"
 FLUX_PARTS = ("vae", "text_encoder", "text_encoder_2")
 SD3_TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -79,7 +82,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("flow-folders")
-    return {f: make_family_test_model(root / f, f) for f in ("sd3", "flux-fill", "flux-kontext")}
+    return {f: make_family_test_model(root / f, f) for f in ("sd3", "flux-fill", "flux-kontext", "z-image")}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +101,11 @@ def files(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         "fill-q8": gguf_of(folders["flux-fill"], "flux", out / "sd3.5_large-Q8_0.gguf"),
         "sd3-q8": gguf_of(folders["sd3"], "sd3", out / "flux1-fill-dev-Q8_0.gguf"),
         "sd3-f16": gguf_of(folders["sd3"], "sd3", out / "model-F16.gguf", quant="F16"),
+        # ComfyUI's z_image_turbo_bf16.safetensors: the transformer alone, prefixed names
+        "z-image": write_z_image_file(folders["z-image"], out / "flux1-kontext-dev.safetensors"),
+        # a GGUF of Z-Image-Turbo (the original names, as its converters write them)
+        "z-image-q8": write_gguf(z_image_original(_component_weights(folders["z-image"], "transformer")),
+                                 out / "flux1-fill-dev-Q4.gguf", "lumina2"),
     }
 
 
@@ -110,6 +118,7 @@ def hub(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
     install_reference(folders["sd3"], cache, SD3_REPO, weights=(*SD3_TEXT_ENCODERS, "vae"))
     install_reference(folders["flux-fill"], cache, FILL_REPO, weights=FLUX_PARTS)
     install_reference(folders["flux-kontext"], cache, KONTEXT_REPO, weights=FLUX_PARTS)
+    install_reference(folders["z-image"], cache, Z_IMAGE_REPO, weights=("vae", "text_encoder"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_CACHE", str(cache))
         mp.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
@@ -179,6 +188,8 @@ def test_each_file_is_recognised_by_its_contents(files: dict[str, Path]) -> None
         "fill-q8": (Arch.FLUX_FILL, {"transformer"}, "gguf", "Q8_0", FILL_REPO),
         "sd3-q8": (Arch.SD3, {"transformer"}, "gguf", "Q8_0", SD3_REPO),
         "sd3-f16": (Arch.SD3, {"transformer"}, "gguf", "F16", SD3_REPO),
+        "z-image": (Arch.Z_IMAGE, {"transformer"}, "safetensors", "", Z_IMAGE_REPO),
+        "z-image-q8": (Arch.Z_IMAGE, {"transformer"}, "gguf", "Q8_0", Z_IMAGE_REPO),
     }
     for name, (arch, components, fmt, quant, repo) in expected.items():
         sf = inspect_single_file(files[name])
@@ -269,12 +280,12 @@ def test_a_file_of_no_family_gets_a_clear_refusal(tmp_path: Path, kind: str, say
 # -- the layouts round-trip ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sd3", "fill", "kontext", "sd3-f16"])
+@pytest.mark.parametrize("name", ["sd3", "fill", "kontext", "sd3-f16", "z-image"])
 def test_diffusers_lays_each_file_out_as_the_tiny_model(name: str, files: dict[str, Path], folders: dict[str, Path],
                                                         flux_any_width: None) -> None:
     import diffusers
 
-    folder = folders[{"sd3": "sd3", "fill": "flux-fill", "kontext": "flux-kontext", "sd3-f16": "sd3"}[name]]
+    folder = folders[{"sd3": "sd3", "fill": "flux-fill", "kontext": "flux-kontext", "sd3-f16": "sd3", "z-image": "z-image"}[name]]
     cls_name = json.loads((folder / "model_index.json").read_text())["transformer"][1]
     cls = getattr(diffusers, cls_name)
     kwargs = {"quantization_config": diffusers.GGUFQuantizationConfig(compute_dtype=torch.float32)} if name.endswith("f16") else {}
@@ -319,6 +330,8 @@ def test_q8_0_weights_are_the_folders_within_q8_0_rounding(files: dict[str, Path
         ("kontext", "flux-kontext", True),
         ("fill-q8", "flux-fill", False),
         ("sd3-q8", "sd3", False),
+        ("z-image", "z-image", True),
+        ("z-image-q8", "z-image", False),
     ],
 )
 def test_a_single_file_paints_what_its_folder_paints(name: str, family: str, exact: bool, files: dict[str, Path],
@@ -337,7 +350,8 @@ def test_a_single_file_paints_what_its_folder_paints(name: str, family: str, exa
             assert all(d.mean() <= GGUF_MEAN and d.max() <= GGUF_MAX for d in diff), [(d.mean(), d.max()) for d in diff]
             seeds_apart = np.abs(want[0].astype(int) - want[1].astype(int)).mean()
             assert seeds_apart > 10 * GGUF_MEAN
-            layer = engine.pipe.transformer.transformer_blocks[0].attn.to_q
+            transformer = engine.pipe.transformer
+            layer = transformer.layers[0].attention.to_q if family == "z-image" else transformer.transformer_blocks[0].attn.to_q
             assert type(layer).__name__ == "GGUFLinear" and layer.compute_dtype == torch.float32
     finally:
         engine.close()

@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .testmodel import TEST_FAMILIES  # standard library only at import: no diffusers here
 
     p.add_argument("--family", choices=TEST_FAMILIES, default="sd",
-                   help="model family to lay out: sd (SD 1.5), sdxl, sd3 (SD 3.5), flux-fill, flux-kontext, flux2-klein "
-                        "(default %(default)s)")
+                   help="model family to lay out: sd (SD 1.5), sdxl, sd3 (SD 3.5), flux-fill, flux-kontext, flux2-klein, "
+                        "qwen-edit (Qwen-Image-Edit), z-image (Z-Image) (default %(default)s)")
 
     p = sub.add_parser("demo", help="start a daemon if none runs, inpaint the bundled photo, write the results")
     _add_connect(p)

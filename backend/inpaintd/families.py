@@ -34,6 +34,7 @@ class Arch(str, Enum):
     FLUX_KONTEXT = "flux-kontext"
     FLUX2_KLEIN = "flux2-klein"
     QWEN_EDIT = "qwen-edit"
+    Z_IMAGE = "z-image"
 
 
 class Loop(str, Enum):
@@ -126,6 +127,10 @@ class Family:
     #: (Qwen-Image-Edit's Qwen2.5-VL): prompt embeddings depend on the job's image, so they
     #: are encoded per image, never reused across images.
     vision_prompt: bool = False
+    #: The pipeline's `encode_prompt` gives, and its `__call__` takes, a list of embeddings,
+    #: one variable-length tensor per prompt (Z-Image: the Qwen3 tokens that are not padding),
+    #: not one batched tensor; a job's variants are list elements, not rows.
+    listed_prompt: bool = False
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -211,6 +216,18 @@ def _is_flux_kontext(header: dict[str, Any]) -> bool:
         return False
     said = _metadata_text(header)
     return "kontext" in said or not ("dev" in said and "flux" in said)
+
+
+def _is_z_image(header: dict[str, Any]) -> bool:
+    """Tongyi's Z-Image DiT (Turbo and base) in the layout diffusers converts (ComfyUI's saves,
+    prefixed, and bare re-saves of them): single-stream `layers.*` with a Linear-first adaLN
+    (Lumina 2's, the same lineage, starts with a SiLU: `adaLN_modulation.1`), a caption
+    embedder after an RMSNorm, one `x_embedder`.  Z-Image-Omni (a SigLIP branch) and the
+    ControlNets (`control_*`) are other pipelines."""
+    keys = _denoiser(header)
+    if any(k.startswith(("siglip_", "control_")) for k in keys):
+        return False
+    return all(k in keys for k in ("layers.0.adaLN_modulation.0.weight", "cap_embedder.1.weight", "x_embedder.weight"))
 
 
 FAMILIES: dict[Arch, Family] = {
@@ -418,10 +435,45 @@ FAMILIES: dict[Arch, Family] = {
         true_cfg=True,
         vision_prompt=True,
     ),
+    Arch.Z_IMAGE: Family(
+        arch=Arch.Z_IMAGE,
+        label="Z-Image",
+        inpaint_pipeline="ZImageInpaintPipeline",
+        # Tongyi-MAI/Z-Image-Turbo and the base Z-Image are saved as the text-to-image class;
+        # the inpaint pipeline takes the same parts (the 6 B single-stream ZImage transformer,
+        # a Qwen3-4B text encoder, FLUX.1's 16-channel VAE) and blends the known latents back
+        # in under the mask.  (Z-Image-Omni, ZImageOmniPipeline, adds a SigLIP branch, and the
+        # ControlNet pipelines a control model: neither is this pipeline.)
+        pipeline_classes=frozenset({"ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"}),
+        denoiser="transformer",
+        native_size=1024,  # the pipeline's 1024 default; the transformer config names no size
+        size_multiple=16,  # VAE downscale 8 x the transformer's 2x2 patches (`all_patch_size`)
+        # Z-Image-Turbo (step-distilled): guidance 0, and 8 transformer evaluations.  Its card's
+        # "num_inference_steps=9" dates from diffusers' older schedule, whose last step ran at
+        # sigma 0 and did nothing ("results in 8 DiT forwards"); diffusers 0.42.1's
+        # (`get_default_z_image_sigmas`) makes every step count, so 8 is the card's work.
+        # The base Z-Image is not distilled: it wants classifier-free guidance with a negative
+        # prompt and about 50 steps at guidance 4-5 (diffusers' defaults: 50 and 5.0), which
+        # nothing in its folder tells apart from Turbo's, so a client sends them itself.
+        default_steps=8,
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("Tongyi-MAI/Z-Image-Turbo", "Tongyi-MAI/Z-Image-Turbo"),
+        single_file_match=_is_z_image,  # the original layout (fused `attention.qkv`), bare or ComfyUI-prefixed
+        safety_checker=False,
+        loop=Loop.FLOW,
+        # The pipeline guides (`do_classifier_free_guidance`: any guidance above 0) with the
+        # negative prompt's embeddings, `pos + scale x (pos - neg)`; at Turbo's 0 it is unused.
+        negative_prompt=True,
+        default_guidance=0.0,
+        pooled_prompt=False,  # Qwen3's second-to-last hidden states alone
+        large_text_encoder="text_encoder",
+        listed_prompt=True,
+    ),
 }
 
 #: Single files are matched in this order: the most specific marker first.
-_SINGLE_FILE_ORDER = (Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.SDXL, Arch.SD2, Arch.SD15)
+_SINGLE_FILE_ORDER = (Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.Z_IMAGE, Arch.SDXL, Arch.SD2, Arch.SD15)
 
 
 class UnsupportedModel(ValueError):
@@ -661,9 +713,10 @@ def droppable(family: Family) -> tuple[str, ...]:
 
 def inspect_single_file(path: Path) -> SingleFile | None:
     """The family of a `.safetensors` checkpoint in its original layout (LDM for SD 1.x/2.x/
-    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1) or of a GGUF-quantised
-    transformer; None for a pickle (never opened here) or a layout the table does not know
-    (`single_file_problem` then says what it is).  Never from the file's name."""
+    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1, ComfyUI's (or bare) for
+    Z-Image) or of a GGUF-quantised transformer; None for a pickle (never opened here) or a
+    layout the table does not know (`single_file_problem` then says what it is).  Never from
+    the file's name."""
     if path.suffix.lower() not in (".safetensors", ".gguf"):
         return None
     try:
@@ -711,7 +764,8 @@ def single_file_problem(path: Path) -> str:
     """Why `inspect_single_file` found no family in `path`, for the person who chose it."""
     known = (
         "inpaintd reads SD 1.x/2.x and SDXL checkpoints (LDM layout), SD 3.x (Stability's layout), "
-        "FLUX.1 Fill and Kontext transformers (BFL's or ComfyUI's layout) and GGUF quantisations of those"
+        "FLUX.1 Fill and Kontext transformers (BFL's or ComfyUI's layout), Z-Image transformers (the original "
+        "or ComfyUI's layout) and GGUF quantisations of those"
     )
     if path.suffix.lower() not in (".safetensors", ".gguf"):
         return f"{path}: a {path.suffix or 'suffix-less'} file is not inspected (a pickle is never opened to look); {known}"
@@ -750,6 +804,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     Arch.SD3.value: ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"),
     Arch.FLUX_FILL.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
     Arch.FLUX_KONTEXT.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
+    Arch.Z_IMAGE.value: ("transformer", "vae", "text_encoder"),
 }
 #: What a component is, for people (by its class in model_index.json).
 _KINDS = {"CLIPTextModel": "CLIP text encoder", "CLIPTextModelWithProjection": "CLIP text encoder",

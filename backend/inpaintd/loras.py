@@ -48,7 +48,12 @@ _BY_WIDTH = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 #: Families whose LoRA applies to another's models: SD 1.x LoRAs serve 1.x inpainting models
 #: of course; the listed family is the model family (`families.Arch` value).
 COMPATIBLE = {"sd15": {"sd15"}, "sd2": {"sd2"}, "sdxl": {"sdxl"}, "sd3": {"sd3"},
-              "flux": {"flux-fill", "flux-kontext"}, "flux2": {"flux2-klein"}}
+              "flux": {"flux-fill", "flux-kontext"}, "flux2": {"flux2-klein"}, "z-image": {"z-image"}}
+#: A Z-Image transformer's blocks as LoRA keys name them, in diffusers' names
+#: (`transformer.layers.0.attention.to_q`, ai-toolkit's `diffusion_model.layers.0...`) or
+#: kohya's (`lora_unet_layers_0_attention_to_q`): single-stream `layers.N` with `attention`
+#: and `feed_forward` (SD 3 and FLUX name theirs `transformer_blocks`, text encoders `self_attn`).
+_Z_IMAGE_BLOCK = re.compile(r"(?:^|[._])(?:layers|noise_refiner|context_refiner)[._]\d+[._](?:attention|feed_forward|adaLN_modulation)")
 
 
 @dataclass
@@ -58,7 +63,7 @@ class Addon:
     name: str  # the file's stem: what jobs and prompts name
     kind: str  # "lora" or "embedding"
     path: Path
-    family: str  # "sd15", "sd2", "sdxl", "sd3", "flux", "flux2", or "" (not recognised)
+    family: str  # "sd15", "sd2", "sdxl", "sd3", "flux", "flux2", "z-image", or "" (not recognised)
     format: str = ""  # "kohya", "diffusers", "a1111", "pickle"
     trigger_words: list[str] = field(default_factory=list)
     default_weight: float = 1.0
@@ -88,7 +93,7 @@ def _header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 #: Metadata that names the base model: Stability's ModelSpec (`modelspec.architecture`,
 #: e.g. "stable-diffusion-xl-v1-base/lora") and kohya's `ss_base_model_version` ("sdxl_base_v1-0").
 _ARCHITECTURES = (("stable-diffusion-v1", "sd15"), ("stable-diffusion-v2", "sd2"), ("stable-diffusion-xl", "sdxl"),
-                  ("stable-diffusion-3", "sd3"), ("flux-1", "flux"), ("flux-2", "flux2"))
+                  ("stable-diffusion-3", "sd3"), ("flux-1", "flux"), ("flux-2", "flux2"), ("z-image", "z-image"))
 _KOHYA_BASES = (("sd_v1", "sd15"), ("sd_v2", "sd2"), ("sdxl", "sdxl"), ("sd3", "sd3"), ("flux1", "flux"), ("flux2", "flux2"))
 
 
@@ -112,6 +117,8 @@ def lora_family(keys: dict[str, Any]) -> tuple[str, str]:
     fmt = "kohya" if kohya else "diffusers"
     if any("single_transformer_blocks" in k or "single_blocks" in k for k in names):
         return ("flux2" if any("single_stream_modulation" in k for k in names) else "flux"), fmt
+    if any(_Z_IMAGE_BLOCK.search(k) for k in names):
+        return "z-image", fmt
     if any(k.startswith(("transformer.", "lora_transformer_")) or "joint_blocks" in k for k in names):
         return "sd3", fmt
     if any(k.startswith(("lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks")) for k in names):
@@ -190,7 +197,7 @@ def describe(path: Path, kind: str, allow_pickle: bool) -> Addon:
         addon.family, addon.format = embedding_family(keys), "a1111" if "emb_params" in keys else "diffusers"
     addon.family = metadata_family(meta) or addon.family  # what its maker says, where it says it
     if not addon.family:
-        addon.problem = f"{path}: its tensors match no family inpaintd knows (SD 1.x/2.x, SDXL, SD 3, FLUX)"
+        addon.problem = f"{path}: its tensors match no family inpaintd knows (SD 1.x/2.x, SDXL, SD 3, FLUX, Z-Image)"
     addon.trigger_words, addon.default_weight = words, weight if weight is not None else 1.0
     return addon
 

@@ -60,6 +60,11 @@ WORKING_AT_NATIVE: dict[str, float] = {
     "flux-kontext": 6.5e9,
     "flux2-klein": 6.5e9,
     "qwen-edit": 6.5e9,
+    # An estimate, not measured: FLUX.1's figure.  Z-Image's 6.15 B single-stream transformer
+    # (3840 wide) sees the same 4096 image tokens at 1024^2 plus the prompt's (at most 512), and
+    # decodes with FLUX.1's VAE; its weights (6.15 B, Qwen3-4B's 4.02 B, the VAE's 84 M) are read
+    # from the files as for every family.
+    "z-image": 4.8e9,
 }
 DEFAULT_WORKING = 4.8e9
 

@@ -491,7 +491,7 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
 # ones, and a size multiple of 16 (SD 3's 2x2 patches, FLUX's 2x2 latent packing).
 
 #: Test-model families `make-test-model --family` knows; "sd" is the tiny SD 1.5 above.
-TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit")
+TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit", "z-image")
 
 _FLOW_LATENT_CHANNELS = 16  # SD 3's and FLUX's VAEs
 _T5_WIDTH = 64  # SD 3 pads the two CLIPs' concatenated 2 x 32 features to the T5 width
@@ -750,6 +750,62 @@ def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> 
     return path
 
 
+# Z-Image (Tongyi-MAI/Z-Image-Turbo and the base Z-Image): a single-stream DiT (one sequence of
+# caption and image tokens, 2x2 patches of 16 unpacked latent channels) conditioned on the
+# second-to-last hidden states of a Qwen3 language model (Qwen3-4B, width 2560, in the real
+# one; the transformer's `cap_feat_dim`), with FLUX.1's VAE (16 channels, scale and shift).
+_Z_IMAGE_QWEN_WIDTH = 16
+_Z_IMAGE_DIM = 32  # 2 heads of 16: the RoPE axes (frame, height, width) sum to the head width
+
+
+def make_z_image_test_model(path: str | Path) -> Path:
+    """A tiny Z-Image pipeline (ZImageTransformer2DModel with one main and one refiner layer
+    each, a two-layer Qwen3 of width 16, the 16-channel FLUX-style VAE), saved as
+    `ZImagePipeline`, the class Tongyi-MAI/Z-Image-Turbo carries.  The pipeline reads
+    `hidden_states[-2]`, so two layers are the fewest that exercise that."""
+    import torch
+    from diffusers import ZImageInpaintPipeline, ZImageTransformer2DModel
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    _write_qwen_tokenizer(path / "_tok" / "qwen")
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(path / "_tok" / "qwen"))
+    text_encoder = Qwen3Model(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=_Z_IMAGE_QWEN_WIDTH, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+    )).eval()
+    vae = _flow_vae(shift_factor=0.1159, scaling_factor=0.3611)  # FLUX.1's VAE figures, as Z-Image's
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=_FLOW_LATENT_CHANNELS,
+        dim=_Z_IMAGE_DIM,
+        n_layers=1,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=_Z_IMAGE_QWEN_WIDTH,
+        axes_dims=[4, 6, 6],
+        axes_lens=[1024, 64, 64],
+    ).eval()
+    pipe = ZImageInpaintPipeline(
+        scheduler=_flow_scheduler(shift=3.0),  # Z-Image-Turbo's: static shift 3
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    _remove_tree(path / "_tok")
+    _set_class_name(path, "ZImagePipeline")
+    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    return path
+
+
 # Qwen-Image-Edit: Qwen-Image's MMDiT (64 packed channels in, 16 out), the 16-channel 3D VAE
 # of Wan with a mean and std per latent channel, and a Qwen2.5-VL text encoder that reads the
 # picture through its vision tower, whose last hidden states (width 3584 in the real 7B, 16
@@ -882,6 +938,8 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
         return make_flux2_klein_test_model(path)
     if family == "qwen-edit":
         return make_qwen_edit_test_model(path)
+    if family == "z-image":
+        return make_z_image_test_model(path)
     raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")
 
 
@@ -946,9 +1004,9 @@ def make_test_embedding(path: str | Path, *, seed: int = 1, vectors: int = 2, fa
 
 
 def make_test_transformer_lora(model_dir: str | Path, path: str | Path, *, seed: int = 1) -> Path:
-    """A random LoRA of the attention projections of a tiny SD 3 or FLUX.1 pipeline's
+    """A random LoRA of the attention projections of a tiny SD 3, FLUX.1 or Z-Image pipeline's
     transformer (`make_family_test_model`), in diffusers' format, its family in the ModelSpec
-    metadata (SD 3 or FLUX.1, read from the saved pipeline's class)."""
+    metadata (SD 3, FLUX.1 or Z-Image, read from the saved pipeline's class)."""
     import torch
     from diffusers import DiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
@@ -962,6 +1020,7 @@ def make_test_transformer_lora(model_dir: str | Path, path: str | Path, *, seed:
     path.parent.mkdir(parents=True, exist_ok=True)
     type(pipe).save_lora_weights(str(path.parent), transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
                                  weight_name=path.name)
-    arch = "flux-1-dev" if "Flux" in type(pipe).__name__ else "stable-diffusion-3-medium"
+    name = type(pipe).__name__
+    arch = "flux-1-dev" if "Flux" in name else "z-image-turbo" if "ZImage" in name else "stable-diffusion-3-medium"
     save_file(load_file(str(path)), str(path), metadata={"modelspec.architecture": f"{arch}/lora"})
     return path

@@ -1,12 +1,13 @@
-"""The diffusion engine: Stable Diffusion 1.5/2, SDXL, SD 3.5 and FLUX.1 Fill inpainting
-through diffusers.
+"""The diffusion engine: Stable Diffusion 1.5/2 and SDXL, and the flow-matching transformer
+families (families.py), inpainting through diffusers.
 
 One `DiffusersEngine` holds one pipeline, loaded once and kept warm by the daemon.  It
 accepts dedicated inpainting checkpoints (9-channel UNet: latents + mask + masked image)
 and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the known
 latents back in under the mask at every step.  The family row's `loop` chooses the
 sampler: UNet families run `sd_inpaint.InpaintLoop`, the flow-matching transformer
-families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein) `flow_inpaint.FlowInpaintLoop`.
+families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein, Qwen-Image-Edit, Z-Image)
+`flow_inpaint.FlowInpaintLoop`.
 With `--ip-adapter`, SD 1.x and SDXL models load an IP-Adapter too, and their jobs'
 reference images steer the style (`ip_adapter.py`); the flow families that take
 references take them whole, and a `reference_weight` of 0 drops them for every family.

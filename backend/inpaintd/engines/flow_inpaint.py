@@ -1,10 +1,10 @@
 """The flow-matching transformer families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein,
-Qwen-Image-Edit) through their stock pipelines.
+Qwen-Image-Edit, Z-Image) through their stock pipelines.
 
 Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffusers'
 `StableDiffusion3InpaintPipeline`, `FluxFillPipeline`, `FluxKontextInpaintPipeline`,
-`Flux2KleinInpaintPipeline` and `QwenImageEditInpaintPipeline` as they are, and steer them
-from `callback_on_step_end`, which fires once per denoising step:
+`Flux2KleinInpaintPipeline`, `QwenImageEditInpaintPipeline` and `ZImageInpaintPipeline` as
+they are, and steer them from `callback_on_step_end`, which fires once per denoising step:
 
 - progress: one `denoising` event per step, with the pipeline's own count of steps
   (`pipe.num_timesteps`, set before its loop starts);
@@ -16,14 +16,17 @@ from `callback_on_step_end`, which fires once per denoising step:
 - the prompt: encoded once per prompt pair and cached by the engine; except where the text
   encoder is a vision-language model that reads the picture too (Qwen-Image-Edit's
   Qwen2.5-VL, the row's `vision_prompt`): its embeddings depend on the image, so they are
-  encoded here, per picture, and kept only for the same pixels;
+  encoded here, per picture, and kept only for the same pixels; where the pipeline takes its
+  embeddings as a list, one variable-length tensor per prompt (Z-Image, the row's
+  `listed_prompt`), each variant is one element of that list;
 - guidance: the distilled guidance embedding (FLUX), classifier-free guidance with the
-  negative prompt (SD 3, FLUX.2 klein Base), or the latter under the name `true_cfg_scale`
-  (Qwen-Image, the row's `true_cfg`);
+  negative prompt (SD 3, FLUX.2 klein Base, Z-Image above a scale of 0), or the latter under
+  the name `true_cfg_scale` (Qwen-Image, the row's `true_cfg`);
 - reference images (the row's `reference_image`): Kontext's and klein's `image_reference`,
   scaled to at most a megapixel;
 - the output: latents (`output_type="latent"`), decoded here in chunks of at most a
-  megapixel to uint8 on the device, as `sd_inpaint` does.  This also fixes a slip in
+  megapixel to uint8 on the device, as `sd_inpaint` does (Z-Image's latents are not packed:
+  FLUX.1's VAE, its scale and shift undone as for FLUX.1).  This also fixes a slip in
   diffusers 0.42.1's SD 3 inpaint pipeline, which decodes without adding the VAE's
   `shift_factor` back (its text-to-image pipeline does): colours would drift;
 - the size: the runner has chosen it; a family whose pipeline would resize the image to
@@ -68,7 +71,9 @@ class FlowPrompt:
     SD 3: all four; FLUX.1: `positive`, `pooled` (no negative: it is guidance-distilled);
     FLUX.2 klein: `positive`, `negative` (no pooled embedding); Qwen-Image-Edit: only `text`
     here, encoded with the job's picture when the job runs (`FlowInpaintLoop.__call__`), to
-    `positive` and `negative` with their token masks.
+    `positive` and `negative` with their token masks; Z-Image: `positive`, `negative`, each
+    the one element of the list its `encode_prompt` gives, tokens x width (its real tokens
+    only: no batch axis, no mask).
     """
 
     positive: torch.Tensor | None
@@ -237,17 +242,17 @@ def reference_picture(reference: np.ndarray) -> Image.Image:
 
 class FlowInpaintLoop:
     """Runs one loaded flow pipeline (SD 3.x, FLUX.1 Fill or Kontext, FLUX.2 klein,
-    Qwen-Image-Edit) for a prepared job."""
+    Qwen-Image-Edit, Z-Image) for a prepared job."""
 
     def __init__(
         self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False, pooled_prompt: bool = True,
         max_pixels: int | None = None, family: Family | None = None,
     ) -> None:
         """`negative_prompt`: the family conditions on a negative prompt with classifier-free
-        guidance (SD 3, FLUX.2 klein Base, Qwen-Image); otherwise `guidance_scale` is the
+        guidance (SD 3, FLUX.2 klein Base, Qwen-Image, Z-Image); otherwise `guidance_scale` is the
         distilled guidance (FLUX.1).  `pins_size`: the pipeline resizes its input unless told
         not to (Kontext, Qwen-Image-Edit).  `pooled_prompt`: its encoders give a pooled
-        embedding too (not FLUX.2 or Qwen).  `max_pixels`: the pipeline scales larger inputs
+        embedding too (not FLUX.2, Qwen or Z-Image).  `max_pixels`: the pipeline scales larger inputs
         down to this area (FLUX.2 klein).  `family`: its row, for the rest (true CFG, a
         vision-language prompt, references); looked up from the pipeline's class when not given."""
         from ..families import family_of_pipeline
@@ -266,6 +271,8 @@ class FlowInpaintLoop:
         self.true_cfg = self.family.true_cfg
         #: Prompts are encoded with the picture, per job (`FlowPrompt.text`).
         self.vision_prompt = self.family.vision_prompt
+        #: Embeddings go to and come from the pipeline as lists, one tensor per prompt (Z-Image).
+        self.listed_prompt = self.family.listed_prompt
         self._vision_cache: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         if self.vision_prompt and getattr(pipe, "processor", None) is None:
             pipe.processor = QwenVLProcessor(pipe.tokenizer)
@@ -290,8 +297,8 @@ class FlowInpaintLoop:
 
     def encode(self, prompt: str, negative: str) -> FlowPrompt:
         """The prompt pair through the pipeline's own encoders (CLIP x2 and T5 for SD 3,
-        CLIP and T5 for FLUX.1, Qwen3 for FLUX.2).  The negative side is always encoded where
-        the family takes one, so that one cache entry serves any guidance scale.
+        CLIP and T5 for FLUX.1, Qwen3 for FLUX.2 and Z-Image).  The negative side is always
+        encoded where the family takes one, so that one cache entry serves any guidance scale.
 
         A vision-language encoder (Qwen-Image-Edit) needs the picture, which the engine's
         prompt cache (keyed by the text alone) must not see: only the text is kept here, and
@@ -302,6 +309,14 @@ class FlowInpaintLoop:
         if self.vision_prompt:
             return FlowPrompt(None, None, text=(prompt, negative))
         with torch.inference_mode():
+            if self.listed_prompt:
+                # Z-Image: (list, list), one tensor per prompt; the negative list is empty
+                # unless asked for (its own `do_classifier_free_guidance`).
+                positives, negatives = pipe.encode_prompt(
+                    prompt=prompt, device=pipe._execution_device, do_classifier_free_guidance=self.negative_prompt,
+                    negative_prompt=negative,
+                )
+                return FlowPrompt(positives[0], None, negatives[0] if self.negative_prompt else None)
             if not self.pooled_prompt:
                 device = pipe._execution_device
                 pos, _text_ids = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1)
@@ -343,8 +358,17 @@ class FlowInpaintLoop:
 
         The negative side goes in where the family guides with it; with true CFG only above
         a scale of 1, where the pipeline uses it (for Qwen-Image-Edit that also spares a pass
-        of the VL model)."""
+        of the VL model).  A `listed_prompt` pipeline (Z-Image) takes lists, one element per
+        variant, and the negative list exactly when it guides (any scale above 0): given
+        embeddings and no negative ones, it refuses to guide."""
         emb = job.prompt
+        if self.listed_prompt:
+            assert emb.positive is not None
+            listed: dict[str, Any] = {"prompt_embeds": [emb.positive] * n}
+            if self.negative_prompt and job.guidance_scale > 0:
+                assert emb.negative is not None
+                listed["negative_prompt_embeds"] = [emb.negative] * n
+            return listed
         use_negative = self.negative_prompt and (not self.true_cfg or job.guidance_scale > 1.0)
         if emb.text is not None:
             prompt, negative = emb.text
@@ -370,7 +394,8 @@ class FlowInpaintLoop:
     def _guidance_kwargs(self, job: FlowInputs) -> dict[str, Any]:
         """Qwen-Image's guidance is classifier-free, `true_cfg_scale`; its `guidance_scale` is
         for checkpoints with a guidance embedding, which it has not (the pipeline warns when
-        given one).  The others take `guidance_scale` (distilled for FLUX, CFG for SD 3 and klein)."""
+        given one).  The others take `guidance_scale` (distilled for FLUX, CFG for SD 3, klein
+        and Z-Image)."""
         if self.true_cfg:
             return {"true_cfg_scale": job.guidance_scale, "guidance_scale": None}
         return {"guidance_scale": job.guidance_scale}
@@ -461,7 +486,7 @@ class FlowInpaintLoop:
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents to uint8 pixels, undoing the VAE's normalisation, a megapixel per call.
 
-        SD 3 / FLUX.1: one scale and shift.  FLUX.2's VAE has neither: its pipeline hands back
+        SD 3 / FLUX.1 / Z-Image (FLUX.1's VAE): one scale and shift.  FLUX.2's VAE has neither: its pipeline hands back
         latents with its batch norm undone.  Qwen-Image's (Wan's 3D VAE): a mean and a std per
         channel, and a time axis of one frame (latents B x C x 1 x h x w), as its pipeline
         decodes them."""

@@ -31,7 +31,7 @@ its T5 another 9.5 GB), so the daemon can store their weights in fewer bits:
 
 Component names: ``denoiser`` (the family's ``unet`` or ``transformer``) and ``text_encoder``
 (the family's large text encoder: SD 3's T5 ``text_encoder_3``, FLUX.1's T5
-``text_encoder_2``, FLUX.2 klein's and Qwen-Image's Qwen ``text_encoder``), or those real
+``text_encoder_2``, FLUX.2 klein's, Qwen-Image's and Z-Image's Qwen ``text_encoder``), or those real
 names.  The CLIP encoders and the VAE are small and are left alone.  A plan is checked
 against the platform before anything loads: a method that cannot run here fails with the
 method, the reason and what to use instead.
@@ -93,6 +93,7 @@ _LARGE_TEXT_ENCODER = {
     "flux2-klein": "text_encoder",
     "qwen-image": "text_encoder",
     "qwen-edit": "text_encoder",
+    "z-image": "text_encoder",
 }
 
 #: Layers that layerwise casting leaves in the compute dtype, on top of diffusers' defaults
@@ -272,6 +273,10 @@ def check_available(methods: Mapping[str, str], device: str, *, from_gguf: Colle
 #:   FLUX.1's; FLUX.2's modulation layers are named otherwise and are cast.
 #: - both keep the token embeddings (see `_FP8_KEEP`; SDNQ's default): 3% of T5-XXL, 9% of
 #:   Qwen3-4B; and T5's `wo` layers (21%), which transformers keeps out of every quantiser.
+#: - Z-Image (built the same way from Z-Image-Turbo's transformer config, diffusers' defaults,
+#:   6.15 B, and Qwen3-4B's, 4.02 B): its Qwen3 as klein's (the embedding, 9.7%); fp8 keeps
+#:   0.2% of its transformer (norms, `t_embedder`, `cap_embedder`; the `adaLN_modulation`
+#:   linears are cast), below the table's 1%.
 _KEPT_SHARE: dict[tuple[str, str, str], float] = {
     ("fp8", DENOISER, "sd3"): 0.33,
     ("fp8", DENOISER, "flux-fill"): 0.27,
@@ -284,6 +289,8 @@ _KEPT_SHARE: dict[tuple[str, str, str], float] = {
     ("sdnq", TEXT_ENCODER, "flux-fill"): 0.24,
     ("sdnq", TEXT_ENCODER, "flux-kontext"): 0.24,
     ("sdnq", TEXT_ENCODER, "flux2-klein"): 0.09,
+    ("fp8", TEXT_ENCODER, "z-image"): 0.09,
+    ("sdnq", TEXT_ENCODER, "z-image"): 0.09,
 }
 
 
