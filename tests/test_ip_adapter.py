@@ -256,6 +256,17 @@ def test_the_registry_says_sd_models_take_references_with_an_ip_adapter(tiny_mod
     registry = ModelRegistry([model], device="cpu", ip_adapter=str(adapter))
     info = registry.get(model)
     assert info.takes["reference_image"] is True and info.available
+    # its memory estimates count the IP-Adapter's image encoder and weights, as they load
+    from inpaintd.memory import component_weights
+
+    plain = ModelRegistry([model], device="cpu").get(model).memory or {}
+    parts = info.memory["components"] if info.memory else {}
+    encoder = component_weights("image_encoder", adapter / "models" / "image_encoder")
+    own = component_weights("ip_adapter", adapter / "models" / "ip-adapter_sd15.safetensors")
+    assert encoder is not None and own is not None
+    assert parts["image_encoder"] == encoder.params > 0 and parts["ip_adapter"] == own.params > 0, parts
+    assert info.memory and info.memory["parameters"] == plain["parameters"] + encoder.params + own.params
+    assert info.memory["peak"]["gpu"] > plain["peak"]["gpu"]
     try:
         engine = registry.load(model)
         assert getattr(engine, "ip_adapter", None) == str(adapter)

@@ -159,18 +159,26 @@ def folder_weights(folder: Path) -> list[Weights] | None:
         return _CACHE[key]
     out: list[Weights] = []
     for component in sorted(p for p in folder.iterdir() if p.is_dir()):
-        shapes: dict[str, list[int]] = {}
         try:
-            for path in _weight_files(component):
-                shapes.update({k: v["shape"] for k, v in _header(path).items()})
+            found = component_weights(component.name, component)
         except (OSError, ValueError, KeyError, struct.error):
             return None
-        if shapes:
-            out.append(weights_of(component.name, shapes))
+        if found is not None:
+            out.append(found)
     result = out or None
     if result:
         _CACHE[key] = result
     return result
+
+
+def component_weights(name: str, where: Path) -> Weights | None:
+    """One component's `Weights` from its saved folder (safetensors, shards and all) or one
+    safetensors file; None where it has no safetensors weights.  Raises OSError/ValueError
+    for a file that cannot be read."""
+    shapes: dict[str, list[int]] = {}
+    for path in _weight_files(where) if where.is_dir() else [where]:
+        shapes.update({k: v["shape"] for k, v in _header(path).items()})
+    return weights_of(name, shapes) if shapes else None
 
 
 #: Key prefixes of single-file checkpoints (the original layouts) -> component.

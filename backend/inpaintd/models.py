@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .engines.base import Engine, EngineError, ModelCaps, ModelInfo, ProgressFn
-from .engines.ip_adapter import takes_ip_adapter
+from .engines.ip_adapter import ip_adapter_parts, takes_ip_adapter
 from .families import (
     FAMILIES,
     Arch,
@@ -50,7 +51,7 @@ from .families import (
     no_reference_message,
     single_file_problem,
 )
-from .memory import Weights, cuda_available, folder_weights, free_device_memory, single_file_weights
+from .memory import Weights, component_weights, cuda_available, folder_weights, free_device_memory, single_file_weights
 from .memory import report as memory_report
 from .policy import SINGLE_FILE_SUFFIXES, is_pickle, pickle_refusal
 
@@ -575,6 +576,8 @@ class ModelRegistry:
             return info
         if self.drop_t5:
             weights = [w for w in weights if w.name not in droppable(family)]
+        if self.ip_adapter and takes_ip_adapter(family):  # its image encoder rides on the device too
+            weights = [*weights, *self._ip_adapter_weights(family)]
         mode = self._memory_modes.get(info.id, self.memory)
         estimate = memory_report(
             weights, family.arch.value, precision=self.precision, free=free_device_memory(self.device),
@@ -582,6 +585,18 @@ class ModelRegistry:
             pixels_ratio=((info.native_size or family.native_size) / family.native_size) ** 2,
         )
         return replace(info, memory=estimate.to_wire())
+
+    def _ip_adapter_weights(self, family: Family) -> tuple[Weights, ...]:
+        assert self.ip_adapter is not None
+        found: tuple[Weights, ...] = ()
+        for name, where in ip_adapter_parts(self.ip_adapter, family, cache_dir=hub_cache_dir()).items():
+            try:
+                weights = component_weights(name, where)
+            except (OSError, ValueError, KeyError, struct.error):
+                continue  # unreadable: loading it will say what is wrong
+            if weights is not None:
+                found += (weights,)
+        return found
 
     def memory_mode(self, model_id: str) -> str:
         """The mode `model_id` is to be loaded in: one an out-of-memory retry stepped down to,

@@ -123,6 +123,26 @@ def ip_adapter_problem(
     return f"IP-Adapter '{folder}' has no {' and no '.join(missing)} for {family.label} models{extra}; {layout}"
 
 
+def ip_adapter_parts(source: str, family: Family, *, cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """Where the IP-Adapter's parts for `family` are on disk, for the memory estimates: its
+    weights file (`ip_adapter`) and its image encoder's folder (`image_encoder`, the larger:
+    about 0.6 B parameters for SD 1.x's ViT-H, 1.8 B for SDXL's ViT-bigG); those not here
+    are left out."""
+    subfolder, weight_name = IP_ADAPTER_FILES[family.arch]
+    if _is_repo_id(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, f"{subfolder}/{weight_name}",
+                                       cache_dir=str(cache_dir) if cache_dir is not None else None)
+        if not isinstance(found, str):
+            return {}
+        base = Path(found).parent
+    else:
+        base = Path(source).expanduser() / subfolder
+    parts = {"ip_adapter": base / weight_name, "image_encoder": base / IMAGE_ENCODER_FOLDER}
+    return {name: path for name, path in parts.items() if path.exists()}
+
+
 def load_ip_adapter(
     pipe: Any, source: str, family: Family, *, local_files_only: bool = True, cache_dir: str | None = None
 ) -> None:
