@@ -333,6 +333,8 @@ def test_the_cli_reruns_without_the_jobs_loras_and_references(addon_daemon: Daem
     assert np.array_equal(bare, layers(plain)[0]) and not np.array_equal(bare, layers(dressed)[0])
     both = cli("rerun", dressed.id, "--lora", "ink", "--no-loras", "--out", str(tmp_path / "x.png"))
     assert both.returncode == 2 and "not allowed with" in both.stderr, both.stderr
+    listed = cli("history", "a pear")
+    assert listed.returncode == 0 and "(LoRA ink 0.8; 1 reference image)" in listed.stdout, listed.stdout
 
 
 def test_a_history_file_of_an_earlier_version_gains_the_new_columns(tmp_path: Path) -> None:

@@ -660,8 +660,16 @@ def cmd_history(args: argparse.Namespace) -> int:
             f" (rerun of {e['parent']})" if e["kind"] == "rerun" else "")
         kept = "" if e["pixels_kept"] else "  [pixels not kept]"
         print(f"{star} {e['job']}  {when}  {Path(e['model']).name}  seeds {seeds}{origin}{kept}")
-        print(f"    {e['prompt'][:100]!r}")
+        print(f"    {e['prompt'][:100]!r}{_addons_text(e)}")
     return 0
+
+
+def _addons_text(entry: dict[str, Any]) -> str:
+    """A history entry's LoRAs and reference images, as vary and rerun will use them again."""
+    loras = ", ".join(f"{a.get('name')} {a.get('weight', 1.0):g}" for a in entry.get("loras") or [])
+    refs = int(entry.get("references") or 0)
+    parts = ([f"LoRA {loras}"] if loras else []) + ([f"{refs} reference image{'s' if refs != 1 else ''}"] if refs else [])
+    return f"  ({'; '.join(parts)})" if parts else ""
 
 
 def cmd_star(args: argparse.Namespace, on: bool = True) -> int:
