@@ -358,6 +358,10 @@ def test_history_cards_from_a_reply() -> None:
     tip = card.tooltip()
     assert "a red apple" in tip and "seeds 5, 6" in tip and "style Anime" in tip and "starred" in tip
     assert not cards[1].has_thumbnail and not cards[1].starred
+    assert card.loras == () and card.references == 0
+    dressed = loop.history_card(_entry(loras=[{"name": "ink", "weight": 0.5}, {"name": 3}, {"name": "film"}], references=2))
+    assert dressed is not None and dressed.loras == (("ink", 0.5), ("film", 1.0)) and dressed.references == 2
+    assert "LoRA ink 0.5, film 1" in dressed.tooltip() and "2 reference image(s)" in dressed.tooltip()
     assert loop.history_cards({}) == []
 
 

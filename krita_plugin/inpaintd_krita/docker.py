@@ -521,6 +521,10 @@ class InpaintPanel(QWidget):
         box.blockSignals(False)
         self._set("style", style)
         self._style_state = loop.StyleState(style)
+        for name in list(self.lora_rows):  # the entry's LoRAs, and only those
+            self.remove_lora(name)
+        for name, weight in card.loras:
+            self.add_lora(name, weight)
         seed = card.seeds[0] if card.seeds else None
         again = ("press Generate to make it again" if seed is not None and values.get("seed") == seed
                  else f"its seed {seed} does not fit the Seed box, so Generate picks new ones")

@@ -199,6 +199,9 @@ class HistoryCard:
     variants: int = 0
     thumbnail: bytes = b""
     thumb_size: tuple[int, int] = (0, 0)
+    #: The LoRAs the job was sent with (name, weight): Copy settings puts them in the picker.
+    loras: tuple[tuple[str, float], ...] = ()
+    references: int = 0  # how many reference images it was sent with
 
     @property
     def has_thumbnail(self) -> bool:
@@ -213,6 +216,10 @@ class HistoryCard:
                  f"model {self.model or '?'}"]
         if self.options.get("style"):
             lines.append(f"style {self.options['style']}")
+        if self.loras:
+            lines.append("LoRA " + ", ".join(f"{name} {weight:g}" for name, weight in self.loras))
+        if self.references:
+            lines.append(f"{self.references} reference image(s): Vary uses them again")
         if self.starred:
             lines.append("★ starred: kept whatever the history's size")
         if not self.pixels_kept:
@@ -259,7 +266,20 @@ def history_card(entry: Mapping[str, Any]) -> HistoryCard | None:
         variants=len(variants),
         thumbnail=bytes(pixels) if isinstance(pixels, (bytes, bytearray, memoryview)) else b"",
         thumb_size=(_int(thumb.get("width")), _int(thumb.get("height"))),
+        loras=tuple(_loras(entry.get("loras"))),
+        references=_int(entry.get("references")),
     )
+
+
+def _loras(value: Any) -> list[tuple[str, float]]:
+    """A history entry's `loras` ([{name, weight}]); anything malformed left out."""
+    out = []
+    for item in value if isinstance(value, list) else []:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        weight = item.get("weight", 1.0) if isinstance(item, Mapping) else None
+        if isinstance(name, str) and name and isinstance(weight, (int, float)) and not isinstance(weight, bool):
+            out.append((name, float(weight)))
+    return out
 
 
 def history_cards(reply: Mapping[str, Any]) -> list[HistoryCard]:
@@ -285,7 +305,8 @@ def option_values(options: Mapping[str, Any], seeds: Sequence[int] = ()) -> dict
     options the docker shows, each brought inside its limits; a value of the wrong type is
     left out), with the entry's first seed, so Generate makes the same pixels again.  A
     seed past what the editor's Seed box holds (editor.EDITOR_INT_MAX; the daemon picks
-    seeds up to 2**32 - 1) is not copied: clamped, it would make other pixels."""
+    seeds below it, but a client may send any up to 2**32 - 1) is not copied: clamped, it
+    would make other pixels."""
     shown = {o.name: o for o in editor.shown_in(KRITA)}
     given = {k: v for k, v in options.items()
              if k in shown and isinstance(v, shown[k].types) and isinstance(v, bool) == (shown[k].kind is bool)}

@@ -1211,6 +1211,12 @@ def test_teach_a_picked_lora_changes_the_pixels_and_weight_0_does_not(teach_sess
         s.select(lora_node)
         remixed = s.run(panel.remix_button)
         assert history_entry(remixed.job_id)["loras"] == []
+        # Copy settings of the LoRA job's history card puts its LoRA back in the picker
+        assert wait_for(lambda: any(c.job == with_lora.job_id for c in panel.history_strip.cards), 15)
+        card = next(c for c in panel.history_strip.cards if c.job == with_lora.job_id)
+        assert card.loras == (("ink", 1.0),) and "LoRA ink 1" in card.tooltip()
+        panel.copy_settings(card)
+        assert panel.chosen_loras() == [("ink", 1.0)] and controller.lora_payload() == [("ink", 1.0)]
     finally:
         panel.remove_lora("ink")
     assert panel.chosen_loras() == [] and controller.settings.loras == ""
