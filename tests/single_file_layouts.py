@@ -9,20 +9,24 @@
 - Z-Image as ComfyUI's `z_image_turbo_bf16.safetensors` holds it (and bare re-saves): the
   transformer alone, one fused `attention.qkv` per block, `x_embedder`/`final_layer` without
   diffusers' per-patch-size `all_*.2-1.` dicts, bare or with `model.diffusion_model.` in front.
+- Chroma as lodestones ship `Chroma1-HD.safetensors`: the transformer alone in BFL's FLUX.1
+  names without the modulation linears (`img_mod`, `txt_mod`, `modulation`, the final
+  `adaLN_modulation`), plus the approximator `distilled_guidance_layer.*` (`in_layer`/
+  `out_layer`, `norms.N.scale`); bare, or with `model.diffusion_model.` in ComfyUI's saves.
 - GGUF as city96's `flux1-fill-dev-Q8_0.gguf` / `sd3.5_large-Q8_0.gguf`: the same bare
   names, the Linear layers' 2-D weights quantised (Q8_0) or all of them F16.
 
 The key layouts are the inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`,
-`convert_flux_transformer_checkpoint_to_diffusers` and
-`convert_z_image_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py),
+`convert_flux_transformer_checkpoint_to_diffusers`, `convert_chroma_transformer_checkpoint_to_diffusers`
+and `convert_z_image_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py),
 written for any config so that the tiny ones round-trip: every parameter is renamed or the
 call fails, and loading the file through diffusers must give the tiny model's tensors back.
 
-One trap: diffusers' FLUX converter fixes the transformer width at FLUX.1's 3072
-(`inner_dim = 3072`, used to split each single block's fused `linear1`), so it cannot
-convert the tiny 32-wide FLUX at all.  `flux_converter_for_any_width` swaps in the same
-function with the width read from the checkpoint, for the tests' duration; real FLUX.1
-files are 3072 wide and take diffusers' own.
+One trap: diffusers' FLUX and Chroma converters fix the transformer width at FLUX.1's 3072
+(`inner_dim = 3072`, used to split each single block's fused `linear1`), so they cannot
+convert the tiny 32-wide models at all.  `flux_converter_for_any_width` swaps in the same
+functions with the width read from the checkpoint, for the tests' duration; real FLUX.1 and
+Chroma files are 3072 wide and take diffusers' own.
 """
 
 from __future__ import annotations
@@ -210,6 +214,52 @@ def write_flux_file(folder: Path, out: Path, *, prefix: str = "", metadata: dict
     return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
 
 
+# -- Chroma (lodestones' layout: FLUX.1's names, pruned, with the approximator) ----------------
+
+
+def chroma_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A ChromaTransformer2DModel state dict in the original names (no prefix)."""
+    r = _Renamer(state)
+    r.move("distilled_guidance_layer.in_proj", "distilled_guidance_layer.in_proj")
+    r.move("distilled_guidance_layer.out_proj", "distilled_guidance_layer.out_proj")
+    for i in range(int(config["approximator_layers"])):
+        g = f"distilled_guidance_layer.layers.{i}"
+        r.move(f"{g}.linear_1", f"{g}.in_layer")
+        r.move(f"{g}.linear_2", f"{g}.out_layer")
+        r.put(f"distilled_guidance_layer.norms.{i}.scale", r.take(f"distilled_guidance_layer.norms.{i}.weight"))
+    r.move("context_embedder", "txt_in")
+    r.move("x_embedder", "img_in")
+    for i in range(int(config["num_layers"])):
+        b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v"], f"{d}.img_attn.qkv")
+        r.fuse([f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj"], f"{d}.txt_attn.qkv")
+        r.put(f"{d}.img_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
+        r.put(f"{d}.img_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
+        r.put(f"{d}.txt_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_added_q.weight"))
+        r.put(f"{d}.txt_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_added_k.weight"))
+        r.move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
+        r.move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
+        r.move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
+        r.move(f"{b}.ff_context.net.2", f"{d}.txt_mlp.2")
+        r.move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
+        r.move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
+    for i in range(int(config["num_single_layers"])):
+        b, s = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v", f"{b}.proj_mlp"], f"{s}.linear1")
+        r.put(f"{s}.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
+        r.put(f"{s}.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
+        r.move(f"{b}.proj_out", f"{s}.linear2")
+    r.move("proj_out", "final_layer.linear")
+    return r.done()
+
+
+def write_chroma_file(folder: Path, out: Path, *, prefix: str = "") -> Path:
+    """The tiny Chroma transformer in `folder` as `Chroma1-HD.safetensors` holds it (`prefix`
+    "model.diffusion_model." for ComfyUI's saves)."""
+    tensors = chroma_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
+    return _save({prefix + k: v for k, v in tensors.items()}, out, None, None)
+
+
 # -- Z-Image (ComfyUI's layout) ---------------------------------------------------------------
 
 
@@ -275,10 +325,10 @@ def write_gguf(tensors: dict[str, torch.Tensor], out: Path, arch: str, quant: st
 
 
 def gguf_of(folder: Path, family: str, out: Path, quant: str = "Q8_0") -> Path:
-    """The tiny `family` ("sd3" or "flux") transformer in `folder` as a GGUF file."""
+    """The tiny `family` ("sd3", "flux" or "chroma") transformer in `folder` as a GGUF file."""
     state, config = _component_weights(folder, "transformer"), _config(folder, "transformer")
-    original = sd3_original(state, config) if family == "sd3" else flux_original(state, config)
-    return write_gguf(original, out, "sd3" if family == "sd3" else "flux", quant)
+    layouts = {"sd3": sd3_original, "flux": flux_original, "chroma": chroma_original}
+    return write_gguf(layouts[family](state, config), out, family, quant)
 
 
 # -- the converter's fixed width, and the reference repo in a hub cache -----------------------
@@ -286,26 +336,31 @@ def gguf_of(folder: Path, family: str, out: Path, quant: str = "Q8_0") -> Path:
 
 @contextmanager
 def flux_converter_for_any_width() -> Iterator[None]:
-    """diffusers' FLUX converter with the width read from the checkpoint (`txt_in.weight`'s
-    rows; also a GGUF's, whose rows stay rows) instead of FLUX.1's 3072, for the duration."""
+    """diffusers' FLUX and Chroma converters with the width read from the checkpoint
+    (`txt_in.weight`'s rows; also a GGUF's, whose rows stay rows) instead of FLUX.1's 3072,
+    for the duration."""
     from diffusers.loaders import single_file_model, single_file_utils
 
-    original = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers
-    source = inspect.getsource(original)
     fixed = "inner_dim = 3072"
-    if fixed not in source:  # a diffusers that reads the width itself
-        yield
-        return
-    source = source.replace(fixed, 'inner_dim = checkpoint["txt_in.weight"].shape[0]')
-    namespace = dict(vars(single_file_utils))
-    exec(compile(source, single_file_utils.__file__, "exec"), namespace)  # noqa: S102  (diffusers' own code)
-    entry = single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"]
-    before = entry["checkpoint_mapping_fn"]
-    entry["checkpoint_mapping_fn"] = namespace[original.__name__]
+    swapped: list[tuple[dict[str, Any], Any]] = []
+    for cls_name, original in (
+        ("FluxTransformer2DModel", single_file_utils.convert_flux_transformer_checkpoint_to_diffusers),
+        ("ChromaTransformer2DModel", single_file_utils.convert_chroma_transformer_checkpoint_to_diffusers),
+    ):
+        source = inspect.getsource(original)
+        if fixed not in source:  # a diffusers that reads the width itself
+            continue
+        source = source.replace(fixed, 'inner_dim = checkpoint["txt_in.weight"].shape[0]')
+        namespace = dict(vars(single_file_utils))
+        exec(compile(source, single_file_utils.__file__, "exec"), namespace)  # noqa: S102  (diffusers' own code)
+        entry = single_file_model.SINGLE_FILE_LOADABLE_CLASSES[cls_name]
+        swapped.append((entry, entry["checkpoint_mapping_fn"]))
+        entry["checkpoint_mapping_fn"] = namespace[original.__name__]
     try:
         yield
     finally:
-        entry["checkpoint_mapping_fn"] = before
+        for entry, before in swapped:
+            entry["checkpoint_mapping_fn"] = before
 
 
 def install_reference(folder: Path, hub: Path, repo: str, *, weights: tuple[str, ...] = ()) -> Path:

@@ -50,6 +50,9 @@ def _safetensors(path: Path, names: dict[str, list[int]]) -> Path:
         ("ZImagePipeline", 2560, Arch.Z_IMAGE),  # what Z-Image-Turbo's and Z-Image's model_index.json say
         ("ZImageImg2ImgPipeline", 2560, Arch.Z_IMAGE),
         ("ZImageInpaintPipeline", 2560, Arch.Z_IMAGE),
+        ("ChromaPipeline", 4096, Arch.CHROMA),  # what Chroma1-HD's model_index.json says
+        ("ChromaImg2ImgPipeline", 4096, Arch.CHROMA),
+        ("ChromaInpaintPipeline", 4096, Arch.CHROMA),
     ],
 )
 def test_folders_by_class_name(tmp_path: Path, class_name: str, width: int, arch: Arch) -> None:
@@ -122,6 +125,34 @@ def test_z_image_single_files_by_their_keys(tmp_path: Path) -> None:
         assert inspect_single_file(_safetensors(tmp_path / f"other{i}.safetensors", keys)) is None
 
 
+def _chroma_keys(img_in_channels: int = 64) -> dict[str, list[int]]:
+    """The tensors of `Chroma1-HD.safetensors` that tell it apart (real shapes)."""
+    return {"double_blocks.0.img_attn.norm.key_norm.scale": [128], "double_blocks.0.img_attn.qkv.weight": [9216, 3072],
+            "single_blocks.0.linear1.weight": [21504, 3072], "img_in.weight": [3072, img_in_channels],
+            "distilled_guidance_layer.in_proj.weight": [5120, 64], "distilled_guidance_layer.in_proj.bias": [5120]}
+
+
+def test_chroma_single_files_by_their_keys(tmp_path: Path) -> None:
+    """A Chroma transformer, bare (lodestones' file) or ComfyUI-prefixed, whatever its name, by
+    its approximator; FLUX.1 files (no approximator) are not taken for it, nor is it taken for
+    FLUX.1 (no `guidance_in`), and a Chroma whose input is not FLUX.1's packed latents (pixel
+    space, Chroma1-Radiance) is refused, saying what it is."""
+    from inpaintd.families import single_file_problem
+
+    for name, prefix in (("flux1-fill-dev.safetensors", ""), ("z_image_turbo_bf16.safetensors", "model.diffusion_model.")):
+        sf = inspect_single_file(_safetensors(tmp_path / name, {prefix + k: v for k, v in _chroma_keys().items()}))
+        assert sf and sf.family.arch == Arch.CHROMA and sf.components == {"transformer"} and sf.format == "safetensors"
+        assert sf.reference_repo == "lodestones/Chroma1-HD" and sf.what == "a Chroma transformer (safetensors)"
+    schnell = {k: v for k, v in _chroma_keys().items() if not k.startswith("distilled_guidance_layer.")}
+    assert inspect_single_file(_safetensors(tmp_path / "schnell.safetensors", schnell)) is None
+    dev = _safetensors(tmp_path / "dev.safetensors", {**schnell, "guidance_in.in_layer.weight": [3072, 256]})
+    sf = inspect_single_file(dev)
+    assert sf and sf.family.arch == Arch.FLUX_KONTEXT  # FLUX.1 dev's tensors, as before
+    pixels = _safetensors(tmp_path / "radiance.safetensors", _chroma_keys(img_in_channels=3 * 16 * 16))
+    assert inspect_single_file(pixels) is None
+    assert "a Chroma transformer that does not take FLUX.1's latents" in single_file_problem(pixels)
+
+
 def test_every_row_is_complete() -> None:
     for arch, fam in FAMILIES.items():
         assert fam.arch == arch
@@ -153,7 +184,8 @@ def test_klein_row() -> None:
     assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
     assert fam.default_steps == 4 and fam.default_guidance == 1.0 and fam.negative_prompt
     assert not fam.pooled_prompt and not fam.pins_size and fam.max_pixels == 1024 * 1024
-    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [Arch.FLUX2_KLEIN, Arch.QWEN_EDIT, Arch.Z_IMAGE]
+    assert [f.arch for f in FAMILIES.values() if not f.pooled_prompt] == [
+        Arch.FLUX2_KLEIN, Arch.QWEN_EDIT, Arch.Z_IMAGE, Arch.CHROMA]
 
 
 def test_z_image_row() -> None:
@@ -172,6 +204,24 @@ def test_z_image_row() -> None:
     assert [f.arch for f in FAMILIES.values() if f.listed_prompt] == [Arch.Z_IMAGE]
 
 
+def test_chroma_row() -> None:
+    """Chroma: the flow loop, T5 embeddings with their padding masks (no pooled embedding),
+    real CFG with a negative prompt, Chroma1-HD's 40 steps at guidance 3 (diffusers' documented
+    settings, not its pipelines' argument defaults), 16 px multiples (VAE 8 x 2x2 packing),
+    LoRAs, and the only masked-prompt row."""
+    fam = FAMILIES[Arch.CHROMA]
+    assert fam.arch.value == "chroma" and fam.loop == Loop.FLOW and fam.denoiser == "transformer"
+    assert fam.inpaint_pipeline == "ChromaInpaintPipeline"
+    assert fam.pipeline_classes == {"ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"}
+    assert fam.size_multiple == 16 and fam.native_size == 1024 and fam.schedulers == ("default", "euler")
+    assert fam.default_steps == 40 and fam.default_guidance == 3.0 and fam.negative_prompt and fam.lora
+    assert not fam.pooled_prompt and not fam.pins_size and fam.max_pixels is None and not fam.reference_image
+    assert not fam.true_cfg and not fam.listed_prompt and not fam.textual_inversion
+    assert fam.large_text_encoder == "text_encoder" and not fam.optional_components
+    assert fam.reference_repos == ("lodestones/Chroma1-HD", "lodestones/Chroma1-HD")
+    assert [f.arch for f in FAMILIES.values() if f.masked_prompt] == [Arch.CHROMA]
+
+
 @pytest.mark.parametrize(
     ("family", "class_name", "arch"),
     [
@@ -179,6 +229,7 @@ def test_z_image_row() -> None:
         ("flux2-klein", "Flux2KleinPipeline", Arch.FLUX2_KLEIN),
         ("qwen-edit", "QwenImageEditPipeline", Arch.QWEN_EDIT),
         ("z-image", "ZImagePipeline", Arch.Z_IMAGE),
+        ("chroma", "ChromaPipeline", Arch.CHROMA),
     ],
 )
 def test_the_tiny_models_are_recognised(tmp_path: Path, family: str, class_name: str, arch: Arch) -> None:

@@ -1,4 +1,4 @@
-"""SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein, Qwen-Image-Edit and Z-Image end to end, on tiny random
+"""SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein, Qwen-Image-Edit, Z-Image and Chroma end to end, on tiny random
 pipelines built offline (#11).
 
 One daemon per family, over a real socket: the `models` reply names the family, pixels
@@ -34,7 +34,7 @@ from inpaintd.testmodel import (  # noqa: E402
 from inpaintd_protocol.client import Client, Job  # noqa: E402
 from inpaintd_protocol.messages import CancelCode, JobOptions, ProtocolError  # noqa: E402
 
-FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit", "z-image")
+FAMILIES = ("sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit", "z-image", "chroma")
 W, H = 96, 80
 GROW, FEATHER = 8, 16  # the option defaults
 
@@ -318,6 +318,7 @@ def test_drop_t5_leaves_sd3s_t5_out_and_says_what_it_costs(flow_models: dict[str
         ("black-forest-labs/FLUX.2-klein-4B", "flux2-klein", 4),
         ("Qwen/Qwen-Image-Edit", "qwen-edit", 50),
         ("Tongyi-MAI/Z-Image-Turbo", "z-image", 8),
+        ("lodestones/Chroma1-HD", "chroma", 40),
     ],
 )
 def test_a_cached_snapshot_is_listed_with_its_family(tmp_path: Path, flow_models: dict[str, Path],
@@ -447,6 +448,74 @@ def test_z_image_prompt_lists_guidance_and_decoding(flow_models: dict[str, Path]
         assert not np.array_equal(guided_plain, guided_negative) and not np.array_equal(turbo, guided_plain)
 
         for guidance, negative in ((0.0, None), (4.0, "blurry")):
+            emb = engine._flow.encode("a cat", negative or "")
+            ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
+                                           steps=3, guidance_scale=guidance, strength=1.0), pacer=None)[0]
+            with torch.inference_mode():
+                theirs = pipe(image=picture, mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
+                              negative_prompt=negative, height=48, width=80, strength=1.0, num_inference_steps=3,
+                              guidance_scale=guidance, generator=[torch.Generator().manual_seed(9)], output_type="np",
+                              return_dict=False)[0][0]
+            assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1, guidance
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_chroma_prompt_masks_guidance_and_decoding(flow_models: dict[str, Path]) -> None:
+    """Chroma through the loop: its `encode_prompt` gives T5 embeddings padded to a fixed length
+    with a mask of the real tokens and one padding token, and the loop hands both to its
+    `__call__`, a row per variant, the negative side (with its mask) only where it guides (above
+    1); at guidance 1 the negative prompt changes nothing, above 1 it does; the loop supplies the
+    `guidance_embeds` the pipeline reads and the tiny config (diffusers' own) lacks; and its own
+    decoding (packed latents, FLUX.1's VAE scale and shift) gives the pipeline's own pixels."""
+    import torch
+    from PIL import Image
+
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+    from inpaintd.engines.flow_inpaint import FlowInputs
+
+    config = (flow_models["chroma"] / "transformer" / "config.json").read_text()
+    assert "guidance_embeds" not in config
+    engine = DiffusersEngine(flow_models["chroma"], device="cpu")
+    try:
+        pipe = engine.pipe
+        assert engine.caps.family == "chroma" and engine.caps.default_steps == 40 and engine.caps.default_guidance == 3.0
+        assert pipe.transformer.config.guidance_embeds is False and engine._flow.packed
+        assert pipe.vae.config.shift_factor and pipe.vae.config.scaling_factor != 1.0  # both matter in `_decode`
+        image = np.random.default_rng(5).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+        mask = np.zeros((48, 80), np.uint8)
+        mask[8:40, 16:64] = 255
+
+        emb = engine._flow.encode("a cat", "blurry")
+        assert emb.pooled is None and emb.positive is not None and emb.negative is not None
+        assert emb.mask is not None and emb.negative_mask is not None
+        assert emb.positive.shape[:2] == emb.mask.shape and emb.positive.shape[2] == pipe.transformer.config.joint_attention_dim
+        real = int(pipe.tokenizer("a cat", return_tensors="pt").attention_mask.sum())
+        assert emb.mask.tolist() == [[1.0] * (real + 1) + [0.0] * (emb.mask.shape[1] - real - 1)]
+        assert int(emb.negative_mask.sum()) == int(pipe.tokenizer("blurry", return_tensors="pt").attention_mask.sum()) + 1
+        job = FlowInputs(image=image, mask=mask, prompt=emb, generators=[], steps=3, guidance_scale=1.0, strength=1.0)
+        picture = Image.fromarray(image)
+        plain = engine._flow._prompt_kwargs(job, picture, 2)
+        assert set(plain) == {"prompt_embeds", "prompt_attention_mask"} and plain["prompt_attention_mask"].shape[0] == 2
+        job.guidance_scale = 3.0
+        guided = engine._flow._prompt_kwargs(job, picture, 2)
+        assert set(guided) == {"prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                               "negative_prompt_attention_mask"}
+        assert guided["negative_prompt_embeds"].shape[0] == guided["negative_prompt_attention_mask"].shape[0] == 2
+
+        def run(negative: str, guidance: float) -> np.ndarray:
+            out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
+                                           negative_prompt=negative), lambda *a: None, lambda: False)
+            assert not out.notes and out.images[0].shape == (48, 80, 3)
+            return out.images[0]
+
+        unguided = run("", 1.0)
+        assert np.array_equal(unguided, run("blurry", 1.0))
+        guided_plain, guided_negative = run("", 3.0), run("blurry", 3.0)
+        assert not np.array_equal(guided_plain, guided_negative) and not np.array_equal(unguided, guided_plain)
+
+        for guidance, negative in ((1.0, None), (3.0, "blurry")):
             emb = engine._flow.encode("a cat", negative or "")
             ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
                                            steps=3, guidance_scale=guidance, strength=1.0), pacer=None)[0]

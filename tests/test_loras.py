@@ -61,6 +61,10 @@ def _header_file(path: Path, tensors: dict[str, list[int]], metadata: dict[str, 
         ({"transformer.layers.0.attention.to_q.lora_A.weight": [16, 3840]}, "z-image", "diffusers"),
         ({"diffusion_model.layers.12.feed_forward.w1.lora_A.weight": [16, 3840]}, "z-image", "diffusers"),
         ({"lora_unet_layers_3_attention_to_k.lora_down.weight": [16, 3840]}, "z-image", "kohya"),
+        # Chroma: one that trains the approximator too (diffusers' names, kohya's)
+        ({"transformer.distilled_guidance_layer.layers.0.linear_1.lora_A.weight": [16, 5120],
+          "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": [16, 3072]}, "chroma", "diffusers"),
+        ({"lora_unet_distilled_guidance_layer_layers_0_in_layer.lora_down.weight": [16, 5120]}, "chroma", "kohya"),
         # a CLIP text-encoder LoRA's `layers.N.self_attn` is not Z-Image's `layers.N.attention`
         ({"lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight": [8, 768]}, "", "kohya"),
     ],
@@ -70,6 +74,20 @@ def test_a_loras_family_is_read_from_its_tensors(keys: dict, family: str, fmt: s
     # named as another family's, it is still what its tensors say
     addon = describe(_header_file(tmp_path / "flux_dev_lora.safetensors", keys), "lora", False)
     assert addon.family == family and bool(addon.problem) == (not family)
+
+
+def test_chroma_takes_loras_of_the_blocks_it_shares_with_flux(tmp_path: Path) -> None:
+    """Chroma keeps FLUX.1's block names: a LoRA of them alone (FLUX's by its tensors) serves
+    FLUX.1 and Chroma models; one of Chroma's approximator, or whose metadata names Chroma,
+    serves Chroma alone."""
+    blocks = {"transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": [16, 3072]}
+    shared = describe(_header_file(tmp_path / "a.safetensors", blocks), "lora", False)
+    assert shared.family == "flux" and all(shared.serves(f) for f in ("flux-fill", "flux-kontext", "chroma"))
+    said = describe(_header_file(tmp_path / "b.safetensors", blocks, {"modelspec.architecture": "chroma/lora"}), "lora", False)
+    approximator = {**blocks, "transformer.distilled_guidance_layer.in_proj.lora_A.weight": [16, 64]}
+    own = describe(_header_file(tmp_path / "c.safetensors", approximator), "lora", False)
+    for addon in (said, own):
+        assert addon.family == "chroma" and addon.serves("chroma") and not addon.serves("flux-fill")
 
 
 def test_trigger_words_weights_and_problems_are_listed(tmp_path: Path) -> None:
@@ -188,10 +206,11 @@ def test_bad_loras_are_refused_before_any_work_and_the_daemon_serves_on(lora_dae
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "lora_family"), [("sd3", "sd3"), ("flux-fill", "flux"), ("z-image", "z-image")])
+@pytest.mark.parametrize(("family", "lora_family"),
+                         [("sd3", "sd3"), ("flux-fill", "flux"), ("z-image", "z-image"), ("chroma", "chroma")])
 def test_the_transformer_families_take_loras_too(family: str, lora_family: str, tmp_path: Path) -> None:
-    """SD 3, FLUX.1 Fill and Z-Image through their stock pipelines' LoRA loaders: the LoRA
-    changes the masked pixels, weight 0 and the next job without it give the base model's."""
+    """SD 3, FLUX.1 Fill, Z-Image and Chroma through their stock pipelines' LoRA loaders: the
+    LoRA changes the masked pixels, weight 0 and the next job without it give the base model's."""
     from inpaintd.engines.base import EngineRequest
     from inpaintd.engines.diffusers_engine import DiffusersEngine
     from inpaintd.testmodel import make_family_test_model, make_test_transformer_lora

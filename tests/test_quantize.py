@@ -77,6 +77,7 @@ def test_aliases_resolve_per_family() -> None:
     assert resolve_plan(plan, FAMILIES[Arch.FLUX_KONTEXT]).methods == {"transformer": "int8", "text_encoder_2": "nf4"}
     assert resolve_plan(plan, "flux2-klein").methods == {"transformer": "int8", "text_encoder": "nf4"}
     assert resolve_plan(plan, Arch.Z_IMAGE).methods == {"transformer": "int8", "text_encoder": "nf4"}
+    assert resolve_plan(plan, Arch.CHROMA).methods == {"transformer": "int8", "text_encoder": "nf4"}  # its T5
     assert resolve_plan({"transformer": "fp8", "text_encoder": "none"}, "sd3").methods == {"transformer": "fp8"}
 
 
@@ -118,6 +119,9 @@ def test_quantized_bytes_per_method() -> None:
     # Z-Image: its Qwen3-4B keeps its embedding as klein's does; its transformer keeps 0.2% under fp8
     assert kept_share("z-image", "text_encoder", "nf4") == kept_share("flux2-klein", "text_encoder", "nf4") == 0.09
     assert kept_share("z-image", "transformer", "fp8") == 0.0
+    # Chroma: FLUX.1's T5-XXL, kept as FLUX.1's; its pruned transformer has no modulation linears to keep
+    assert kept_share("chroma", "text_encoder", "fp8") == kept_share("flux-fill", "text_encoder", "fp8") == 0.24
+    assert kept_share("chroma", "transformer", "fp8") == 0.0
     with pytest.raises(ValueError, match="kept_share"):
         quantized_bytes(n, "fp8", kept_share=1.5)
     with pytest.raises(ValueError, match="file size"):

@@ -1,8 +1,9 @@
-"""SD 3.5, FLUX.1 and Z-Image single files and GGUF transformers, as people download them (#11).
+"""SD 3.5, FLUX.1, Z-Image and Chroma single files and GGUF transformers, as people download them (#11).
 
-The tiny SD 3, FLUX.1 Fill and Kontext and Z-Image pipelines are written in the original
+The tiny SD 3, FLUX.1 Fill and Kontext, Z-Image and Chroma pipelines are written in the original
 layouts (`single_file_layouts.py`: Stability's SD 3.x file with its VAE, BFL's bare FLUX.1
-transformer, ComfyUI's prefixed FLUX.1 and Z-Image ones, city96's GGUFs), and each is:
+transformer, lodestones' bare Chroma one, ComfyUI's prefixed FLUX.1 and Z-Image ones, city96's
+GGUFs), and each is:
 
 - recognised from its tensors, shapes and metadata, never its name (a file renamed to
   another family's name is still what it is);
@@ -42,6 +43,7 @@ from single_file_layouts import (  # noqa: E402
     flux_converter_for_any_width,
     gguf_of,
     install_reference,
+    write_chroma_file,
     write_flux_file,
     write_gguf,
     write_sd3_file,
@@ -61,6 +63,7 @@ SD3_REPO = "stabilityai/stable-diffusion-3.5-large"
 FILL_REPO = "black-forest-labs/FLUX.1-Fill-dev"
 KONTEXT_REPO = "black-forest-labs/FLUX.1-Kontext-dev"
 Z_IMAGE_REPO = "Tongyi-MAI/Z-Image-Turbo"
+CHROMA_REPO = "lodestones/Chroma1-HD"
 FLUX_PARTS = ("vae", "text_encoder", "text_encoder_2")
 SD3_TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -82,7 +85,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("flow-folders")
-    return {f: make_family_test_model(root / f, f) for f in ("sd3", "flux-fill", "flux-kontext", "z-image")}
+    return {f: make_family_test_model(root / f, f) for f in ("sd3", "flux-fill", "flux-kontext", "z-image", "chroma")}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,11 @@ def files(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         # a GGUF of Z-Image-Turbo (the original names, as its converters write them)
         "z-image-q8": write_gguf(z_image_original(_component_weights(folders["z-image"], "transformer")),
                                  out / "flux1-fill-dev-Q4.gguf", "lumina2"),
+        # lodestones' Chroma1-HD.safetensors: the transformer alone, bare names
+        "chroma": write_chroma_file(folders["chroma"], out / "flux1-dev.safetensors"),
+        # a ComfyUI save of it (prefixed names), and a GGUF
+        "chroma-comfy": write_chroma_file(folders["chroma"], out / "z_image_turbo.safetensors", prefix=DENOISER_PREFIX),
+        "chroma-q8": gguf_of(folders["chroma"], "chroma", out / "flux1-kontext-dev-Q8_0.gguf"),
     }
 
 
@@ -119,6 +127,7 @@ def hub(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
     install_reference(folders["flux-fill"], cache, FILL_REPO, weights=FLUX_PARTS)
     install_reference(folders["flux-kontext"], cache, KONTEXT_REPO, weights=FLUX_PARTS)
     install_reference(folders["z-image"], cache, Z_IMAGE_REPO, weights=("vae", "text_encoder"))
+    install_reference(folders["chroma"], cache, CHROMA_REPO, weights=("vae", "text_encoder"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_CACHE", str(cache))
         mp.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
@@ -190,6 +199,9 @@ def test_each_file_is_recognised_by_its_contents(files: dict[str, Path]) -> None
         "sd3-f16": (Arch.SD3, {"transformer"}, "gguf", "F16", SD3_REPO),
         "z-image": (Arch.Z_IMAGE, {"transformer"}, "safetensors", "", Z_IMAGE_REPO),
         "z-image-q8": (Arch.Z_IMAGE, {"transformer"}, "gguf", "Q8_0", Z_IMAGE_REPO),
+        "chroma": (Arch.CHROMA, {"transformer"}, "safetensors", "", CHROMA_REPO),
+        "chroma-comfy": (Arch.CHROMA, {"transformer"}, "safetensors", "", CHROMA_REPO),
+        "chroma-q8": (Arch.CHROMA, {"transformer"}, "gguf", "Q8_0", CHROMA_REPO),
     }
     for name, (arch, components, fmt, quant, repo) in expected.items():
         sf = inspect_single_file(files[name])
@@ -280,12 +292,13 @@ def test_a_file_of_no_family_gets_a_clear_refusal(tmp_path: Path, kind: str, say
 # -- the layouts round-trip ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sd3", "fill", "kontext", "sd3-f16", "z-image"])
+@pytest.mark.parametrize("name", ["sd3", "fill", "kontext", "sd3-f16", "z-image", "chroma", "chroma-comfy"])
 def test_diffusers_lays_each_file_out_as_the_tiny_model(name: str, files: dict[str, Path], folders: dict[str, Path],
                                                         flux_any_width: None) -> None:
     import diffusers
 
-    folder = folders[{"sd3": "sd3", "fill": "flux-fill", "kontext": "flux-kontext", "sd3-f16": "sd3", "z-image": "z-image"}[name]]
+    folder = folders[{"sd3": "sd3", "fill": "flux-fill", "kontext": "flux-kontext", "sd3-f16": "sd3", "z-image": "z-image",
+                      "chroma": "chroma", "chroma-comfy": "chroma"}[name]]
     cls_name = json.loads((folder / "model_index.json").read_text())["transformer"][1]
     cls = getattr(diffusers, cls_name)
     kwargs = {"quantization_config": diffusers.GGUFQuantizationConfig(compute_dtype=torch.float32)} if name.endswith("f16") else {}
@@ -332,6 +345,8 @@ def test_q8_0_weights_are_the_folders_within_q8_0_rounding(files: dict[str, Path
         ("sd3-q8", "sd3", False),
         ("z-image", "z-image", True),
         ("z-image-q8", "z-image", False),
+        ("chroma", "chroma", True),
+        ("chroma-q8", "chroma", False),
     ],
 )
 def test_a_single_file_paints_what_its_folder_paints(name: str, family: str, exact: bool, files: dict[str, Path],

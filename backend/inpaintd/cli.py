@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--family", choices=TEST_FAMILIES, default="sd",
                    help="model family to lay out: sd (SD 1.5), sdxl, sd3 (SD 3.5), flux-fill, flux-kontext, flux2-klein, "
-                        "qwen-edit (Qwen-Image-Edit), z-image (Z-Image) (default %(default)s)")
+                        "qwen-edit (Qwen-Image-Edit), z-image (Z-Image), chroma (Chroma) (default %(default)s)")
 
     p = sub.add_parser("demo", help="start a daemon if none runs, inpaint the bundled photo, write the results")
     _add_connect(p)

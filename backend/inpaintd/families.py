@@ -35,6 +35,7 @@ class Arch(str, Enum):
     FLUX2_KLEIN = "flux2-klein"
     QWEN_EDIT = "qwen-edit"
     Z_IMAGE = "z-image"
+    CHROMA = "chroma"
 
 
 class Loop(str, Enum):
@@ -131,6 +132,11 @@ class Family:
     #: one variable-length tensor per prompt (Z-Image: the Qwen3 tokens that are not padding),
     #: not one batched tensor; a job's variants are list elements, not rows.
     listed_prompt: bool = False
+    #: The pipeline's `encode_prompt` gives, and its `__call__` takes, a token mask with each
+    #: embedding (`prompt_attention_mask`, `negative_prompt_attention_mask`): Chroma masks T5's
+    #: padding but for one token, and refuses embeddings given without their mask.  Its
+    #: classifier-free guidance runs above a scale of 1 only (the negative side goes in then).
+    masked_prompt: bool = False
 
 
 _SD_SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lcm")
@@ -228,6 +234,22 @@ def _is_z_image(header: dict[str, Any]) -> bool:
     if any(k.startswith(("siglip_", "control_")) for k in keys):
         return False
     return all(k in keys for k in ("layers.0.adaLN_modulation.0.weight", "cap_embedder.1.weight", "x_embedder.weight"))
+
+
+def _is_chroma(header: dict[str, Any]) -> bool:
+    """Chroma (lodestones' Chroma1-HD/-Base/-Flash, `Chroma1-HD.safetensors`, bare or in
+    ComfyUI's prefixed saves): FLUX.1's double and single blocks (BFL's names) with the
+    modulation pruned and the `distilled_guidance_layer` approximator in its place (the
+    marker diffusers' own `infer_diffusers_model_type` reads), and FLUX.1's latent input, 16
+    channels packed 2x2 (64).  Chroma1-Radiance works in pixel space (no such `img_in`), and
+    is another pipeline."""
+    keys = _denoiser(header)
+    if "double_blocks.0.img_attn.norm.key_norm.scale" not in keys:
+        return False
+    if not any(k.startswith("distilled_guidance_layer.in_proj.") for k in keys):
+        return False
+    shape = _shape(keys.get("img_in.weight"))
+    return len(shape) == 2 and shape[1] == 64
 
 
 FAMILIES: dict[Arch, Family] = {
@@ -470,10 +492,45 @@ FAMILIES: dict[Arch, Family] = {
         large_text_encoder="text_encoder",
         listed_prompt=True,
     ),
+    Arch.CHROMA: Family(
+        arch=Arch.CHROMA,
+        label="Chroma",
+        inpaint_pipeline="ChromaInpaintPipeline",
+        # lodestones/Chroma1-HD (and Chroma1-Base and -Flash, the same parts) are saved as the
+        # text-to-image class; the inpaint pipeline takes the same parts (FLUX.1-schnell's
+        # transformer pruned to 8.9 B, the modulation replaced by the `distilled_guidance_layer`
+        # approximator; a T5-XXL encoder alone, no CLIP; FLUX.1's VAE) and blends the known
+        # latents back in under the mask.
+        pipeline_classes=frozenset({"ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"}),
+        denoiser="transformer",
+        native_size=1024,  # the pipelines' default_sample_size 128 x VAE downscale 8
+        size_multiple=16,  # VAE downscale 8 x 2x2 latent packing
+        # Chroma1-HD: 40 steps at guidance 3.0, the example of diffusers' Chroma documentation
+        # (huggingface.co/docs/diffusers/api/pipelines/chroma: `num_inference_steps=40,
+        # guidance_scale=3.0` with a negative prompt; the Chroma1-HD Space runs the same).
+        # diffusers' argument defaults differ by pipeline (ChromaPipeline 35 / 5.0,
+        # ChromaInpaintPipeline 28 / 7.0) and are not the model's.  Chroma1-Flash has its CFG
+        # baked in (guidance 1, fewer steps) and Chroma1-Base was trained at 512 px; nothing in
+        # their folders tells them apart from HD's, so a client sends those settings itself.
+        default_steps=40,
+        schedulers=_FLOW_SCHEDULERS,
+        default_fill="neutral",
+        reference_repos=("lodestones/Chroma1-HD", "lodestones/Chroma1-HD"),
+        single_file_match=_is_chroma,  # BFL's FLUX names with the approximator, bare or ComfyUI-prefixed
+        safety_checker=False,
+        loop=Loop.FLOW,
+        # Real classifier-free guidance with the negative prompt (`do_classifier_free_guidance`:
+        # a scale above 1; each step then runs the transformer twice).
+        negative_prompt=True,
+        default_guidance=3.0,
+        pooled_prompt=False,  # T5 alone: no pooled embedding
+        large_text_encoder="text_encoder",
+        masked_prompt=True,
+    ),
 }
 
 #: Single files are matched in this order: the most specific marker first.
-_SINGLE_FILE_ORDER = (Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.Z_IMAGE, Arch.SDXL, Arch.SD2, Arch.SD15)
+_SINGLE_FILE_ORDER = (Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.CHROMA, Arch.Z_IMAGE, Arch.SDXL, Arch.SD2, Arch.SD15)
 
 
 class UnsupportedModel(ValueError):
@@ -713,8 +770,8 @@ def droppable(family: Family) -> tuple[str, ...]:
 
 def inspect_single_file(path: Path) -> SingleFile | None:
     """The family of a `.safetensors` checkpoint in its original layout (LDM for SD 1.x/2.x/
-    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1, ComfyUI's (or bare) for
-    Z-Image) or of a GGUF-quantised transformer; None for a pickle (never opened here) or a
+    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1 and Chroma, ComfyUI's (or
+    bare) for Z-Image) or of a GGUF-quantised transformer; None for a pickle (never opened here) or a
     layout the table does not know (`single_file_problem` then says what it is).  Never from
     the file's name."""
     if path.suffix.lower() not in (".safetensors", ".gguf"):
@@ -764,8 +821,9 @@ def single_file_problem(path: Path) -> str:
     """Why `inspect_single_file` found no family in `path`, for the person who chose it."""
     known = (
         "inpaintd reads SD 1.x/2.x and SDXL checkpoints (LDM layout), SD 3.x (Stability's layout), "
-        "FLUX.1 Fill and Kontext transformers (BFL's or ComfyUI's layout), Z-Image transformers (the original "
-        "or ComfyUI's layout) and GGUF quantisations of those"
+        "FLUX.1 Fill and Kontext transformers (BFL's or ComfyUI's layout), Chroma transformers (the original "
+        "or ComfyUI's layout), Z-Image transformers (the original or ComfyUI's layout) and GGUF quantisations "
+        "of those"
     )
     if path.suffix.lower() not in (".safetensors", ".gguf"):
         return f"{path}: a {path.suffix or 'suffix-less'} file is not inspected (a pickle is never opened to look); {known}"
@@ -779,7 +837,7 @@ def single_file_problem(path: Path) -> str:
         if "single_stream_modulation.lin.weight" in keys:
             what = "a FLUX.2 transformer (FLUX.2 klein runs from a diffusers folder or repo)"
         elif any(k.startswith("distilled_guidance_layer.") for k in keys):
-            what = "a Chroma transformer"
+            what = "a Chroma transformer that does not take FLUX.1's latents (Chroma1-Radiance works in pixel space)"
         elif "guidance_in.in_layer.weight" not in keys:
             what = "a FLUX.1 schnell transformer (text-to-image, no guidance embedding)"
         elif channels == [128]:
@@ -805,6 +863,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     Arch.FLUX_FILL.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
     Arch.FLUX_KONTEXT.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
     Arch.Z_IMAGE.value: ("transformer", "vae", "text_encoder"),
+    Arch.CHROMA.value: ("transformer", "vae", "text_encoder"),
 }
 #: What a component is, for people (by its class in model_index.json).
 _KINDS = {"CLIPTextModel": "CLIP text encoder", "CLIPTextModelWithProjection": "CLIP text encoder",

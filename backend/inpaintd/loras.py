@@ -47,8 +47,14 @@ MAX_LORAS = 8
 _BY_WIDTH = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 #: Families whose LoRA applies to another's models: SD 1.x LoRAs serve 1.x inpainting models
 #: of course; the listed family is the model family (`families.Arch` value).
+#: Chroma keeps FLUX.1's double and single blocks under their names, so a LoRA of their
+#: attention and MLP layers that says nothing more (most Chroma LoRAs) reads as FLUX's and
+#: loads into Chroma too; one that also trains the approximator (`distilled_guidance_layer`)
+#: or whose metadata names Chroma is Chroma's alone.  (A FLUX.1 LoRA's modulation layers have
+#: no counterpart in Chroma: diffusers loads the rest and warns.)
 COMPATIBLE = {"sd15": {"sd15"}, "sd2": {"sd2"}, "sdxl": {"sdxl"}, "sd3": {"sd3"},
-              "flux": {"flux-fill", "flux-kontext"}, "flux2": {"flux2-klein"}, "z-image": {"z-image"}}
+              "flux": {"flux-fill", "flux-kontext", "chroma"}, "flux2": {"flux2-klein"}, "z-image": {"z-image"},
+              "chroma": {"chroma"}}
 #: A Z-Image transformer's blocks as LoRA keys name them, in diffusers' names
 #: (`transformer.layers.0.attention.to_q`, ai-toolkit's `diffusion_model.layers.0...`) or
 #: kohya's (`lora_unet_layers_0_attention_to_q`): single-stream `layers.N` with `attention`
@@ -63,7 +69,7 @@ class Addon:
     name: str  # the file's stem: what jobs and prompts name
     kind: str  # "lora" or "embedding"
     path: Path
-    family: str  # "sd15", "sd2", "sdxl", "sd3", "flux", "flux2", "z-image", or "" (not recognised)
+    family: str  # "sd15", "sd2", "sdxl", "sd3", "flux", "flux2", "z-image", "chroma", or "" (not recognised)
     format: str = ""  # "kohya", "diffusers", "a1111", "pickle"
     trigger_words: list[str] = field(default_factory=list)
     default_weight: float = 1.0
@@ -93,7 +99,8 @@ def _header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 #: Metadata that names the base model: Stability's ModelSpec (`modelspec.architecture`,
 #: e.g. "stable-diffusion-xl-v1-base/lora") and kohya's `ss_base_model_version` ("sdxl_base_v1-0").
 _ARCHITECTURES = (("stable-diffusion-v1", "sd15"), ("stable-diffusion-v2", "sd2"), ("stable-diffusion-xl", "sdxl"),
-                  ("stable-diffusion-3", "sd3"), ("flux-1", "flux"), ("flux-2", "flux2"), ("z-image", "z-image"))
+                  ("stable-diffusion-3", "sd3"), ("flux-1", "flux"), ("flux-2", "flux2"), ("z-image", "z-image"),
+                  ("chroma", "chroma"))
 _KOHYA_BASES = (("sd_v1", "sd15"), ("sd_v2", "sd2"), ("sdxl", "sdxl"), ("sd3", "sd3"), ("flux1", "flux"), ("flux2", "flux2"))
 
 
@@ -115,6 +122,8 @@ def lora_family(keys: dict[str, Any]) -> tuple[str, str]:
     names = list(keys)
     kohya = any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in names)
     fmt = "kohya" if kohya else "diffusers"
+    if any("distilled_guidance_layer" in k for k in names):
+        return "chroma", fmt
     if any("single_transformer_blocks" in k or "single_blocks" in k for k in names):
         return ("flux2" if any("single_stream_modulation" in k for k in names) else "flux"), fmt
     if any(_Z_IMAGE_BLOCK.search(k) for k in names):
@@ -197,7 +206,7 @@ def describe(path: Path, kind: str, allow_pickle: bool) -> Addon:
         addon.family, addon.format = embedding_family(keys), "a1111" if "emb_params" in keys else "diffusers"
     addon.family = metadata_family(meta) or addon.family  # what its maker says, where it says it
     if not addon.family:
-        addon.problem = f"{path}: its tensors match no family inpaintd knows (SD 1.x/2.x, SDXL, SD 3, FLUX, Z-Image)"
+        addon.problem = f"{path}: its tensors match no family inpaintd knows (SD 1.x/2.x, SDXL, SD 3, FLUX, Z-Image, Chroma)"
     addon.trigger_words, addon.default_weight = words, weight if weight is not None else 1.0
     return addon
 

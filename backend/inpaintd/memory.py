@@ -65,6 +65,10 @@ WORKING_AT_NATIVE: dict[str, float] = {
     # decodes with FLUX.1's VAE; its weights (6.15 B, Qwen3-4B's 4.02 B, the VAE's 84 M) are read
     # from the files as for every family.
     "z-image": 4.8e9,
+    # An estimate, not measured: FLUX.1's figure.  Chroma is FLUX.1-schnell's transformer pruned
+    # (8.9 B, the same 3072 width and 4096 image tokens at 1024^2, at most 512 T5 tokens); its CFG
+    # runs the prompt and the negative prompt one after the other, not as a batch of two.
+    "chroma": 4.8e9,
 }
 DEFAULT_WORKING = 4.8e9
 

@@ -491,7 +491,7 @@ def save_single_file(model_dir: str | Path, out_path: str | Path) -> Path:
 # ones, and a size multiple of 16 (SD 3's 2x2 patches, FLUX's 2x2 latent packing).
 
 #: Test-model families `make-test-model --family` knows; "sd" is the tiny SD 1.5 above.
-TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit", "z-image")
+TEST_FAMILIES = ("sd", "sdxl", "sd3", "flux-fill", "flux-kontext", "flux2-klein", "qwen-edit", "z-image", "chroma")
 
 _FLOW_LATENT_CHANNELS = 16  # SD 3's and FLUX's VAEs
 _T5_WIDTH = 64  # SD 3 pads the two CLIPs' concatenated 2 x 32 features to the T5 width
@@ -806,6 +806,59 @@ def make_z_image_test_model(path: str | Path) -> Path:
     return path
 
 
+# Chroma (lodestones/Chroma1-HD): FLUX.1-schnell's double and single blocks without their
+# modulation linears, whose shifts and scales come from one small MLP instead (the
+# `distilled_guidance_layer` approximator, fed the timestep and each modulation's index), a T5
+# encoder alone with its padding masked, and FLUX.1's VAE with 2x2 latent packing.
+
+
+def make_chroma_test_model(path: str | Path) -> Path:
+    """A tiny Chroma pipeline (ChromaTransformer2DModel with one double and one single block
+    and a two-layer approximator, the two-layer T5, the 16-channel FLUX.1 VAE), saved as
+    `ChromaPipeline`, the class lodestones/Chroma1-HD carries.  Its transformer config is
+    diffusers' own, without the `guidance_embeds: false` that Chroma1-HD's still carries from
+    FLUX (the loop supplies it: `flow_inpaint._default_guidance_embeds`)."""
+    import torch
+    from diffusers import ChromaInpaintPipeline, ChromaTransformer2DModel
+    from transformers import T5TokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    _write_t5_tokenizer(path / "_tok" / "t5")
+    tokenizer = T5TokenizerFast.from_pretrained(str(path / "_tok" / "t5"))
+    vae = _flow_vae(shift_factor=0.1159, scaling_factor=0.3611)  # FLUX.1's VAE figures, as Chroma's
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * _FLOW_LATENT_CHANNELS,  # packed 2x2: 64, as the real one
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=_T5_WIDTH,
+        axes_dims_rope=(4, 6, 6),  # sums to the head width
+        # the approximator's input: timestep (a quarter), guidance (a quarter), the modulation
+        # index (half); 64 in the real one, 16 here
+        approximator_num_channels=16,
+        approximator_hidden_dim=32,
+        approximator_layers=2,
+    ).eval()
+    pipe = ChromaInpaintPipeline(
+        # Chroma1-HD's scheduler_config.json: FlowMatchEuler without dynamic shifting, shift 1
+        scheduler=_flow_scheduler(),
+        vae=vae,
+        text_encoder=_t5(len(tokenizer)),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    _remove_tree(path / "_tok")
+    _set_class_name(path, "ChromaPipeline")
+    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    return path
+
+
 # Qwen-Image-Edit: Qwen-Image's MMDiT (64 packed channels in, 16 out), the 16-channel 3D VAE
 # of Wan with a mean and std per latent channel, and a Qwen2.5-VL text encoder that reads the
 # picture through its vision tower, whose last hidden states (width 3584 in the real 7B, 16
@@ -940,6 +993,8 @@ def make_family_test_model(path: str | Path, family: str = "sd") -> Path:
         return make_qwen_edit_test_model(path)
     if family == "z-image":
         return make_z_image_test_model(path)
+    if family == "chroma":
+        return make_chroma_test_model(path)
     raise ValueError(f"unknown test-model family '{family}'; known: {', '.join(TEST_FAMILIES)}")
 
 
@@ -1004,9 +1059,9 @@ def make_test_embedding(path: str | Path, *, seed: int = 1, vectors: int = 2, fa
 
 
 def make_test_transformer_lora(model_dir: str | Path, path: str | Path, *, seed: int = 1) -> Path:
-    """A random LoRA of the attention projections of a tiny SD 3, FLUX.1 or Z-Image pipeline's
-    transformer (`make_family_test_model`), in diffusers' format, its family in the ModelSpec
-    metadata (SD 3, FLUX.1 or Z-Image, read from the saved pipeline's class)."""
+    """A random LoRA of the attention projections of a tiny SD 3, FLUX.1, Z-Image or Chroma
+    pipeline's transformer (`make_family_test_model`), in diffusers' format, its family in the
+    ModelSpec metadata (SD 3, FLUX.1, Z-Image or Chroma, read from the saved pipeline's class)."""
     import torch
     from diffusers import DiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
@@ -1021,6 +1076,7 @@ def make_test_transformer_lora(model_dir: str | Path, path: str | Path, *, seed:
     type(pipe).save_lora_weights(str(path.parent), transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
                                  weight_name=path.name)
     name = type(pipe).__name__
-    arch = "flux-1-dev" if "Flux" in name else "z-image-turbo" if "ZImage" in name else "stable-diffusion-3-medium"
+    arch = ("flux-1-dev" if "Flux" in name else "z-image-turbo" if "ZImage" in name else "chroma" if "Chroma" in name
+            else "stable-diffusion-3-medium")
     save_file(load_file(str(path)), str(path), metadata={"modelspec.architecture": f"{arch}/lora"})
     return path

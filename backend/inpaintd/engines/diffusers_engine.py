@@ -6,8 +6,8 @@ accepts dedicated inpainting checkpoints (9-channel UNet: latents + mask + maske
 and ordinary 4-channel ones, for which diffusers' inpaint pipelines blend the known
 latents back in under the mask at every step.  The family row's `loop` chooses the
 sampler: UNet families run `sd_inpaint.InpaintLoop`, the flow-matching transformer
-families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein, Qwen-Image-Edit, Z-Image)
-`flow_inpaint.FlowInpaintLoop`.
+families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein, Qwen-Image-Edit, Z-Image,
+Chroma) `flow_inpaint.FlowInpaintLoop`.
 With `--ip-adapter`, SD 1.x and SDXL models load an IP-Adapter too, and their jobs'
 reference images steer the style (`ip_adapter.py`); the flow families that take
 references take them whole, and a `reference_weight` of 0 drops them for every family.

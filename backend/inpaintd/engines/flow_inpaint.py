@@ -1,10 +1,10 @@
 """The flow-matching transformer families (SD 3.5, FLUX.1 Fill and Kontext, FLUX.2 klein,
-Qwen-Image-Edit, Z-Image) through their stock pipelines.
+Qwen-Image-Edit, Z-Image, Chroma) through their stock pipelines.
 
 Unlike the UNet families (`sd_inpaint.py`, inpaintd's own loop), these run diffusers'
 `StableDiffusion3InpaintPipeline`, `FluxFillPipeline`, `FluxKontextInpaintPipeline`,
-`Flux2KleinInpaintPipeline`, `QwenImageEditInpaintPipeline` and `ZImageInpaintPipeline` as
-they are, and steer them from `callback_on_step_end`, which fires once per denoising step:
+`Flux2KleinInpaintPipeline`, `QwenImageEditInpaintPipeline`, `ZImageInpaintPipeline` and
+`ChromaInpaintPipeline` as they are, and steer them from `callback_on_step_end`, which fires once per denoising step:
 
 - progress: one `denoising` event per step, with the pipeline's own count of steps
   (`pipe.num_timesteps`, set before its loop starts);
@@ -18,15 +18,17 @@ they are, and steer them from `callback_on_step_end`, which fires once per denoi
   Qwen2.5-VL, the row's `vision_prompt`): its embeddings depend on the image, so they are
   encoded here, per picture, and kept only for the same pixels; where the pipeline takes its
   embeddings as a list, one variable-length tensor per prompt (Z-Image, the row's
-  `listed_prompt`), each variant is one element of that list;
+  `listed_prompt`), each variant is one element of that list; where it takes a token mask with
+  its embeddings (Chroma's T5 padding mask, the row's `masked_prompt`), the mask is cached and
+  repeated with them, one row per variant;
 - guidance: the distilled guidance embedding (FLUX), classifier-free guidance with the
-  negative prompt (SD 3, FLUX.2 klein Base, Z-Image above a scale of 0), or the latter under
+  negative prompt (SD 3, FLUX.2 klein Base, Z-Image above a scale of 0, Chroma above 1), or the latter under
   the name `true_cfg_scale` (Qwen-Image, the row's `true_cfg`);
 - reference images (the row's `reference_image`): Kontext's and klein's `image_reference`,
   scaled to at most a megapixel;
 - the output: latents (`output_type="latent"`), decoded here in chunks of at most a
-  megapixel to uint8 on the device, as `sd_inpaint` does (Z-Image's latents are not packed:
-  FLUX.1's VAE, its scale and shift undone as for FLUX.1).  This also fixes a slip in
+  megapixel to uint8 on the device, as `sd_inpaint` does (Z-Image's latents are not packed,
+  Chroma's are; both decode with FLUX.1's VAE, its scale and shift undone as for FLUX.1).  This also fixes a slip in
   diffusers 0.42.1's SD 3 inpaint pipeline, which decodes without adding the VAE's
   `shift_factor` back (its text-to-image pipeline does): colours would drift;
 - the size: the runner has chosen it; a family whose pipeline would resize the image to
@@ -73,14 +75,15 @@ class FlowPrompt:
     here, encoded with the job's picture when the job runs (`FlowInpaintLoop.__call__`), to
     `positive` and `negative` with their token masks; Z-Image: `positive`, `negative`, each
     the one element of the list its `encode_prompt` gives, tokens x width (its real tokens
-    only: no batch axis, no mask).
+    only: no batch axis, no mask); Chroma: `positive`, `negative`, each padded to T5's length
+    with its `mask` (its real tokens and one padding token; the rest masked out).
     """
 
     positive: torch.Tensor | None
     pooled: torch.Tensor | None
     negative: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
-    #: Which tokens of `positive`/`negative` are real (Qwen's encoders; None: all of them).
+    #: Which tokens of `positive`/`negative` are real (Qwen's and Chroma's encoders; None: all of them).
     mask: torch.Tensor | None = None
     negative_mask: torch.Tensor | None = None
     #: (prompt, negative prompt) still to be encoded with the picture (a `vision_prompt` family).
@@ -240,19 +243,31 @@ def reference_picture(reference: np.ndarray) -> Image.Image:
     return picture if size == (width, height) else picture.resize(size, Image.Resampling.LANCZOS)
 
 
+def _default_guidance_embeds(pipe: Any) -> None:
+    """Say in the transformer's config that it has no guidance embedding, where it does not say.
+
+    diffusers 0.42.1's `ChromaInpaintPipeline` reads `transformer.config.guidance_embeds`,
+    which `ChromaTransformer2DModel` does not define (its guidance is the approximator):
+    lodestones' config.json carries the FLUX leftover `guidance_embeds: false` and diffusers
+    keeps it, but a config without it fails every job with an AttributeError."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and "guidance_embeds" not in transformer.config:
+        transformer.register_to_config(guidance_embeds=False)
+
+
 class FlowInpaintLoop:
     """Runs one loaded flow pipeline (SD 3.x, FLUX.1 Fill or Kontext, FLUX.2 klein,
-    Qwen-Image-Edit, Z-Image) for a prepared job."""
+    Qwen-Image-Edit, Z-Image, Chroma) for a prepared job."""
 
     def __init__(
         self, pipe: Any, device: str, *, negative_prompt: bool, pins_size: bool = False, pooled_prompt: bool = True,
         max_pixels: int | None = None, family: Family | None = None,
     ) -> None:
         """`negative_prompt`: the family conditions on a negative prompt with classifier-free
-        guidance (SD 3, FLUX.2 klein Base, Qwen-Image, Z-Image); otherwise `guidance_scale` is the
+        guidance (SD 3, FLUX.2 klein Base, Qwen-Image, Z-Image, Chroma); otherwise `guidance_scale` is the
         distilled guidance (FLUX.1).  `pins_size`: the pipeline resizes its input unless told
         not to (Kontext, Qwen-Image-Edit).  `pooled_prompt`: its encoders give a pooled
-        embedding too (not FLUX.2, Qwen or Z-Image).  `max_pixels`: the pipeline scales larger inputs
+        embedding too (not FLUX.2, Qwen, Z-Image or Chroma).  `max_pixels`: the pipeline scales larger inputs
         down to this area (FLUX.2 klein).  `family`: its row, for the rest (true CFG, a
         vision-language prompt, references); looked up from the pipeline's class when not given."""
         from ..families import family_of_pipeline
@@ -273,6 +288,10 @@ class FlowInpaintLoop:
         self.vision_prompt = self.family.vision_prompt
         #: Embeddings go to and come from the pipeline as lists, one tensor per prompt (Z-Image).
         self.listed_prompt = self.family.listed_prompt
+        #: Embeddings go to and come from the pipeline with their token masks (Chroma).
+        self.masked_prompt = self.family.masked_prompt
+        if self.masked_prompt:
+            _default_guidance_embeds(pipe)
         self._vision_cache: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         if self.vision_prompt and getattr(pipe, "processor", None) is None:
             pipe.processor = QwenVLProcessor(pipe.tokenizer)
@@ -297,7 +316,7 @@ class FlowInpaintLoop:
 
     def encode(self, prompt: str, negative: str) -> FlowPrompt:
         """The prompt pair through the pipeline's own encoders (CLIP x2 and T5 for SD 3,
-        CLIP and T5 for FLUX.1, Qwen3 for FLUX.2 and Z-Image).  The negative side is always
+        CLIP and T5 for FLUX.1, Qwen3 for FLUX.2 and Z-Image, T5 alone for Chroma).  The negative side is always
         encoded where the family takes one, so that one cache entry serves any guidance scale.
 
         A vision-language encoder (Qwen-Image-Edit) needs the picture, which the engine's
@@ -317,6 +336,14 @@ class FlowInpaintLoop:
                     negative_prompt=negative,
                 )
                 return FlowPrompt(positives[0], None, negatives[0] if self.negative_prompt else None)
+            if self.masked_prompt:
+                # Chroma: (embeds, text ids, mask, negative embeds, negative text ids, negative
+                # mask); the masks keep the real tokens and one padding token.
+                pos, _ids, mask, neg, _neg_ids, neg_mask = pipe.encode_prompt(
+                    prompt=prompt, negative_prompt=negative, device=pipe._execution_device, num_images_per_prompt=1,
+                    do_classifier_free_guidance=self.negative_prompt,
+                )
+                return FlowPrompt(pos, None, neg, mask=mask, negative_mask=neg_mask)
             if not self.pooled_prompt:
                 device = pipe._execution_device
                 pos, _text_ids = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1)
@@ -360,7 +387,9 @@ class FlowInpaintLoop:
         a scale of 1, where the pipeline uses it (for Qwen-Image-Edit that also spares a pass
         of the VL model).  A `listed_prompt` pipeline (Z-Image) takes lists, one element per
         variant, and the negative list exactly when it guides (any scale above 0): given
-        embeddings and no negative ones, it refuses to guide."""
+        embeddings and no negative ones, it refuses to guide.  A `masked_prompt` pipeline
+        (Chroma) takes each embedding's token mask under its own names, and guides above a
+        scale of 1 only, as true CFG does."""
         emb = job.prompt
         if self.listed_prompt:
             assert emb.positive is not None
@@ -369,7 +398,12 @@ class FlowInpaintLoop:
                 assert emb.negative is not None
                 listed["negative_prompt_embeds"] = [emb.negative] * n
             return listed
-        use_negative = self.negative_prompt and (not self.true_cfg or job.guidance_scale > 1.0)
+        guides_above_one = self.true_cfg or self.masked_prompt
+        use_negative = self.negative_prompt and (not guides_above_one or job.guidance_scale > 1.0)
+        mask_name, negative_mask_name = (
+            ("prompt_attention_mask", "negative_prompt_attention_mask") if self.masked_prompt
+            else ("prompt_embeds_mask", "negative_prompt_embeds_mask")
+        )
         if emb.text is not None:
             prompt, negative = emb.text
             digest = hashlib.blake2b(picture.tobytes(), digest_size=16).hexdigest() + f"{picture.size}"
@@ -379,14 +413,14 @@ class FlowInpaintLoop:
         assert emb.positive is not None
         kwargs: dict[str, Any] = {"prompt_embeds": emb.positive.repeat(n, 1, 1)}
         if emb.mask is not None:
-            kwargs["prompt_embeds_mask"] = emb.mask.repeat(n, 1)
+            kwargs[mask_name] = emb.mask.repeat(n, 1)
         if emb.pooled is not None:
             kwargs["pooled_prompt_embeds"] = emb.pooled.repeat(n, 1)
         if use_negative:
             assert emb.negative is not None
             kwargs["negative_prompt_embeds"] = emb.negative.repeat(n, 1, 1)
             if emb.negative_mask is not None:
-                kwargs["negative_prompt_embeds_mask"] = emb.negative_mask.repeat(n, 1)
+                kwargs[negative_mask_name] = emb.negative_mask.repeat(n, 1)
             if emb.negative_pooled is not None:
                 kwargs["negative_pooled_prompt_embeds"] = emb.negative_pooled.repeat(n, 1)
         return kwargs
@@ -394,8 +428,8 @@ class FlowInpaintLoop:
     def _guidance_kwargs(self, job: FlowInputs) -> dict[str, Any]:
         """Qwen-Image's guidance is classifier-free, `true_cfg_scale`; its `guidance_scale` is
         for checkpoints with a guidance embedding, which it has not (the pipeline warns when
-        given one).  The others take `guidance_scale` (distilled for FLUX, CFG for SD 3, klein
-        and Z-Image)."""
+        given one).  The others take `guidance_scale` (distilled for FLUX, CFG for SD 3, klein,
+        Z-Image and Chroma)."""
         if self.true_cfg:
             return {"true_cfg_scale": job.guidance_scale, "guidance_scale": None}
         return {"guidance_scale": job.guidance_scale}
@@ -486,7 +520,7 @@ class FlowInpaintLoop:
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents to uint8 pixels, undoing the VAE's normalisation, a megapixel per call.
 
-        SD 3 / FLUX.1 / Z-Image (FLUX.1's VAE): one scale and shift.  FLUX.2's VAE has neither: its pipeline hands back
+        SD 3 / FLUX.1 / Z-Image / Chroma (FLUX.1's VAE): one scale and shift.  FLUX.2's VAE has neither: its pipeline hands back
         latents with its batch norm undone.  Qwen-Image's (Wan's 3D VAE): a mean and a std per
         channel, and a time axis of one frame (latents B x C x 1 x h x w), as its pipeline
         decodes them."""

@@ -31,8 +31,8 @@ its T5 another 9.5 GB), so the daemon can store their weights in fewer bits:
 
 Component names: ``denoiser`` (the family's ``unet`` or ``transformer``) and ``text_encoder``
 (the family's large text encoder: SD 3's T5 ``text_encoder_3``, FLUX.1's T5
-``text_encoder_2``, FLUX.2 klein's, Qwen-Image's and Z-Image's Qwen ``text_encoder``), or those real
-names.  The CLIP encoders and the VAE are small and are left alone.  A plan is checked
+``text_encoder_2``, Chroma's T5 ``text_encoder``, FLUX.2 klein's, Qwen-Image's and Z-Image's
+Qwen ``text_encoder``), or those real names.  The CLIP encoders and the VAE are small and are left alone.  A plan is checked
 against the platform before anything loads: a method that cannot run here fails with the
 method, the reason and what to use instead.
 
@@ -94,6 +94,7 @@ _LARGE_TEXT_ENCODER = {
     "qwen-image": "text_encoder",
     "qwen-edit": "text_encoder",
     "z-image": "text_encoder",
+    "chroma": "text_encoder",
 }
 
 #: Layers that layerwise casting leaves in the compute dtype, on top of diffusers' defaults
@@ -277,6 +278,9 @@ def check_available(methods: Mapping[str, str], device: str, *, from_gguf: Colle
 #:   6.15 B, and Qwen3-4B's, 4.02 B): its Qwen3 as klein's (the embedding, 9.7%); fp8 keeps
 #:   0.2% of its transformer (norms, `t_embedder`, `cap_embedder`; the `adaLN_modulation`
 #:   linears are cast), below the table's 1%.
+#: - Chroma (Chroma1-HD's transformer config, diffusers' defaults, 8.90 B): its T5-XXL is
+#:   FLUX.1's (24%); fp8 keeps 0.15% of its transformer (the norms, the top `proj_out`; it has
+#:   no modulation linears, the approximator's are cast), below the table's 1%.
 _KEPT_SHARE: dict[tuple[str, str, str], float] = {
     ("fp8", DENOISER, "sd3"): 0.33,
     ("fp8", DENOISER, "flux-fill"): 0.27,
@@ -291,6 +295,8 @@ _KEPT_SHARE: dict[tuple[str, str, str], float] = {
     ("sdnq", TEXT_ENCODER, "flux2-klein"): 0.09,
     ("fp8", TEXT_ENCODER, "z-image"): 0.09,
     ("sdnq", TEXT_ENCODER, "z-image"): 0.09,
+    ("fp8", TEXT_ENCODER, "chroma"): 0.24,
+    ("sdnq", TEXT_ENCODER, "chroma"): 0.24,
 }
 
 
