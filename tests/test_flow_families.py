@@ -665,3 +665,37 @@ def test_qwen_edit_through_the_loop(flow_models: dict[str, Path]) -> None:
         assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_vae_encodes_each_picture_once_per_job(flow_models: dict[str, Path], family: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine runs one pipeline call per variant, and the stock pipelines encode the
+    picture (and the masked picture) in each; `encode_once` runs each distinct input once per
+    job, and the pixels are those
+    of encoding every time (only the sampling from the latent distribution uses each
+    variant's generator, and that still happens per variant)."""
+    from contextlib import contextmanager
+
+    from inpaintd.engines import diffusers_engine
+    from inpaintd.engines.diffusers_engine import DiffusersEngine
+
+    engine = DiffusersEngine(flow_models[family], device="cpu")
+    try:
+        request = _request(seeds=[1, 2, 3], steps=2, strength=1.0)
+        once = engine.generate(request, lambda *a: None, lambda: False).images
+        run, spared = engine.vae_encodes
+        print(f"\n[vae] {family}: 3 variants, {run} encode(s) run, {spared} spared")
+        assert run <= 2 and spared >= 2, (run, spared)
+
+        @contextmanager
+        def every_time(vae):  # the stock behaviour: no sharing
+            yield [0, 0]
+
+        monkeypatch.setattr(diffusers_engine, "encode_once", every_time)
+        again = engine.generate(request, lambda *a: None, lambda: False).images
+        assert len(once) == len(again) == 3
+        assert all(np.array_equal(a, b) for a, b in zip(once, again, strict=True))
+        assert not np.array_equal(once[0], once[1])  # each variant still its own
+    finally:
+        engine.close()

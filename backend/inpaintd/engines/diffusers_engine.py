@@ -61,7 +61,7 @@ from .base import (
     check_cancel,
     is_out_of_memory,
 )
-from .flow_inpaint import FlowInpaintLoop, FlowInputs
+from .flow_inpaint import FlowInpaintLoop, FlowInputs, encode_once
 from .ip_adapter import IP_ADAPTER_FILES, ReferenceEncoder, load_ip_adapter, takes_ip_adapter
 from .pacing import StepPacer
 from .quantize import Quantization, QuantizeError, pipeline_quantization, resolve_plan
@@ -344,6 +344,8 @@ class DiffusersEngine:
 
         The UNet speed-ups (fused QKV, channels-last, compile) are not applied to them yet."""
         self.vae_scale_factor = int(self.pipe.vae_scale_factor)
+        #: The last job's VAE encodes: (run, spared by `encode_once`).
+        self.vae_encodes = (0, 0)
         self.size_multiple = self.family.size_multiple
         # SD 3's transformer config has its sample size; FLUX's has none (its pipeline's
         # default_sample_size is 128, i.e. the family's 1024), but a config may name one.
@@ -924,8 +926,11 @@ class DiffusersEngine:
                 # One pipeline call per variant: the stock pipelines draw the VAE samples of
                 # the image with the first generator only, so in a batch a variant's noise
                 # would depend on its place; alone, each seed means the same pixels always.
-                # (At these models' sizes one image already fills a GPU.)
-                images = np.concatenate([call([g], i, len(generators)) for i, g in enumerate(generators)])
+                # (At these models' sizes one image already fills a GPU.)  The picture is
+                # VAE-encoded once for them all (`encode_once`; each still samples its own).
+                with encode_once(self.pipe.vae) as encodes:
+                    images = np.concatenate([call([g], i, len(generators)) for i, g in enumerate(generators)])
+                self.vae_encodes = (encodes[0], encodes[1])
             else:
                 images = call(generators, 0, 1)
         except Exception as exc:
