@@ -13,12 +13,20 @@
   names without the modulation linears (`img_mod`, `txt_mod`, `modulation`, the final
   `adaLN_modulation`), plus the approximator `distilled_guidance_layer.*` (`in_layer`/
   `out_layer`, `norms.N.scale`); bare, or with `model.diffusion_model.` in ComfyUI's saves.
+- FLUX.2 klein as BFL ships `flux-2-klein-4b.safetensors`: the transformer alone in BFL's
+  FLUX.2 names (`double_blocks.*` with fused `qkv`, `single_blocks.*.linear1`, the shared
+  `double_stream_modulation_*`/`single_stream_modulation`, no biases), bare; ComfyUI's saves
+  put `model.diffusion_model.` in front.
+- Qwen-Image-Edit as ComfyUI's `qwen_image_edit_bf16.safetensors`: the transformer alone in
+  diffusers' own names, with `model.diffusion_model.` in front or bare (the GGUFs).
 - GGUF as city96's `flux1-fill-dev-Q8_0.gguf` / `sd3.5_large-Q8_0.gguf`: the same bare
   names, the Linear layers' 2-D weights quantised (Q8_0) or all of them F16.
 
 The key layouts are the inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`,
-`convert_flux_transformer_checkpoint_to_diffusers`, `convert_chroma_transformer_checkpoint_to_diffusers`
-and `convert_z_image_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py),
+`convert_flux_transformer_checkpoint_to_diffusers`, `convert_chroma_transformer_checkpoint_to_diffusers`,
+`convert_flux2_transformer_checkpoint_to_diffusers` and
+`convert_z_image_transformer_checkpoint_to_diffusers` (diffusers/loaders/single_file_utils.py;
+Qwen-Image's mapping there is the identity),
 written for any config so that the tiny ones round-trip: every parameter is renamed or the
 call fails, and loading the file through diffusers must give the tiny model's tensors back.
 
@@ -286,6 +294,74 @@ def write_z_image_file(folder: Path, out: Path, *, prefix: str = DENOISER_PREFIX
     return _save({prefix + k: v for k, v in tensors.items()}, out, None, None)
 
 
+# -- FLUX.2 klein (BFL's layout) --------------------------------------------------------------
+
+
+def flux2_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A Flux2Transformer2DModel state dict in BFL's FLUX.2 names (no prefix; FLUX.2's
+    Linear layers have no biases, and its modulation is one set shared by all blocks)."""
+    r = _Renamer(state)
+    r.move("time_guidance_embed.timestep_embedder.linear_1", "time_in.in_layer")
+    r.move("time_guidance_embed.timestep_embedder.linear_2", "time_in.out_layer")
+    r.move("time_guidance_embed.guidance_embedder.linear_1", "guidance_in.in_layer")  # FLUX.2 dev only
+    r.move("time_guidance_embed.guidance_embedder.linear_2", "guidance_in.out_layer")
+    r.move("double_stream_modulation_img.linear", "double_stream_modulation_img.lin")
+    r.move("double_stream_modulation_txt.linear", "double_stream_modulation_txt.lin")
+    r.move("single_stream_modulation.linear", "single_stream_modulation.lin")
+    r.move("x_embedder", "img_in")
+    r.move("context_embedder", "txt_in")
+    for i in range(int(config["num_layers"])):
+        b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        for stream, qkv in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+            r.put(f"{d}.{stream}_attn.qkv.weight", torch.cat([r.take(f"{b}.attn.{x}.weight") for x in qkv], dim=0))
+        r.put(f"{d}.img_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
+        r.put(f"{d}.img_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
+        r.put(f"{d}.txt_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_added_q.weight"))
+        r.put(f"{d}.txt_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_added_k.weight"))
+        r.move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
+        r.move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
+        r.move(f"{b}.ff.linear_in", f"{d}.img_mlp.0")
+        r.move(f"{b}.ff.linear_out", f"{d}.img_mlp.2")
+        r.move(f"{b}.ff_context.linear_in", f"{d}.txt_mlp.0")
+        r.move(f"{b}.ff_context.linear_out", f"{d}.txt_mlp.2")
+    for i in range(int(config["num_single_layers"])):
+        b, s = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        r.move(f"{b}.attn.to_qkv_mlp_proj", f"{s}.linear1")  # fused in diffusers too: no width to split by
+        r.move(f"{b}.attn.to_out", f"{s}.linear2")
+        r.put(f"{s}.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
+        r.put(f"{s}.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
+    r.move("proj_out", "final_layer.linear")
+    r.put("final_layer.adaLN_modulation.1.weight", _swap_halves(r.take("norm_out.linear.weight")))
+    return r.done()
+
+
+def write_flux2_file(folder: Path, out: Path, *, prefix: str = "", metadata: dict[str, str] | None = None) -> Path:
+    """The tiny klein transformer in `folder` as BFL's `flux-2-klein-4b.safetensors` holds it
+    (`prefix` "model.diffusion_model." for ComfyUI's saves)."""
+    tensors = flux2_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
+    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+
+
+# -- Qwen-Image-Edit (diffusers' own names, as ComfyUI's files keep them) ---------------------
+
+
+def qwen_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A QwenImageTransformer2DModel state dict as ComfyUI's `qwen_image_edit_bf16.safetensors`
+    and the GGUFs hold it: diffusers' own names (diffusers' single-file mapping for Qwen-Image
+    is the identity), every tensor kept."""
+    r = _Renamer(state)
+    for key in list(r.source):
+        r.put(key, r.take(key))
+    return r.done()
+
+
+def write_qwen_file(folder: Path, out: Path, *, prefix: str = DENOISER_PREFIX,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """The tiny Qwen-Image-Edit transformer in `folder` as ComfyUI's file (`prefix` "" for bare names)."""
+    tensors = qwen_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
+    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+
+
 def _save(tensors: dict[str, torch.Tensor], out: Path, dtype: torch.dtype | None, metadata: dict[str, str] | None) -> Path:
     from safetensors.torch import save_file
 
@@ -325,9 +401,11 @@ def write_gguf(tensors: dict[str, torch.Tensor], out: Path, arch: str, quant: st
 
 
 def gguf_of(folder: Path, family: str, out: Path, quant: str = "Q8_0") -> Path:
-    """The tiny `family` ("sd3", "flux" or "chroma") transformer in `folder` as a GGUF file."""
+    """The tiny `family` ("sd3", "flux", "chroma", "flux2" or "qwen_image") transformer in `folder`
+    as a GGUF file."""
     state, config = _component_weights(folder, "transformer"), _config(folder, "transformer")
-    layouts = {"sd3": sd3_original, "flux": flux_original, "chroma": chroma_original}
+    layouts = {"sd3": sd3_original, "flux": flux_original, "chroma": chroma_original, "flux2": flux2_original,
+               "qwen_image": qwen_original}
     return write_gguf(layouts[family](state, config), out, family, quant)
 
 

@@ -153,6 +153,81 @@ def test_chroma_single_files_by_their_keys(tmp_path: Path) -> None:
     assert "a Chroma transformer that does not take FLUX.1's latents" in single_file_problem(pixels)
 
 
+def _klein_keys(width: int = 3072, *, guidance: bool = False) -> dict[str, list[int]]:
+    """The tensors of `flux-2-klein-4b.safetensors` that tell it apart (real shapes; the 9B is
+    4096 wide, FLUX.2 dev 6144 with a guidance embedding)."""
+    keys = {"double_blocks.0.img_attn.qkv.weight": [3 * width, width], "double_blocks.0.img_attn.norm.key_norm.scale": [128],
+            "single_stream_modulation.lin.weight": [3 * width, width], "img_in.weight": [width, 128],
+            "txt_in.weight": [width, 7680 if width == 3072 else 12288], "single_blocks.0.linear1.weight": [9 * width, width]}
+    return {**keys, "guidance_in.in_layer.weight": [width, 256]} if guidance else keys
+
+
+def _with_metadata(path: Path, names: dict[str, list[int]], metadata: dict[str, str]) -> Path:
+    header: dict[str, object] = {n: {"dtype": "F16", "shape": v, "data_offsets": [0, 0]} for n, v in names.items()}
+    header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return path
+
+
+def test_klein_single_files_by_their_keys(tmp_path: Path) -> None:
+    """FLUX.2 klein, bare (BFL's file) or ComfyUI-prefixed, whatever its name: the 4B's configs
+    for a 3072-wide transformer, the 9B's for a 4096-wide one, a Base repo where the metadata
+    says so.  FLUX.2 dev (the guidance embedding) is refused, saying what it is; klein is not
+    taken for FLUX.1 or Chroma, nor they for klein."""
+    from inpaintd.families import single_file_problem
+
+    for name, prefix in (("qwen_image_edit_bf16.safetensors", ""), ("flux1-fill-dev.safetensors", "model.diffusion_model.")):
+        sf = inspect_single_file(_safetensors(tmp_path / name, {prefix + k: v for k, v in _klein_keys().items()}))
+        assert sf and sf.family.arch == Arch.FLUX2_KLEIN and sf.components == {"transformer"}
+        assert sf.reference_repo == "black-forest-labs/FLUX.2-klein-4B" and sf.what == "a FLUX.2 klein transformer (safetensors)"
+    nine = inspect_single_file(_safetensors(tmp_path / "9b.safetensors", _klein_keys(4096)))
+    assert nine and nine.family.arch == Arch.FLUX2_KLEIN and nine.reference_repo == "black-forest-labs/FLUX.2-klein-9B"
+    base = inspect_single_file(_with_metadata(tmp_path / "b.safetensors", _klein_keys(4096),
+                                              {"modelspec.title": "FLUX.2 [klein] Base 9B"}))
+    assert base and base.reference_repo == "black-forest-labs/FLUX.2-klein-base-9B"
+    dev = _safetensors(tmp_path / "flux-2-klein-4b.safetensors", _klein_keys(6144, guidance=True))
+    assert inspect_single_file(dev) is None
+    assert "a FLUX.2 dev transformer (guidance-distilled" in single_file_problem(dev)
+    chroma = inspect_single_file(_safetensors(tmp_path / "c.safetensors", _chroma_keys()))
+    assert chroma and chroma.family.arch == Arch.CHROMA
+
+
+_QWEN = {"txt_norm.weight": [3584], "img_in.weight": [3072, 64], "txt_in.weight": [3072, 3584],
+         "transformer_blocks.0.img_mod.1.weight": [18432, 3072], "transformer_blocks.0.txt_mlp.net.0.proj.weight": [12288, 3072],
+         "transformer_blocks.0.attn.to_q.weight": [3072, 3072]}
+
+
+def test_qwen_edit_single_files_by_their_keys_and_metadata(tmp_path: Path) -> None:
+    """Qwen-Image-Edit, ComfyUI-prefixed or bare, whatever its name.  Qwen-Image and
+    Edit-2509/2511 have the same tensors: a file whose metadata names one of them is refused
+    saying so, one that names none is taken for Qwen-Image-Edit.  Qwen-Image-2.1, Layered and
+    the ControlNets (their own tensors) are refused whatever the metadata."""
+    from inpaintd.families import single_file_problem
+
+    for name, prefix in (("flux-2-klein-4b.safetensors", "model.diffusion_model."), ("z_image_turbo.safetensors", "")):
+        sf = inspect_single_file(_safetensors(tmp_path / name, {prefix + k: v for k, v in _QWEN.items()}))
+        assert sf and sf.family.arch == Arch.QWEN_EDIT and sf.components == {"transformer"}
+        assert sf.reference_repo == "Qwen/Qwen-Image-Edit" and sf.what == "a Qwen-Image-Edit transformer (safetensors)"
+    said = {"Qwen-Image-Edit": None, "qwen image edit bf16": None, "Qwen-Image": "a Qwen-Image transformer (text-to-image",
+            "Qwen-Image-Edit-2509": "Edit-2509/2511", "Qwen-Image-Edit-2511": "Edit-2509/2511",
+            "Qwen-Image-Layered": "a Qwen-Image-Layered transformer"}
+    for i, (title, refusal) in enumerate(said.items()):
+        path = _with_metadata(tmp_path / f"m{i}.safetensors", _QWEN, {"modelspec.title": title})
+        sf = inspect_single_file(path)
+        if refusal is None:
+            assert sf and sf.family.arch == Arch.QWEN_EDIT, title
+        else:
+            assert sf is None and refusal in single_file_problem(path), title
+    others = {"txt_in.text_norm.weight": "Qwen-Image-2.1", "time_text_embed.addition_t_embedding.weight": "Layered",
+              "controlnet_blocks.0.weight": "ControlNet"}
+    for i, (key, what) in enumerate(others.items()):
+        path = _safetensors(tmp_path / f"o{i}.safetensors", {**_QWEN, key: [3072]})
+        assert inspect_single_file(path) is None and what in single_file_problem(path), key
+    latents = _safetensors(tmp_path / "l.safetensors", {**_QWEN, "img_in.weight": [3072, 128]})
+    assert inspect_single_file(latents) is None and "128 input channels" in single_file_problem(latents)
+
+
 def test_every_row_is_complete() -> None:
     for arch, fam in FAMILIES.items():
         assert fam.arch == arch

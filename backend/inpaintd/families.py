@@ -13,6 +13,7 @@ Nothing here imports torch or diffusers: listing models must stay instant.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -149,11 +150,6 @@ def _has_prefix(prefix: str) -> Callable[[dict[str, Any]], bool]:
     return lambda header: any(k.startswith(prefix) for k in header)
 
 
-def _never(header: dict[str, Any]) -> bool:
-    """Single files of this family are not loaded yet (they need their own layout rules)."""
-    return False
-
-
 # -- the transformer families' single files ----------------------------------------------
 #
 # A header here is what `read_single_file_header` gives: tensor name -> {"dtype", "shape"}
@@ -250,6 +246,85 @@ def _is_chroma(header: dict[str, Any]) -> bool:
         return False
     shape = _shape(keys.get("img_in.weight"))
     return len(shape) == 2 and shape[1] == 64
+
+
+def _is_flux2(header: dict[str, Any]) -> bool:
+    """A FLUX.2 transformer in BFL's names (bare, or ComfyUI-prefixed): FLUX.1's double and
+    single blocks with the modulation shared across blocks (`single_stream_modulation`, the
+    marker diffusers' own `infer_diffusers_model_type` reads)."""
+    keys = _denoiser(header)
+    return "single_stream_modulation.lin.weight" in keys and "double_blocks.0.img_attn.qkv.weight" in keys
+
+
+def _is_flux2_klein(header: dict[str, Any]) -> bool:
+    """FLUX.2 klein (4B, 9B and their Base checkpoints, `flux-2-klein-4b.safetensors`): a
+    FLUX.2 transformer without the guidance embedding, taking the FLUX.2 VAE's 32 channels
+    packed 2x2 (128).  FLUX.2 dev (32 B, Flux2Pipeline with a Mistral encoder) is guidance-
+    distilled: its `guidance_in` tells it apart, and it is refused (`single_file_problem`)."""
+    keys = _denoiser(header)
+    if not _is_flux2(header) or "guidance_in.in_layer.weight" in keys:
+        return False
+    shape = _shape(keys.get("img_in.weight"))
+    return len(shape) == 2 and shape[1] == 128
+
+
+#: klein's reference repos by the transformer's width (`img_in.weight`'s rows): the 4B is
+#: 3072 wide (Qwen3-4B's 3 x 2560 in), the 9B 4096 (Qwen3-8B's 3 x 4096 in); their configs
+#: differ, so a 9B file needs the 9B repo's.  The Base checkpoints share their distilled
+#: siblings' tensors and configs but for model_index.json's `is_distilled` (false: CFG on).
+_KLEIN_REPOS = {3072: "black-forest-labs/FLUX.2-klein-4B", 4096: "black-forest-labs/FLUX.2-klein-9B"}
+_KLEIN_BASE_REPOS = {3072: "black-forest-labs/FLUX.2-klein-base-4B", 4096: "black-forest-labs/FLUX.2-klein-base-9B"}
+
+
+def _klein_reference(header: dict[str, Any]) -> str:
+    """The diffusers repo whose configs fit a klein file: 9B's for a 4096-wide transformer,
+    4B's otherwise (the family row's); a Base repo where the file's metadata says "base"
+    (nothing in the tensors tells a Base checkpoint from a distilled one)."""
+    shape = _shape(_denoiser(header).get("img_in.weight"))
+    width = shape[0] if len(shape) == 2 else 0
+    repos = _KLEIN_BASE_REPOS if re.search(r"\bbase\b", _metadata_text(header)) else _KLEIN_REPOS
+    return repos.get(width, repos[3072])
+
+
+def _is_qwen_image_transformer(header: dict[str, Any]) -> bool:
+    """Qwen-Image's 20 B MMDiT in the names diffusers itself uses (ComfyUI's files and the
+    GGUFs keep them; diffusers' single-file mapping for it is the identity), bare or prefixed:
+    `img_mod`/`txt_mod` per block, the text RMSNorm `txt_norm`, 16 latent channels packed 2x2
+    (64).  Qwen-Image, Qwen-Image-Edit and Edit-2509/2511 all have this transformer with the
+    same tensors; Qwen-Image-2.1 (`txt_in.text_norm`), Layered (`addition_t_embedding`) and
+    the ControlNets (`controlnet_*`) are other models."""
+    keys = _denoiser(header)
+    if not all(k in keys for k in ("txt_norm.weight", "transformer_blocks.0.img_mod.1.weight",
+                                   "transformer_blocks.0.txt_mlp.net.0.proj.weight")):
+        return False
+    if any(k.startswith(("txt_in.text_norm.", "time_text_embed.addition_t_embedding.", "controlnet_")) for k in keys):
+        return False
+    shape = _shape(keys.get("img_in.weight"))
+    return len(shape) == 2 and shape[1] == 64
+
+
+def _qwen_variant(header: dict[str, Any]) -> str:
+    """Which Qwen-Image model a Qwen-Image transformer file is, from its metadata alone (the
+    tensors are the same): "edit" (Qwen-Image-Edit), "edit-plus" (Edit-2509/2511,
+    QwenImageEditPlusPipeline), "layered", or "image" (text-to-image Qwen-Image).  A file
+    whose metadata names no Qwen model is taken for Qwen-Image-Edit, the only one served."""
+    said = _metadata_text(header)
+    if "qwen" not in said:
+        return "edit"
+    if "edit" in said:
+        return "edit-plus" if re.search(r"2509|2511|plus", said) else "edit"
+    return "layered" if "layered" in said else "image"
+
+
+def _is_qwen_edit(header: dict[str, Any]) -> bool:
+    """Qwen-Image-Edit (`qwen_image_edit_bf16.safetensors`, its GGUFs): a Qwen-Image
+    transformer that its metadata does not name as another Qwen-Image model.  Qwen-Image
+    (text-to-image) and Edit-2509/2511 have the very same tensors, names and shapes: only
+    metadata that names them tells them apart (as FLUX.1 dev from Kontext, `_is_flux_kontext`),
+    and a file that says nothing is taken for Qwen-Image-Edit.  Edit-2511 runs with
+    `zero_cond_t` in its config and 2509/2511 with another prompt template and several
+    pictures: Qwen-Image-Edit's configs and pipeline would run such a file wrongly."""
+    return _is_qwen_image_transformer(header) and _qwen_variant(header) == "edit"
 
 
 FAMILIES: dict[Arch, Family] = {
@@ -352,8 +427,10 @@ FAMILIES: dict[Arch, Family] = {
         default_steps=4,
         schedulers=_FLOW_SCHEDULERS,
         default_fill="neutral",
+        # A single file takes its configs from the repo of its size (`_klein_reference`: 9B's
+        # for a 4096-wide transformer; a Base repo where its metadata says so).
         reference_repos=("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-4B"),
-        single_file_match=_never,
+        single_file_match=_is_flux2_klein,  # BFL's FLUX.2 names without `guidance_in`, bare or ComfyUI-prefixed
         safety_checker=False,
         loop=Loop.FLOW,
         negative_prompt=True,  # used with classifier-free guidance by the Base checkpoints
@@ -440,7 +517,9 @@ FAMILIES: dict[Arch, Family] = {
         schedulers=_FLOW_SCHEDULERS,
         default_fill="neutral",
         reference_repos=("Qwen/Qwen-Image-Edit", "Qwen/Qwen-Image-Edit"),
-        single_file_match=_never,
+        # Qwen-Image's transformer in diffusers' own names, bare or ComfyUI-prefixed; Qwen-Image
+        # and Edit-2509/2511 files are the same tensors, told apart by their metadata only.
+        single_file_match=_is_qwen_edit,
         safety_checker=False,
         loop=Loop.FLOW,
         negative_prompt=True,  # true classifier-free guidance; Qwen's card uses " "
@@ -530,7 +609,10 @@ FAMILIES: dict[Arch, Family] = {
 }
 
 #: Single files are matched in this order: the most specific marker first.
-_SINGLE_FILE_ORDER = (Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.CHROMA, Arch.Z_IMAGE, Arch.SDXL, Arch.SD2, Arch.SD15)
+_SINGLE_FILE_ORDER = (
+    Arch.SD3, Arch.FLUX_FILL, Arch.FLUX_KONTEXT, Arch.CHROMA, Arch.FLUX2_KLEIN, Arch.QWEN_EDIT, Arch.Z_IMAGE,
+    Arch.SDXL, Arch.SD2, Arch.SD15,
+)
 
 
 class UnsupportedModel(ValueError):
@@ -770,8 +852,8 @@ def droppable(family: Family) -> tuple[str, ...]:
 
 def inspect_single_file(path: Path) -> SingleFile | None:
     """The family of a `.safetensors` checkpoint in its original layout (LDM for SD 1.x/2.x/
-    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1 and Chroma, ComfyUI's (or
-    bare) for Z-Image) or of a GGUF-quantised transformer; None for a pickle (never opened here) or a
+    SDXL, Stability's for SD 3.x, BFL's or ComfyUI's for FLUX.1, Chroma and FLUX.2 klein,
+    ComfyUI's (or bare) for Qwen-Image-Edit and Z-Image) or of a GGUF-quantised transformer; None for a pickle (never opened here) or a
     layout the table does not know (`single_file_problem` then says what it is).  Never from
     the file's name."""
     if path.suffix.lower() not in (".safetensors", ".gguf"):
@@ -796,6 +878,8 @@ def inspect_single_file(path: Path) -> SingleFile | None:
 def _transformer_file(path: Path, header: dict[str, Any], fam: Family) -> SingleFile:
     components = {"transformer"}
     reference = ""
+    if fam.arch == Arch.FLUX2_KLEIN:
+        reference = _klein_reference(header)
     if fam.arch == Arch.SD3:
         reference = _sd3_reference(header, fam)
         if any(k.startswith("first_stage_model.") for k in header):
@@ -822,8 +906,9 @@ def single_file_problem(path: Path) -> str:
     known = (
         "inpaintd reads SD 1.x/2.x and SDXL checkpoints (LDM layout), SD 3.x (Stability's layout), "
         "FLUX.1 Fill and Kontext transformers (BFL's or ComfyUI's layout), Chroma transformers (the original "
-        "or ComfyUI's layout), Z-Image transformers (the original or ComfyUI's layout) and GGUF quantisations "
-        "of those"
+        "or ComfyUI's layout), FLUX.2 klein transformers (BFL's or ComfyUI's layout), Qwen-Image-Edit "
+        "transformers (ComfyUI's layout), Z-Image transformers (the original or ComfyUI's layout) and GGUF "
+        "quantisations of those"
     )
     if path.suffix.lower() not in (".safetensors", ".gguf"):
         return f"{path}: a {path.suffix or 'suffix-less'} file is not inspected (a pickle is never opened to look); {known}"
@@ -832,10 +917,16 @@ def single_file_problem(path: Path) -> str:
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         return f"{path}: cannot be read as {path.suffix.lstrip('.')} ({exc})"
     keys = _denoiser(header)
+    if "transformer_blocks.0.img_mod.1.weight" in keys and "txt_norm.weight" in keys:
+        return f"{path}: {_qwen_problem(header)}, not a family inpaintd inpaints with; {known}"
     if "double_blocks.0.img_attn.norm.key_norm.scale" in keys:
         channels = _shape(keys.get("img_in.weight"))[1:2]
         if "single_stream_modulation.lin.weight" in keys:
-            what = "a FLUX.2 transformer (FLUX.2 klein runs from a diffusers folder or repo)"
+            if "guidance_in.in_layer.weight" in keys:
+                what = ("a FLUX.2 dev transformer (guidance-distilled, Flux2Pipeline with a Mistral text encoder; "
+                        "inpaintd runs FLUX.2 klein)")
+            else:
+                what = f"a FLUX.2 transformer with {channels[0] if channels else 'unknown'} input channels (klein takes 128)"
         elif any(k.startswith("distilled_guidance_layer.") for k in keys):
             what = "a Chroma transformer that does not take FLUX.1's latents (Chroma1-Radiance works in pixel space)"
         elif "guidance_in.in_layer.weight" not in keys:
@@ -851,6 +942,26 @@ def single_file_problem(path: Path) -> str:
     return f"{path}: its tensor names (e.g. {sample}) are of no family inpaintd knows; {known}"
 
 
+def _qwen_problem(header: dict[str, Any]) -> str:
+    """What a Qwen-Image-shaped file that is not Qwen-Image-Edit is, for people."""
+    keys = _denoiser(header)
+    if any(k.startswith("txt_in.text_norm.") for k in keys):
+        return "a Qwen-Image-2.1 transformer (another model)"
+    if any(k.startswith("time_text_embed.addition_t_embedding.") for k in keys):
+        return "a Qwen-Image-Layered transformer (QwenImageLayeredPipeline: layers, not inpainting)"
+    if any(k.startswith("controlnet_") for k in keys):
+        return "a Qwen-Image ControlNet"
+    if not _is_qwen_image_transformer(header):
+        channels = _shape(keys.get("img_in.weight"))[1:2]
+        return f"a Qwen-Image-style transformer with {channels[0] if channels else 'unknown'} input channels (64 expected)"
+    return {
+        "image": "a Qwen-Image transformer (text-to-image: its metadata names Qwen-Image, not Qwen-Image-Edit)",
+        "edit-plus": ("a Qwen-Image-Edit-2509/2511 transformer (its metadata says so: QwenImageEditPlusPipeline, "
+                      "another prompt template and several pictures; inpaintd runs Qwen-Image-Edit)"),
+        "layered": "a Qwen-Image-Layered transformer (its metadata says so: layers, not inpainting)",
+    }.get(_qwen_variant(header), "a Qwen-Image transformer")
+
+
 # -- what a pipeline folder lacks -------------------------------------------------------
 
 #: Pipeline entries that carry no weights (their folders hold configs and vocabularies).
@@ -864,10 +975,14 @@ _PARTS: dict[str, tuple[str, ...]] = {
     Arch.FLUX_KONTEXT.value: ("transformer", "vae", "text_encoder", "text_encoder_2"),
     Arch.Z_IMAGE.value: ("transformer", "vae", "text_encoder"),
     Arch.CHROMA.value: ("transformer", "vae", "text_encoder"),
+    Arch.FLUX2_KLEIN.value: ("transformer", "vae", "text_encoder"),
+    Arch.QWEN_EDIT.value: ("transformer", "vae", "text_encoder"),
 }
 #: What a component is, for people (by its class in model_index.json).
 _KINDS = {"CLIPTextModel": "CLIP text encoder", "CLIPTextModelWithProjection": "CLIP text encoder",
-          "T5EncoderModel": "T5 text encoder", "AutoencoderKL": "VAE"}
+          "T5EncoderModel": "T5 text encoder", "AutoencoderKL": "VAE", "AutoencoderKLFlux2": "VAE",
+          "AutoencoderKLQwenImage": "VAE", "Qwen3ForCausalLM": "Qwen3 text encoder",
+          "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL text encoder"}
 
 
 def weighted_components(folder: Path, family: Family | None = None) -> dict[str, str]:

@@ -46,6 +46,7 @@ from ..families import (
     missing_parts_message,
     missing_parts_text,
     no_reference_message,
+    read_single_file_header,
     reference_download_hint,
     single_file_problem,
     weighted_components,
@@ -155,6 +156,26 @@ def _settled(pipe: Any) -> Any:
             component.tie_weights()
         component.eval()
     return pipe
+
+
+#: The prefix ComfyUI's saves put before every transformer tensor's name.
+_COMFY_PREFIX = "model.diffusion_model."
+
+
+def transformer_source(path: Path) -> str | dict[str, Any]:
+    """A transformer file for diffusers' `from_single_file`: its path, or, where its tensor
+    names carry ComfyUI's prefix, its tensors without it.  diffusers 0.42.1's FLUX.1, Chroma
+    and Z-Image converters drop the prefix themselves; its FLUX.2 converter (which then reads
+    "diffusion_model" as a block number) and Qwen-Image's identity mapping (which then finds
+    no weight) do not, so the prefix goes here, for every family alike, and with it whatever
+    else a bundled save holds (`vae.*`, `text_encoders.*`: those come from the reference).
+    The tensors are read as diffusers would read them (memory-mapped, a GGUF's still quantised)."""
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    if not any(k.startswith(_COMFY_PREFIX) for k in read_single_file_header(path)):
+        return str(path)
+    checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+    return {k[len(_COMFY_PREFIX):]: v for k, v in checkpoint.items() if k.startswith(_COMFY_PREFIX)}
 
 
 def _family_of_folder(folder: Path, model_id: str) -> Family:
@@ -641,6 +662,13 @@ class DiffusersEngine:
         if required:
             raise EngineError("model_unavailable", missing_parts_message(path, sf, reference, repo, missing))
         absent: dict[str, None] = self._dropping(family)
+        # Weightless optional parts the reference does not hold (Qwen-Image-Edit's processor in
+        # a folder saved without it: the loop then processes the picture itself), as for folders.
+        listed = json.loads((reference / "model_index.json").read_text(encoding="utf-8"))
+        absent.update({
+            name: None for name in family.optional_components
+            if name not in missing and (not (reference / name).is_dir() or listed.get(name) in (None, [None, None]))
+        })
         for name in missing:
             if name in absent:
                 continue
@@ -732,7 +760,7 @@ class DiffusersEngine:
                 )
             # Quantised weights stay quantised; each layer is dequantised into this dtype when it runs.
             kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=self.dtype)
-        return cls.from_single_file(str(path), **kwargs)
+        return cls.from_single_file(transformer_source(path), **kwargs)
 
     @staticmethod
     def _component(reference: Path, name: str, load: dict[str, Any]) -> Any:
