@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -404,8 +405,11 @@ def test_cancel_of_a_running_job_stops_within_a_step(tiny_daemon):
         step_at_cancel = job.step
         c.wait(job, timeout=30)
         assert job.state == "cancelled" and job.cancel_code == CancelCode.RUNNING
-        # at most a couple of steps got reported after the cancel was sent
-        assert job.step <= step_at_cancel + 2
+        # What the client saw may lag by the events already on their way; the daemon says
+        # how many steps ran after the cancel reached the job: the one under way at most.
+        assert job.step < step_at_cancel + 40 < 2 * 150
+        found = re.findall(rf"job {job.id} cancelled after .*; (\d+) step\(s\) ran after the cancel", tiny_daemon.log())
+        assert found and int(found[-1]) <= 1, found
         # and the daemon goes on to the next job
         nxt = c.wait(submit(c, image, mask, steps=2), timeout=60)
         assert nxt.state == "done"

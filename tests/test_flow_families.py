@@ -10,6 +10,7 @@ the registry do with these folders in-process.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,7 +161,12 @@ def test_cancel_stops_within_a_step(flow_daemon: tuple[str, DaemonProcess]) -> N
         step_at_cancel = job.step
         c.wait(job, timeout=30)
         assert job.state == "cancelled" and job.cancel_code == CancelCode.RUNNING
-        assert job.step <= step_at_cancel + 2
+        # What the client saw may lag the daemon by the events already on their way (a tiny
+        # model's step takes milliseconds); the daemon says how many steps ran after the
+        # cancel reached the job: the one under way at most.
+        assert job.step < step_at_cancel + 40 < 2 * 150
+        found = re.findall(rf"job {job.id} cancelled after .*; (\d+) step\(s\) ran after the cancel", d.log())
+        assert found and int(found[-1]) <= 1, (found, d.log()[-2000:])
         nxt = c.wait(submit(c, image, mask, steps=2), timeout=60)
         assert nxt.state == "done"
 

@@ -432,7 +432,9 @@ class Daemon:
             self._end(job, JobState.FAILED, wire.error_message(event.code, short(event.message), job=job.id))
         elif isinstance(event, ex.Cancelled):
             code = job.cancel_code or CancelCode.RUNNING
-            log.info("job %s cancelled after %.2f s: %s", job.id, event.at - job.clock, Cancelled.because(job.id, code).reason)
+            after = "" if event.steps_after_cancel is None else f"; {event.steps_after_cancel} step(s) ran after the cancel"
+            log.info("job %s cancelled after %.2f s: %s%s", job.id, event.at - job.clock, Cancelled.because(job.id, code).reason,
+                     after)
             self._end(job, JobState.CANCELLED, wire.message(Cancelled.because(job.id, code)))
 
     def _succeeded(self, job: QueuedJob, event: ex.Succeeded) -> None:

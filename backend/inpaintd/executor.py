@@ -109,6 +109,9 @@ class Cancelled:
 
     job_id: str
     at: float = field(default_factory=time.monotonic)
+    #: Denoising steps reported after the cancel flag was set (the step under way: 0 or 1),
+    #: where the executor counts them (None: it does not): what "cancel within a step" means.
+    steps_after_cancel: int | None = None
 
 
 Event = Progressed | LoadStarted | LoadEnded | Succeeded | Failed | Cancelled
@@ -333,8 +336,11 @@ class LocalExecutor:
     def _run(self, request: JobRequest) -> None:
         job_id = request.job_id
         cancelled = self._cancels[job_id].is_set
+        after_cancel = [0]
 
         def progress(stage: str, step: int, total: int) -> None:
+            if stage == Stage.DENOISING and cancelled():
+                after_cancel[0] += 1
             self._post(Progressed(job_id=job_id, stage=stage, step=step, total=total))
 
         engine: Engine | None = None
@@ -349,7 +355,7 @@ class LocalExecutor:
                 output = run_job(engine, request.image, request.mask, request.options, request.seeds, progress, cancelled,
                                  caps, references=request.references, loras=request.loras, embeddings=request.embeddings)
         except JobCancelled:
-            self._post(Cancelled(job_id=job_id))
+            self._post(Cancelled(job_id=job_id, steps_after_cancel=after_cancel[0]))
             return
         except Exception as exc:
             # One job fails, not the daemon: the client hears what broke, the engine gives
