@@ -956,7 +956,7 @@ class DiffusersEngine:
                 # would depend on its place; alone, each seed means the same pixels always.
                 # (At these models' sizes one image already fills a GPU.)  The picture is
                 # VAE-encoded once for them all (`encode_once`; each still samples its own).
-                with encode_once(self.pipe.vae) as encodes:
+                with encode_once(getattr(self.pipe, "vae", None)) as encodes:
                     images = np.concatenate([call([g], i, len(generators)) for i, g in enumerate(generators)])
                 self.vae_encodes = (encodes[0], encodes[1])
             else:

@@ -233,9 +233,12 @@ def encode_once(vae: Any) -> Iterator[list[int]]:
     masked picture) again in every call, with that variant's generator.  The encoder is
     deterministic and only the sampling from its latent distribution uses the generator,
     which each caller still does on the kept output, so the pixels are those of encoding
-    every time.  Yields [encodes run, encodes spared]."""
+    every time.  Yields [encodes run, encodes spared]; with no VAE (None), changes nothing."""
     import torch
 
+    if vae is None:
+        yield [0, 0]
+        return
     original = vae.encode
     kept: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any], Any]] = []
     counts = [0, 0]
