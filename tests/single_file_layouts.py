@@ -42,7 +42,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,15 @@ class _Renamer:
                 self.put(f"{new}.{suffix}", self.take(f"{old}.{suffix}"))
 
     def fuse(self, olds: list[str], new: str) -> None:
+        """Concatenate `olds` (their weights, and biases where they have them) into `new`."""
         for suffix in ("weight", "bias"):
-            self.put(f"{new}.{suffix}", torch.cat([self.take(f"{o}.{suffix}") for o in olds], dim=0))
+            if f"{olds[0]}.{suffix}" in self.source:
+                self.put(f"{new}.{suffix}", torch.cat([self.take(f"{o}.{suffix}") for o in olds], dim=0))
+
+    def keep_rest(self) -> None:
+        """Every tensor not taken yet keeps its own name."""
+        for key in list(self.source):
+            self.put(key, self.take(key))
 
     def done(self) -> dict[str, torch.Tensor]:
         if self.source:
@@ -184,6 +191,15 @@ def flux_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dic
     r.move("time_text_embed.text_embedder.linear_2", "vector_in.out_layer")
     r.move("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer")
     r.move("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer")
+    _flux1_blocks(r, config)
+    for suffix in ("weight", "bias"):
+        r.put(f"final_layer.adaLN_modulation.1.{suffix}", _swap_halves(r.take(f"norm_out.linear.{suffix}")))
+    return r.done()
+
+
+def _flux1_blocks(r: _Renamer, config: dict[str, Any]) -> None:
+    """FLUX.1's embedders, double and single blocks and output linear, BFL's names; each
+    block's modulation linear where it has one (Chroma's have none)."""
     r.move("context_embedder", "txt_in")
     r.move("x_embedder", "img_in")
     for i in range(int(config["num_layers"])):
@@ -192,10 +208,7 @@ def flux_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dic
         r.move(f"{b}.norm1_context.linear", f"{d}.txt_mod.lin")
         r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v"], f"{d}.img_attn.qkv")
         r.fuse([f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj"], f"{d}.txt_attn.qkv")
-        r.put(f"{d}.img_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
-        r.put(f"{d}.img_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
-        r.put(f"{d}.txt_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_added_q.weight"))
-        r.put(f"{d}.txt_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_added_k.weight"))
+        _qk_norms(r, b, d)
         r.move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
         r.move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
         r.move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
@@ -210,16 +223,27 @@ def flux_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dic
         r.put(f"{s}.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
         r.move(f"{b}.proj_out", f"{s}.linear2")
     r.move("proj_out", "final_layer.linear")
-    for suffix in ("weight", "bias"):
-        r.put(f"final_layer.adaLN_modulation.1.{suffix}", _swap_halves(r.take(f"norm_out.linear.{suffix}")))
-    return r.done()
+
+
+def _qk_norms(r: _Renamer, block: str, double: str) -> None:
+    """A FLUX double block's four RMS norms of queries and keys (FLUX.1's and FLUX.2's alike)."""
+    r.put(f"{double}.img_attn.norm.query_norm.scale", r.take(f"{block}.attn.norm_q.weight"))
+    r.put(f"{double}.img_attn.norm.key_norm.scale", r.take(f"{block}.attn.norm_k.weight"))
+    r.put(f"{double}.txt_attn.norm.query_norm.scale", r.take(f"{block}.attn.norm_added_q.weight"))
+    r.put(f"{double}.txt_attn.norm.key_norm.scale", r.take(f"{block}.attn.norm_added_k.weight"))
+
+
+def _transformer_file(layout: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
+                      folder: Path, out: Path, prefix: str, metadata: dict[str, str] | None = None) -> Path:
+    """The tiny transformer in `folder` in `layout`'s original names, each after `prefix`, as one file."""
+    tensors = layout(_component_weights(folder, "transformer"), _config(folder, "transformer"))
+    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
 
 
 def write_flux_file(folder: Path, out: Path, *, prefix: str = "", metadata: dict[str, str] | None = None) -> Path:
     """The tiny FLUX.1 transformer in `folder` as BFL's file (`prefix` "model.diffusion_model."
     for ComfyUI's layout)."""
-    tensors = flux_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
-    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+    return _transformer_file(flux_original, folder, out, prefix, metadata)
 
 
 # -- Chroma (lodestones' layout: FLUX.1's names, pruned, with the approximator) ----------------
@@ -235,43 +259,20 @@ def chroma_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> d
         r.move(f"{g}.linear_1", f"{g}.in_layer")
         r.move(f"{g}.linear_2", f"{g}.out_layer")
         r.put(f"distilled_guidance_layer.norms.{i}.scale", r.take(f"distilled_guidance_layer.norms.{i}.weight"))
-    r.move("context_embedder", "txt_in")
-    r.move("x_embedder", "img_in")
-    for i in range(int(config["num_layers"])):
-        b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v"], f"{d}.img_attn.qkv")
-        r.fuse([f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj"], f"{d}.txt_attn.qkv")
-        r.put(f"{d}.img_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
-        r.put(f"{d}.img_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
-        r.put(f"{d}.txt_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_added_q.weight"))
-        r.put(f"{d}.txt_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_added_k.weight"))
-        r.move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
-        r.move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
-        r.move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
-        r.move(f"{b}.ff_context.net.2", f"{d}.txt_mlp.2")
-        r.move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
-        r.move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
-    for i in range(int(config["num_single_layers"])):
-        b, s = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
-        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v", f"{b}.proj_mlp"], f"{s}.linear1")
-        r.put(f"{s}.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
-        r.put(f"{s}.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
-        r.move(f"{b}.proj_out", f"{s}.linear2")
-    r.move("proj_out", "final_layer.linear")
+    _flux1_blocks(r, config)  # no modulation linears: the approximator gives them
     return r.done()
 
 
 def write_chroma_file(folder: Path, out: Path, *, prefix: str = "") -> Path:
     """The tiny Chroma transformer in `folder` as `Chroma1-HD.safetensors` holds it (`prefix`
     "model.diffusion_model." for ComfyUI's saves)."""
-    tensors = chroma_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
-    return _save({prefix + k: v for k, v in tensors.items()}, out, None, None)
+    return _transformer_file(chroma_original, folder, out, prefix)
 
 
 # -- Z-Image (ComfyUI's layout) ---------------------------------------------------------------
 
 
-def z_image_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def z_image_original(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """A ZImageTransformer2DModel state dict (2x2 patches only) in the original names."""
     r = _Renamer(state)
     r.move("all_x_embedder.2-1", "x_embedder")
@@ -279,19 +280,17 @@ def z_image_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     r.move("all_final_layer.2-1.adaLN_modulation.1", "final_layer.adaLN_modulation.1")
     blocks = sorted({k.rsplit(".attention.", 1)[0] for k in r.source if ".attention.to_q." in k})
     for b in blocks:
-        r.put(f"{b}.attention.qkv.weight", torch.cat([r.take(f"{b}.attention.to_{x}.weight") for x in "qkv"], dim=0))
+        r.fuse([f"{b}.attention.to_{x}" for x in "qkv"], f"{b}.attention.qkv")
         r.move(f"{b}.attention.to_out.0", f"{b}.attention.out")
         r.move(f"{b}.attention.norm_q", f"{b}.attention.q_norm")
         r.move(f"{b}.attention.norm_k", f"{b}.attention.k_norm")
-    for key in list(r.source):  # the rest keeps its name: embedders, pads, norms, feed-forwards, adaLN
-        r.put(key, r.take(key))
+    r.keep_rest()  # embedders, pads, norms, feed-forwards, adaLN keep their names
     return r.done()
 
 
 def write_z_image_file(folder: Path, out: Path, *, prefix: str = DENOISER_PREFIX) -> Path:
     """The tiny Z-Image transformer in `folder` as ComfyUI's file (`prefix` "" for bare names)."""
-    tensors = z_image_original(_component_weights(folder, "transformer"))
-    return _save({prefix + k: v for k, v in tensors.items()}, out, None, None)
+    return _transformer_file(z_image_original, folder, out, prefix)
 
 
 # -- FLUX.2 klein (BFL's layout) --------------------------------------------------------------
@@ -312,12 +311,9 @@ def flux2_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> di
     r.move("context_embedder", "txt_in")
     for i in range(int(config["num_layers"])):
         b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        for stream, qkv in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
-            r.put(f"{d}.{stream}_attn.qkv.weight", torch.cat([r.take(f"{b}.attn.{x}.weight") for x in qkv], dim=0))
-        r.put(f"{d}.img_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_q.weight"))
-        r.put(f"{d}.img_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_k.weight"))
-        r.put(f"{d}.txt_attn.norm.query_norm.scale", r.take(f"{b}.attn.norm_added_q.weight"))
-        r.put(f"{d}.txt_attn.norm.key_norm.scale", r.take(f"{b}.attn.norm_added_k.weight"))
+        r.fuse([f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v"], f"{d}.img_attn.qkv")
+        r.fuse([f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj"], f"{d}.txt_attn.qkv")
+        _qk_norms(r, b, d)
         r.move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
         r.move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
         r.move(f"{b}.ff.linear_in", f"{d}.img_mlp.0")
@@ -338,8 +334,7 @@ def flux2_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> di
 def write_flux2_file(folder: Path, out: Path, *, prefix: str = "", metadata: dict[str, str] | None = None) -> Path:
     """The tiny klein transformer in `folder` as BFL's `flux-2-klein-4b.safetensors` holds it
     (`prefix` "model.diffusion_model." for ComfyUI's saves)."""
-    tensors = flux2_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
-    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+    return _transformer_file(flux2_original, folder, out, prefix, metadata)
 
 
 # -- Qwen-Image-Edit (diffusers' own names, as ComfyUI's files keep them) ---------------------
@@ -350,16 +345,14 @@ def qwen_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dic
     and the GGUFs hold it: diffusers' own names (diffusers' single-file mapping for Qwen-Image
     is the identity), every tensor kept."""
     r = _Renamer(state)
-    for key in list(r.source):
-        r.put(key, r.take(key))
+    r.keep_rest()
     return r.done()
 
 
 def write_qwen_file(folder: Path, out: Path, *, prefix: str = DENOISER_PREFIX,
                     metadata: dict[str, str] | None = None) -> Path:
     """The tiny Qwen-Image-Edit transformer in `folder` as ComfyUI's file (`prefix` "" for bare names)."""
-    tensors = qwen_original(_component_weights(folder, "transformer"), _config(folder, "transformer"))
-    return _save({prefix + k: v for k, v in tensors.items()}, out, None, metadata)
+    return _transformer_file(qwen_original, folder, out, prefix, metadata)
 
 
 def _save(tensors: dict[str, torch.Tensor], out: Path, dtype: torch.dtype | None, metadata: dict[str, str] | None) -> Path:
@@ -401,11 +394,11 @@ def write_gguf(tensors: dict[str, torch.Tensor], out: Path, arch: str, quant: st
 
 
 def gguf_of(folder: Path, family: str, out: Path, quant: str = "Q8_0") -> Path:
-    """The tiny `family` ("sd3", "flux", "chroma", "flux2" or "qwen_image") transformer in `folder`
-    as a GGUF file."""
+    """The tiny `family` ("sd3", "flux", "chroma", "flux2", "qwen_image" or "lumina2", Z-Image's)
+    transformer in `folder` as a GGUF file (`family` is also the GGUF's architecture)."""
     state, config = _component_weights(folder, "transformer"), _config(folder, "transformer")
     layouts = {"sd3": sd3_original, "flux": flux_original, "chroma": chroma_original, "flux2": flux2_original,
-               "qwen_image": qwen_original}
+               "qwen_image": qwen_original, "lumina2": z_image_original}
     return write_gguf(layouts[family](state, config), out, family, quant)
 
 

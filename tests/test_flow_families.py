@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -362,16 +363,55 @@ def test_kontext_keeps_the_size_it_is_given(flow_models: dict[str, Path]) -> Non
         engine.close()
 
 
+def _engine_pixels(engine: Any, image: np.ndarray, mask: np.ndarray, negative: str, guidance: float) -> np.ndarray:
+    """The engine's first variant for a 3-step job on `image` with this negative prompt and guidance."""
+    out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
+                                   negative_prompt=negative), lambda *a: None, lambda: False)
+    assert not out.notes and out.images[0].shape == image.shape
+    return out.images[0]
+
+
+def _assert_the_negative_prompt_counts_only_when_guided(engine: Any, image: np.ndarray, mask: np.ndarray, *,
+                                                       off: float, on: float) -> None:
+    """At guidance `off` the negative prompt changes nothing; at `on` it changes the pixels, and
+    so does guiding at all."""
+    unguided = _engine_pixels(engine, image, mask, "", off)
+    assert np.array_equal(unguided, _engine_pixels(engine, image, mask, "blurry", off))
+    guided_plain, guided_negative = _engine_pixels(engine, image, mask, "", on), _engine_pixels(engine, image, mask, "blurry", on)
+    assert not np.array_equal(guided_plain, guided_negative) and not np.array_equal(unguided, guided_plain)
+
+
+def _assert_the_loop_paints_the_pipelines_pixels(engine: Any, image: np.ndarray, mask: np.ndarray,
+                                                 cases: tuple[tuple[float, str | None], ...]) -> None:
+    """The loop (its prompt handling and its own decoding) gives the stock pipeline's pixels,
+    within a level, for each (guidance, negative prompt)."""
+    import torch
+    from PIL import Image
+
+    from inpaintd.engines.flow_inpaint import FlowInputs
+
+    h, w = mask.shape
+    for guidance, negative in cases:
+        emb = engine._flow.encode("a cat", negative or "")
+        ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
+                                       steps=3, guidance_scale=guidance, strength=1.0), pacer=None)[0]
+        given = {"negative_prompt": negative} if negative is not None else {}  # klein's pipeline takes none
+        with torch.inference_mode():
+            theirs = engine.pipe(image=Image.fromarray(image), mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
+                                 height=h, width=w, strength=1.0, num_inference_steps=3, guidance_scale=guidance,
+                                 generator=[torch.Generator().manual_seed(9)], output_type="np", return_dict=False,
+                                 **given)[0][0]
+        assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1, guidance
+
+
 @pytest.mark.slow
 def test_klein_guidance_negative_prompt_and_decoding(flow_models: dict[str, Path]) -> None:
     """FLUX.2 klein through the loop: no pooled embedding; a Base checkpoint (not distilled)
     runs classifier-free guidance with the negative prompt, which changes the pixels; and the
     loop's own decoding gives the pipeline's own pixels (FLUX.2's VAE has no scale or shift:
     the pipeline hands back latents with its batch norm undone)."""
-    import torch
 
     from inpaintd.engines.diffusers_engine import DiffusersEngine
-    from inpaintd.engines.flow_inpaint import FlowInputs
 
     engine = DiffusersEngine(flow_models["flux2-klein"], device="cpu")
     try:
@@ -381,28 +421,17 @@ def test_klein_guidance_negative_prompt_and_decoding(flow_models: dict[str, Path
         mask = np.zeros((48, 80), np.uint8)
         mask[8:40, 16:64] = 255
 
-        def run(negative: str, guidance: float, seed: int = 3) -> np.ndarray:
-            out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
-                                           negative_prompt=negative), lambda *a: None, lambda: False)
-            assert not out.notes and out.images[0].shape == (48, 80, 3)
-            return out.images[0]
+        def run(negative: str, guidance: float) -> np.ndarray:
+            return _engine_pixels(engine, image, mask, negative, guidance)
 
         # distilled (the 4B): guidance and the negative prompt change nothing
         assert np.array_equal(run("", 1.0), run("blurry", 4.0))
         pipe.register_to_config(is_distilled=False)  # a Base checkpoint
         assert not np.array_equal(run("", 4.0), run("blurry", 4.0))
 
-        from PIL import Image
-
         emb = engine._flow.encode("a cat", "")
         assert emb.pooled is None and emb.negative is not None
-        ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
-                                       steps=3, guidance_scale=4.0, strength=1.0), pacer=None)[0]
-        with torch.inference_mode():
-            theirs = pipe(image=Image.fromarray(image), mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
-                          height=48, width=80, strength=1.0, num_inference_steps=3, guidance_scale=4.0,
-                          generator=[torch.Generator().manual_seed(9)], output_type="np", return_dict=False)[0][0]
-        assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+        _assert_the_loop_paints_the_pipelines_pixels(engine, image, mask, ((4.0, None),))
     finally:
         engine.close()
 
@@ -414,7 +443,6 @@ def test_z_image_prompt_lists_guidance_and_decoding(flow_models: dict[str, Path]
     guides; at Turbo's guidance 0 the negative prompt changes nothing, above 0 it does (the
     pipeline's CFG); and the loop's own decoding (FLUX.1's VAE: scale and shift) gives the
     pipeline's own pixels."""
-    import torch
     from PIL import Image
 
     from inpaintd.engines.diffusers_engine import DiffusersEngine
@@ -442,27 +470,8 @@ def test_z_image_prompt_lists_guidance_and_decoding(flow_models: dict[str, Path]
         guided = engine._flow._prompt_kwargs(job, picture, 2)
         assert isinstance(guided["negative_prompt_embeds"], list) and len(guided["negative_prompt_embeds"]) == 2
 
-        def run(negative: str, guidance: float) -> np.ndarray:
-            out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
-                                           negative_prompt=negative), lambda *a: None, lambda: False)
-            assert not out.notes and out.images[0].shape == (48, 80, 3)
-            return out.images[0]
-
-        turbo = run("", 0.0)
-        assert np.array_equal(turbo, run("blurry", 0.0))
-        guided_plain, guided_negative = run("", 4.0), run("blurry", 4.0)
-        assert not np.array_equal(guided_plain, guided_negative) and not np.array_equal(turbo, guided_plain)
-
-        for guidance, negative in ((0.0, None), (4.0, "blurry")):
-            emb = engine._flow.encode("a cat", negative or "")
-            ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
-                                           steps=3, guidance_scale=guidance, strength=1.0), pacer=None)[0]
-            with torch.inference_mode():
-                theirs = pipe(image=picture, mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
-                              negative_prompt=negative, height=48, width=80, strength=1.0, num_inference_steps=3,
-                              guidance_scale=guidance, generator=[torch.Generator().manual_seed(9)], output_type="np",
-                              return_dict=False)[0][0]
-            assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1, guidance
+        _assert_the_negative_prompt_counts_only_when_guided(engine, image, mask, off=0.0, on=4.0)
+        _assert_the_loop_paints_the_pipelines_pixels(engine, image, mask, ((0.0, None), (4.0, "blurry")))
     finally:
         engine.close()
 
@@ -475,7 +484,6 @@ def test_chroma_prompt_masks_guidance_and_decoding(flow_models: dict[str, Path])
     1); at guidance 1 the negative prompt changes nothing, above 1 it does; the loop supplies the
     `guidance_embeds` the pipeline reads and the tiny config (diffusers' own) lacks; and its own
     decoding (packed latents, FLUX.1's VAE scale and shift) gives the pipeline's own pixels."""
-    import torch
     from PIL import Image
 
     from inpaintd.engines.diffusers_engine import DiffusersEngine
@@ -510,27 +518,8 @@ def test_chroma_prompt_masks_guidance_and_decoding(flow_models: dict[str, Path])
                                "negative_prompt_attention_mask"}
         assert guided["negative_prompt_embeds"].shape[0] == guided["negative_prompt_attention_mask"].shape[0] == 2
 
-        def run(negative: str, guidance: float) -> np.ndarray:
-            out = engine.generate(_request(image=image, mask=mask, steps=3, strength=1.0, guidance_scale=guidance,
-                                           negative_prompt=negative), lambda *a: None, lambda: False)
-            assert not out.notes and out.images[0].shape == (48, 80, 3)
-            return out.images[0]
-
-        unguided = run("", 1.0)
-        assert np.array_equal(unguided, run("blurry", 1.0))
-        guided_plain, guided_negative = run("", 3.0), run("blurry", 3.0)
-        assert not np.array_equal(guided_plain, guided_negative) and not np.array_equal(unguided, guided_plain)
-
-        for guidance, negative in ((1.0, None), (3.0, "blurry")):
-            emb = engine._flow.encode("a cat", negative or "")
-            ours = engine._flow(FlowInputs(image=image, mask=mask, prompt=emb, generators=[torch.Generator().manual_seed(9)],
-                                           steps=3, guidance_scale=guidance, strength=1.0), pacer=None)[0]
-            with torch.inference_mode():
-                theirs = pipe(image=picture, mask_image=Image.fromarray(mask, mode="L"), prompt="a cat",
-                              negative_prompt=negative, height=48, width=80, strength=1.0, num_inference_steps=3,
-                              guidance_scale=guidance, generator=[torch.Generator().manual_seed(9)], output_type="np",
-                              return_dict=False)[0][0]
-            assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1, guidance
+        _assert_the_negative_prompt_counts_only_when_guided(engine, image, mask, off=1.0, on=3.0)
+        _assert_the_loop_paints_the_pipelines_pixels(engine, image, mask, ((1.0, None), (3.0, "blurry")))
     finally:
         engine.close()
 

@@ -54,14 +54,13 @@ from single_file_layouts import (  # noqa: E402
     write_qwen_file,
     write_sd3_file,
     write_z_image_file,
-    z_image_original,
 )
 
 from inpaintd.engines.base import EngineError  # noqa: E402
 from inpaintd.engines.diffusers_engine import DiffusersEngine, transformer_source  # noqa: E402
 from inpaintd.families import Arch, inspect_single_file, read_single_file_header, single_file_problem  # noqa: E402
 from inpaintd.models import ModelRegistry  # noqa: E402
-from inpaintd.testmodel import TEST_NATIVE_SIZE, _component_weights, make_family_test_model  # noqa: E402
+from inpaintd.testmodel import TEST_NATIVE_SIZE, make_family_test_model  # noqa: E402
 from inpaintd_protocol.messages import JobOptions  # noqa: E402
 
 SIZE = TEST_NATIVE_SIZE
@@ -116,8 +115,7 @@ def files(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         # ComfyUI's z_image_turbo_bf16.safetensors: the transformer alone, prefixed names
         "z-image": write_z_image_file(folders["z-image"], out / "flux1-kontext-dev.safetensors"),
         # a GGUF of Z-Image-Turbo (the original names, as its converters write them)
-        "z-image-q8": write_gguf(z_image_original(_component_weights(folders["z-image"], "transformer")),
-                                 out / "flux1-fill-dev-Q4.gguf", "lumina2"),
+        "z-image-q8": gguf_of(folders["z-image"], "lumina2", out / "flux1-fill-dev-Q4.gguf"),
         # lodestones' Chroma1-HD.safetensors: the transformer alone, bare names
         "chroma": write_chroma_file(folders["chroma"], out / "flux1-dev.safetensors"),
         # a ComfyUI save of it (prefixed names), and a GGUF

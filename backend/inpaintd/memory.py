@@ -175,14 +175,21 @@ def folder_weights(folder: Path) -> list[Weights] | None:
     return result
 
 
+_COMPONENTS: dict[tuple[str, str, float], Weights | None] = {}
+
+
 def component_weights(name: str, where: Path) -> Weights | None:
     """One component's `Weights` from its saved folder (safetensors, shards and all) or one
     safetensors file; None where it has no safetensors weights.  Raises OSError/ValueError
-    for a file that cannot be read."""
-    shapes: dict[str, list[int]] = {}
-    for path in _weight_files(where) if where.is_dir() else [where]:
-        shapes.update({k: v["shape"] for k, v in _header(path).items()})
-    return weights_of(name, shapes) if shapes else None
+    for a file that cannot be read.  Read once per modification of `where`: the models reply
+    and every job's admission ask again (an IP-Adapter's image encoder, for one)."""
+    key = (name, str(where.resolve()), where.stat().st_mtime)
+    if key not in _COMPONENTS:
+        shapes: dict[str, list[int]] = {}
+        for path in _weight_files(where) if where.is_dir() else [where]:
+            shapes.update({k: v["shape"] for k, v in _header(path).items()})
+        _COMPONENTS[key] = weights_of(name, shapes) if shapes else None
+    return _COMPONENTS[key]
 
 
 #: Key prefixes of single-file checkpoints (the original layouts) -> component.

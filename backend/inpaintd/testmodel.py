@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 #: The tiny model works at 64x64: latent 8x8, VAE scale factor 8.
 TEST_NATIVE_SIZE = 64
@@ -578,9 +579,7 @@ def make_sd3_test_model(path: str | Path, *, with_t5: bool = True) -> Path:
         text_encoder_3=_t5(len(t5_tokenizer)) if with_t5 else None,
         tokenizer_3=t5_tokenizer if with_t5 else None,
     )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    _remove_tree(path / "_tok")
-    _set_class_name(path, "StableDiffusion3Pipeline")
+    _save_pipeline(pipe, path, "StableDiffusion3Pipeline")
     return path
 
 
@@ -622,12 +621,20 @@ def _flux_test_model(path: str | Path, pipeline_class: str, *, fill: bool, class
         tokenizer_2=t5_tokenizer,
         transformer=transformer,
     )
+    _save_pipeline(pipe, path, class_name, TEST_NATIVE_SIZE // scale)
+    return path
+
+
+def _save_pipeline(pipe: Any, path: Path, class_name: str | None, latent_side: int | None = None) -> None:
+    """Save a tiny pipeline as a diffusers folder: its tokenizers' scratch folder gone, saved
+    as `class_name` (the class its real repo carries), and saying its native size (in latent
+    pixels) where given."""
     pipe.save_pretrained(str(path), safe_serialization=True)
     _remove_tree(path / "_tok")
     if class_name:
         _set_class_name(path, class_name)
-    _say_native_size(path, TEST_NATIVE_SIZE // scale)
-    return path
+    if latent_side is not None:
+        _say_native_size(path, latent_side)
 
 
 def _say_native_size(path: Path, latent_side: int) -> None:
@@ -695,6 +702,23 @@ def _write_qwen_tokenizer(folder: Path) -> None:
     _remove_tree(raw)
 
 
+def _qwen3(path: Path, width: int, layers: int, *, causal_lm: bool) -> tuple[Any, Any]:
+    """The Qwen tokenizer (written under `path/_tok`) and a tiny random Qwen3 of `width` and
+    `layers` for it: the causal-LM class with tied embeddings as FLUX.2 klein saves it, or the
+    bare model as Z-Image does."""
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    _write_qwen_tokenizer(path / "_tok" / "qwen")
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(path / "_tok" / "qwen"))
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=causal_lm,
+    )
+    return tokenizer, (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config).eval()
+
+
 def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> Path:
     """A tiny FLUX.2 klein pipeline (Flux2 transformer without guidance embedding, a 27-layer
     Qwen3 of width 16, the 32-channel FLUX.2 VAE with its latent batch norm), saved as
@@ -702,19 +726,11 @@ def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> 
     Base checkpoints say false and use classifier-free guidance)."""
     import torch
     from diffusers import AutoencoderKLFlux2, Flux2KleinInpaintPipeline, Flux2Transformer2DModel
-    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    _write_qwen_tokenizer(path / "_tok" / "qwen")
-    tokenizer = Qwen2Tokenizer.from_pretrained(str(path / "_tok" / "qwen"))
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=_QWEN_WIDTH, intermediate_size=32, num_hidden_layers=_QWEN_LAYERS,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )).eval()
+    tokenizer, text_encoder = _qwen3(path, _QWEN_WIDTH, _QWEN_LAYERS, causal_lm=True)
     vae = AutoencoderKLFlux2(
         block_out_channels=(8, 8, 16, 16),
         layers_per_block=1,
@@ -743,10 +759,7 @@ def make_flux2_klein_test_model(path: str | Path, *, distilled: bool = True) -> 
         transformer=transformer,
         is_distilled=distilled,
     )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    _remove_tree(path / "_tok")
-    _set_class_name(path, "Flux2KleinPipeline")
-    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    _save_pipeline(pipe, path, "Flux2KleinPipeline", TEST_NATIVE_SIZE // scale)
     return path
 
 
@@ -765,18 +778,11 @@ def make_z_image_test_model(path: str | Path) -> Path:
     `hidden_states[-2]`, so two layers are the fewest that exercise that."""
     import torch
     from diffusers import ZImageInpaintPipeline, ZImageTransformer2DModel
-    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    _write_qwen_tokenizer(path / "_tok" / "qwen")
-    tokenizer = Qwen2Tokenizer.from_pretrained(str(path / "_tok" / "qwen"))
-    text_encoder = Qwen3Model(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=_Z_IMAGE_QWEN_WIDTH, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-    )).eval()
+    tokenizer, text_encoder = _qwen3(path, _Z_IMAGE_QWEN_WIDTH, 2, causal_lm=False)
     vae = _flow_vae(shift_factor=0.1159, scaling_factor=0.3611)  # FLUX.1's VAE figures, as Z-Image's
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     transformer = ZImageTransformer2DModel(
@@ -799,10 +805,7 @@ def make_z_image_test_model(path: str | Path) -> Path:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    _remove_tree(path / "_tok")
-    _set_class_name(path, "ZImagePipeline")
-    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    _save_pipeline(pipe, path, "ZImagePipeline", TEST_NATIVE_SIZE // scale)
     return path
 
 
@@ -852,10 +855,7 @@ def make_chroma_test_model(path: str | Path) -> Path:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    _remove_tree(path / "_tok")
-    _set_class_name(path, "ChromaPipeline")
-    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    _save_pipeline(pipe, path, "ChromaPipeline", TEST_NATIVE_SIZE // scale)
     return path
 
 
@@ -961,10 +961,7 @@ def make_qwen_edit_test_model(path: str | Path) -> Path:
         processor=None,
         transformer=transformer,
     )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    _remove_tree(path / "_tok")
-    _set_class_name(path, "QwenImageEditPipeline")
-    _say_native_size(path, TEST_NATIVE_SIZE // scale)
+    _save_pipeline(pipe, path, "QwenImageEditPipeline", TEST_NATIVE_SIZE // scale)
     return path
 
 
